@@ -1,0 +1,1 @@
+"""Control plane: admin API, promotion and rollback, rollouts, and the model-server runtime."""

@@ -1,0 +1,149 @@
+"""The `mlcanary` command line: thin commands that hand their work to the system's parts."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mlcanary.output import fail, print_fields, print_json, progress, stdout
+from training.dataset import DEFAULT_PATH, DEFAULT_ROWS, DEFAULT_SEED
+from training.errors import TrainingError
+from training.pipelines import ModelKind
+
+app = typer.Typer(
+    help="Canary deployments for MLflow models: train, serve, split traffic, promote, roll back.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def configure(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show MLflow's logs.")] = False,
+) -> None:
+    """Canary deployments for MLflow models."""
+    level = "INFO" if verbose else "WARNING"
+    logging.basicConfig(level=level)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", level)  # read when mlflow is first imported
+    logging.getLogger("alembic").setLevel(level)
+
+
+@app.command("generate-data")
+def generate_data(
+    output: Annotated[
+        Path, typer.Option(help="Where to write the CSV.", show_default="the packaged dataset")
+    ] = DEFAULT_PATH,
+    rows: Annotated[int, typer.Option(min=1, help="How many students.")] = DEFAULT_ROWS,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same bytes.")] = (
+        DEFAULT_SEED
+    ),
+) -> None:
+    """Write the synthetic student-exam-scores dataset (byte-for-byte reproducible)."""
+    from training.dataset import write_dataset
+
+    try:
+        path = write_dataset(output, rows=rows, seed=seed)
+    except OSError as error:
+        fail(f"cannot write {output}: {error.strerror or error}")
+    stdout.print(f"wrote {rows} rows to {path}", highlight=False)
+
+
+@app.command()
+def train(
+    model: Annotated[ModelKind, typer.Option(help="Kind of regressor.")] = ModelKind.random_forest,
+    data: Annotated[
+        Path, typer.Option(help="Training CSV.", show_default="the packaged dataset")
+    ] = DEFAULT_PATH,
+    name: Annotated[
+        str | None, typer.Option(help="Registered model name.", show_default="$DEFAULT_MODEL_NAME")
+    ] = None,
+    alias: Annotated[
+        str | None,
+        typer.Option(
+            help="Alias for the new version.",
+            show_default="champion for the first version, else challenger",
+        ),
+    ] = None,
+    no_alias: Annotated[bool, typer.Option("--no-alias", help="Give the version no alias.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for the split and the model.")] = DEFAULT_SEED,
+    test_size: Annotated[float, typer.Option(help="Held-out share of rows.")] = 0.2,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Train a model on the dataset, log it to MLflow and register a new version."""
+    from training.settings import RegistrySettings
+    from training.train import TrainOptions, train_and_register
+
+    if alias is not None and no_alias:
+        fail("--alias and --no-alias exclude each other", code=2)
+    options = TrainOptions(
+        kind=model, data_path=data, seed=seed, test_size=test_size, alias="" if no_alias else alias
+    )
+    settings = RegistrySettings.from_env(model_name=name)
+    try:
+        with progress("Starting") as step:
+            result = train_and_register(options, settings, step)
+    except TrainingError as error:
+        fail(str(error))
+    if json_output:
+        print_json(asdict(result) | {"tracking_uri": settings.tracking_uri})
+        return
+    print_fields(
+        f"Registered {result.model_uri}",
+        {
+            "version": result.version,
+            "alias": result.alias,
+            "model": result.kind.value,
+            **{metric: f"{value:.4f}" for metric, value in result.metrics.items()},
+            "run": result.run_id,
+            "registry": settings.tracking_uri,
+            "took": f"{result.seconds:.1f} s",
+        },
+    )
+
+
+@app.command()
+def up(
+    mlflow_host: Annotated[str, typer.Option(help="Address of the MLflow UI.")] = "127.0.0.1",
+    mlflow_port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+) -> None:
+    """Run the system locally until Ctrl-C: registry with first models, MLflow UI."""
+    from controller.errors import ControllerError
+    from controller.up import UpOptions, run_until_stopped, start_system, terminate_as_interrupt
+    from training.settings import RegistrySettings, state_dir
+
+    options = UpOptions(state=state_dir(), mlflow_host=mlflow_host, mlflow_port=mlflow_port)
+    settings = RegistrySettings.from_env()
+    with terminate_as_interrupt():
+        try:
+            with progress("Starting") as step:
+                system = start_system(options, settings, step)
+        except KeyboardInterrupt:
+            fail("interrupted while starting; everything started was stopped", code=130)
+        except (ControllerError, TrainingError) as error:
+            fail(str(error))
+        try:
+            for result in system.trained:
+                stdout.print(
+                    f"trained {result.model_uri} ({result.kind.value}, alias {result.alias}, "
+                    f"r2 {result.metrics['r2']:.3f})",
+                    highlight=False,
+                )
+            print_fields("mlcanary is up", system.urls | {"state": str(options.state)})
+            stdout.print("Press Ctrl-C to stop.")
+            run_until_stopped(system)
+        except ControllerError as error:
+            fail(str(error))
+        finally:
+            system.stop()
+    stdout.print("stopped")
+
+
+def main() -> None:
+    """Run the command line."""
+    app()

@@ -1,0 +1,1 @@
+"""Dataset generation, training, evaluation, MLflow logging and registration."""

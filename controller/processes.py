@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -34,6 +35,8 @@ def child_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
 def ensure_port_free(host: str, port: int, what: str) -> None:
     """Raise ControllerError naming `what` if `host:port` cannot be bound."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As servers do: a listener still refuses the bind, a closed socket in TIME_WAIT does not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as error:
@@ -94,10 +97,8 @@ class ChildProcess:
     def _reap_group(self) -> None:
         """Kill what is left of the group (grandchildren that outlived their parent)."""
         assert self.process is not None  # noqa: S101 (only called after start)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         if self.process.poll() is None:
             self.process.wait(timeout=STOP_GRACE_SECONDS)
 

@@ -79,28 +79,28 @@ def mlflow_server(settings: RegistrySettings, options: UpOptions) -> ChildProces
 
 
 def start_system(
-    options: UpOptions, settings: RegistrySettings, progress: Callable[[str], None]
-) -> LocalSystem:
-    """Train into an empty registry, then start the MLflow UI; stop what started on failure."""
-    system = LocalSystem()
+    options: UpOptions,
+    settings: RegistrySettings,
+    system: LocalSystem,
+    progress: Callable[[str], None],
+) -> None:
+    """Train into an empty registry, then start the MLflow UI, recording each child in `system`.
+
+    The caller stops `system` whatever happens, so a failure half-way leaves nothing running.
+    """
     if settings.embedded:
         ensure_port_free(options.mlflow_host, options.mlflow_port, "the MLflow server")
     system.trained = bootstrap_registry(settings, progress)
-    try:
-        if settings.embedded:
-            progress("Starting the MLflow server")
-            server = mlflow_server(settings, options)
-            system.children.append(server)
-            server.start()
-            url = f"http://{options.mlflow_host}:{options.mlflow_port}"
-            wait_until_healthy(server, f"{url}/health", MLFLOW_START_SECONDS)
-            system.urls["MLflow UI"] = url
-        else:
-            system.urls["MLflow"] = settings.tracking_uri
-    except BaseException:
-        system.stop()
-        raise
-    return system
+    if not settings.embedded:
+        system.urls["MLflow"] = settings.tracking_uri
+        return
+    progress("Starting the MLflow server")
+    server = mlflow_server(settings, options)
+    system.children.append(server)
+    server.start()
+    url = f"http://{options.mlflow_host}:{options.mlflow_port}"
+    wait_until_healthy(server, f"{url}/health", MLFLOW_START_SECONDS)
+    system.urls["MLflow UI"] = url
 
 
 @contextmanager
@@ -117,14 +117,22 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_until_stopped(system: LocalSystem, poll_seconds: float = 0.5) -> None:
-    """Block until Ctrl-C or SIGTERM (then return) or a child dies (then raise)."""
-    idle = threading.Event()
+@contextmanager
+def signals_ignored() -> Iterator[None]:
+    """Ignore Ctrl-C and SIGTERM inside the block, so a second one cannot cut clean-up short."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while True:
-            dead = system.first_dead_child()
-            if dead is not None:
-                raise ControllerError(dead.exit_description())
-            idle.wait(poll_seconds)
-    except KeyboardInterrupt:
-        return
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run_until_stopped(system: LocalSystem, poll_seconds: float = 0.5) -> None:
+    """Block until a child dies (then raise ControllerError); Ctrl-C ends it from outside."""
+    idle = threading.Event()
+    while True:
+        dead = system.first_dead_child()
+        if dead is not None:
+            raise ControllerError(dead.exit_description())
+        idle.wait(poll_seconds)

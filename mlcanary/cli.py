@@ -6,7 +6,7 @@ import logging
 import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,6 +14,9 @@ from mlcanary.output import fail, print_fields, print_json, progress, stdout
 from training.dataset import DEFAULT_PATH, DEFAULT_ROWS, DEFAULT_SEED
 from training.errors import TrainingError
 from training.pipelines import ModelKind
+
+if TYPE_CHECKING:
+    from controller.up import LocalSystem, UpOptions
 
 app = typer.Typer(
     help="Canary deployments for MLflow models: train, serve, split traffic, promote, roll back.",
@@ -31,6 +34,8 @@ def configure(
     level = "INFO" if verbose else "WARNING"
     logging.basicConfig(level=level)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", level)  # read when mlflow is first imported
+    # mlflow writes "View run … at …" to stdout, which must stay clean for --json.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     logging.getLogger("alembic").setLevel(level)
 
 
@@ -70,7 +75,9 @@ def train(
             show_default="champion for the first version, else challenger",
         ),
     ] = None,
-    no_alias: Annotated[bool, typer.Option("--no-alias", help="Give the version no alias.")] = False,
+    no_alias: Annotated[
+        bool, typer.Option("--no-alias", help="Give the version no alias.")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed for the split and the model.")] = DEFAULT_SEED,
     test_size: Annotated[float, typer.Option(help="Held-out share of rows.")] = 0.2,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
@@ -114,34 +121,52 @@ def up(
 ) -> None:
     """Run the system locally until Ctrl-C: registry with first models, MLflow UI."""
     from controller.errors import ControllerError
-    from controller.up import UpOptions, run_until_stopped, start_system, terminate_as_interrupt
+    from controller.up import (
+        LocalSystem,
+        UpOptions,
+        run_until_stopped,
+        signals_ignored,
+        start_system,
+        terminate_as_interrupt,
+    )
     from training.settings import RegistrySettings, state_dir
 
     options = UpOptions(state=state_dir(), mlflow_host=mlflow_host, mlflow_port=mlflow_port)
     settings = RegistrySettings.from_env()
+    system = LocalSystem()
+    started = False
+    problem = None
     with terminate_as_interrupt():
         try:
             with progress("Starting") as step:
-                system = start_system(options, settings, step)
-        except KeyboardInterrupt:
-            fail("interrupted while starting; everything started was stopped", code=130)
-        except (ControllerError, TrainingError) as error:
-            fail(str(error))
-        try:
-            for result in system.trained:
-                stdout.print(
-                    f"trained {result.model_uri} ({result.kind.value}, alias {result.alias}, "
-                    f"r2 {result.metrics['r2']:.3f})",
-                    highlight=False,
-                )
-            print_fields("mlcanary is up", system.urls | {"state": str(options.state)})
-            stdout.print("Press Ctrl-C to stop.")
+                start_system(options, settings, system, step)
+            started = True
+            _announce(system, options)
             run_until_stopped(system)
-        except ControllerError as error:
-            fail(str(error))
+        except KeyboardInterrupt:
+            pass
+        except (ControllerError, TrainingError) as error:
+            problem = str(error)
         finally:
-            system.stop()
+            with signals_ignored():
+                system.stop()
+    if problem:
+        fail(problem)
+    if not started:
+        fail("interrupted while starting; everything started was stopped", code=130)
     stdout.print("stopped")
+
+
+def _announce(system: LocalSystem, options: UpOptions) -> None:
+    """Say what `up` trained and where to look."""
+    for result in system.trained:
+        stdout.print(
+            f"trained {result.model_uri} ({result.kind.value}, alias {result.alias}, "
+            f"r2 {result.metrics['r2']:.3f})",
+            highlight=False,
+        )
+    print_fields("mlcanary is up", system.urls | {"state": str(options.state)})
+    stdout.print("Press Ctrl-C to stop.")
 
 
 def main() -> None:

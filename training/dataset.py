@@ -7,8 +7,6 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from training.errors import TrainingError
 
 if TYPE_CHECKING:
@@ -29,6 +27,8 @@ def generate_rows(rows: int = DEFAULT_ROWS, seed: int = DEFAULT_SEED) -> list[li
     """Return `rows` synthetic records as formatted strings, the same for the same seed."""
     if rows < 1:
         raise TrainingError(f"rows must be at least 1, got {rows}")
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     hours = np.round(rng.uniform(1.0, 12.0, rows), 1)
     sleep = np.round(rng.uniform(4.0, 9.0, rows), 1)
@@ -36,8 +36,8 @@ def generate_rows(rows: int = DEFAULT_ROWS, seed: int = DEFAULT_SEED) -> list[li
     previous = rng.integers(40, 96, rows)
     noise = rng.normal(0.0, 3.0, rows)
     # Study time matters most, then what a student already knew, then sleep and attendance.
-    score = 1.6 * hours + 0.8 * sleep + 0.08 * attendance + 0.18 * previous + noise
-    score = np.round(np.clip(score, 15.0, 55.0), 1)
+    raw_score = 1.6 * hours + 0.8 * sleep + 0.08 * attendance + 0.18 * previous + noise
+    score = np.round(np.clip(raw_score, 15.0, 55.0), 1)
     width = max(3, len(str(rows)))
     return [
         [

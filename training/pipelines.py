@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
-from sklearn.linear_model import LinearRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
+if TYPE_CHECKING:
+    from sklearn.pipeline import Pipeline
 
 
 class ModelKind(StrEnum):
@@ -21,6 +19,11 @@ class ModelKind(StrEnum):
 
 def build_pipeline(kind: ModelKind, seed: int) -> Pipeline:
     """Return an unfitted Pipeline of the given kind, seeded for reproducible fits."""
+    from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
     if kind is ModelKind.linear:
         return Pipeline([("scale", StandardScaler()), ("regressor", LinearRegression())])
     if kind is ModelKind.random_forest:

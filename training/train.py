@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING
 from training.dataset import DEFAULT_PATH, DEFAULT_SEED, FEATURES, TARGET, load_dataset
 from training.errors import TrainingError
 from training.pipelines import ModelKind, build_pipeline, pipeline_params
-from training.registry import choose_alias, connect, ensure_experiment, register_version, versions_of
+from training.registry import (
+    choose_alias,
+    connect,
+    ensure_experiment,
+    register_version,
+    versions_of,
+)
 from training.settings import EXPERIMENT_NAME
 
 if TYPE_CHECKING:
@@ -133,9 +139,7 @@ def train_and_register(
         run_id, logged = _log_run(options, frame, split, pipeline, metrics, experiment_id)
         progress(f"Registering a version of {settings.model_name}")
         tags = {"model_kind": options.kind.value} | {k: f"{v:.6f}" for k, v in metrics.items()}
-        registered = register_version(
-            client, settings.model_name, logged, run_id, tags, alias
-        )
+        registered = register_version(client, settings.model_name, logged, run_id, tags, alias)
     except MlflowException as error:
         raise TrainingError(f"registry error: {error.message}") from None
     return TrainResult(
@@ -160,15 +164,15 @@ def _log_run(
 ) -> tuple[str, ModelInfo]:
     """Log parameters, metrics, the dataset and the model in one run; return run id and model."""
     import mlflow
-    import mlflow.data
     import mlflow.sklearn
+    from mlflow.data.pandas_dataset import from_pandas
     from mlflow.models import infer_signature
 
     signature = infer_signature(split.train_x, pipeline.predict(split.train_x))
     with warnings.catch_warnings():
-        # mlflow registers the local-file source class twice and warns about its own ambiguity.
+        # mlflow 3.17 registers the local-file source class twice and warns of its own ambiguity.
         warnings.filterwarnings("ignore", "The specified dataset source", UserWarning)
-        dataset = mlflow.data.from_pandas(
+        dataset = from_pandas(
             frame,
             source=str(options.data_path.resolve()),
             targets=TARGET,

@@ -1,0 +1,1 @@
+"""Data plane: the weighted, sticky, health-aware reverse proxy (built in a later issue)."""

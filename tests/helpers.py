@@ -1,0 +1,68 @@
+"""Small helpers shared by the tests: free ports, running the real command, registry reads."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+from mlflow import MlflowClient
+
+from training.settings import RegistrySettings
+
+
+def free_port() -> int:
+    """Return a port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def command_environment(state: Path, **extra: str) -> dict[str, str]:
+    """Return an environment for the real `mlcanary` command with its own state folder."""
+    environment = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("MLFLOW_TRACKING_URI", "DEFAULT_MODEL_NAME")
+    }
+    environment["MLCANARY_HOME"] = str(state)
+    environment.update(extra)
+    return environment
+
+
+def run_mlcanary(
+    *args: str, state: Path, timeout: float = 120, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m mlcanary ARGS` to completion and return what it printed."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlcanary", *args],
+        env=command_environment(state, **extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def registry_snapshot(settings: RegistrySettings) -> tuple[list[tuple[str, list[str]]], int]:
+    """Return the model's (version, aliases) pairs and how many runs were logged in all."""
+    client = MlflowClient(settings.tracking_uri, settings.tracking_uri)
+    versions = sorted(
+        int(v.version) for v in client.search_model_versions(f"name = '{settings.model_name}'")
+    )
+    aliases = client.get_registered_model(settings.model_name).aliases if versions else {}
+    described = [
+        (str(v), sorted(a for a, target in aliases.items() if int(target) == v)) for v in versions
+    ]
+    experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiment_ids) if experiment_ids else []
+    return described, len(runs)
+
+
+def point_mlflow_at(settings: RegistrySettings) -> None:
+    """Make `models:/` URIs in this process resolve against the given registry."""
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    mlflow.set_registry_uri(settings.tracking_uri)

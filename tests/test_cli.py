@@ -1,0 +1,225 @@
+"""The real `mlcanary` command: training output, bad input, and `up`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import TrainedRegistry
+from tests.helpers import command_environment, free_port, registry_snapshot, run_mlcanary
+from training.dataset import COLUMNS
+
+
+def test_help_reads_well_and_imports_no_mlflow() -> None:
+    """`--help` lists the commands, and loading the command line does not import mlflow."""
+    code = "import sys, mlcanary.cli; print('mlflow' in sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert loaded.stdout.strip() == "False"
+    shown = subprocess.run(
+        [sys.executable, "-m", "mlcanary", "--help"], capture_output=True, text=True, check=True
+    )
+    for command in ("train", "generate-data", "up"):
+        assert command in shown.stdout
+
+
+def test_train_prints_json_for_scripts(tmp_path: Path) -> None:
+    """`train --json` prints only JSON on stdout: version, alias, metrics, registry."""
+    done = run_mlcanary("train", "--model", "linear", "--json", state=tmp_path)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["version"] == "1"
+    assert result["alias"] == "champion"
+    assert result["model_uri"] == "models:/StudentExamPredictor/1"
+    assert set(result["metrics"]) == {"rmse", "mae", "r2"}
+    assert result["tracking_uri"] == f"sqlite:///{tmp_path}/mlflow.db"
+
+
+def test_train_honours_the_original_model_name_setting(tmp_path: Path) -> None:
+    """DEFAULT_MODEL_NAME names the registered model when --name is not given."""
+    done = run_mlcanary(
+        "train", "--model", "linear", "--json", state=tmp_path, DEFAULT_MODEL_NAME="Exams"
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["model_uri"] == "models:/Exams/1"
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+HEADER = ",".join(COLUMNS)
+ROWS = "".join(f"S{i:03d},6.5,7.0,90.0,85,40.1\n" for i in range(30))
+
+
+@pytest.mark.parametrize(
+    ("arguments", "environment", "expected"),
+    [
+        (["--data", "{tmp}/nothing.csv"], {}, "dataset not found"),
+        (["--data", "{tmp}/bad.csv"], {}, "not valid CSV"),
+        (["--data", "{tmp}/nocolumn.csv"], {}, "lacks column(s): previous_scores"),
+        (["--data", "{tmp}/text.csv"], {}, "column 'sleep_hours' needs numbers"),
+        (["--model", "xgboost"], {}, "Invalid value for '--model'"),
+        (["--test-size", "1.5"], {}, "test_size must be between 0 and 1"),
+        ([], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:{closed}"}, "cannot be reached"),
+        (["--alias", "x", "--no-alias"], {}, "exclude each other"),
+    ],
+    ids=[
+        "missing-csv",
+        "malformed",
+        "missing-column",
+        "non-numeric",
+        "unknown-model",
+        "bad-split",
+        "unreachable",
+        "alias-conflict",
+    ],
+)
+def test_bad_input_is_one_clear_error_and_changes_nothing(
+    tmp_path: Path,
+    trained_registry: TrainedRegistry,
+    arguments: list[str],
+    environment: dict[str, str],
+    expected: str,
+) -> None:
+    """Each bad input: non-zero exit, the problem named, no traceback, registry unchanged."""
+    _write(tmp_path / "bad.csv", f'{HEADER}\n"S1,1,2,3,4,5\n')
+    _write(tmp_path / "nocolumn.csv", HEADER.replace(",previous_scores", "") + "\n")
+    _write(tmp_path / "text.csv", f"{HEADER}\n{ROWS}S999,6.5,lots,90.0,85,40.1\n")
+    state = trained_registry.state
+    settings = trained_registry.settings
+    before = registry_snapshot(settings)
+    values = {"tmp": str(tmp_path), "closed": str(free_port())}
+    done = run_mlcanary(
+        "train",
+        *(argument.format(**values) for argument in arguments),
+        state=state,
+        **{key: value.format(**values) for key, value in environment.items()},
+    )
+    assert done.returncode != 0
+    assert expected in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert registry_snapshot(settings) == before
+
+
+def _children_of_state(state: Path) -> list[int]:
+    """Return pids of live processes whose command line mentions the state folder."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(state) in command:
+            found.append(int(entry.name))
+    return found
+
+
+class RunningUp:
+    """`mlcanary up` as a child process, its stdout collected by a thread."""
+
+    def __init__(self, state: Path, port: int) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlcanary", "up", "--mlflow-port", str(port)],
+            env=command_environment(state),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.ready = threading.Event()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+            if "Press Ctrl-C to stop" in line:
+                self.ready.set()
+
+    def wait_until_up(self, timeout: float = 120) -> None:
+        """Wait for `up` to say it is up; fail with its stderr if it exits first."""
+        deadline = time.monotonic() + timeout
+        while not self.ready.wait(0.2):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                raise AssertionError(self.process.communicate()[1])
+
+    def stop(self) -> tuple[int, str, str]:
+        """Send SIGTERM; return exit code, everything printed on stdout, and stderr."""
+        self.process.send_signal(signal.SIGTERM)
+        _, err = self.process.communicate(timeout=60)
+        self.reader.join(timeout=10)
+        return self.process.returncode, "".join(self.lines), err
+
+
+def _registered_through_ui(port: int) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models/get?name=StudentExamPredictor"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        model: dict[str, Any] = json.loads(answer.read())["registered_model"]
+        return model
+
+
+def test_up_trains_once_serves_the_ui_and_stops_cleanly(tmp_path: Path) -> None:
+    """`up` registers champion and challenger, serves MLflow, stops all on SIGTERM; reuses state."""
+    state = tmp_path / "state"
+    port = free_port()
+    first = RunningUp(state, port)
+    try:
+        first.wait_until_up()
+        model = _registered_through_ui(port)
+        aliases = {alias["alias"]: alias["version"] for alias in model["aliases"]}
+        assert aliases == {"champion": "1", "challenger": "2"}
+        trained_via_server = run_mlcanary(
+            "train",
+            "--model",
+            "linear",
+            "--json",
+            state=tmp_path / "client",
+            MLFLOW_TRACKING_URI=f"http://127.0.0.1:{port}",
+        )
+        assert trained_via_server.returncode == 0, trained_via_server.stderr
+        assert json.loads(trained_via_server.stdout)["version"] == "3"
+    finally:
+        code, out, err = first.stop()
+    assert code == 0, err
+    assert "trained models:/StudentExamPredictor/1" in out
+    assert f"http://127.0.0.1:{port}" in out
+    assert _children_of_state(state) == []
+
+    second = RunningUp(state, port)
+    try:
+        second.wait_until_up()
+    finally:
+        code, out, err = second.stop()
+    assert code == 0, err
+    assert "trained" not in out  # the registry was reused, nothing retrained
+    assert _children_of_state(state) == []
+
+
+def test_up_names_a_port_that_is_taken(tmp_path: Path) -> None:
+    """A busy MLflow port is a one-line error naming it, before anything is trained."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = run_mlcanary("up", "--mlflow-port", str(port), state=tmp_path / "state")
+    assert done.returncode == 1
+    assert f"127.0.0.1:{port}" in done.stderr
+    assert "MLflow server" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "state" / "mlflow.db").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -17,6 +18,14 @@ from training.pipelines import ModelKind
 
 if TYPE_CHECKING:
     from controller.up import LocalSystem, UpOptions
+
+
+class Engine(StrEnum):
+    """Model server engines."""
+
+    native = "native"
+    mlflow = "mlflow"
+
 
 app = typer.Typer(
     help="Canary deployments for MLflow models: train, serve, split traffic, promote, roll back.",
@@ -112,6 +121,56 @@ def train(
             "took": f"{result.seconds:.1f} s",
         },
     )
+
+
+@app.command("serve-model")
+def serve_model(
+    model_uri: Annotated[str, typer.Argument(help="models:/Name/3, models:/Name@alias, runs:/…")],
+    port: Annotated[int, typer.Option(help="Port; 0 picks a free one (native only).")] = 5001,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    engine: Annotated[
+        Engine, typer.Option(help="native: fast aiohttp server; mlflow: `mlflow models serve`.")
+    ] = Engine.native,
+    batching: Annotated[bool, typer.Option(help="Micro-batch concurrent requests.")] = True,
+    batch_window_ms: Annotated[
+        float, typer.Option(help="Extra wait to gather a batch, in ms.")
+    ] = 0.0,
+    max_batch_rows: Annotated[int, typer.Option(help="Most rows in one predict call.")] = 512,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body, MiB.")] = 64.0,
+) -> None:
+    """Serve one model version over MLflow's scoring protocol until SIGTERM or Ctrl-C."""
+    from pydantic import ValidationError
+
+    from model_server.loading import ModelLoadError
+    from model_server.serve import serve
+    from model_server.settings import ServerSettings
+    from training.settings import RegistrySettings
+
+    logging.getLogger("model_server").setLevel(logging.INFO)
+    # The same registry `train` uses: the embedded one unless MLFLOW_TRACKING_URI says otherwise.
+    os.environ.setdefault("MLFLOW_TRACKING_URI", RegistrySettings.from_env().tracking_uri)
+    try:
+        settings = ServerSettings(
+            model_uri=model_uri,
+            host=host,
+            port=port,
+            engine=engine.value,
+            batching=batching,
+            batch_window_ms=batch_window_ms,
+            max_batch_rows=max_batch_rows,
+            max_body_bytes=int(max_body_mb * 1024 * 1024),
+        )
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
+            for item in error.errors()
+        )
+        fail(f"invalid settings: {problems}", code=2)
+    try:
+        code = serve(settings)
+    except ModelLoadError as error:
+        fail(str(error))
+    raise typer.Exit(code)
 
 
 @app.command()

@@ -1,0 +1,218 @@
+"""Resolve a model URI once to a concrete version, load it, and warm it on its input example."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    from mlflow import MlflowClient
+    from mlflow.pyfunc import PyFuncModel
+    from mlflow.types import Schema
+
+UNREGISTERED = "unregistered"
+
+
+class ModelLoadError(Exception):
+    """The URI cannot be resolved or the model cannot be loaded or warmed."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model URI pinned, once, to what it pointed at when the server started."""
+
+    requested_uri: str
+    uri: str
+    """Concrete: `models:/Name/3` for a registry URI, else the URI as given."""
+    name: str | None
+    version: str
+    """Registry version, or `unregistered` for runs, logged models and paths."""
+    run_id: str | None
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """Predict plain numeric rows straight on the scikit-learn model, skipping pandas parsing."""
+
+    feature_names: tuple[str, ...]
+    predict: Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A loaded, warmed model and what `/metadata` reports about it."""
+
+    resolved: ResolvedModel
+    pyfunc: PyFuncModel
+    input_schema: Schema | None
+    fast_path: FastPath | None
+    flavor: str
+    signature: dict[str, Any] | None
+    input_example: Any
+    serving_example: bytes | None
+    loaded_at: str
+    load_seconds: float
+    warm_up: str = ""
+
+
+def resolve(model_uri: str, client: MlflowClient | None = None) -> ResolvedModel:
+    """Pin `model_uri` to a concrete registry version (alias, `latest`), or keep it as given."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    if not model_uri.startswith("models:/"):
+        run_id = (
+            model_uri.removeprefix("runs:/").split("/")[0]
+            if model_uri.startswith("runs:/")
+            else None
+        )
+        return ResolvedModel(model_uri, model_uri, None, UNREGISTERED, run_id)
+    rest = model_uri.removeprefix("models:/").strip("/")
+    client = client or MlflowClient()
+    try:
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            found = client.get_model_version_by_alias(name, alias)
+        elif "/" in rest:
+            name, version = rest.split("/", 1)
+            if version == "latest":
+                candidates = client.search_model_versions(f"name = '{name}'")
+                if not candidates:
+                    raise ModelLoadError(f"registered model {name!r} has no versions")
+                found = max(candidates, key=lambda candidate: int(candidate.version))
+            else:
+                found = client.get_model_version(name, version)
+        else:
+            return ResolvedModel(model_uri, model_uri, None, UNREGISTERED, None)
+    except MlflowException as error:
+        raise ModelLoadError(f"cannot resolve {model_uri}: {error.message}") from None
+    concrete = f"models:/{found.name}/{found.version}"
+    return ResolvedModel(model_uri, concrete, found.name, str(found.version), found.run_id)
+
+
+def load(resolved: ResolvedModel) -> LoadedModel:
+    """Download and load the model, then warm it on its logged input example."""
+    import mlflow.artifacts
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    started = time.perf_counter()
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(resolved.uri))
+        pyfunc = mlflow.pyfunc.load_model(str(local))
+    except (MlflowException, OSError) as error:
+        message = getattr(error, "message", None) or str(error)
+        raise ModelLoadError(f"cannot load {resolved.uri}: {message}") from None
+    metadata = pyfunc.metadata
+    signature = metadata.signature
+    loaded = LoadedModel(
+        resolved=resolved,
+        pyfunc=pyfunc,
+        input_schema=metadata.get_input_schema(),
+        fast_path=fast_path_for(pyfunc),
+        flavor=_flavor(metadata.flavors),
+        signature=_signature_json(signature.to_dict()) if signature else None,
+        input_example=_input_example(metadata, local),
+        serving_example=_serving_example(metadata, local),
+        loaded_at=datetime.now(UTC).isoformat(),
+        load_seconds=time.perf_counter() - started,
+    )
+    return warm(loaded)
+
+
+def fast_path_for(pyfunc: PyFuncModel) -> FastPath | None:
+    """Return a fast path when the model is scikit-learn with all-`double` named columns."""
+    import pandas as pd
+    from mlflow.types import DataType
+    from mlflow.types.schema import ColSpec
+
+    schema = pyfunc.metadata.get_input_schema()
+    sklearn_conf = pyfunc.metadata.flavors.get("sklearn")
+    if schema is None or sklearn_conf is None or not schema.has_input_names():
+        return None
+    if pyfunc.metadata.flavors.get("python_function", {}).get("loader_module") != "mlflow.sklearn":
+        return None
+    if pyfunc.model_config or (pyfunc.metadata.get_params_schema() is not None):
+        return None
+    columns = schema.inputs
+    if not all(
+        isinstance(column, ColSpec) and column.type == DataType.double and column.required
+        for column in columns
+    ):
+        return None
+    names = tuple(str(column.name) for column in columns)
+    raw = pyfunc.get_raw_model()
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        result: np.ndarray = raw.predict(pd.DataFrame(rows, columns=list(names)))
+        return result
+
+    return FastPath(names, predict)
+
+
+def warm(model: LoadedModel) -> LoadedModel:
+    """Predict the logged serving example through MLflow's own path, and the fast path too.
+
+    The fast path is dropped (everything goes through MLflow's parser) if its answer differs.
+    """
+    from model_server.parsing import plain_rows
+    from model_server.scoring import score_with_mlflow
+
+    if model.serving_example is None:
+        return replace(model, warm_up="no input example was logged; nothing to warm on")
+    status, body, _ = score_with_mlflow(model, model.serving_example, "application/json")
+    if status != 200:
+        raise ModelLoadError(f"the model fails on its own input example: {body.decode()[:500]}")
+    expected = json.loads(body)["predictions"]
+    fast = model.fast_path
+    if fast is not None:
+        rows = plain_rows(model.serving_example, fast.feature_names)
+        agrees = rows is not None and _close(fast.predict(rows).tolist(), expected)
+        if not agrees:
+            return replace(model, fast_path=None, warm_up="warm; fast path disagreed, disabled")
+    return replace(model, warm_up=f"warm: predicted {len(expected)} example row(s)")
+
+
+def _close(left: list[Any], right: list[Any]) -> bool:
+    return len(left) == len(right) and all(
+        abs(float(a) - float(b)) <= 1e-9 for a, b in zip(left, right, strict=True)
+    )
+
+
+def _flavor(flavors: dict[str, Any]) -> str:
+    named = [name for name in flavors if name != "python_function"]
+    return named[0] if named else "python_function"
+
+
+def _signature_json(signature: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: json.loads(value) if isinstance(value, str) else value
+        for key, value in signature.items()
+    }
+
+
+def _input_example(metadata: Any, local: Path) -> Any:
+    """Return the logged input example as JSON-able data, or None."""
+    if not metadata.saved_input_example_info:
+        return None
+    try:
+        example = metadata.load_input_example(str(local))
+    except Exception:
+        return None
+    to_dict = getattr(example, "to_dict", None)
+    return to_dict(orient="records") if to_dict else example
+
+
+def _serving_example(metadata: Any, local: Path) -> bytes | None:
+    """Return the logged serving input example (a request body), or None."""
+    info = metadata.saved_input_example_info or {}
+    name = info.get("serving_input_path")
+    if not name or not (local / name).is_file():
+        return None
+    return (local / str(name)).read_bytes()

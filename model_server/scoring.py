@@ -1,0 +1,42 @@
+"""MLflow's own request handling, called directly: the reference path for every request."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, NamedTuple
+
+from model_server.errors import error_body
+
+if TYPE_CHECKING:
+    from model_server.loading import LoadedModel
+
+JSON = "application/json"
+
+
+class Scored(NamedTuple):
+    """An answer: HTTP status, body and its content type."""
+
+    status: int
+    body: bytes
+    content_type: str
+
+
+def score_with_mlflow(model: LoadedModel, body: bytes, content_type: str) -> Scored:
+    """Answer a request exactly as `mlflow models serve` does.
+
+    Runs MLflow's `invocations` (parsing, schema enforcement, predict, serialization) and
+    turns its exceptions into its error bodies. One deliberate difference: a body nested too
+    deeply for Python's JSON parser is a 400 here, where MLflow answers 500.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc.scoring_server import invocations
+
+    try:
+        answer = invocations(body, content_type, model.pyfunc, model.input_schema)
+    except MlflowException as error:
+        return Scored(error.get_http_status_code(), error.serialize_as_json().encode(), JSON)
+    except RecursionError:
+        message = "the JSON body is nested too deeply"
+        return Scored(400, error_body("BAD_REQUEST", message).encode(), JSON)
+    response = answer.response
+    encoded = response.encode() if isinstance(response, str) else bytes(response)
+    return Scored(answer.status, encoded, answer.mimetype)

@@ -1,0 +1,78 @@
+"""Run one model server process: resolve the URI once, then serve with the chosen engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from model_server.app import STATE, create_app
+from model_server.loading import ModelLoadError, ResolvedModel, resolve
+from model_server.settings import ServerSettings
+
+log = logging.getLogger("model_server")
+
+
+def limit_registry_retries() -> None:
+    """Make an unreachable registry an error within seconds, not minutes of retries."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def serve(settings: ServerSettings) -> int:
+    """Serve until SIGTERM or Ctrl-C; return the exit code. Raises ModelLoadError early."""
+    limit_registry_retries()
+    resolved = resolve(settings.model_uri)
+    if settings.engine == "mlflow":
+        exec_mlflow_engine(settings, resolved)
+    return asyncio.run(serve_native(settings, resolved))
+
+
+async def serve_native(settings: ServerSettings, resolved: ResolvedModel) -> int:
+    """Listen at once (`/health` says 503 while loading), load in the background, serve."""
+    app = create_app(settings, resolved)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout_s)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    print(f"listening on http://{host}:{port} for {resolved.uri}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    state = app[STATE]
+    settled = asyncio.create_task(state.settled.wait())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({settled, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if state.status == "failed":
+        print(f"error: {state.error}", file=sys.stderr, flush=True)
+        stopping.cancel()
+        await runner.cleanup()
+        return 1
+    await stopping
+    await runner.cleanup()  # stops listening, then waits for requests in flight
+    return 0
+
+
+def exec_mlflow_engine(settings: ServerSettings, resolved: ResolvedModel) -> None:
+    """Replace this process with `mlflow models serve --env-manager local` on the same URI."""
+    if settings.port == 0:
+        raise ModelLoadError("the mlflow engine needs a fixed --port (it cannot report port 0)")
+    scripts = Path(sys.executable).parent
+    argv = [
+        sys.executable, "-m", "mlflow", "models", "serve",
+        "-m", resolved.uri, "--env-manager", "local",
+        "-h", settings.host, "-p", str(settings.port),
+    ]  # fmt: skip
+    environment = dict(os.environ)
+    # `mlflow models serve` execs a bare `uvicorn`: the one beside this Python must come first.
+    environment["PATH"] = os.pathsep.join([str(scripts), environment.get("PATH", "")])
+    sys.stdout.flush()
+    os.execve(sys.executable, argv, environment)  # noqa: S606 (argv built here, no shell)

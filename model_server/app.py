@@ -12,13 +12,14 @@ from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
 from typing import Any, Literal
 
+import numpy as np
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from model_server.batching import MicroBatcher
 from model_server.errors import ScoringError, error_body
-from model_server.loading import LoadedModel, ModelLoadError, ResolvedModel, load
+from model_server.loading import FastPath, LoadedModel, ModelLoadError, ResolvedModel, load
 from model_server.metrics import ServerMetrics
 from model_server.parsing import is_plain_json, plain_rows
 from model_server.scoring import JSON, score_with_mlflow
@@ -221,6 +222,16 @@ async def metadata(request: web.Request) -> web.Response:
     return json_response(json.dumps(body, default=str))
 
 
+async def predict_fast(app: web.Application, fast: FastPath, rows: np.ndarray) -> np.ndarray:
+    """Predict plain rows on the raw model: batched with other requests when batching is on."""
+    batcher = app[STATE].batcher
+    if batcher is not None:
+        return await batcher.predict(rows)
+    return await asyncio.get_running_loop().run_in_executor(
+        app[EXECUTORS].predict, fast.predict, rows
+    )
+
+
 async def invocations(request: web.Request) -> web.Response:
     """Score a request: plain numeric JSON on the fast path, anything else the MLflow way."""
     state = request.app[STATE]
@@ -236,13 +247,13 @@ async def invocations(request: web.Request) -> web.Response:
     if fast is not None and is_plain_json(content_type):
         rows = plain_rows(body, fast.feature_names)
         if rows is not None:
-            if state.batcher is not None:
-                predictions = await state.batcher.predict(rows)
+            try:
+                predictions = await predict_fast(request.app, fast, rows)
+            # Any failure here is answered by MLflow's path below, with MLflow's own error.
+            except Exception:
+                log.debug("fast path failed; answering through MLflow's path", exc_info=True)
             else:
-                predictions = await asyncio.get_running_loop().run_in_executor(
-                    request.app[EXECUTORS].predict, fast.predict, rows
-                )
-            return json_response(json.dumps({"predictions": predictions.tolist()}))
+                return json_response(json.dumps({"predictions": predictions.tolist()}))
     scored = await asyncio.get_running_loop().run_in_executor(
         request.app[EXECUTORS].mlflow, score_with_mlflow, model, body, content_type
     )

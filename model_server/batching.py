@@ -64,8 +64,12 @@ class MicroBatcher:
             stacked = batch[0].rows if len(batch) == 1 else np.concatenate([i.rows for i in batch])
             try:
                 predictions = await loop.run_in_executor(self._executor, self._predict, stacked)
-            except Exception:
-                await self._predict_one_by_one(batch)
+            # One request's rows must not fail the others: each is retried on its own.
+            except Exception as error:  # noqa: BLE001
+                if len(batch) == 1:
+                    _settle(batch[0], error)
+                else:
+                    await self._predict_one_by_one(batch)
                 continue
             self._deliver(batch, predictions)
 
@@ -87,8 +91,7 @@ class MicroBatcher:
         start = 0
         for item in batch:
             end = start + len(item.rows)
-            if not item.future.done():
-                item.future.set_result(predictions[start:end])
+            _settle(item, predictions[start:end])
             start = end
 
     async def _predict_one_by_one(self, batch: list[_Pending]) -> None:
@@ -96,9 +99,18 @@ class MicroBatcher:
         for item in batch:
             try:
                 result = await loop.run_in_executor(self._executor, self._predict, item.rows)
-            except Exception as error:
-                if not item.future.done():
-                    item.future.set_exception(error)
+            # The failure belongs to this request alone.
+            except Exception as error:  # noqa: BLE001
+                _settle(item, error)
             else:
-                if not item.future.done():
-                    item.future.set_result(result)
+                _settle(item, result)
+
+
+def _settle(item: _Pending, outcome: np.ndarray | Exception) -> None:
+    """Hand a request its result or error, unless its client already went away."""
+    if item.future.done():
+        return
+    if isinstance(outcome, Exception):
+        item.future.set_exception(outcome)
+    else:
+        item.future.set_result(outcome)

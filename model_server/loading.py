@@ -203,7 +203,8 @@ def _input_example(metadata: Any, local: Path) -> Any:
         return None
     try:
         example = metadata.load_input_example(str(local))
-    except Exception:
+    # A broken example must not stop serving: /metadata then shows none.
+    except Exception:  # noqa: BLE001
         return None
     to_dict = getattr(example, "to_dict", None)
     return to_dict(orient="records") if to_dict else example

@@ -1,0 +1,73 @@
+"""Model servers as real child processes on free ports, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.helpers import free_port
+
+
+@dataclass
+class ServerProcess:
+    """A `mlcanary serve-model` child; `stop()` ends it and returns its exit code."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def wait_healthy(self, timeout: float = 120) -> float:
+        """Wait until `/health` answers 200; return the seconds it took."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited: {self.log_path.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        return time.monotonic() - started
+            except OSError:
+                time.sleep(0.1)
+        raise AssertionError(f"not healthy in {timeout} s: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, then wait; SIGKILL the group if it does not end in time."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            return self.process.wait(timeout=timeout)
+
+
+def start_model_server(
+    model_uri: str,
+    tracking_uri: str,
+    log_path: Path,
+    *,
+    engine: str = "native",
+    extra: tuple[str, ...] = (),
+) -> ServerProcess:
+    """Start `mlcanary serve-model` for `model_uri` on a free port, in its own process group."""
+    port = free_port()
+    environment = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "mlcanary", "serve-model", model_uri),
+                *("--port", str(port), "--engine", engine, *extra),
+            ],
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return ServerProcess(process, f"http://127.0.0.1:{port}", log_path)

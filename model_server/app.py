@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import time
@@ -137,6 +138,9 @@ async def load_in_background(app: web.Application) -> None:
                 observe=observe,
             )
         state.model, state.status = model, "ready"
+        # Everything loaded so far lives as long as the process: keep it out of the garbage
+        # collector's full passes, which would otherwise stall requests for ~100 ms.
+        gc.freeze()
         metrics.ready.labels(state.resolved.version).set(1)
         log.info("serving %s (%s); %s", model.resolved.uri, model.flavor, model.warm_up)
     finally:
@@ -217,6 +221,7 @@ async def metadata(request: web.Request) -> web.Response:
         "loaded_at": model.loaded_at,
         "load_seconds": round(model.load_seconds, 3),
         "fast_path": model.fast_path is not None,
+        "compiled": model.fast_path is not None and model.fast_path.compiled,
         "warm_up": model.warm_up,
     }
     return json_response(json.dumps(body, default=str))

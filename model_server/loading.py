@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from model_server.compiled import compile_estimator
+
 if TYPE_CHECKING:
     import numpy as np
     from mlflow import MlflowClient
@@ -42,6 +44,8 @@ class FastPath:
 
     feature_names: tuple[str, ...]
     predict: Callable[[np.ndarray], np.ndarray]
+    compiled: bool
+    """Whether `predict` is a compiled predictor rather than scikit-learn's own."""
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,27 @@ def fast_path_for(pyfunc: PyFuncModel) -> FastPath | None:
         result: np.ndarray = raw.predict(pd.DataFrame(rows, columns=list(names)))
         return result
 
-    return FastPath(names, predict)
+    compiled = compile_estimator(raw)
+    if compiled is not None and agrees_on_probe_rows(compiled, predict, len(names)):
+        return FastPath(names, compiled, compiled=True)
+    return FastPath(names, predict, compiled=False)
+
+
+def agrees_on_probe_rows(
+    candidate: Callable[[np.ndarray], np.ndarray],
+    reference: Callable[[np.ndarray], np.ndarray],
+    width: int,
+    tolerance: float = 1e-9,
+) -> bool:
+    """Whether two predictors agree on a spread of made-up rows, to `tolerance`."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    probe = np.vstack([rng.uniform(-1e3, 1e3, (64, width)), rng.uniform(0, 100, (64, width))])
+    try:
+        return bool(np.allclose(candidate(probe), reference(probe), rtol=0, atol=tolerance))
+    except (ValueError, TypeError, ArithmeticError):
+        return False
 
 
 def warm(model: LoadedModel) -> LoadedModel:

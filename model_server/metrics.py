@@ -32,7 +32,7 @@ class ServerMetrics:
         )
         for code in PRE_CREATED_CODES:
             requests.labels(version, code)
-        return cls(
+        metrics = cls(
             requests=requests,
             duration=Histogram(
                 "mlcanary_model_request_duration_seconds",
@@ -62,3 +62,7 @@ class ServerMetrics:
                 registry=registry,
             ),
         )
+        for labelled in (metrics.duration, metrics.batch_rows, metrics.batch_requests):
+            labelled.labels(version)  # zeros, not gaps, before the first request
+        metrics.ready.labels(version).set(0)
+        return metrics

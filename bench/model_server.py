@@ -1,0 +1,179 @@
+"""Native engine against `mlflow models serve`: the same models, the same load, one run.
+
+Run: .venv/bin/python bench/model_server.py [--duration 5] [--quick]
+Needs wrk (Debian: `apt-get install wrk`). Trains a linear model and a random forest into a
+temporary registry, starts both engines on each, and drives them with wrk (one thread,
+keep-alive) at concurrency 1, 16 and 64 with 1-row and 1,000-row JSON bodies. Prints
+requests/s, p50 and p99 per engine and the native/mlflow ratios; also seconds from process
+start to `/health` 200 and resident memory of each server's process tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.servers import ServerProcess, start_model_server
+from training.pipelines import ModelKind
+from training.settings import RegistrySettings
+from training.train import TrainOptions, train_and_register
+
+ROW = {"hours_studied": 6.5, "sleep_hours": 7.0, "attendance_percent": 90.0, "previous_scores": 85}
+LUA = """wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = io.open("{body}"):read("*a")
+"""
+
+
+@dataclass(frozen=True)
+class Load:
+    """One wrk run's result."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def body_file(folder: Path, rows: int) -> Path:
+    """Write a `dataframe_split` body with `rows` rows and return its path."""
+    data = [[ROW[c] + (i % 7) * 0.1 for c in ROW] for i in range(rows)]
+    path = folder / f"body-{rows}.json"
+    path.write_text(json.dumps({"dataframe_split": {"columns": list(ROW), "data": data}}))
+    return path
+
+
+def _milliseconds(text: str) -> float:
+    found = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if found is None:
+        raise ValueError(f"cannot read wrk's latency {text!r}")
+    value, unit = found.groups()
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
+
+
+def run_wrk(url: str, script: Path, connections: int, seconds: float) -> Load:
+    """Drive `url` with wrk (one thread) and parse its summary."""
+    done = subprocess.run(
+        [
+            "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
+            "--timeout", "30s", "-s", str(script), f"{url}/invocations",
+        ],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    out = done.stdout
+    if "50%" not in out:
+        raise RuntimeError(f"wrk printed no latency distribution:\n{out}\n{done.stderr}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _milliseconds(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _milliseconds(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = int(bad.group(1)) if bad else 0
+    socket_errors = re.search(r"Socket errors: (.*)", out)
+    if socket_errors:
+        errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(1)))
+    return Load(rps, p50, p99, errors)
+
+
+def tree_rss_mib(pid: int) -> float:
+    """Resident memory of a process and all its descendants, in MiB."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        found = re.search(r"VmRSS:\s+(\d+) kB", status)
+        rss[int(entry.name)] = int(found.group(1)) if found else 0
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        total += rss.get(current, 0)
+        stack.extend(children.get(current, []))
+    return total / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
+    parser.add_argument("--quick", action="store_true", help="linear model, c=1 and 64 only")
+    arguments = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+    kinds = [ModelKind.linear] if arguments.quick else [ModelKind.linear, ModelKind.random_forest]
+    concurrencies = [1, 64] if arguments.quick else [1, 16, 64]
+    with tempfile.TemporaryDirectory() as folder_name:
+        folder = Path(folder_name)
+        settings = RegistrySettings.embedded_in(folder / "state")
+        scripts = {}
+        for rows in (1, 1000):
+            script = folder / f"post-{rows}.lua"
+            script.write_text(LUA.format(body=body_file(folder, rows)))
+            scripts[rows] = script
+        print(f"{'model':<14}{'engine':<8}{'body':>6}{'conc':>6}{'req/s':>10}"
+              f"{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}")  # fmt: skip
+        summary = []
+        for kind in kinds:
+            result = train_and_register(TrainOptions(kind=kind, alias=""), settings)
+            servers: dict[str, ServerProcess] = {}
+            started: dict[str, float] = {}
+            memory: dict[str, float] = {}
+            loads: dict[tuple[str, int, int], Load] = {}
+            for engine in ("native", "mlflow"):
+                server = start_model_server(
+                    result.model_uri, settings.tracking_uri, folder / f"{engine}.log", engine=engine
+                )
+                servers[engine] = server
+                try:
+                    started[engine] = server.wait_healthy()
+                    for rows, script in scripts.items():
+                        run_wrk(server.url, script, 4, 2)  # warm caches and connections
+                        for connections in concurrencies:
+                            load = run_wrk(server.url, script, connections, arguments.duration)
+                            loads[(engine, rows, connections)] = load
+                            print(
+                                f"{kind.value:<14}{engine:<8}{rows:>6}{connections:>6}"
+                                f"{load.rps:>10.1f}{load.p50_ms:>9.2f}{load.p99_ms:>9.2f}"
+                                f"{load.errors:>8}",
+                                flush=True,
+                            )
+                    memory[engine] = tree_rss_mib(server.process.pid)
+                finally:
+                    server.stop()
+            summary.append((kind, loads, started, memory))
+        print("\nnative / mlflow")
+        for kind, loads, started, memory in summary:
+            for rows in (1, 1000):
+                for connections in concurrencies:
+                    native, mlflow = (
+                        loads[("native", rows, connections)],
+                        loads[("mlflow", rows, connections)],
+                    )
+                    print(
+                        f"{kind.value:<14} body {rows:>4} c={connections:<3} "
+                        f"req/s x{native.rps / mlflow.rps:6.1f}   "
+                        f"p50 {native.p50_ms:.2f} vs {mlflow.p50_ms:.2f} ms "
+                        f"(x{native.p50_ms / mlflow.p50_ms:.2f})"
+                    )
+            print(
+                f"{kind.value:<14} /health after start: native {started['native']:.1f} s, "
+                f"mlflow {started['mlflow']:.1f} s; memory: native {memory['native']:.0f} MiB, "
+                f"mlflow {memory['mlflow']:.0f} MiB (x{memory['native'] / memory['mlflow']:.2f})"
+            )
+
+
+if __name__ == "__main__":
+    main()

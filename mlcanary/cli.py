@@ -45,6 +45,8 @@ def configure(
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", level)  # read when mlflow is first imported
     # mlflow writes "View run … at …" to stdout, which must stay clean for --json.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # mlflow 3 sends usage telemetry to its makers by default; a local system should not.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     logging.getLogger("alembic").setLevel(level)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +11,9 @@ import pytest
 from training.pipelines import ModelKind
 from training.settings import RegistrySettings
 from training.train import TrainOptions, TrainResult, train_and_register
+
+# No test may send mlflow's usage telemetry anywhere; child processes inherit this.
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ def command_environment(state: Path, **extra: str) -> dict[str, str]:
     environment = {
         key: value
         for key, value in os.environ.items()
-        if key not in ("MLFLOW_TRACKING_URI", "DEFAULT_MODEL_NAME")
+        # mlflow.set_tracking_uri/set_registry_uri in this process export these: drop them.
+        if key not in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "DEFAULT_MODEL_NAME")
     }
     environment["MLCANARY_HOME"] = str(state)
     environment.update(extra)

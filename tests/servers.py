@@ -11,7 +11,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers import free_port
+from tests.helpers import command_environment, free_port
 
 
 @dataclass
@@ -57,7 +57,7 @@ def start_model_server(
 ) -> ServerProcess:
     """Start `mlcanary serve-model` for `model_uri` on a free port, in its own process group."""
     port = free_port()
-    environment = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri)
+    environment = command_environment(log_path.parent, MLFLOW_TRACKING_URI=tracking_uri)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen(

@@ -144,6 +144,7 @@ async def load_in_background(app: web.Application) -> None:
         metrics.ready.labels(state.resolved.version).set(1)
         log.info("serving %s (%s); %s", model.resolved.uri, model.flavor, model.warm_up)
     finally:
+        gc.enable()  # `serve` turns it off for start-up
         state.settled.set()
 
 

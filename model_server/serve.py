@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -27,6 +28,9 @@ def limit_registry_retries() -> None:
 
 def serve(settings: ServerSettings) -> int:
     """Serve until SIGTERM or Ctrl-C; return the exit code. Raises ModelLoadError early."""
+    # Start-up imports allocate millions of objects; the collector only slows them down.
+    # Loading turns it back on (see model_server.app.load_in_background).
+    gc.disable()
     limit_registry_retries()
     resolved = resolve(settings.model_uri)
     if settings.engine == "mlflow":

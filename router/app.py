@@ -1,0 +1,276 @@
+"""The router: weighted, sticky, health-aware reverse proxy in front of two model servers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from router.choosing import choose_variant
+from router.config import RoutingConfig, Variant, read_routing_file
+from router.health import HealthBoard
+from router.metrics import VARIANTS, RouterMetrics
+from router.proxy import RETRYABLE_STATUSES, Answer, Failure, exchange, forward_headers
+from router.settings import RouterSettings
+from router.watcher import RoutingFileWatcher, RoutingTable
+
+log = logging.getLogger("router")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+JSON = "application/json"
+
+
+@dataclass
+class RetryBudget:
+    """Retries on stable stay within a share of the requests in flight (at least a minimum)."""
+
+    ratio: float
+    minimum: int
+    in_flight: int = 0
+    retrying: int = 0
+
+    def allows(self) -> bool:
+        """Whether one more retry fits in the budget now."""
+        return self.retrying < max(self.minimum, self.ratio * self.in_flight)
+
+
+@dataclass
+class Runtime:
+    """What the router opens at start and closes at shutdown."""
+
+    session: aiohttp.ClientSession | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+SETTINGS = web.AppKey("settings", RouterSettings)
+TABLE = web.AppKey("table", RoutingTable)
+METRICS = web.AppKey("metrics", RouterMetrics)
+HEALTH = web.AppKey("health", HealthBoard)
+RNG = web.AppKey("rng", random.Random)
+BUDGET = web.AppKey("budget", RetryBudget)
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+def create_app(
+    settings: RouterSettings,
+    *,
+    registry: CollectorRegistry | None = None,
+    rng: random.Random | None = None,
+) -> web.Application:
+    """Build the router; raises RoutingFileError if the routing file is invalid."""
+    config, version = read_routing_file(settings.config_path)
+    registry = registry or CollectorRegistry()
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors_middleware])
+    app[SETTINGS] = settings
+    app[TABLE] = RoutingTable(config, version)
+    app[METRICS] = RouterMetrics.create(registry)
+    app[HEALTH] = HealthBoard(settings)
+    app[RNG] = rng or random.Random()  # noqa: S311 (traffic split, not cryptography)
+    app[BUDGET] = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min)
+    app[RUNTIME] = Runtime()
+    show_config(app)
+    app[METRICS].reload_ok.set(1)
+    app[METRICS].reload_timestamp.set(time.time())
+    app.cleanup_ctx.append(background)
+    app.router.add_post("/invocations", invocations)
+    app.router.add_get("/ping", ping)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    return app
+
+
+def show_config(app: web.Application) -> None:
+    """Reflect the loaded table in the weight gauges and pre-create its version labels."""
+    config, metrics = app[TABLE].current, app[METRICS]
+    metrics.weight.labels("canary").set(config.canary_weight)
+    metrics.weight.labels("stable").set(100 - config.canary_weight)
+    for variant in VARIANTS:
+        version = config.upstream(variant).version
+        metrics.requests.labels(variant, version, "200")
+        metrics.duration.labels(variant, version)
+
+
+async def background(app: web.Application) -> AsyncIterator[None]:
+    """Own the upstream session, the routing-file watcher and the health checker."""
+    settings, runtime, metrics = app[SETTINGS], app[RUNTIME], app[METRICS]
+    runtime.session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None),
+        timeout=aiohttp.ClientTimeout(
+            total=settings.total_timeout_s, sock_connect=settings.connect_timeout_s
+        ),
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Content-Type"),
+    )
+
+    def reloaded(ok: bool, _reason: str) -> None:
+        metrics.reloads.labels("success" if ok else "failure").inc()
+        metrics.reload_ok.set(1 if ok else 0)
+        if ok:
+            metrics.reload_timestamp.set(time.time())
+            show_config(app)
+
+    def show_health(available: dict[Variant, bool]) -> None:
+        for variant in VARIANTS:
+            metrics.healthy.labels(variant).set(1 if available.get(variant, False) else 0)
+
+    watcher = RoutingFileWatcher(
+        settings.config_path, app[TABLE], reloaded, settings.reload_interval_s
+    )
+    health = app[HEALTH]
+    runtime.tasks = [
+        asyncio.create_task(watcher.run()),
+        asyncio.create_task(health.run(runtime.session, lambda: app[TABLE].current, show_health)),
+    ]
+    yield
+    for task in runtime.tasks:
+        task.cancel()
+    await asyncio.gather(*runtime.tasks, return_exceptions=True)
+    await runtime.session.close()
+
+
+def error_response(status: int, error_code: str, message: str) -> web.Response:
+    """Return a router-made error in MLflow's body shape."""
+    body = json.dumps({"error_code": error_code, "message": message})
+    return web.Response(status=status, body=body.encode(), headers={"Content-Type": JSON})
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer the router's own failures in MLflow's shape, never with a traceback."""
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge as error:
+        return error_response(413, "REQUEST_LIMIT_EXCEEDED", error.text or "body too large")
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("unexpected error answering %s %s", request.method, request.path)
+        return error_response(500, "INTERNAL_ERROR", "internal router error; see its log")
+
+
+async def invocations(request: web.Request) -> web.Response:
+    """Proxy MLflow's scoring request to the chosen variant, failing over from the canary."""
+    app = request.app
+    config = app[TABLE].current  # this request finishes on this table, whatever reloads
+    body = await request.read()
+    variant = choose_variant(config, request.headers, app[RNG], app[HEALTH].available(config))
+    budget = app[BUDGET]
+    budget.in_flight += 1
+    started = time.perf_counter()
+    try:
+        outcome = await send(app, config, variant, body, request)
+        if variant == "canary" and is_retryable(outcome) and budget.allows():
+            app[METRICS].failovers.labels("canary").inc()
+            budget.retrying += 1
+            try:
+                variant = "stable"
+                outcome = await send(app, config, variant, body, request)
+            finally:
+                budget.retrying -= 1
+    finally:
+        budget.in_flight -= 1
+    response = answer_client(config, variant, outcome)
+    version = config.upstream(variant).version
+    app[METRICS].requests.labels(variant, version, str(response.status)).inc()
+    app[METRICS].duration.labels(variant, version).observe(time.perf_counter() - started)
+    return response
+
+
+def is_retryable(outcome: Answer | Failure) -> bool:
+    """Tell whether the exchange failed before any byte reached the client (retry-safe)."""
+    return isinstance(outcome, Failure) or outcome.status in RETRYABLE_STATUSES
+
+
+async def send(
+    app: web.Application,
+    config: RoutingConfig,
+    variant: Variant,
+    body: bytes,
+    request: web.Request,
+) -> Answer | Failure:
+    """One exchange with a variant's upstream, recorded in its health and error metrics."""
+    upstream = config.upstream(variant)
+    session = app[RUNTIME].session
+    assert session is not None  # noqa: S101 (opened before the first request)
+    settings = app[SETTINGS]
+    limits = aiohttp.ClientTimeout(
+        total=settings.total_timeout_s, sock_connect=settings.connect_timeout_s
+    )
+    outcome = await exchange(
+        session, upstream.url, request.path, body, forward_headers(request.headers), limits
+    )
+    health = app[HEALTH].of(upstream.url)
+    if isinstance(outcome, Failure):
+        app[METRICS].upstream_errors.labels(variant, outcome.reason).inc()
+        health.failed(outcome.reason, settings)
+    elif outcome.status >= 500:
+        app[METRICS].upstream_errors.labels(variant, "status_5xx").inc()
+        health.failed(f"answered {outcome.status}", settings)
+    else:
+        health.succeeded()
+    return outcome
+
+
+def answer_client(
+    config: RoutingConfig, variant: Variant, outcome: Answer | Failure
+) -> web.Response:
+    """Turn the exchange into the client's answer, tagged with the variant and version."""
+    version = config.upstream(variant).version
+    if isinstance(outcome, Failure):
+        if outcome.reason == "timeout":
+            response = error_response(
+                504, "DEADLINE_EXCEEDED", f"the {variant} model server did not answer in time"
+            )
+        else:
+            response = error_response(
+                503,
+                "TEMPORARILY_UNAVAILABLE",
+                f"the {variant} model server cannot be reached ({outcome.reason})",
+            )
+    else:
+        response = web.Response(status=outcome.status, body=outcome.body, headers=outcome.headers)
+    response.headers["X-Model-Variant"] = variant
+    response.headers["X-Model-Version"] = version
+    return response
+
+
+async def ping(_request: web.Request) -> web.Response:
+    """Liveness of the router itself."""
+    return web.Response(body=b"\n", headers={"Content-Type": JSON})
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 while stable can serve; the routing file's version and each upstream's state."""
+    app = request.app
+    table = app[TABLE]
+    config = table.current
+    available = app[HEALTH].available(config)
+    upstreams = {}
+    for variant in available:
+        upstream = config.upstream(variant)
+        record = app[HEALTH].of(upstream.url)
+        upstreams[variant] = {
+            "url": upstream.url,
+            "version": upstream.version,
+            "healthy": available[variant],
+            "last_error": record.last_error,
+        }
+    ok = available["stable"]
+    body = {
+        "status": "healthy" if ok else "unhealthy",
+        "config_version": table.version,
+        "config_error": table.last_error,
+        "canary_weight": config.canary_weight,
+        "upstreams": upstreams,
+    }
+    return web.Response(
+        status=200 if ok else 503, body=json.dumps(body).encode(), headers={"Content-Type": JSON}
+    )

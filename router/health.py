@@ -1,0 +1,93 @@
+"""Upstream health: passive ejection after consecutive failures, and active /ping checks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from router.config import RoutingConfig, Variant
+from router.settings import RouterSettings
+
+
+@dataclass
+class UpstreamHealth:
+    """What the router knows of one upstream URL."""
+
+    failures: int = 0
+    """Consecutive failed exchanges (passive)."""
+    ejections_in_row: int = 0
+    ejected_until: float = 0.0
+    ping_ok: bool = True
+    """The last active /ping answered 200."""
+    last_error: str | None = None
+
+    def available(self, now: float) -> bool:
+        """Whether the upstream may take traffic now."""
+        return self.ping_ok and now >= self.ejected_until
+
+    def succeeded(self) -> None:
+        """Record a good exchange: the failure streak ends."""
+        self.failures = 0
+        if time.monotonic() >= self.ejected_until:
+            self.ejections_in_row = 0
+
+    def failed(self, reason: str, settings: RouterSettings) -> None:
+        """Record a failed exchange; eject after too many in a row, doubling each time."""
+        self.failures += 1
+        self.last_error = reason
+        if self.failures >= settings.eject_after_failures:
+            seconds = min(settings.eject_base_s * 2**self.ejections_in_row, settings.eject_max_s)
+            self.ejected_until = time.monotonic() + seconds
+            self.ejections_in_row += 1
+            self.failures = 0
+
+
+@dataclass
+class HealthBoard:
+    """Health by upstream URL, so a reload that keeps a URL keeps its history."""
+
+    settings: RouterSettings
+    by_url: dict[str, UpstreamHealth] = field(default_factory=dict)
+
+    def of(self, url: str) -> UpstreamHealth:
+        """Return (creating) the health record of `url`."""
+        return self.by_url.setdefault(url, UpstreamHealth())
+
+    def available(self, config: RoutingConfig) -> dict[Variant, bool]:
+        """Whether each variant of `config` may take traffic now."""
+        now = time.monotonic()
+        result: dict[Variant, bool] = {"stable": self.of(config.stable.url).available(now)}
+        if config.canary is not None:
+            result["canary"] = self.of(config.canary.url).available(now)
+        return result
+
+    async def ping(self, session: aiohttp.ClientSession, url: str) -> None:
+        """Check one upstream's /ping and record the outcome."""
+        health = self.of(url)
+        timeout = aiohttp.ClientTimeout(total=self.settings.health_interval_s)
+        try:
+            async with session.get(f"{url}/ping", timeout=timeout) as answer:
+                await answer.read()
+                health.ping_ok = answer.status == 200
+                health.last_error = None if health.ping_ok else f"/ping answered {answer.status}"
+        except (aiohttp.ClientError, TimeoutError) as error:
+            health.ping_ok = False
+            health.last_error = f"/ping failed: {type(error).__name__}"
+
+    async def run(
+        self,
+        session: aiohttp.ClientSession,
+        config_of: Callable[[], RoutingConfig],
+        observe: Callable[[dict[Variant, bool]], None],
+    ) -> None:
+        """Ping every upstream of the current config every interval (cancel to stop)."""
+        while True:
+            config = config_of()
+            urls = [config.stable.url] + ([config.canary.url] if config.canary else [])
+            await asyncio.gather(*(self.ping(session, url) for url in urls))
+            observe(self.available(config))
+            await asyncio.sleep(self.settings.health_interval_s)

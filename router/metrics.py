@@ -1,0 +1,94 @@
+"""The router's Prometheus metrics (prefix `mlcanary_`), labels declared up front."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from router.config import Variant
+
+VARIANTS: tuple[Variant, ...] = ("stable", "canary")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+PREDICTION_BUCKETS = tuple(float(edge) for edge in range(0, 101, 5))
+DELTA_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25)
+UPSTREAM_ERROR_REASONS = ("connect", "reset", "timeout", "status_5xx")
+
+
+@dataclass(frozen=True)
+class RouterMetrics:
+    """Every metric of DESIGN §3."""
+
+    requests: Counter
+    duration: Histogram
+    upstream_errors: Counter
+    failovers: Counter
+    weight: Gauge
+    healthy: Gauge
+    reload_ok: Gauge
+    reload_timestamp: Gauge
+    reloads: Counter
+    shadow_requests: Counter
+    shadow_delta: Histogram
+    prediction_value: Histogram
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> RouterMetrics:
+        """Register the metrics on `registry` and pre-create the variant labels."""
+
+        def counter(name: str, doc: str, labels: list[str]) -> Counter:
+            return Counter(f"mlcanary_{name}", doc, labels, registry=registry)
+
+        def gauge(name: str, doc: str, labels: list[str] | None = None) -> Gauge:
+            return Gauge(f"mlcanary_{name}", doc, labels or [], registry=registry)
+
+        metrics = cls(
+            requests=counter(
+                "requests", "Proxied requests by variant, version and status.",
+                ["variant", "version", "code"],
+            ),
+            duration=Histogram(
+                "mlcanary_request_duration_seconds", "Time to answer a proxied request.",
+                ["variant", "version"], buckets=LATENCY_BUCKETS, registry=registry,
+            ),
+            upstream_errors=counter(
+                "upstream_errors", "Failed upstream exchanges by reason.", ["variant", "reason"]
+            ),
+            failovers=counter(
+                "failovers", "Requests retried on stable after the canary failed.",
+                ["from_variant"],
+            ),
+            weight=gauge("variant_weight", "Percent of traffic per variant.", ["variant"]),
+            healthy=gauge("upstream_healthy", "1 while the variant takes traffic.", ["variant"]),
+            reload_ok=gauge(
+                "config_last_reload_successful", "1 if the last routing-file reload worked."
+            ),
+            reload_timestamp=gauge(
+                "config_last_reload_success_timestamp_seconds", "When a routing file last loaded."
+            ),
+            reloads=counter("config_reloads", "Routing-file reload attempts.", ["result"]),
+            shadow_requests=counter(
+                "shadow_requests", "Shadow copies by outcome.", ["result"]
+            ),
+            shadow_delta=Histogram(
+                "mlcanary_shadow_prediction_delta",
+                "Absolute difference between canary and stable predictions on shadowed rows.",
+                buckets=DELTA_BUCKETS, registry=registry,
+            ),
+            prediction_value=Histogram(
+                "mlcanary_prediction_value", "Predicted values by variant.", ["variant"],
+                buckets=PREDICTION_BUCKETS, registry=registry,
+            ),
+        )  # fmt: skip
+        for variant in VARIANTS:
+            metrics.weight.labels(variant)
+            metrics.healthy.labels(variant).set(1)
+            metrics.failovers.labels(variant)
+            metrics.prediction_value.labels(variant)
+            for reason in UPSTREAM_ERROR_REASONS:
+                metrics.upstream_errors.labels(variant, reason)
+        for result in ("success", "failure"):
+            metrics.reloads.labels(result)
+        for result in ("match", "mismatch", "error", "dropped"):
+            metrics.shadow_requests.labels(result)
+        return metrics

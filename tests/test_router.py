@@ -1,0 +1,244 @@
+"""The router in-process, in front of real upstream HTTP servers on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from router.app import TABLE, create_app
+from router.config import RoutingConfig, write_routing_file
+from router.settings import RouterSettings
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
+ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+BODY = json.dumps({"dataframe_records": [{"hours_studied": 6.5}]}).encode()
+JSON = {"Content-Type": "application/json"}
+
+
+@dataclass
+class FakeModelServer:
+    """A real HTTP upstream answering like a model server, with switchable faults."""
+
+    version: str
+    prediction: float
+    status: int = 200
+    delay: float = 0.0
+    seen: list[bytes] = field(default_factory=list)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/invocations", self.invocations)
+        app.router.add_get("/ping", self.ping)
+        return app
+
+    async def invocations(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.seen.append(body)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.status != 200:
+            error = {"error_code": "BAD_REQUEST", "message": f"upstream {self.version} says no"}
+            return web.json_response(error, status=self.status)
+        return web.json_response(
+            {"predictions": [self.prediction]}, headers={"X-Model-Version": self.version}
+        )
+
+    async def ping(self, _request: web.Request) -> web.Response:
+        return web.Response(text="\n", status=200 if self.status != 503 else 503)
+
+
+@dataclass
+class Stack:
+    """Router client, its upstreams and servers, its metrics, its routing file."""
+
+    client: TestClient[Any, Any]
+    stable: FakeModelServer
+    canary: FakeModelServer
+    servers: dict[str, TestServer]
+    registry: CollectorRegistry
+    path: Path
+
+    def write(self, weight: float, **extra: Any) -> None:
+        write_routing_file(self.path, routing(self.servers, weight, **extra))
+
+    def count(self, variant: str, version: str, code: str = "200") -> float:
+        labels = {"variant": variant, "version": version, "code": code}
+        return self.registry.get_sample_value("mlcanary_requests_total", labels) or 0.0
+
+    def value(self, name: str, labels: dict[str, str] | None = None) -> float:
+        return self.registry.get_sample_value(name, labels or {}) or 0.0
+
+
+def routing(servers: dict[str, TestServer], weight: float, **extra: Any) -> RoutingConfig:
+    def url(name: str) -> str:
+        return str(servers[name].make_url("")).rstrip("/")
+
+    return RoutingConfig.model_validate(
+        {
+            "model": "StudentExamPredictor",
+            "stable": {"url": url("stable"), "version": "1"},
+            "canary": {"url": url("canary"), "version": "2", "weight": weight},
+            **extra,
+        }
+    )
+
+
+@pytest.fixture
+async def stack(
+    aiohttp_client: ClientFactory, aiohttp_server: ServerFactory, tmp_path: Path
+) -> Stack:
+    """Two fake model servers, a routing file at weight 10, and a router with a seeded RNG."""
+    stable, canary = FakeModelServer("1", 30.0), FakeModelServer("2", 40.0)
+    servers = {
+        "stable": await aiohttp_server(stable.app()),
+        "canary": await aiohttp_server(canary.app()),
+    }
+    path = tmp_path / "routing.yaml"
+    write_routing_file(path, routing(servers, 10))
+    registry = CollectorRegistry()
+    settings = RouterSettings(
+        config_path=path,
+        reload_interval_s=0.02,
+        health_interval_s=0.2,
+        eject_base_s=0.5,
+        total_timeout_s=1.0,
+        max_body_bytes=64 * 1024,
+    )
+    client = await aiohttp_client(create_app(settings, registry=registry, rng=random.Random(1)))
+    return Stack(client, stable, canary, servers, registry, path)
+
+
+async def _post(stack: Stack, n: int, headers: dict[str, str] | None = None) -> list[Any]:
+    async def one() -> Any:
+        answer = await stack.client.post(
+            "/invocations", data=BODY, headers={**JSON, **(headers or {})}
+        )
+        await answer.read()
+        return answer
+
+    return [await one() for _ in range(n)]
+
+
+async def test_the_split_is_exactly_the_seeded_draws(stack: Stack) -> None:
+    """At weight 10 the canary gets exactly the draws below 10 of Random(1), and metrics agree."""
+    answers = await _post(stack, 2_000)
+    draws = random.Random(1)
+    expected = sum(draws.random() * 100 < 10 for _ in range(2_000))
+    variants = [answer.headers["X-Model-Variant"] for answer in answers]
+    assert variants.count("canary") == expected
+    assert 180 <= expected <= 220
+    assert stack.count("canary", "2") == expected
+    assert stack.count("stable", "1") == 2_000 - expected
+    assert len(stack.canary.seen) == expected
+
+
+async def test_answers_pass_through_unchanged_and_tagged(stack: Stack) -> None:
+    """Body and status come back as the upstream sent them, with variant and version added."""
+    (answer,) = await _post(stack, 1, {"X-Force-Variant": "canary"})
+    assert answer.status == 200
+    assert await answer.json() == {"predictions": [40.0]}
+    assert answer.headers["X-Model-Variant"] == "canary"
+    assert answer.headers["X-Model-Version"] == "2"
+    assert stack.canary.seen == [BODY]
+    stack.stable.status = 400
+    (refused,) = await _post(stack, 1, {"X-Force-Variant": "stable"})
+    assert refused.status == 400
+    assert (await refused.json())["message"] == "upstream 1 says no"
+    assert refused.headers["X-Model-Version"] == "1"
+
+
+async def test_a_dead_canary_costs_the_client_nothing(stack: Stack) -> None:
+    """Canary gone: every request answered by stable, failovers counted, canary ejected."""
+    stack.write(50)
+    await asyncio.sleep(0.1)
+    await stack.servers["canary"].close()
+    answers = await _post(stack, 100)
+    assert [answer.status for answer in answers] == [200] * 100
+    assert {answer.headers["X-Model-Variant"] for answer in answers} == {"stable"}
+    failovers = stack.value("mlcanary_failovers_total", {"from_variant": "canary"})
+    assert 5 <= failovers < 50  # ejected after 5 consecutive failures, then no more tries
+    health = await (await stack.client.get("/health")).json()
+    assert health["upstreams"]["canary"]["healthy"] is False
+    assert health["status"] == "healthy"
+
+
+async def test_a_canary_answering_503_is_retried_on_stable(stack: Stack) -> None:
+    """A 502/503 from the canary never reaches the client while the budget allows a retry."""
+    stack.canary.status = 503
+    (answer,) = await _post(stack, 1, {"X-Force-Variant": "canary"})
+    assert answer.status == 200
+    assert answer.headers["X-Model-Variant"] == "stable"
+    assert stack.value("mlcanary_failovers_total", {"from_variant": "canary"}) == 1
+
+
+async def test_stable_down_is_a_prompt_error_in_mlflow_shape(stack: Stack) -> None:
+    """With stable gone: 503 with an error_code, at once, and /health says why."""
+    stack.write(0)
+    await asyncio.sleep(0.1)
+    await stack.servers["stable"].close()
+    (answer,) = await _post(stack, 1)
+    assert answer.status == 503
+    body = await answer.json()
+    assert body["error_code"] == "TEMPORARILY_UNAVAILABLE"
+    assert "stable" in body["message"]
+
+
+async def test_a_slow_upstream_is_a_504(stack: Stack) -> None:
+    """An upstream slower than the total timeout gives 504 DEADLINE_EXCEEDED."""
+    stack.stable.delay = 2.0
+    (answer,) = await _post(stack, 1, {"X-Force-Variant": "stable"})
+    assert answer.status == 504
+    assert (await answer.json())["error_code"] == "DEADLINE_EXCEEDED"
+
+
+async def test_a_body_over_the_limit_is_413(stack: Stack) -> None:
+    """A body over max_body_bytes is refused in MLflow's shape and never forwarded."""
+    answer = await stack.client.post("/invocations", data=b"x" * 100_000, headers=JSON)
+    assert answer.status == 413
+    assert (await answer.json())["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+    assert stack.stable.seen == [] and stack.canary.seen == []
+
+
+async def test_reloads_under_load_lose_nothing_and_take_effect(stack: Stack) -> None:
+    """100 reloads alternating 0 and 100 with invalid files between: no failed request,
+    and once a valid file is applied every later request follows it."""
+    failures: list[int] = []
+    stop = asyncio.Event()
+
+    async def load() -> None:
+        while not stop.is_set():
+            answer = await stack.client.post("/invocations", data=BODY, headers=JSON)
+            await answer.read()
+            if answer.status != 200:
+                failures.append(answer.status)
+
+    loaders = [asyncio.create_task(load()) for _ in range(4)]
+    table = stack.client.app[TABLE]
+    for i in range(100):
+        weight = 100 if i % 2 else 0
+        stack.path.write_text("canary: {weight: 140" if i % 3 else "")
+        await asyncio.sleep(0.03)
+        stack.write(weight)
+        for _ in range(200):
+            if table.current.canary_weight == weight and table.last_error is None:
+                break
+            await asyncio.sleep(0.01)
+        assert table.current.canary_weight == weight
+        after = await _post(stack, 3)
+        assert {a.headers["X-Model-Variant"] for a in after} == {"canary" if weight else "stable"}
+    stop.set()
+    await asyncio.gather(*loaders)
+    assert failures == []
+    assert stack.value("mlcanary_config_reloads_total", {"result": "success"}) >= 100
+    assert stack.value("mlcanary_config_reloads_total", {"result": "failure"}) >= 60
+    assert stack.value("mlcanary_config_last_reload_successful") == 1

@@ -176,6 +176,30 @@ def serve_model(
 
 
 @app.command()
+def router(
+    config: Annotated[Path, typer.Option(help="The routing file to follow.")] = Path(
+        "config/routing.yaml"
+    ),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 8000,
+) -> None:
+    """Run the router: split traffic between stable and canary as the routing file says."""
+    import asyncio
+
+    from router.config import RoutingFileError
+    from router.serve import serve_router
+    from router.settings import RouterSettings
+
+    logging.getLogger("router").setLevel(logging.INFO)
+    try:
+        asyncio.run(serve_router(RouterSettings(config_path=config, host=host, port=port)))
+    except RoutingFileError as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"the router cannot listen on {host}:{port}: {error.strerror or error}")
+
+
+@app.command()
 def up(
     mlflow_host: Annotated[str, typer.Option(help="Address of the MLflow UI.")] = "127.0.0.1",
     mlflow_port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
@@ -80,7 +81,12 @@ def create_app(
     app[METRICS].reload_ok.set(1)
     app[METRICS].reload_timestamp.set(time.time())
     app.cleanup_ctx.append(background)
+    from router import openapi, original  # they build on this module; imported late for that
+
     app.router.add_post("/invocations", invocations)
+    app.router.add_post("/predict", original.predict)
+    app.router.add_get("/", original.index)
+    openapi.add_routes(app)
     app.router.add_get("/ping", ping)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
@@ -158,30 +164,57 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 async def invocations(request: web.Request) -> web.Response:
     """Proxy MLflow's scoring request to the chosen variant, failing over from the canary."""
-    app = request.app
-    config = app[TABLE].current  # this request finishes on this table, whatever reloads
+    config = request.app[TABLE].current  # this request finishes on this table, whatever reloads
     body = await request.read()
-    variant = choose_variant(config, request.headers, app[RNG], app[HEALTH].available(config))
+    started = time.perf_counter()
+    routed = await route(request.app, config, body, forward_headers(request.headers))
+    response = answer_client(config, routed.variant, routed.outcome)
+    record(request.app, config, routed, response.status, started)
+    return response
+
+
+@dataclass(frozen=True)
+class Routed:
+    """Which variant finally answered, and how."""
+
+    variant: Variant
+    outcome: Answer | Failure
+
+
+async def route(
+    app: web.Application,
+    config: RoutingConfig,
+    body: bytes,
+    headers: CIMultiDict[str],
+    path: str = "/invocations",
+) -> Routed:
+    """Choose a variant, send, and retry once on stable if the canary failed (within budget)."""
+    variant = choose_variant(config, headers, app[RNG], app[HEALTH].available(config))
     budget = app[BUDGET]
     budget.in_flight += 1
-    started = time.perf_counter()
     try:
-        outcome = await send(app, config, variant, body, request)
+        outcome = await send(app, config, variant, path, body, headers)
         if variant == "canary" and is_retryable(outcome) and budget.allows():
             app[METRICS].failovers.labels("canary").inc()
             budget.retrying += 1
             try:
                 variant = "stable"
-                outcome = await send(app, config, variant, body, request)
+                outcome = await send(app, config, variant, path, body, headers)
             finally:
                 budget.retrying -= 1
     finally:
         budget.in_flight -= 1
-    response = answer_client(config, variant, outcome)
-    version = config.upstream(variant).version
-    app[METRICS].requests.labels(variant, version, str(response.status)).inc()
-    app[METRICS].duration.labels(variant, version).observe(time.perf_counter() - started)
-    return response
+    return Routed(variant, outcome)
+
+
+def record(
+    app: web.Application, config: RoutingConfig, routed: Routed, status: int, started: float
+) -> None:
+    """Count the answer and its latency under the variant and version that gave it."""
+    version = config.upstream(routed.variant).version
+    metrics = app[METRICS]
+    metrics.requests.labels(routed.variant, version, str(status)).inc()
+    metrics.duration.labels(routed.variant, version).observe(time.perf_counter() - started)
 
 
 def is_retryable(outcome: Answer | Failure) -> bool:
@@ -193,8 +226,9 @@ async def send(
     app: web.Application,
     config: RoutingConfig,
     variant: Variant,
+    path: str,
     body: bytes,
-    request: web.Request,
+    headers: CIMultiDict[str],
 ) -> Answer | Failure:
     """One exchange with a variant's upstream, recorded in its health and error metrics."""
     upstream = config.upstream(variant)
@@ -204,9 +238,7 @@ async def send(
     limits = aiohttp.ClientTimeout(
         total=settings.total_timeout_s, sock_connect=settings.connect_timeout_s
     )
-    outcome = await exchange(
-        session, upstream.url, request.path, body, forward_headers(request.headers), limits
-    )
+    outcome = await exchange(session, upstream.url, path, body, headers, limits)
     health = app[HEALTH].of(upstream.url)
     if isinstance(outcome, Failure):
         app[METRICS].upstream_errors.labels(variant, outcome.reason).inc()

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 
@@ -52,6 +53,8 @@ class HealthBoard:
 
     settings: RouterSettings
     by_url: dict[str, UpstreamHealth] = field(default_factory=dict)
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Each upstream's /metadata (native model servers), fetched once it answers /ping."""
 
     def of(self, url: str) -> UpstreamHealth:
         """Return (creating) the health record of `url`."""
@@ -74,8 +77,12 @@ class HealthBoard:
                 await answer.read()
                 health.ping_ok = answer.status == 200
                 health.last_error = None if health.ping_ok else f"/ping answered {answer.status}"
-        except (aiohttp.ClientError, TimeoutError) as error:
-            health.ping_ok = False
+            if health.ping_ok and url not in self.metadata:
+                async with session.get(f"{url}/metadata", timeout=timeout) as answer:
+                    if answer.status == 200:
+                        self.metadata[url] = await answer.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            health.ping_ok = health.ping_ok and isinstance(error, ValueError)
             health.last_error = f"/ping failed: {type(error).__name__}"
 
     async def run(

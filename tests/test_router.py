@@ -242,3 +242,90 @@ async def test_reloads_under_load_lose_nothing_and_take_effect(stack: Stack) -> 
     assert stack.value("mlcanary_config_reloads_total", {"result": "success"}) >= 100
     assert stack.value("mlcanary_config_reloads_total", {"result": "failure"}) >= 60
     assert stack.value("mlcanary_config_last_reload_successful") == 1
+
+
+async def test_predict_keeps_the_original_shape(stack: Stack) -> None:
+    """`{"features": {...}}` in; prediction, model_used current/next, model_info out."""
+    stack.write(0)
+    await asyncio.sleep(0.1)
+    features = {
+        "hours_studied": 6.5,
+        "sleep_hours": 7,
+        "attendance_percent": 90,
+        "previous_scores": 85,
+    }
+    answer = await stack.client.post("/predict", json={"features": features})
+    assert answer.status == 200
+    body = await answer.json()
+    assert body["prediction"] == 30.0
+    assert body["model_used"] == "current"
+    assert body["model_info"]["uri"] == "models:/StudentExamPredictor/1"
+    assert body["prediction_time"].endswith("+00:00")
+    sent = json.loads(stack.stable.seen[-1])
+    assert sent == {
+        "dataframe_split": {"columns": list(features), "data": [list(features.values())]}
+    }
+    forced = await stack.client.post(
+        "/predict", json={"features": features}, headers={"X-Force-Variant": "canary"}
+    )
+    assert (await forced.json())["model_used"] == "next"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"not json", 'expected {"features"'),
+        (b'{"hours_studied": 6.5}', "got ['hours_studied']"),
+        (b'{"features": []}', "must be a non-empty object"),
+        (b'{"features": {"a": [1, 2], "b": [3]}}', "same length"),
+        (b'{"features": {"a": 1, "b": [3]}}', "all be numbers, or all be lists"),
+    ],
+)
+async def test_predict_refuses_other_shapes_saying_what_it_expects(
+    stack: Stack, body: bytes, expected: str
+) -> None:
+    """A body not in the original shape is a 400 that says what is expected; nothing sent on."""
+    answer = await stack.client.post("/predict", data=body, headers=JSON)
+    assert answer.status == 400
+    error = await answer.json()
+    assert error["error_code"] == "BAD_REQUEST"
+    assert expected in error["message"]
+    assert stack.stable.seen == [] and stack.canary.seen == []
+
+
+async def test_index_and_health_report_models_and_file_version(stack: Stack) -> None:
+    """`GET /` keeps the original summary; /health carries the routing file's version."""
+    index = await (await stack.client.get("/")).json()
+    assert index["status"] == "healthy"
+    assert index["canary_probability"] == 0.1
+    assert index["current_model"]["version"] == "1"
+    assert index["next_model"]["version"] == "2"
+    health = await (await stack.client.get("/health")).json()
+    assert health["config_version"] == stack.client.app[TABLE].version
+    assert len(health["config_version"]) == 16
+
+
+async def test_docs_page_and_its_assets_are_served_locally(stack: Stack) -> None:
+    """/openapi.json describes the surface; /docs loads Swagger UI from the router itself."""
+    spec = await (await stack.client.get("/openapi.json")).json()
+    assert {"/invocations", "/predict", "/health", "/"} <= set(spec["paths"])
+    page = await (await stack.client.get("/docs")).text()
+    assert "/openapi.json" in page
+    for asset in ("/docs/static/swagger-ui-bundle.js", "/docs/static/swagger-ui.css"):
+        answer = await stack.client.get(asset)
+        assert answer.status == 200
+        assert len(await answer.read()) > 10_000
+
+
+async def test_a_canary_that_comes_back_gets_traffic_again(stack: Stack) -> None:
+    """Ejected while down, the canary is used again once /ping answers and ejection ends."""
+    stack.write(50)
+    await asyncio.sleep(0.1)
+    stack.canary.status = 503
+    await _post(stack, 40)
+    assert stack.value("mlcanary_failovers_total", {"from_variant": "canary"}) >= 5
+    stack.canary.status = 200
+    await asyncio.sleep(1.2)  # ejection of 0.5 s has ended and /ping (every 0.2 s) is fine
+    answers = await _post(stack, 40)
+    assert "canary" in {answer.headers["X-Model-Variant"] for answer in answers}
+    assert {answer.status for answer in answers} == {200}

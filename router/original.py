@@ -1,0 +1,140 @@
+"""The original app's public endpoints on the router: `/predict` and `/`, in their shapes.
+
+current = stable, next = canary. `/predict` takes `{"features": {...}}` (one row, or lists
+of equal length for several) and is answered from `/invocations` on the chosen variant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from router.app import (
+    HEALTH,
+    METRICS,
+    TABLE,
+    Routed,
+    answer_client,
+    error_response,
+    record,
+    route,
+)
+from router.config import RoutingConfig, Variant
+from router.proxy import Answer, forward_headers
+
+EXPECTED = 'expected {"features": {"hours_studied": 6.5, "sleep_hours": 7, ...}}'
+MODEL_USED: dict[Variant, str] = {"stable": "current", "canary": "next"}
+
+
+class PredictShapeError(ValueError):
+    """The /predict body is not the original app's shape."""
+
+
+def split_from_features(document: Any) -> tuple[dict[str, Any], bool]:
+    """Turn `{"features": {...}}` into a `dataframe_split`; say whether it held several rows."""
+    if not isinstance(document, dict) or set(document) != {"features"}:
+        keys = sorted(document) if isinstance(document, dict) else type(document).__name__
+        raise PredictShapeError(f"{EXPECTED}; got {keys}")
+    features = document["features"]
+    if not isinstance(features, dict) or not features:
+        raise PredictShapeError(f"{EXPECTED}; 'features' must be a non-empty object")
+    columns = list(features)
+    values = list(features.values())
+    several = all(isinstance(value, list) for value in values)
+    if several:
+        lengths = {len(value) for value in values}
+        if len(lengths) != 1 or 0 in lengths:
+            raise PredictShapeError("every feature list in 'features' must have the same length")
+        rows = [list(row) for row in zip(*values, strict=True)]
+    elif any(isinstance(value, list | dict) for value in values):
+        raise PredictShapeError("'features' values must all be numbers, or all be lists")
+    else:
+        rows = [values]
+    return {"dataframe_split": {"columns": columns, "data": rows}}, several
+
+
+def model_info(app: web.Application, config: RoutingConfig, variant: Variant) -> dict[str, Any]:
+    """Return the original's model info object for a variant: name, version, loaded_at, uri."""
+    upstream = config.upstream(variant)
+    metadata = app[HEALTH].metadata.get(upstream.url, {})
+    return {
+        "name": config.model,
+        "version": upstream.version,
+        "loaded_at": metadata.get("loaded_at"),
+        "uri": f"models:/{config.model}/{upstream.version}",
+    }
+
+
+async def predict(request: web.Request) -> web.Response:
+    """Answer the original `/predict`: features in, the prediction and its model out."""
+    app = request.app
+    config = app[TABLE].current
+    try:
+        split, several = split_from_features(json.loads(await request.read()))
+    except (ValueError, RecursionError) as error:
+        message = str(error) if isinstance(error, PredictShapeError) else f"{EXPECTED}: {error}"
+        return error_response(400, "BAD_REQUEST", message)
+    headers = forward_headers(request.headers)
+    headers["Content-Type"] = "application/json"
+    started = time.perf_counter()
+    routed = await route(app, config, json.dumps(split).encode(), CIMultiDict(headers))
+    response = original_answer(app, config, routed, several)
+    record(app, config, routed, response.status, started)
+    return response
+
+
+def original_answer(
+    app: web.Application, config: RoutingConfig, routed: Routed, several: bool
+) -> web.Response:
+    """Shape the upstream's answer as the original app did, or pass its error on."""
+    outcome = routed.outcome
+    if not isinstance(outcome, Answer) or outcome.status != 200:
+        return answer_client(config, routed.variant, outcome)
+    predictions = json.loads(outcome.body)["predictions"]
+    body = {
+        "prediction": predictions if several else predictions[0],
+        "model_used": MODEL_USED[routed.variant],
+        "model_info": model_info(app, config, routed.variant),
+        "prediction_time": datetime.now(UTC).isoformat(),
+    }
+    response = web.json_response(body)
+    response.headers["X-Model-Variant"] = routed.variant
+    response.headers["X-Model-Version"] = config.upstream(routed.variant).version
+    return response
+
+
+async def index(request: web.Request) -> web.Response:
+    """Answer the original `GET /`: a status summary, plus the routing file's version."""
+    app = request.app
+    config = app[TABLE].current
+    available = app[HEALTH].available(config)
+    return web.json_response(
+        {
+            "message": "mlcanary router: canary deployments for MLflow models",
+            "status": "healthy" if available["stable"] else "unhealthy",
+            "current_model": model_info(app, config, "stable"),
+            "next_model": model_info(app, config, "canary") if config.canary else None,
+            "canary_probability": config.canary_weight / 100,
+            "mlflow_uri": os.environ.get("MLFLOW_TRACKING_URI"),
+            "config_version": app[TABLE].version,
+            "requests_by_variant": {
+                variant: _served(app, variant) for variant in ("stable", "canary")
+            },
+        }
+    )
+
+
+def _served(app: web.Application, variant: str) -> float:
+    """Count requests answered by a variant since start, all versions and codes."""
+    total = 0.0
+    for metric in app[METRICS].requests.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.labels.get("variant") == variant:
+                total += sample.value
+    return total

@@ -22,6 +22,7 @@ from router.health import HealthBoard
 from router.metrics import VARIANTS, RouterMetrics
 from router.proxy import RETRYABLE_STATUSES, Answer, Failure, exchange, forward_headers
 from router.settings import RouterSettings
+from router.shadow import Shadower, predictions_of
 from router.watcher import RoutingFileWatcher, RoutingTable
 
 log = logging.getLogger("router")
@@ -58,6 +59,7 @@ HEALTH = web.AppKey("health", HealthBoard)
 RNG = web.AppKey("rng", random.Random)
 BUDGET = web.AppKey("budget", RetryBudget)
 RUNTIME = web.AppKey("runtime", Runtime)
+SHADOW = web.AppKey("shadow", Shadower)
 
 
 def create_app(
@@ -77,6 +79,7 @@ def create_app(
     app[RNG] = rng or random.Random()  # noqa: S311 (traffic split, not cryptography)
     app[BUDGET] = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min)
     app[RUNTIME] = Runtime()
+    app[SHADOW] = Shadower(app[METRICS], settings.shadow_max_in_flight)
     show_config(app)
     app[METRICS].reload_ok.set(1)
     app[METRICS].reload_timestamp.set(time.time())
@@ -139,6 +142,7 @@ async def background(app: web.Application) -> AsyncIterator[None]:
     for task in runtime.tasks:
         task.cancel()
     await asyncio.gather(*runtime.tasks, return_exceptions=True)
+    await app[SHADOW].close()
     await runtime.session.close()
 
 
@@ -167,10 +171,45 @@ async def invocations(request: web.Request) -> web.Response:
     config = request.app[TABLE].current  # this request finishes on this table, whatever reloads
     body = await request.read()
     started = time.perf_counter()
-    routed = await route(request.app, config, body, forward_headers(request.headers))
+    headers = forward_headers(request.headers)
+    routed = await route(request.app, config, body, headers)
     response = answer_client(config, routed.variant, routed.outcome)
     record(request.app, config, routed, response.status, started)
+    if isinstance(routed.outcome, Answer) and routed.outcome.status == 200:
+        observe_predictions(request.app, routed.variant, routed.outcome.body)
+        if routed.variant == "stable":
+            maybe_shadow(request.app, config, body, headers, routed.outcome.body)
     return response
+
+
+def observe_predictions(app: web.Application, variant: Variant, body: bytes) -> None:
+    """Add an answer's predicted values to the variant's prediction histogram."""
+    histogram = app[METRICS].prediction_value.labels(variant)
+    for value in predictions_of(body) or ():
+        histogram.observe(value)
+
+
+def maybe_shadow(
+    app: web.Application,
+    config: RoutingConfig,
+    body: bytes,
+    headers: CIMultiDict[str],
+    stable_body: bytes,
+) -> None:
+    """Copy this stable-routed request to the canary for `shadow.percent` of requests."""
+    canary = config.canary
+    if canary is None or config.shadow.percent <= 0:
+        return
+    if app[RNG].random() * 100 >= config.shadow.percent:
+        return
+    session, settings = app[RUNTIME].session, app[SETTINGS]
+    assert session is not None  # noqa: S101 (opened before the first request)
+    limits = aiohttp.ClientTimeout(
+        total=settings.total_timeout_s, sock_connect=settings.connect_timeout_s
+    )
+    app[SHADOW].copy(
+        lambda: exchange(session, canary.url, "/invocations", body, headers, limits), stable_body
+    )
 
 
 @dataclass(frozen=True)

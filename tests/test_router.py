@@ -329,3 +329,54 @@ async def test_a_canary_that_comes_back_gets_traffic_again(stack: Stack) -> None
     answers = await _post(stack, 40)
     assert "canary" in {answer.headers["X-Model-Variant"] for answer in answers}
     assert {answer.status for answer in answers} == {200}
+
+
+async def _settle_shadows(stack: Stack) -> None:
+    from router.app import SHADOW
+
+    for _ in range(300):
+        if not stack.client.app[SHADOW].tasks:
+            return
+        await asyncio.sleep(0.01)
+
+
+async def test_shadow_copies_compare_predictions_without_touching_answers(stack: Stack) -> None:
+    """At shadow 100% every stable request is copied; deltas recorded; clients see stable."""
+    stack.write(0, shadow={"percent": 100})
+    await asyncio.sleep(0.1)
+    answers = await _post(stack, 20)
+    assert {(await a.json())["predictions"][0] for a in answers} == {30.0}
+    await _settle_shadows(stack)
+    assert len(stack.canary.seen) == 20
+    assert stack.value("mlcanary_shadow_requests_total", {"result": "mismatch"}) == 20
+    assert stack.value("mlcanary_shadow_prediction_delta_sum") == pytest.approx(200.0)
+    assert stack.count("canary", "2") == 0  # shadow copies are not client requests
+    stack.canary.prediction = 30.0
+    await _post(stack, 5)
+    await _settle_shadows(stack)
+    assert stack.value("mlcanary_shadow_requests_total", {"result": "match"}) == 5
+
+
+async def test_a_slow_canary_never_delays_shadowed_answers(stack: Stack) -> None:
+    """With the canary hanging, answers stay fast and copies past the bound are dropped."""
+    stack.write(0, shadow={"percent": 100})
+    await asyncio.sleep(0.1)
+    stack.canary.delay = 0.8
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    answers = await asyncio.gather(
+        *(stack.client.post("/invocations", data=BODY, headers=JSON) for _ in range(50))
+    )
+    assert loop.time() - started < 0.6
+    assert {a.status for a in answers} == {200}
+    assert stack.value("mlcanary_shadow_requests_total", {"result": "dropped"}) == 50 - 32
+
+
+async def test_prediction_values_are_recorded_per_variant(stack: Stack) -> None:
+    """Each answered prediction lands in its variant's prediction histogram."""
+    await _post(stack, 10, {"X-Force-Variant": "canary"})
+    await _post(stack, 7, {"X-Force-Variant": "stable"})
+    labels = {"variant": "canary"}
+    assert stack.value("mlcanary_prediction_value_count", labels) == 10
+    assert stack.value("mlcanary_prediction_value_sum", labels) == 400.0
+    assert stack.value("mlcanary_prediction_value_count", {"variant": "stable"}) == 7

@@ -1,0 +1,75 @@
+"""Shadow traffic: copy some stable-routed requests to the canary and compare predictions.
+
+The copy runs in the background after the client's answer is decided; it never delays or
+changes that answer. Copies in flight are bounded; past the bound they are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from router.metrics import RouterMetrics
+from router.proxy import Answer, Failure
+
+MAX_PARSED_BODY = 1024 * 1024
+MATCH_TOLERANCE = 1e-9
+
+Send = Callable[[], Awaitable[Answer | Failure]]
+
+
+def predictions_of(body: bytes) -> list[float] | None:
+    """Return the numeric predictions of a scoring answer, or None if it has none."""
+    if len(body) > MAX_PARSED_BODY:
+        return None
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    values = document.get("predictions") if isinstance(document, dict) else None
+    if not isinstance(values, list):
+        return None
+    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    return [float(v) for v in numbers] if len(numbers) == len(values) else None
+
+
+@dataclass
+class Shadower:
+    """Runs bounded background copies to the canary and records how they compare."""
+
+    metrics: RouterMetrics
+    limit: int
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def copy(self, send_to_canary: Send, stable_body: bytes) -> None:
+        """Start a copy unless `limit` are in flight (then count it as dropped)."""
+        if len(self.tasks) >= self.limit:
+            self.metrics.shadow_requests.labels("dropped").inc()
+            return
+        task = asyncio.create_task(self._compare(send_to_canary, stable_body))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _compare(self, send_to_canary: Send, stable_body: bytes) -> None:
+        outcome = await send_to_canary()
+        expected = predictions_of(stable_body)
+        got = predictions_of(outcome.body) if isinstance(outcome, Answer) else None
+        if isinstance(outcome, Failure) or outcome.status != 200 or got is None or expected is None:
+            self.metrics.shadow_requests.labels("error").inc()
+            return
+        if len(got) != len(expected):
+            self.metrics.shadow_requests.labels("mismatch").inc()
+            return
+        deltas = [abs(a - b) for a, b in zip(got, expected, strict=True)]
+        for delta in deltas:
+            self.metrics.shadow_delta.observe(delta)
+        same = all(delta <= MATCH_TOLERANCE for delta in deltas)
+        self.metrics.shadow_requests.labels("match" if same else "mismatch").inc()
+
+    async def close(self) -> None:
+        """Cancel copies still in flight."""
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)

@@ -4,12 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: up test install check format lint types pytest clean
+.PHONY: up test install system-deps check format lint types pytest clean
 
 up: $(INSTALLED)
 	$(BIN)/mlcanary up
 
-test: $(INSTALLED) check pytest
+test: $(INSTALLED) system-deps check pytest
 
 install: $(INSTALLED)
 
@@ -20,6 +20,12 @@ $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
+
+# Debian tools the tests use: promtool (package prometheus) lints /metrics.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+system-deps:
+	@command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
 
 check: $(INSTALLED)
 	$(BIN)/ruff format --check .

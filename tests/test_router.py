@@ -380,3 +380,64 @@ async def test_prediction_values_are_recorded_per_variant(stack: Stack) -> None:
     assert stack.value("mlcanary_prediction_value_count", labels) == 10
     assert stack.value("mlcanary_prediction_value_sum", labels) == 400.0
     assert stack.value("mlcanary_prediction_value_count", {"variant": "stable"}) == 7
+
+
+async def test_metrics_are_exact_and_pass_promtool(stack: Stack) -> None:
+    """After known traffic the text format has every metric, exact counts, and promtool agrees."""
+    import shutil
+    from asyncio.subprocess import PIPE, STDOUT
+
+    await _post(stack, 12, {"X-Force-Variant": "canary"})
+    stack.canary.status = 400
+    await _post(stack, 3, {"X-Force-Variant": "canary"})
+    text = await (await stack.client.get("/metrics")).text()
+    for name in (
+        "mlcanary_requests_total", "mlcanary_request_duration_seconds_bucket",
+        "mlcanary_upstream_errors_total", "mlcanary_failovers_total", "mlcanary_variant_weight",
+        "mlcanary_upstream_healthy", "mlcanary_config_last_reload_successful",
+        "mlcanary_config_last_reload_success_timestamp_seconds", "mlcanary_config_reloads_total",
+        "mlcanary_shadow_requests_total", "mlcanary_shadow_prediction_delta_bucket",
+        "mlcanary_prediction_value_bucket",
+    ):  # fmt: skip
+        assert f"\n{name}" in text, name
+    assert 'mlcanary_requests_total{code="200",variant="canary",version="2"} 12.0' in text
+    assert 'mlcanary_requests_total{code="400",variant="canary",version="2"} 3.0' in text
+    assert 'mlcanary_variant_weight{variant="canary"} 10.0' in text
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is installed by `make system-deps` (Debian's prometheus)"
+    checker = await asyncio.create_subprocess_exec(
+        promtool, "check", "metrics", stdin=PIPE, stdout=PIPE, stderr=STDOUT
+    )
+    said, _ = await checker.communicate(text.encode())
+    assert checker.returncode == 0, said.decode()
+
+
+async def test_bad_clients_affect_no_one_else(stack: Stack) -> None:
+    """A malformed request, a client that vanishes mid-body and a slow one: others unaffected."""
+    host, port = "127.0.0.1", stack.client.server.port
+    garbage_reader, garbage_writer = await asyncio.open_connection(host, port)
+    garbage_writer.write(b"THIS IS NOT HTTP\r\n\r\n")
+    await garbage_writer.drain()
+    status_line = await asyncio.wait_for(garbage_reader.readline(), 5)
+    assert status_line.split(b" ")[1] == b"400"
+    garbage_writer.close()
+
+    head = (
+        "POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(BODY)}\r\n\r\n"
+    ).encode()
+    _, vanishing = await asyncio.open_connection(host, port)
+    vanishing.write(head + BODY[:10])
+    await vanishing.drain()
+    vanishing.close()
+
+    slow_reader, slow = await asyncio.open_connection(host, port)
+    slow.write(head + BODY[:5])
+    await slow.drain()
+    answers = await _post(stack, 20)
+    assert {a.status for a in answers} == {200}
+    slow.write(BODY[5:])
+    await slow.drain()
+    status_line = await asyncio.wait_for(slow_reader.readline(), 5)
+    assert status_line.startswith(b"HTTP/1.1 200")
+    slow.close()

@@ -20,6 +20,13 @@ if TYPE_CHECKING:
     from controller.up import LocalSystem, UpOptions
 
 
+class Loop(StrEnum):
+    """Event loops the router can run on."""
+
+    asyncio = "asyncio"
+    uvloop = "uvloop"
+
+
 class Engine(StrEnum):
     """Model server engines."""
 
@@ -182,17 +189,21 @@ def router(
     ),
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, help="Processes sharing the port (SO_REUSEPORT).")
+    ] = 1,
+    loop: Annotated[Loop, typer.Option(help="Event loop implementation.")] = Loop.uvloop,
+    reuse_port: Annotated[bool, typer.Option(hidden=True)] = False,
 ) -> None:
     """Run the router: split traffic between stable and canary as the routing file says."""
-    import asyncio
-
     from router.config import RoutingFileError
-    from router.serve import serve_router
+    from router.serve import run_router
     from router.settings import RouterSettings
 
     logging.getLogger("router").setLevel(logging.INFO)
+    settings = RouterSettings(config_path=config, host=host, port=port)
     try:
-        asyncio.run(serve_router(RouterSettings(config_path=config, host=host, port=port)))
+        run_router(settings, workers=workers, loop=loop.value, reuse_port=reuse_port)
     except RoutingFileError as error:
         fail(str(error))
     except OSError as error:

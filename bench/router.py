@@ -1,0 +1,253 @@
+"""The router against nginx and against no proxy: the same upstreams, the same load, one run.
+
+Run: .venv/bin/python bench/router.py [--duration 5] [--upstream trivial|native|both]
+Needs wrk and nginx (Debian: `apt-get install wrk nginx-light`). Upstreams: two trivial aiohttp
+apps answering a fixed prediction, or two native model servers (linear model). Proxies: the
+router at weight 10, nginx with the same 90/10 split and keep-alive to upstreams, or none
+(wrk straight at the stable upstream). For each: requests/s, p50, p99, and the CPU seconds the
+proxy's processes spent per 1,000 requests (from /proc; upstreams and wrk not counted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.model_server import Load, run_wrk
+from router.config import RoutingConfig, write_routing_file
+from tests.helpers import free_port
+
+ROW = '{"dataframe_split": {"columns": ["hours_studied", "sleep_hours", "attendance_percent", "previous_scores"], "data": [[6.5, 7.0, 90.0, 85]]}}'  # noqa: E501
+LUA = (
+    'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = \'{body}\'\n'
+)
+NGINX = """worker_processes {workers};
+daemon off;
+pid {folder}/nginx.pid;
+error_log {folder}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {folder}/body;
+  proxy_temp_path {folder}/proxy;
+  upstream models {{
+    server 127.0.0.1:{stable} weight=9;
+    server 127.0.0.1:{canary} weight=1;
+    keepalive 128;
+  }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://models;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+
+@dataclass
+class Proc:
+    """A started process and the port it serves."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def start(argv: list[str], port: int, ready_path: str = "/ping", **env: str) -> Proc:
+    """Start a server process in its own group and wait for `ready_path` to answer 200."""
+    process = subprocess.Popen(
+        argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, **env}, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=1):
+                return Proc(process, port)
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"{argv} did not come up")
+
+
+def stop(proc: Proc) -> None:
+    """SIGTERM the process group and wait."""
+    try:
+        os.killpg(proc.process.pid, 15)
+    except ProcessLookupError:
+        return
+    proc.process.wait(timeout=30)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User+system CPU seconds of a process and its children so far."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry.name) == pid or int(fields[1]) == pid:  # the process or a direct child
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def measure(
+    url: str, script: Path, connections: int, seconds: float, proxy: Proc | None
+) -> tuple[Load, float]:
+    """Run wrk; return its result and the proxy's CPU ms per proxied request."""
+    before = cpu_seconds(proxy.process.pid) if proxy else 0.0
+    load = run_wrk(url, script, connections, seconds)
+    spent = (cpu_seconds(proxy.process.pid) - before) if proxy else 0.0
+    requests = load.rps * round(seconds)
+    return load, (spent / requests * 1000 if proxy and requests else 0.0)
+
+
+def upstreams(kind: str, folder: Path) -> tuple[Proc, Proc]:
+    """Start two upstreams of the given kind."""
+    if kind == "trivial":
+        here = Path(__file__).resolve().parent / "trivial_upstream.py"
+        first, second = free_port(), free_port()
+        return (
+            start([sys.executable, str(here), str(first), "1"], first),
+            start([sys.executable, str(here), str(second), "2"], second),
+        )
+    from training.pipelines import ModelKind
+    from training.settings import RegistrySettings
+    from training.train import TrainOptions, train_and_register
+
+    settings = RegistrySettings.embedded_in(folder / "state")
+    result = train_and_register(TrainOptions(kind=ModelKind.linear, alias=""), settings)
+    servers = []
+    for _ in range(2):
+        port = free_port()
+        servers.append(
+            start(
+                [
+                    sys.executable,
+                    "-m",
+                    "mlcanary",
+                    "serve-model",
+                    result.model_uri,
+                    "--port",
+                    str(port),
+                ],
+                port,
+                "/health",
+                MLFLOW_TRACKING_URI=settings.tracking_uri,
+            )
+        )
+    return servers[0], servers[1]
+
+
+def proxies(stable: Proc, canary: Proc, folder: Path, router_workers: int) -> dict[str, Proc]:
+    """Start the router and nginx in front of the two upstreams."""
+    path = folder / "routing.yaml"
+    write_routing_file(
+        path,
+        RoutingConfig.model_validate(
+            {
+                "model": "StudentExamPredictor",
+                "stable": {"url": stable.url, "version": "1"},
+                "canary": {"url": canary.url, "version": "2", "weight": 10},
+            }
+        ),
+    )
+    router_port, nginx_port = free_port(), free_port()
+    router_argv = [
+        sys.executable,
+        "-m",
+        "mlcanary",
+        "router",
+        "--config",
+        str(path),
+        "--port",
+        str(router_port),
+    ]
+    if router_workers > 1:
+        router_argv += ["--workers", str(router_workers)]
+    config = folder / "nginx.conf"
+    config.write_text(
+        NGINX.format(
+            workers=1, folder=folder, stable=stable.port, canary=canary.port, port=nginx_port
+        )
+    )
+    return {
+        "router": start(router_argv, router_port),
+        "nginx": start(["nginx", "-c", str(config), "-p", str(folder)], nginx_port, "/ping"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--upstream", choices=["trivial", "native", "both"], default="both")
+    parser.add_argument("--router-workers", type=int, default=1)
+    arguments = parser.parse_args()
+    for tool in ("wrk", "nginx"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is needed: apt-get install wrk nginx-light")
+    kinds = ["trivial", "native"] if arguments.upstream == "both" else [arguments.upstream]
+    print(f"{'upstream':<9}{'proxy':<8}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'errors':>8}{'cpu ms/req':>12}")  # fmt: skip
+    for kind in kinds:
+        with tempfile.TemporaryDirectory() as name:
+            folder = Path(name)
+            script = folder / "post.lua"
+            script.write_text(LUA.format(body=ROW))
+            stable, canary = upstreams(kind, folder)
+            fronts = proxies(stable, canary, folder, arguments.router_workers)
+            results: dict[tuple[str, int], tuple[Load, float]] = {}
+            try:
+                for name_, proxy in (
+                    ("direct", None),
+                    ("router", fronts["router"]),
+                    ("nginx", fronts["nginx"]),
+                ):
+                    url = proxy.url if proxy else stable.url
+                    run_wrk(url, script, 8, 2)  # warm up
+                    for connections in (1, 16, 64):
+                        load, cpu = measure(url, script, connections, arguments.duration, proxy)
+                        results[(name_, connections)] = (load, cpu)
+                        print(
+                            f"{kind:<9}{name_:<8}{connections:>5}{load.rps:>10.0f}{load.p50_ms:>9.2f}"
+                            f"{load.p99_ms:>9.2f}{load.errors:>8}{cpu:>12.3f}",
+                            flush=True,
+                        )
+            finally:
+                for proc in (*fronts.values(), stable, canary):
+                    stop(proc)
+            for connections in (1, 16, 64):
+                direct, router, nginx = (
+                    results[(n, connections)] for n in ("direct", "router", "nginx")
+                )
+                added = router[0].p50_ms - direct[0].p50_ms, nginx[0].p50_ms - direct[0].p50_ms
+                print(
+                    f"  {kind} c={connections}: router cpu/req = {router[1] / nginx[1]:.2f}x nginx;"
+                    f" router req/s = {router[0].rps / direct[0].rps:.0%} of direct"
+                    f" (nginx {nginx[0].rps / direct[0].rps:.0%}); p50 added: router"
+                    f" {added[0]:+.2f} ms, nginx {added[1]:+.2f} ms"
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,8 @@ from training.errors import TrainingError
 from training.pipelines import ModelKind
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError
+
     from controller.up import LocalSystem, UpOptions
 
 
@@ -170,11 +172,7 @@ def serve_model(
             max_body_bytes=int(max_body_mb * 1024 * 1024),
         )
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
-            for item in error.errors()
-        )
-        fail(f"invalid settings: {problems}", code=2)
+        fail(f"invalid settings: {_problems(error)}", code=2)
     try:
         code = serve(settings)
     except ModelLoadError as error:
@@ -193,17 +191,31 @@ def router(
         int, typer.Option(min=1, help="Processes sharing the port (SO_REUSEPORT).")
     ] = 1,
     loop: Annotated[Loop, typer.Option(help="Event loop implementation.")] = Loop.uvloop,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds an upstream may take before the client gets 504.")
+    ] = 30.0,
+    max_body_mb: Annotated[float, typer.Option(help="Largest request body, MiB (413).")] = 16.0,
     reuse_port: Annotated[bool, typer.Option(hidden=True)] = False,
 ) -> None:
     """Run the router: split traffic between stable and canary as the routing file says."""
+    from pydantic import ValidationError
+
     from router.config import RoutingFileError
     from router.serve import run_router
     from router.settings import RouterSettings
 
     logging.getLogger("router").setLevel(logging.INFO)
-    settings = RouterSettings(config_path=config, host=host, port=port)
     try:
+        settings = RouterSettings(
+            config_path=config,
+            host=host,
+            port=port,
+            total_timeout_s=timeout,
+            max_body_bytes=int(max_body_mb * 1024 * 1024),
+        )
         run_router(settings, workers=workers, loop=loop.value, reuse_port=reuse_port)
+    except ValidationError as error:
+        fail(f"invalid settings: {_problems(error)}", code=2)
     except RoutingFileError as error:
         fail(str(error))
     except OSError as error:
@@ -263,6 +275,13 @@ def _announce(system: LocalSystem, options: UpOptions) -> None:
         )
     print_fields("mlcanary is up", system.urls | {"state": str(options.state)})
     stdout.print("Press Ctrl-C to stop.")
+
+
+def _problems(error: ValidationError) -> str:
+    """Name each invalid setting and why, on one line."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()
+    )
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 
 from router.config import RoutingConfig, write_routing_file
-from tests.helpers import command_environment, free_port
+from tests.helpers import command_environment, free_port, run_mlcanary
 
 
 def _config() -> RoutingConfig:
@@ -22,14 +22,7 @@ def test_the_router_refuses_an_invalid_file_naming_the_field(tmp_path: Path) -> 
     """An invalid routing file at start: exit 1 and one line naming field and problem."""
     path = tmp_path / "routing.yaml"
     path.write_text("model: M\nstable: {url: 'http://127.0.0.1:9', version: '1'}\nweight: 5\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "mlcanary", "router", "--config", str(path), "--port", "0"],
-        env=command_environment(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_mlcanary("router", "--config", str(path), "--port", "0", state=tmp_path)
     assert done.returncode == 1
     assert f"{path}: weight: Extra inputs are not permitted" in done.stderr
     assert "Traceback" not in done.stderr

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -12,7 +10,7 @@ import pytest
 import requests
 
 from tests.conftest import TrainedRegistry
-from tests.helpers import command_environment, free_port
+from tests.helpers import free_port, run_mlcanary
 from tests.servers import start_model_server
 from training.pipelines import ModelKind
 from training.settings import RegistrySettings
@@ -72,13 +70,8 @@ def test_a_bad_uri_is_a_clear_error_within_seconds(
         else f"http://127.0.0.1:{free_port()}"
     )
     started = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-m", "mlcanary", "serve-model", uri, "--port", str(free_port())],
-        env=command_environment(tmp_path, MLFLOW_TRACKING_URI=tracking),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    done = run_mlcanary(
+        "serve-model", uri, "--port", str(free_port()), state=tmp_path, MLFLOW_TRACKING_URI=tracking
     )
     took = time.monotonic() - started
     assert done.returncode == 1, done.stderr
@@ -89,14 +82,7 @@ def test_a_bad_uri_is_a_clear_error_within_seconds(
 
 def test_invalid_settings_name_the_field(tmp_path: Path) -> None:
     """A bad option value is refused before anything starts, naming the setting."""
-    done = subprocess.run(
-        [sys.executable, "-m", "mlcanary", "serve-model", "models:/X/1", "--max-batch-rows", "0"],
-        env=command_environment(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_mlcanary("serve-model", "models:/X/1", "--max-batch-rows", "0", state=tmp_path)
     assert done.returncode == 2
     assert "max_batch_rows" in done.stderr
 

@@ -202,13 +202,10 @@ def maybe_shadow(
         return
     if app[RNG].random() * 100 >= config.shadow.percent:
         return
-    session, settings = app[RUNTIME].session, app[SETTINGS]
+    session = app[RUNTIME].session
     assert session is not None  # noqa: S101 (opened before the first request)
-    limits = aiohttp.ClientTimeout(
-        total=settings.total_timeout_s, sock_connect=settings.connect_timeout_s
-    )
     app[SHADOW].copy(
-        lambda: exchange(session, canary.url, "/invocations", body, headers, limits), stable_body
+        lambda: exchange(session, canary.url, "/invocations", body, headers), stable_body
     )
 
 
@@ -269,15 +266,15 @@ async def send(
     body: bytes,
     headers: CIMultiDict[str],
 ) -> Answer | Failure:
-    """One exchange with a variant's upstream, recorded in its health and error metrics."""
+    """Exchange once with a variant's upstream; record it in health and error metrics.
+
+    Timeouts are the session's: connect within `connect_timeout_s`, all within `total_timeout_s`.
+    """
     upstream = config.upstream(variant)
     session = app[RUNTIME].session
     assert session is not None  # noqa: S101 (opened before the first request)
     settings = app[SETTINGS]
-    limits = aiohttp.ClientTimeout(
-        total=settings.total_timeout_s, sock_connect=settings.connect_timeout_s
-    )
-    outcome = await exchange(session, upstream.url, path, body, headers, limits)
+    outcome = await exchange(session, upstream.url, path, body, headers)
     health = app[HEALTH].of(upstream.url)
     if isinstance(outcome, Failure):
         app[METRICS].upstream_errors.labels(variant, outcome.reason).inc()
@@ -327,12 +324,11 @@ async def health(request: web.Request) -> web.Response:
     upstreams = {}
     for variant in available:
         upstream = config.upstream(variant)
-        record = app[HEALTH].of(upstream.url)
         upstreams[variant] = {
             "url": upstream.url,
             "version": upstream.version,
             "healthy": available[variant],
-            "last_error": record.last_error,
+            "last_error": app[HEALTH].of(upstream.url).last_error,
         }
     ok = available["stable"]
     body = {

@@ -44,11 +44,10 @@ async def exchange(
     path: str,
     body: bytes,
     headers: CIMultiDict[str],
-    limits: aiohttp.ClientTimeout,
 ) -> Answer | Failure:
     """POST `body` to `url + path`; return the answer, or why there was none."""
     try:
-        async with session.post(url + path, data=body, headers=headers, timeout=limits) as reply:
+        async with session.post(url + path, data=body, headers=headers) as reply:
             data = await reply.read()
             kept = CIMultiDict(
                 (k, v) for k, v in reply.headers.items() if k.lower() not in HOP_BY_HOP

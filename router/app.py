@@ -84,9 +84,9 @@ def create_app(
     app[METRICS].reload_ok.set(1)
     app[METRICS].reload_timestamp.set(time.time())
     app.cleanup_ctx.append(background)
-    from router import openapi, original  # they build on this module; imported late for that
+    from router import openapi, original, streaming  # they build on this module: imported late
 
-    app.router.add_post("/invocations", invocations)
+    app.router.add_post("/invocations", streaming.invocations_entry)
     app.router.add_post("/predict", original.predict)
     app.router.add_get("/", original.index)
     openapi.add_routes(app)

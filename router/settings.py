@@ -24,6 +24,8 @@ class RouterSettings(BaseModel):
     """Whole upstream exchange; past it the client gets 504."""
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     """Largest request body; larger ones get 413."""
+    stream_above_bytes: int = Field(default=1024 * 1024, ge=0)
+    """Bodies declared larger than this are relayed as they arrive instead of buffered."""
     health_interval_s: float = Field(default=2.0, gt=0)
     """How often each upstream's /ping is checked."""
     eject_after_failures: int = Field(default=5, ge=1)

@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from router.app import TABLE, create_app
+from router.app import SETTINGS, TABLE, create_app
 from router.config import RoutingConfig, write_routing_file
 from router.settings import RouterSettings
 
@@ -441,3 +441,30 @@ async def test_bad_clients_affect_no_one_else(stack: Stack) -> None:
     status_line = await asyncio.wait_for(slow_reader.readline(), 5)
     assert status_line.startswith(b"HTTP/1.1 200")
     slow.close()
+
+
+async def test_large_bodies_are_relayed_as_they_arrive(
+    aiohttp_client: ClientFactory, stack: Stack
+) -> None:
+    """Above the streaming threshold the body reaches the upstream intact, the answer comes
+    back tagged, and an unreachable canary still fails over to stable."""
+    settings = stack.client.app[SETTINGS].model_copy(update={"stream_above_bytes": 1024})
+    client = await aiohttp_client(create_app(settings, rng=random.Random(1)))
+    big = json.dumps({"dataframe_records": [{"hours_studied": i} for i in range(2_000)]}).encode()
+    assert 1024 < len(big) < 64 * 1024
+    answer = await client.post(
+        "/invocations", data=big, headers={**JSON, "X-Force-Variant": "canary"}
+    )
+    assert answer.status == 200
+    assert await answer.json() == {"predictions": [40.0]}
+    assert answer.headers["X-Model-Version"] == "2"
+    assert stack.canary.seen[-1] == big
+    await stack.servers["canary"].close()
+    moved = await client.post(
+        "/invocations", data=big, headers={**JSON, "X-Force-Variant": "canary"}
+    )
+    assert moved.status == 200
+    assert moved.headers["X-Model-Variant"] == "stable"
+    assert stack.stable.seen[-1] == big
+    too_big = await client.post("/invocations", data=b"x" * 70_000, headers=JSON)
+    assert too_big.status == 413

@@ -468,3 +468,27 @@ async def test_large_bodies_are_relayed_as_they_arrive(
     assert stack.stable.seen[-1] == big
     too_big = await client.post("/invocations", data=b"x" * 70_000, headers=JSON)
     assert too_big.status == 413
+
+
+async def test_killing_the_canary_under_load_fails_no_request(stack: Stack) -> None:
+    """Four clients keep sending while the canary dies: every request is answered 200."""
+    stack.write(50)
+    await asyncio.sleep(0.1)
+    statuses: list[int] = []
+    stop = asyncio.Event()
+
+    async def load() -> None:
+        while not stop.is_set():
+            answer = await stack.client.post("/invocations", data=BODY, headers=JSON)
+            await answer.read()
+            statuses.append(answer.status)
+
+    loaders = [asyncio.create_task(load()) for _ in range(4)]
+    await asyncio.sleep(0.3)
+    await stack.servers["canary"].close()
+    await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.gather(*loaders)
+    assert len(statuses) > 100
+    assert set(statuses) == {200}
+    assert stack.value("mlcanary_failovers_total", {"from_variant": "canary"}) >= 1

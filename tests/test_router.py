@@ -492,3 +492,15 @@ async def test_killing_the_canary_under_load_fails_no_request(stack: Stack) -> N
     assert len(statuses) > 100
     assert set(statuses) == {200}
     assert stack.value("mlcanary_failovers_total", {"from_variant": "canary"}) >= 1
+
+
+async def test_a_hanging_canary_is_retried_on_stable(stack: Stack) -> None:
+    """A canary silent past the timeout costs the client only the wait: stable answers."""
+    stack.canary.delay = 3.0
+    (answer,) = await _post(stack, 1, {"X-Force-Variant": "canary"})
+    assert answer.status == 200
+    assert answer.headers["X-Model-Variant"] == "stable"
+    assert (
+        stack.value("mlcanary_upstream_errors_total", {"variant": "canary", "reason": "timeout"})
+        == 1
+    )

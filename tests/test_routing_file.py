@@ -213,3 +213,9 @@ def test_an_invalid_file_changes_nothing_and_is_reported(tmp_path: Path) -> None
     assert watcher.table.current.canary_weight == 0 and watcher.table.last_error is None
     outcomes = watcher.outcomes  # type: ignore[attr-defined]
     assert [ok for ok, _ in outcomes] == [False, False, False, False, True]
+
+
+def test_the_committed_example_is_valid() -> None:
+    """config/routing.yaml, the file the router follows by default, loads as it is."""
+    config, _ = read_routing_file(Path(__file__).parent.parent / "config" / "routing.yaml")
+    assert config.canary is not None and config.canary.weight == 10

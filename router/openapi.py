@@ -14,11 +14,12 @@ ERROR = {
 }
 NUMBER_OR_LIST = {"oneOf": [{"type": "number"}, {"type": "array", "items": {"type": "number"}}]}
 MODEL_INFO = {
-    "type": ["object", "null"],
+    "type": "object",
+    "nullable": True,
     "properties": {
         "name": {"type": "string"},
         "version": {"type": "string"},
-        "loaded_at": {"type": ["string", "null"]},
+        "loaded_at": {"type": "string", "nullable": True},
         "uri": {"type": "string"},
     },
 }
@@ -39,7 +40,10 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 
 def openapi_document() -> dict[str, Any]:
-    """Return the OpenAPI 3.1 description of the router's public surface."""
+    """Return the OpenAPI 3.0 description of the router's public surface.
+
+    3.0, not 3.1: the packaged Swagger UI (4.x) renders nothing for a 3.1 document.
+    """
     scoring = {
         "oneOf": [
             {"required": ["dataframe_split"]},
@@ -51,7 +55,7 @@ def openapi_document() -> dict[str, Any]:
         "example": {"dataframe_records": [ROW_EXAMPLE]},
     }
     return {
-        "openapi": "3.1.0",
+        "openapi": "3.0.3",
         "info": {
             "title": "mlcanary router",
             "version": "1",

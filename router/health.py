@@ -27,7 +27,7 @@ class UpstreamHealth:
     last_error: str | None = None
 
     def available(self, now: float) -> bool:
-        """Whether the upstream may take traffic now."""
+        """Tell whether the upstream may take traffic now."""
         return self.ping_ok and now >= self.ejected_until
 
     def succeeded(self) -> None:
@@ -61,7 +61,7 @@ class HealthBoard:
         return self.by_url.setdefault(url, UpstreamHealth())
 
     def available(self, config: RoutingConfig) -> dict[Variant, bool]:
-        """Whether each variant of `config` may take traffic now."""
+        """Tell whether each variant of `config` may take traffic now."""
         now = time.monotonic()
         result: dict[Variant, bool] = {"stable": self.of(config.stable.url).available(now)}
         if config.canary is not None:
@@ -69,7 +69,7 @@ class HealthBoard:
         return result
 
     async def ping(self, session: aiohttp.ClientSession, url: str) -> None:
-        """Check one upstream's /ping and record the outcome."""
+        """Check one upstream's /ping and record the outcome; learn its /metadata once."""
         health = self.of(url)
         timeout = aiohttp.ClientTimeout(total=self.settings.health_interval_s)
         try:
@@ -77,13 +77,22 @@ class HealthBoard:
                 await answer.read()
                 health.ping_ok = answer.status == 200
                 health.last_error = None if health.ping_ok else f"/ping answered {answer.status}"
-            if health.ping_ok and url not in self.metadata:
-                async with session.get(f"{url}/metadata", timeout=timeout) as answer:
-                    if answer.status == 200:
-                        self.metadata[url] = await answer.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
-            health.ping_ok = health.ping_ok and isinstance(error, ValueError)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            health.ping_ok = False
             health.last_error = f"/ping failed: {type(error).__name__}"
+        if health.ping_ok and url not in self.metadata:
+            await self._learn_metadata(session, url, timeout)
+
+    async def _learn_metadata(
+        self, session: aiohttp.ClientSession, url: str, timeout: aiohttp.ClientTimeout
+    ) -> None:
+        """Keep a native model server's /metadata (its load time, for model info answers)."""
+        try:
+            async with session.get(f"{url}/metadata", timeout=timeout) as answer:
+                if answer.status == 200:
+                    self.metadata[url] = await answer.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return  # not a native model server, or not now: model info goes without load time
 
     async def run(
         self,

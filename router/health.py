@@ -84,11 +84,11 @@ class HealthBoard:
             await self._learn_metadata(session, url, timeout)
 
     async def _learn_metadata(
-        self, session: aiohttp.ClientSession, url: str, timeout: aiohttp.ClientTimeout
+        self, session: aiohttp.ClientSession, url: str, limits: aiohttp.ClientTimeout
     ) -> None:
         """Keep a native model server's /metadata (its load time, for model info answers)."""
         try:
-            async with session.get(f"{url}/metadata", timeout=timeout) as answer:
+            async with session.get(f"{url}/metadata", timeout=limits) as answer:
                 if answer.status == 200:
                     self.metadata[url] = await answer.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError):

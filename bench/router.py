@@ -159,8 +159,10 @@ def upstreams(kind: str, folder: Path) -> tuple[Proc, Proc]:
     return servers[0], servers[1]
 
 
-def proxies(stable: Proc, canary: Proc, folder: Path, router_workers: int) -> dict[str, Proc]:
-    """Start the router and nginx in front of the two upstreams."""
+def proxies(
+    stable: Proc, canary: Proc, folder: Path, router_workers: int, prototype: bool
+) -> dict[str, Proc]:
+    """Start the router (or the raw-bytes prototype) and nginx in front of the two upstreams."""
     path = folder / "routing.yaml"
     write_routing_file(
         path,
@@ -185,6 +187,15 @@ def proxies(stable: Proc, canary: Proc, folder: Path, router_workers: int) -> di
     ]
     if router_workers > 1:
         router_argv += ["--workers", str(router_workers)]
+    if prototype:
+        here = Path(__file__).resolve().parent / "raw_proxy_prototype.py"
+        router_argv = [
+            sys.executable,
+            str(here),
+            str(router_port),
+            str(stable.port),
+            str(canary.port),
+        ]
     config = folder / "nginx.conf"
     config.write_text(
         NGINX.format(
@@ -192,7 +203,7 @@ def proxies(stable: Proc, canary: Proc, folder: Path, router_workers: int) -> di
         )
     )
     return {
-        "router": start(router_argv, router_port),
+        "router": start(router_argv, router_port, "/invocations" if prototype else "/ping"),
         "nginx": start(["nginx", "-c", str(config), "-p", str(folder)], nginx_port, "/ping"),
     }
 
@@ -202,6 +213,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--upstream", choices=["trivial", "native", "both"], default="both")
     parser.add_argument("--router-workers", type=int, default=1)
+    parser.add_argument(
+        "--prototype", action="store_true", help="measure bench/raw_proxy_prototype.py instead"
+    )
     arguments = parser.parse_args()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
@@ -215,7 +229,7 @@ def main() -> None:
             script = folder / "post.lua"
             script.write_text(LUA.format(body=ROW))
             stable, canary = upstreams(kind, folder)
-            fronts = proxies(stable, canary, folder, arguments.router_workers)
+            fronts = proxies(stable, canary, folder, arguments.router_workers, arguments.prototype)
             results: dict[tuple[str, int], tuple[Load, float]] = {}
             try:
                 for name_, proxy in (

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,8 @@ def start(argv: list[str], port: int, ready_path: str = "/ping", **env: str) -> 
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}{ready_path}", timeout=1):
                 return Proc(process, port)
+        except urllib.error.HTTPError:
+            return Proc(process, port)  # it answered: up, whatever it thinks of the request
         except OSError:
             time.sleep(0.1)
     process.kill()

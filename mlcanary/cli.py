@@ -29,6 +29,13 @@ class Loop(StrEnum):
     uvloop = "uvloop"
 
 
+class DataPlaneKind(StrEnum):
+    """How the router relays scoring traffic."""
+
+    aiohttp = "aiohttp"
+    raw = "raw"
+
+
 class Engine(StrEnum):
     """Model server engines."""
 
@@ -191,6 +198,10 @@ def router(
         int, typer.Option(min=1, help="Processes sharing the port (SO_REUSEPORT).")
     ] = 1,
     loop: Annotated[Loop, typer.Option(help="Event loop implementation.")] = Loop.uvloop,
+    data_plane: Annotated[
+        DataPlaneKind,
+        typer.Option(help="aiohttp, or raw: the experimental httptools hot path for /invocations."),
+    ] = DataPlaneKind.aiohttp,
     timeout: Annotated[
         float, typer.Option(help="Seconds an upstream may take before the client gets 504.")
     ] = 30.0,
@@ -213,7 +224,13 @@ def router(
             total_timeout_s=timeout,
             max_body_bytes=int(max_body_mb * 1024 * 1024),
         )
-        run_router(settings, workers=workers, loop=loop.value, reuse_port=reuse_port)
+        run_router(
+            settings,
+            workers=workers,
+            loop=loop.value,
+            reuse_port=reuse_port,
+            data_plane=data_plane.value,
+        )
     except ValidationError as error:
         fail(f"invalid settings: {_problems(error)}", code=2)
     except RoutingFileError as error:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -17,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from router.app import SETTINGS, TABLE, create_app
 from router.config import RoutingConfig, write_routing_file
+from router.dataplane import DataPlane, start_front
 from router.settings import RouterSettings
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
@@ -93,11 +96,30 @@ def routing(servers: dict[str, TestServer], weight: float, **extra: Any) -> Rout
     )
 
 
-@pytest.fixture
+class RawPlaneClient:
+    """What the tests use of aiohttp's TestClient, aimed at the raw data plane in front."""
+
+    def __init__(self, app: web.Application, port: int) -> None:
+        self.app = app
+        self.server = SimpleNamespace(port=port)
+        self.session = aiohttp.ClientSession(f"http://127.0.0.1:{port}")
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.session.post(path, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.session.get(path, **kwargs)
+
+
+@pytest.fixture(params=["aiohttp", "raw"])
 async def stack(
-    aiohttp_client: ClientFactory, aiohttp_server: ServerFactory, tmp_path: Path
-) -> Stack:
-    """Two fake model servers, a routing file at weight 10, and a router with a seeded RNG."""
+    request: pytest.FixtureRequest,
+    aiohttp_client: ClientFactory,
+    aiohttp_server: ServerFactory,
+    tmp_path: Path,
+) -> AsyncIterator[Stack]:
+    """Two fake model servers, a routing file at weight 10, and a router with a seeded RNG,
+    served by the aiohttp data plane or by the raw one in front of the same app."""
     stable, canary = FakeModelServer("1", 30.0), FakeModelServer("2", 40.0)
     servers = {
         "stable": await aiohttp_server(stable.app()),
@@ -114,8 +136,20 @@ async def stack(
         total_timeout_s=1.0,
         max_body_bytes=64 * 1024,
     )
-    client = await aiohttp_client(create_app(settings, registry=registry, rng=random.Random(1)))
-    return Stack(client, stable, canary, servers, registry, path)
+    app = create_app(settings, registry=registry, rng=random.Random(1))
+    if request.param == "aiohttp":
+        yield Stack(await aiohttp_client(app), stable, canary, servers, registry, path)
+        return
+    internal = await aiohttp_server(app)
+    plane = DataPlane(app, str(internal.make_url("")).rstrip("/"))
+    front = await start_front(plane, "127.0.0.1", 0)
+    client = RawPlaneClient(app, front.sockets[0].getsockname()[1])
+    try:
+        yield Stack(client, stable, canary, servers, registry, path)  # type: ignore[arg-type]
+    finally:
+        await client.session.close()
+        front.close()
+        plane.pools.close()
 
 
 async def _post(stack: Stack, n: int, headers: dict[str, str] | None = None) -> list[Any]:

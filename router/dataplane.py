@@ -1,0 +1,370 @@
+"""The raw-bytes data plane (experimental, `--data-plane raw`): POST /invocations without aiohttp.
+
+A listening asyncio Protocol parses requests with httptools. Plain `POST /invocations` bodies
+are relayed to the chosen variant over pooled raw keep-alive sockets, with the same choice,
+failover, retry budget, health and metrics as the aiohttp router; every other request (and
+shadowed ones) is relayed, as bytes, to the aiohttp app listening on a loopback port, which
+stays the one implementation of everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import cast
+from urllib.parse import urlparse
+
+import httptools
+from aiohttp import web
+from multidict import CIMultiDict
+
+from router.app import (
+    BUDGET,
+    HEALTH,
+    METRICS,
+    RNG,
+    SETTINGS,
+    TABLE,
+    Routed,
+    observe_predictions,
+    record,
+)
+from router.choosing import choose_variant
+from router.config import RoutingConfig, Variant
+from router.proxy import HOP_BY_HOP, RETRYABLE_STATUSES, Answer, Failure
+
+Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
+HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
+REASONS = {200: b"OK", 400: b"Bad Request", 413: b"Payload Too Large", 503: b"Service Unavailable"}
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One keep-alive connection to an upstream, one exchange at a time."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[Reply] | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport."""
+        self.transport = cast(asyncio.Transport, transport)  # TCP (asyncio's or uvloop's)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the response parser."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as error:
+            self._fail(ConnectionResetError(f"bad answer from upstream: {error}"))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Collect a header."""
+        self.headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        """Collect a piece of the body."""
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        """Hand the whole answer to the waiting exchange."""
+        answer = (self.parser.get_status_code(), self.headers, b"".join(self.body))
+        self.headers, self.body = [], []
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(answer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Fail an exchange still waiting: the upstream went away."""
+        self._fail(ConnectionResetError("upstream closed the connection"))
+
+    def _fail(self, error: Exception) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+        if self.transport is not None:
+            self.transport.close()
+
+    @property
+    def usable(self) -> bool:
+        """Whether the connection can take another exchange."""
+        return self.transport is not None and not self.transport.is_closing()
+
+    def send(self, data: bytes) -> Awaitable[Reply]:
+        """Write one request; return the answer's future."""
+        assert self.transport is not None  # noqa: S101 (connected before use)
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        return self.waiter
+
+
+@dataclass
+class UpstreamPool:
+    """Idle keep-alive connections to one upstream host and port."""
+
+    host: str
+    port: int
+    idle: list[UpstreamConnection] = field(default_factory=list)
+
+    async def acquire(self) -> UpstreamConnection:
+        """Reuse an idle connection or open a new one."""
+        while self.idle:
+            connection = self.idle.pop()
+            if connection.usable:
+                return connection
+        loop = asyncio.get_running_loop()
+        _, connection = await loop.create_connection(UpstreamConnection, self.host, self.port)
+        return connection
+
+    def release(self, connection: UpstreamConnection) -> None:
+        """Keep a connection for the next exchange."""
+        if connection.usable:
+            self.idle.append(connection)
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        for connection in self.idle:
+            if connection.transport is not None:
+                connection.transport.close()
+        self.idle.clear()
+
+
+@dataclass
+class Pools:
+    """One pool per upstream base URL."""
+
+    by_url: dict[str, UpstreamPool] = field(default_factory=dict)
+
+    def of(self, url: str) -> UpstreamPool:
+        """Return (creating) the pool of `url`."""
+        pool = self.by_url.get(url)
+        if pool is None:
+            parsed = urlparse(url)
+            pool = UpstreamPool(parsed.hostname or "127.0.0.1", parsed.port or 80)
+            self.by_url[url] = pool
+        return pool
+
+    def close(self) -> None:
+        """Close every pool."""
+        for pool in self.by_url.values():
+            pool.close()
+
+
+def request_bytes(
+    method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+) -> bytes:
+    """Serialize a request for an upstream, end-to-end headers only."""
+    lines = [
+        b"%s %s HTTP/1.1\r\nHost: upstream\r\nContent-Length: %d\r\n" % (method, target, len(body))
+    ]
+    lines += [n + b": " + v + b"\r\n" for n, v in headers if n.lower() not in HOP_BY_HOP_BYTES]
+    return b"".join(lines) + b"\r\n" + body
+
+
+async def exchange_raw(
+    pool: UpstreamPool, data: bytes, connect_timeout: float, total_timeout: float
+) -> Reply | Failure:
+    """One exchange over the pool: the answer, or connect / reset / timeout."""
+    try:
+        connection = await asyncio.wait_for(pool.acquire(), connect_timeout)
+    except (OSError, TimeoutError) as error:
+        return Failure("connect", str(error) or type(error).__name__)
+    try:
+        reply = await asyncio.wait_for(connection.send(data), total_timeout)
+    except TimeoutError:
+        if connection.transport is not None:
+            connection.transport.close()
+        return Failure("timeout", "no answer in time")
+    except ConnectionError as error:
+        return Failure("reset", str(error))
+    pool.release(connection)
+    return reply
+
+
+class FrontProtocol(asyncio.Protocol):
+    """A client connection: fast-path `POST /invocations`, relay the rest to the aiohttp app."""
+
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.previous: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport."""
+        self.transport = cast(asyncio.Transport, transport)  # TCP (asyncio's or uvloop's)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the request parser; a malformed request closes the connection after a 400."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self._write_error(
+                400, b'{"error_code": "BAD_REQUEST", "message": "malformed HTTP request"}'
+            )
+            if self.transport is not None:
+                self.transport.close()
+
+    def on_message_begin(self) -> None:
+        """Start a new request."""
+        self.url, self.headers, self.body = b"", [], []
+
+    def on_url(self, url: bytes) -> None:
+        """Collect the target."""
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Collect a header."""
+        self.headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        """Collect a piece of the body."""
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        """Answer requests in order (HTTP/1.1 pipelining keeps answers in request order)."""
+        method = self.parser.get_method()
+        request = (method, self.url, self.headers, b"".join(self.body))
+        previous = self.previous
+        self.previous = asyncio.ensure_future(self._answer(previous, *request))
+
+    async def _answer(
+        self,
+        previous: asyncio.Future[None] | None,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+    ) -> None:
+        data = await self.plane.handle(method, target, headers, body)
+        if previous is not None:
+            await previous
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _write_error(self, status: int, body: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(
+                response_bytes(status, [(b"Content-Type", b"application/json")], body)
+            )
+
+
+def response_bytes(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """Serialize an answer for the client, end-to-end headers only, with its length."""
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Status"))]
+    lines += [n + b": " + v + b"\r\n" for n, v in headers if n.lower() not in HOP_BY_HOP_BYTES]
+    lines.append(b"Content-Length: %d\r\n\r\n" % len(body))
+    return b"".join(lines) + body
+
+
+@dataclass
+class DataPlane:
+    """The fast path over the aiohttp app's state, and the relay to that app for the rest."""
+
+    app: web.Application
+    app_url: str
+    pools: Pools = field(default_factory=Pools)
+
+    async def handle(
+        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> bytes:
+        """Answer one request, as bytes."""
+        config = self.app[TABLE].current
+        if method != b"POST" or target != b"/invocations" or config.shadow.percent > 0:
+            return await self._relay_to_app(method, target, headers, body)
+        return await self._invocations(config, headers, body)
+
+    async def _relay_to_app(
+        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> bytes:
+        settings = self.app[SETTINGS]
+        outcome = await exchange_raw(
+            self.pools.of(self.app_url),
+            request_bytes(method, target, headers, body),
+            settings.connect_timeout_s,
+            settings.total_timeout_s + 5,
+        )
+        if isinstance(outcome, Failure):
+            error = b'{"error_code": "INTERNAL_ERROR", "message": "router control app unreachable"}'
+            return response_bytes(503, [(b"Content-Type", b"application/json")], error)
+        status, answer_headers, answer = outcome
+        return response_bytes(status, answer_headers, answer)
+
+    async def _invocations(
+        self, config: RoutingConfig, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> bytes:
+        app = self.app
+        started = time.perf_counter()
+        if len(body) > app[SETTINGS].max_body_bytes:
+            message = b'{"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "body too large"}'
+            return response_bytes(413, [(b"Content-Type", b"application/json")], message)
+        decoded = CIMultiDict((n.decode("latin-1"), v.decode("latin-1")) for n, v in headers)
+        variant = choose_variant(config, decoded, app[RNG], app[HEALTH].available(config))
+        budget = app[BUDGET]
+        budget.in_flight += 1
+        data = request_bytes(b"POST", b"/invocations", headers, body)
+        try:
+            outcome = await self._send(config, variant, data)
+            if variant == "canary" and _retryable(outcome) and budget.allows():
+                app[METRICS].failovers.labels("canary").inc()
+                budget.retrying += 1
+                try:
+                    variant = "stable"
+                    outcome = await self._send(config, variant, data)
+                finally:
+                    budget.retrying -= 1
+        finally:
+            budget.in_flight -= 1
+        version = config.upstream(variant).version
+        tags = [(b"X-Model-Variant", variant.encode()), (b"X-Model-Version", version.encode())]
+        if isinstance(outcome, Failure):
+            status = 504 if outcome.reason == "timeout" else 503
+            code = "DEADLINE_EXCEEDED" if status == 504 else "TEMPORARILY_UNAVAILABLE"
+            text = f"the {variant} model server cannot be reached ({outcome.reason})"
+            error = json.dumps({"error_code": code, "message": text}).encode()
+            record(app, config, Routed(variant, outcome), status, started)
+            return response_bytes(status, [(b"Content-Type", b"application/json"), *tags], error)
+        status, answer_headers, answer = outcome
+        record(app, config, Routed(variant, Answer(status, b"", CIMultiDict())), status, started)
+        if status == 200:
+            observe_predictions(app, variant, answer)
+        return response_bytes(status, [*answer_headers, *tags], answer)
+
+    async def _send(self, config: RoutingConfig, variant: Variant, data: bytes) -> Reply | Failure:
+        app = self.app
+        settings = app[SETTINGS]
+        upstream = config.upstream(variant)
+        outcome = await exchange_raw(
+            self.pools.of(upstream.url), data, settings.connect_timeout_s, settings.total_timeout_s
+        )
+        health = app[HEALTH].of(upstream.url)
+        if isinstance(outcome, Failure):
+            app[METRICS].upstream_errors.labels(variant, outcome.reason).inc()
+            health.failed(outcome.reason, settings)
+        elif outcome[0] >= 500:
+            app[METRICS].upstream_errors.labels(variant, "status_5xx").inc()
+            health.failed(f"answered {outcome[0]}", settings)
+        else:
+            health.succeeded()
+        return outcome
+
+
+def _retryable(outcome: Reply | Failure) -> bool:
+    return isinstance(outcome, Failure) or outcome[0] in RETRYABLE_STATUSES
+
+
+async def start_front(
+    plane: DataPlane, host: str, port: int, *, reuse_port: bool = False
+) -> asyncio.Server:
+    """Listen for clients on `host:port` with the raw data plane in front of `plane.app`."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        lambda: FrontProtocol(plane), host, port, reuse_address=True, reuse_port=reuse_port or None
+    )

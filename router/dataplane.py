@@ -37,7 +37,8 @@ from router.config import RoutingConfig, Variant
 from router.proxy import HOP_BY_HOP, RETRYABLE_STATUSES, Answer, Failure
 
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
-HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
+# `expect` too: the front answers 100-continue itself, so upstreams never send interim answers.
+HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP) | {b"expect"}
 REASONS = {200: b"OK", 400: b"Bad Request", 413: b"Payload Too Large", 503: b"Service Unavailable"}
 
 
@@ -71,7 +72,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        """Hand the whole answer to the waiting exchange."""
+        """Hand the whole answer to the waiting exchange (interim 1xx answers are skipped)."""
+        if 100 <= self.parser.get_status_code() < 200:
+            self.headers, self.body = [], []
+            return
         answer = (self.parser.get_status_code(), self.headers, b"".join(self.body))
         self.headers, self.body = [], []
         waiter, self.waiter = self.waiter, None
@@ -224,6 +228,14 @@ class FrontProtocol(asyncio.Protocol):
         """Collect a header."""
         self.headers.append((name, value))
 
+    def on_headers_complete(self) -> None:
+        """Tell a client that waits for it (curl does, above 1 KiB) to send the body."""
+        for name, value in self.headers:
+            if name.lower() == b"expect" and value.lower() == b"100-continue":
+                if self.transport is not None and not self.transport.is_closing():
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                break
+
     def on_body(self, body: bytes) -> None:
         """Collect a piece of the body."""
         self.body.append(body)
@@ -233,11 +245,13 @@ class FrontProtocol(asyncio.Protocol):
         method = self.parser.get_method()
         request = (method, self.url, self.headers, b"".join(self.body))
         previous = self.previous
-        self.previous = asyncio.ensure_future(self._answer(previous, *request))
+        keep_alive = self.parser.should_keep_alive()
+        self.previous = asyncio.ensure_future(self._answer(previous, keep_alive, *request))
 
     async def _answer(
         self,
         previous: asyncio.Future[None] | None,
+        keep_alive: bool,
         method: bytes,
         target: bytes,
         headers: list[tuple[bytes, bytes]],
@@ -248,6 +262,8 @@ class FrontProtocol(asyncio.Protocol):
             await previous
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
+            if not keep_alive:  # HTTP/1.0, or `Connection: close`
+                self.transport.close()
 
     def _write_error(self, status: int, body: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():

@@ -538,3 +538,34 @@ async def test_a_hanging_canary_is_retried_on_stable(stack: Stack) -> None:
         stack.value("mlcanary_upstream_errors_total", {"variant": "canary", "reason": "timeout"})
         == 1
     )
+
+
+async def test_expect_continue_and_http10_clients_are_served(stack: Stack) -> None:
+    """A client waiting for 100 Continue gets it at once; an HTTP/1.0 client gets its answer
+    and the connection closed."""
+    host, port = "127.0.0.1", stack.client.server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(BODY)
+    )
+    await writer.drain()
+    assert (await asyncio.wait_for(reader.readline(), 1)).startswith(b"HTTP/1.1 100")
+    await asyncio.wait_for(reader.readline(), 1)  # the blank line after the interim answer
+    writer.write(BODY)
+    await writer.drain()
+    assert (await asyncio.wait_for(reader.readline(), 5)).split(b" ")[1] == b"200"
+    writer.close()
+
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        b"POST /invocations HTTP/1.0\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
+    )
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 5)  # read() returns once the router closes
+    assert answer.split(b" ")[1] == b"200"
+    assert answer.endswith(b'{"predictions": [30.0]}') or answer.endswith(
+        b'{"predictions": [40.0]}'
+    )
+    writer.close()

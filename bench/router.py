@@ -163,7 +163,7 @@ def upstreams(kind: str, folder: Path) -> tuple[Proc, Proc]:
 
 
 def proxies(
-    stable: Proc, canary: Proc, folder: Path, router_workers: int, prototype: bool
+    stable: Proc, canary: Proc, folder: Path, router_workers: int, prototype: bool, plane: str
 ) -> dict[str, Proc]:
     """Start the router (or the raw-bytes prototype) and nginx in front of the two upstreams."""
     path = folder / "routing.yaml"
@@ -190,6 +190,7 @@ def proxies(
     ]
     if router_workers > 1:
         router_argv += ["--workers", str(router_workers)]
+    router_argv += ["--data-plane", plane]
     if prototype:
         here = Path(__file__).resolve().parent / "raw_proxy_prototype.py"
         router_argv = [
@@ -219,6 +220,7 @@ def main() -> None:
     parser.add_argument(
         "--prototype", action="store_true", help="measure bench/raw_proxy_prototype.py instead"
     )
+    parser.add_argument("--data-plane", choices=["aiohttp", "raw"], default="aiohttp")
     arguments = parser.parse_args()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:
@@ -232,7 +234,14 @@ def main() -> None:
             script = folder / "post.lua"
             script.write_text(LUA.format(body=ROW))
             stable, canary = upstreams(kind, folder)
-            fronts = proxies(stable, canary, folder, arguments.router_workers, arguments.prototype)
+            fronts = proxies(
+                stable,
+                canary,
+                folder,
+                arguments.router_workers,
+                arguments.prototype,
+                arguments.data_plane,
+            )
             results: dict[tuple[str, int], tuple[Load, float]] = {}
             try:
                 for name_, proxy in (

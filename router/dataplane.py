@@ -32,7 +32,7 @@ from router.app import (
     observe_predictions,
     record,
 )
-from router.choosing import choose_variant
+from router.choosing import FORCE_HEADER, choose_variant
 from router.config import RoutingConfig, Variant
 from router.proxy import HOP_BY_HOP, RETRYABLE_STATUSES, Answer, Failure
 
@@ -98,12 +98,16 @@ class UpstreamConnection(asyncio.Protocol):
         """Whether the connection can take another exchange."""
         return self.transport is not None and not self.transport.is_closing()
 
-    def send(self, data: bytes) -> Awaitable[Reply]:
-        """Write one request; return the answer's future."""
+    def send(self, data: bytes, timeout: float) -> Awaitable[Reply]:
+        """Write one request; return the answer's future, failed with TimeoutError if late."""
         assert self.transport is not None  # noqa: S101 (connected before use)
-        self.waiter = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Reply] = loop.create_future()
+        self.waiter = waiter
+        timer = loop.call_later(timeout, self._fail, TimeoutError("no answer in time"))
+        waiter.add_done_callback(lambda _done: timer.cancel())
         self.transport.write(data)
-        return self.waiter
+        return waiter
 
 
 @dataclass
@@ -114,14 +118,19 @@ class UpstreamPool:
     port: int
     idle: list[UpstreamConnection] = field(default_factory=list)
 
-    async def acquire(self) -> UpstreamConnection:
-        """Reuse an idle connection or open a new one."""
+    def idle_connection(self) -> UpstreamConnection | None:
+        """Return a usable idle connection, if there is one."""
         while self.idle:
             connection = self.idle.pop()
             if connection.usable:
                 return connection
+        return None
+
+    async def connect(self, within: float) -> UpstreamConnection:
+        """Open a new connection within `within` seconds."""
         loop = asyncio.get_running_loop()
-        _, connection = await loop.create_connection(UpstreamConnection, self.host, self.port)
+        opening = loop.create_connection(UpstreamConnection, self.host, self.port)
+        _, connection = await asyncio.wait_for(opening, within)
         return connection
 
     def release(self, connection: UpstreamConnection) -> None:
@@ -173,15 +182,15 @@ async def exchange_raw(
     pool: UpstreamPool, data: bytes, connect_timeout: float, total_timeout: float
 ) -> Reply | Failure:
     """One exchange over the pool: the answer, or connect / reset / timeout."""
+    connection = pool.idle_connection()
+    if connection is None:
+        try:
+            connection = await pool.connect(connect_timeout)
+        except (OSError, TimeoutError) as error:
+            return Failure("connect", str(error) or type(error).__name__)
     try:
-        connection = await asyncio.wait_for(pool.acquire(), connect_timeout)
-    except (OSError, TimeoutError) as error:
-        return Failure("connect", str(error) or type(error).__name__)
-    try:
-        reply = await asyncio.wait_for(connection.send(data), total_timeout)
+        reply = await connection.send(data, total_timeout)
     except TimeoutError:
-        if connection.transport is not None:
-            connection.transport.close()
         return Failure("timeout", "no answer in time")
     except ConnectionError as error:
         return Failure("reset", str(error))
@@ -321,8 +330,9 @@ class DataPlane:
         if len(body) > app[SETTINGS].max_body_bytes:
             message = b'{"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "body too large"}'
             return response_bytes(413, [(b"Content-Type", b"application/json")], message)
-        decoded = CIMultiDict((n.decode("latin-1"), v.decode("latin-1")) for n, v in headers)
-        variant = choose_variant(config, decoded, app[RNG], app[HEALTH].available(config))
+        variant = choose_variant(
+            config, choice_headers(config, headers), app[RNG], app[HEALTH].available(config)
+        )
         budget = app[BUDGET]
         budget.in_flight += 1
         data = request_bytes(b"POST", b"/invocations", headers, body)
@@ -370,6 +380,18 @@ class DataPlane:
         else:
             health.succeeded()
         return outcome
+
+
+def choice_headers(config: RoutingConfig, headers: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
+    """Decode only the headers the variant choice reads: the force and the sticky header."""
+    wanted = {FORCE_HEADER.lower().encode()}
+    if config.sticky is not None:
+        wanted.add(config.sticky.header.lower().encode())
+    return CIMultiDict(
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in headers
+        if name.lower() in wanted
+    )
 
 
 def _retryable(outcome: Reply | Failure) -> bool:

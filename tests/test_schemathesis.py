@@ -25,9 +25,11 @@ CHECKS = (
 )
 
 
-@pytest.fixture
-def router_url(trained_registry: TrainedRegistry, tmp_path: Path) -> Iterator[str]:
-    """A router process splitting 70/30 with 20% shadow over two native model servers."""
+@pytest.fixture(params=["aiohttp", "raw"])
+def router_url(
+    request: pytest.FixtureRequest, trained_registry: TrainedRegistry, tmp_path: Path
+) -> Iterator[str]:
+    """A router process (either data plane) splitting 70/30 over two native model servers."""
     tracking = trained_registry.settings.tracking_uri
     servers: list[ServerProcess] = [
         start_model_server(
@@ -43,13 +45,17 @@ def router_url(trained_registry: TrainedRegistry, tmp_path: Path) -> Iterator[st
                 "model": "StudentExamPredictor",
                 "stable": {"url": servers[0].url, "version": "1"},
                 "canary": {"url": servers[1].url, "version": "2", "weight": 30},
-                "shadow": {"percent": 20},
+                # Shadowing sends the raw plane's traffic through the aiohttp app: off here.
+                "shadow": {"percent": 20 if request.param == "aiohttp" else 0},
             }
         ),
     )
     port = free_port()
     router = subprocess.Popen(
-        [sys.executable, "-m", "mlcanary", "router", "--config", str(path), "--port", str(port)],
+        [
+            *(sys.executable, "-m", "mlcanary", "router", "--config", str(path)),
+            *("--port", str(port), "--data-plane", request.param),
+        ],
         env=command_environment(tmp_path),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -174,19 +174,13 @@ async def invocations(request: web.Request) -> web.Response:
     headers = forward_headers(request.headers)
     routed = await route(request.app, config, body, headers)
     response = answer_client(config, routed.variant, routed.outcome)
-    record(request.app, config, routed, response.status, started)
+    version = config.upstream(routed.variant).version
+    record(request.app, routed.variant, version, response.status, started)
     if isinstance(routed.outcome, Answer) and routed.outcome.status == 200:
-        observe_predictions(request.app, routed.variant, routed.outcome.body)
+        request.app[METRICS].predicted(routed.variant, predictions_of(routed.outcome.body) or ())
         if routed.variant == "stable":
             maybe_shadow(request.app, config, body, headers, routed.outcome.body)
     return response
-
-
-def observe_predictions(app: web.Application, variant: Variant, body: bytes) -> None:
-    """Add an answer's predicted values to the variant's prediction histogram."""
-    histogram = app[METRICS].prediction_value.labels(variant)
-    for value in predictions_of(body) or ():
-        histogram.observe(value)
 
 
 def maybe_shadow(
@@ -244,13 +238,10 @@ async def route(
 
 
 def record(
-    app: web.Application, config: RoutingConfig, routed: Routed, status: int, started: float
+    app: web.Application, variant: Variant, version: str, status: int, started: float
 ) -> None:
     """Count the answer and its latency under the variant and version that gave it."""
-    version = config.upstream(routed.variant).version
-    metrics = app[METRICS]
-    metrics.requests.labels(routed.variant, version, str(status)).inc()
-    metrics.duration.labels(routed.variant, version).observe(time.perf_counter() - started)
+    app[METRICS].answered(variant, version, status, time.perf_counter() - started)
 
 
 def is_retryable(outcome: Answer | Failure) -> bool:

@@ -20,9 +20,8 @@ from urllib.parse import urlparse
 import httptools
 from aiohttp import web
 from multidict import CIMultiDict
-from prometheus_client import Counter, Histogram
 
-from router.app import BUDGET, HEALTH, METRICS, RNG, SETTINGS, TABLE
+from router.app import BUDGET, HEALTH, METRICS, RNG, SETTINGS, TABLE, record
 from router.choosing import FORCE_HEADER, choose_variant
 from router.config import RoutingConfig, Variant
 from router.proxy import HOP_BY_HOP, RETRYABLE_STATUSES, Failure
@@ -288,8 +287,6 @@ class DataPlane:
     app: web.Application
     app_url: str
     pools: Pools = field(default_factory=Pools)
-    children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = field(default_factory=dict)
-    prediction_histograms: dict[str, Histogram] = field(default_factory=dict)
 
     async def handle(
         self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
@@ -349,37 +346,13 @@ class DataPlane:
             code = "DEADLINE_EXCEEDED" if status == 504 else "TEMPORARILY_UNAVAILABLE"
             text = f"the {variant} model server cannot be reached ({outcome.reason})"
             error = json.dumps({"error_code": code, "message": text}).encode()
-            self._count(variant, version, status, started)
+            record(app, variant, version, status, started)
             return response_bytes(status, [(b"Content-Type", b"application/json"), *tags], error)
         status, answer_headers, answer = outcome
-        self._count(variant, version, status, started)
+        record(app, variant, version, status, started)
         if status == 200:
-            histogram = self._predictions(variant)
-            for value in predictions_of(answer) or ():
-                histogram.observe(value)
+            app[METRICS].predicted(variant, predictions_of(answer) or ())
         return response_bytes(status, [*answer_headers, *tags], answer)
-
-    def _count(self, variant: Variant, version: str, status: int, started: float) -> None:
-        """Count an answer and its latency, with the labelled children looked up once."""
-        key = (variant, version, status)
-        children = self.children.get(key)
-        if children is None:
-            metrics = self.app[METRICS]
-            children = (
-                metrics.requests.labels(variant, version, str(status)),
-                metrics.duration.labels(variant, version),
-            )
-            self.children[key] = children
-        children[0].inc()
-        children[1].observe(time.perf_counter() - started)
-
-    def _predictions(self, variant: Variant) -> Histogram:
-        """Return the prediction histogram of a variant (its labelled child, looked up once)."""
-        histogram = self.prediction_histograms.get(variant)
-        if histogram is None:
-            histogram = self.app[METRICS].prediction_value.labels(variant)
-            self.prediction_histograms[variant] = histogram
-        return histogram
 
     async def _send(self, config: RoutingConfig, variant: Variant, data: bytes) -> Reply | Failure:
         app = self.app

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -31,6 +32,26 @@ class RouterMetrics:
     shadow_requests: Counter
     shadow_delta: Histogram
     prediction_value: Histogram
+    _children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """Labelled children of `requests` and `duration`, looked up once (hot path)."""
+
+    def answered(self, variant: str, version: str, status: int, seconds: float) -> None:
+        """Count one answer to a client and its latency."""
+        key = (variant, version, str(status))
+        children = self._children.get(key)
+        if children is None:
+            children = (self.requests.labels(*key), self.duration.labels(variant, version))
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def predicted(self, variant: str, values: Iterable[float]) -> None:
+        """Add predicted values to the variant's prediction histogram."""
+        histogram = self.prediction_value.labels(variant)
+        for value in values:
+            histogram.observe(value)
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> RouterMetrics:

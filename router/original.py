@@ -85,7 +85,7 @@ async def predict(request: web.Request) -> web.Response:
     started = time.perf_counter()
     routed = await route(app, config, json.dumps(split).encode(), CIMultiDict(headers))
     response = original_answer(app, config, routed, several)
-    record(app, config, routed, response.status, started)
+    record(app, routed.variant, config.upstream(routed.variant).version, response.status, started)
     return response
 
 

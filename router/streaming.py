@@ -10,7 +10,6 @@ import time
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 
 from router.app import (
     HEALTH,
@@ -19,14 +18,13 @@ from router.app import (
     RUNTIME,
     SETTINGS,
     TABLE,
-    Routed,
     error_response,
     invocations,
     record,
 )
 from router.choosing import choose_variant
 from router.config import RoutingConfig, Variant
-from router.proxy import HOP_BY_HOP, Answer, Failure, forward_headers
+from router.proxy import HOP_BY_HOP, Failure, forward_headers
 
 CHUNK_BYTES = 64 * 1024
 
@@ -68,7 +66,7 @@ async def relay(request: web.Request) -> web.StreamResponse:
     )
     answer.headers["X-Model-Variant"] = variant
     answer.headers["X-Model-Version"] = config.upstream(variant).version
-    record(app, config, Routed(variant, failure), answer.status, started)
+    record(app, variant, config.upstream(variant).version, answer.status, started)
     return answer
 
 
@@ -116,8 +114,7 @@ async def _stream_once(
             health.failed(f"answered {response.status}", app[SETTINGS])
         else:
             health.succeeded()
-        outcome = Answer(response.status, b"", CIMultiDict())
-        record(app, config, Routed(variant, outcome), response.status, started)
+        record(app, variant, upstream.version, response.status, started)
         return response
     app[METRICS].upstream_errors.labels(variant, failure.reason).inc()
     health.failed(failure.reason, app[SETTINGS])

@@ -177,9 +177,10 @@ async def invocations(request: web.Request) -> web.Response:
     version = config.upstream(routed.variant).version
     record(request.app, routed.variant, version, response.status, started)
     if isinstance(routed.outcome, Answer) and routed.outcome.status == 200:
-        request.app[METRICS].predicted(routed.variant, predictions_of(routed.outcome.body) or ())
+        predictions = predictions_of(routed.outcome.body)
+        request.app[METRICS].predicted(routed.variant, predictions or ())
         if routed.variant == "stable":
-            maybe_shadow(request.app, config, body, headers, routed.outcome.body)
+            maybe_shadow(request.app, config, body, headers, predictions)
     return response
 
 
@@ -188,7 +189,7 @@ def maybe_shadow(
     config: RoutingConfig,
     body: bytes,
     headers: CIMultiDict[str],
-    stable_body: bytes,
+    stable_predictions: list[float] | None,
 ) -> None:
     """Copy this stable-routed request to the canary for `shadow.percent` of requests."""
     canary = config.canary
@@ -199,7 +200,7 @@ def maybe_shadow(
     session = app[RUNTIME].session
     assert session is not None  # noqa: S101 (opened before the first request)
     app[SHADOW].copy(
-        lambda: exchange(session, canary.url, "/invocations", body, headers), stable_body
+        lambda: exchange(session, canary.url, "/invocations", body, headers), stable_predictions
     )
 
 

@@ -43,18 +43,18 @@ class Shadower:
     limit: int
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
-    def copy(self, send_to_canary: Send, stable_body: bytes) -> None:
+    def copy(self, send_to_canary: Send, expected: list[float] | None) -> None:
         """Start a copy unless `limit` are in flight (then count it as dropped)."""
         if len(self.tasks) >= self.limit:
             self.metrics.shadow_requests.labels("dropped").inc()
             return
-        task = asyncio.create_task(self._compare(send_to_canary, stable_body))
+        task = asyncio.create_task(self._compare(send_to_canary, expected))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _compare(self, send_to_canary: Send, stable_body: bytes) -> None:
+    async def _compare(self, send_to_canary: Send, expected: list[float] | None) -> None:
+        """Compare the canary's predictions with stable's (already parsed) ones."""
         outcome = await send_to_canary()
-        expected = predictions_of(stable_body)
         got = predictions_of(outcome.body) if isinstance(outcome, Answer) else None
         if isinstance(outcome, Failure) or outcome.status != 200 or got is None or expected is None:
             self.metrics.shadow_requests.labels("error").inc()

@@ -74,11 +74,9 @@ def _split_values(split: Any, names: tuple[str, ...]) -> list[Any] | None:
     if not isinstance(split, dict) or split.keys() != {"columns", "data"}:
         return None
     columns, data = split["columns"], split["data"]
-    if (
-        not isinstance(columns, list)
-        or sorted(columns) != sorted(names)
-        or len(set(columns)) != len(columns)
-    ):
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        return None
+    if sorted(columns) != sorted(names) or len(set(columns)) != len(columns):
         return None
     if not isinstance(data, list) or not data:
         return None

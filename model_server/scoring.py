@@ -24,8 +24,9 @@ def score_with_mlflow(model: LoadedModel, body: bytes, content_type: str) -> Sco
     """Answer a request exactly as `mlflow models serve` does.
 
     Runs MLflow's `invocations` (parsing, schema enforcement, predict, serialization) and
-    turns its exceptions into its error bodies. One deliberate difference: a body nested too
-    deeply for Python's JSON parser is a 400 here, where MLflow answers 500.
+    turns its exceptions into its error bodies. Deliberate differences: a body nested too
+    deeply for Python's JSON parser, and input that crashes MLflow's parsing, are 400s here
+    where MLflow answers 500.
     """
     from mlflow.exceptions import MlflowException
     from mlflow.pyfunc.scoring_server import invocations
@@ -37,6 +38,10 @@ def score_with_mlflow(model: LoadedModel, body: bytes, content_type: str) -> Sco
     except RecursionError:
         message = "the JSON body is nested too deeply"
         return Scored(400, error_body("BAD_REQUEST", message).encode(), JSON)
+    # MLflow's parsing lets some malformed inputs crash it (a 500 there): it is the input's fault.
+    except (TypeError, ValueError, KeyError) as error:
+        message = f"the input cannot be read as a data frame: {type(error).__name__}: {error}"
+        return Scored(400, error_body("BAD_REQUEST", message[:500]).encode(), JSON)
     response = answer.response
     encoded = response.encode() if isinstance(response, str) else bytes(response)
     return Scored(answer.status, encoded, answer.mimetype)

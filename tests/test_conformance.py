@@ -58,6 +58,11 @@ CASES = [
         "split-index",
         _json({"dataframe_split": {**_split(ROWS, COLUMNS), "index": [5, 6, 7, 8, 9]}}),
     ),
+    Case(
+        "split-odd-columns",
+        _json({"dataframe_split": {"columns": [1, [2], "a", None], "data": [[1, 2, 3, 4]]}}),
+        differs="MLflow's parsing crashes on a list as a column name (500); native answers 400",
+    ),
     Case("split-extra-key", _json({"dataframe_split": {**_split(ROWS, COLUMNS), "x": 1}})),
     Case("instances", _json({"instances": ROWS})),
     Case("inputs-columns", _json({"inputs": {c: [r[c] for r in ROWS] for c in COLUMNS}})),

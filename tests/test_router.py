@@ -244,9 +244,9 @@ async def test_a_body_over_the_limit_is_413(stack: Stack) -> None:
 
 
 def _keep_loading(
-    stack: Stack, statuses: list[int], stop: asyncio.Event
+    stack: Stack, statuses: list[int], stop: asyncio.Event, clients: int = 4
 ) -> list[asyncio.Task[None]]:
-    """Start four clients posting until `stop` is set, collecting every status."""
+    """Start `clients` clients posting until `stop` is set, collecting every status."""
 
     async def load() -> None:
         while not stop.is_set():
@@ -254,7 +254,7 @@ def _keep_loading(
             await answer.read()
             statuses.append(answer.status)
 
-    return [asyncio.create_task(load()) for _ in range(4)]
+    return [asyncio.create_task(load()) for _ in range(clients)]
 
 
 async def test_reloads_under_load_lose_nothing_and_take_effect(stack: Stack) -> None:
@@ -512,12 +512,16 @@ async def test_large_bodies_are_relayed_as_they_arrive(
 
 
 async def test_killing_the_canary_under_load_fails_no_request(stack: Stack) -> None:
-    """Four clients keep sending while the canary dies: every request is answered 200."""
+    """Clients keep sending while the canary dies: every request is answered 200.
+
+    Three clients: the retry budget guarantees at least 3 retries in flight, so at most three
+    requests can fail on the canary at the same moment and all be retried (with four, the
+    fourth simultaneous failure is over budget by design and answered 503)."""
     stack.write(50)
     await asyncio.sleep(0.1)
     statuses: list[int] = []
     stop = asyncio.Event()
-    loaders = _keep_loading(stack, statuses, stop)
+    loaders = _keep_loading(stack, statuses, stop, clients=3)
     await asyncio.sleep(0.3)
     await stack.servers["canary"].close()
     await asyncio.sleep(0.5)
@@ -525,7 +529,10 @@ async def test_killing_the_canary_under_load_fails_no_request(stack: Stack) -> N
     await asyncio.gather(*loaders)
     assert len(statuses) > 100
     assert set(statuses) == {200}
-    assert stack.value("mlcanary_failovers_total", {"from_variant": "canary"}) >= 1
+    # Taken out of service by whichever came first, a failed request (failover, ejection) or
+    # the active /ping; failovers themselves are counted exactly in the test above.
+    health = await (await stack.client.get("/health")).json()
+    assert health["upstreams"]["canary"]["healthy"] is False
 
 
 async def test_a_hanging_canary_is_retried_on_stable(stack: Stack) -> None:

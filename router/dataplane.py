@@ -19,9 +19,8 @@ from urllib.parse import urlparse
 
 import httptools
 from aiohttp import web
-from multidict import CIMultiDict
 
-from router.app import BUDGET, HEALTH, METRICS, RNG, SETTINGS, TABLE, record
+from router.app import BUDGET, HEALTH, METRICS, RNG, SETTINGS, TABLE
 from router.choosing import FORCE_HEADER, choose_variant
 from router.config import RoutingConfig, Variant
 from router.proxy import HOP_BY_HOP, RETRYABLE_STATUSES, Failure
@@ -40,6 +39,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.waiter: asyncio.Future[Reply] | None = None
+        self.timer: asyncio.TimerHandle | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
 
@@ -70,6 +70,7 @@ class UpstreamConnection(asyncio.Protocol):
         answer = (self.parser.get_status_code(), self.headers, b"".join(self.body))
         self.headers, self.body = [], []
         waiter, self.waiter = self.waiter, None
+        self._stop_timer()
         if waiter is not None and not waiter.done():
             waiter.set_result(answer)
 
@@ -79,10 +80,16 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _fail(self, error: Exception) -> None:
         waiter, self.waiter = self.waiter, None
+        self._stop_timer()
         if waiter is not None and not waiter.done():
             waiter.set_exception(error)
         if self.transport is not None:
             self.transport.close()
+
+    def _stop_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
     @property
     def usable(self) -> bool:
@@ -95,8 +102,7 @@ class UpstreamConnection(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Reply] = loop.create_future()
         self.waiter = waiter
-        timer = loop.call_later(timeout, self._fail, TimeoutError("no answer in time"))
-        waiter.add_done_callback(lambda _done: timer.cancel())
+        self.timer = loop.call_later(timeout, self._fail, TimeoutError("no answer in time"))
         self.transport.write(data)
         return waiter
 
@@ -244,9 +250,8 @@ class FrontProtocol(asyncio.Protocol):
         """Answer requests in order (HTTP/1.1 pipelining keeps answers in request order)."""
         method = self.parser.get_method()
         request = (method, self.url, self.headers, b"".join(self.body))
-        previous = self.previous
-        keep_alive = self.parser.should_keep_alive()
-        self.previous = asyncio.ensure_future(self._answer(previous, keep_alive, *request))
+        answering = self._answer(self.previous, self.parser.should_keep_alive(), *request)
+        self.previous = asyncio.get_running_loop().create_task(answering)
 
     async def _answer(
         self,
@@ -288,11 +293,17 @@ class DataPlane:
     app_url: str
     pools: Pools = field(default_factory=Pools)
 
+    def __post_init__(self) -> None:
+        """Hold the app's long-lived parts directly: the hot path looks each up once."""
+        app = self.app
+        self.table, self.settings, self.metrics = app[TABLE], app[SETTINGS], app[METRICS]
+        self.health, self.rng, self.budget = app[HEALTH], app[RNG], app[BUDGET]
+
     async def handle(
         self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> bytes:
         """Answer one request, as bytes."""
-        config = self.app[TABLE].current
+        config = self.table.current
         if method != b"POST" or target != b"/invocations" or config.shadow.percent > 0:
             return await self._relay_to_app(method, target, headers, body)
         return await self._invocations(config, headers, body)
@@ -300,12 +311,11 @@ class DataPlane:
     async def _relay_to_app(
         self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> bytes:
-        settings = self.app[SETTINGS]
         outcome = await exchange_raw(
             self.pools.of(self.app_url),
             request_bytes(method, target, headers, body),
-            settings.connect_timeout_s,
-            settings.total_timeout_s + 5,
+            self.settings.connect_timeout_s,
+            self.settings.total_timeout_s + 5,
         )
         if isinstance(outcome, Failure):
             error = b'{"error_code": "INTERNAL_ERROR", "message": "router control app unreachable"}'
@@ -316,21 +326,20 @@ class DataPlane:
     async def _invocations(
         self, config: RoutingConfig, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> bytes:
-        app = self.app
         started = time.perf_counter()
-        if len(body) > app[SETTINGS].max_body_bytes:
+        if len(body) > self.settings.max_body_bytes:
             message = b'{"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "body too large"}'
             return response_bytes(413, [(b"Content-Type", b"application/json")], message)
         variant = choose_variant(
-            config, choice_headers(config, headers), app[RNG], app[HEALTH].available(config)
+            config, choice_headers(config, headers), self.rng, self.health.available(config)
         )
-        budget = app[BUDGET]
+        budget = self.budget
         budget.in_flight += 1
         data = request_bytes(b"POST", b"/invocations", headers, body)
         try:
             outcome = await self._send(config, variant, data)
             if variant == "canary" and _retryable(outcome) and budget.allows():
-                app[METRICS].failovers.labels("canary").inc()
+                self.metrics.failovers.labels("canary").inc()
                 budget.retrying += 1
                 try:
                     variant = "stable"
@@ -346,43 +355,48 @@ class DataPlane:
             code = "DEADLINE_EXCEEDED" if status == 504 else "TEMPORARILY_UNAVAILABLE"
             text = f"the {variant} model server cannot be reached ({outcome.reason})"
             error = json.dumps({"error_code": code, "message": text}).encode()
-            record(app, variant, version, status, started)
+            self.metrics.answered(variant, version, status, time.perf_counter() - started)
             return response_bytes(status, [(b"Content-Type", b"application/json"), *tags], error)
         status, answer_headers, answer = outcome
-        record(app, variant, version, status, started)
+        self.metrics.answered(variant, version, status, time.perf_counter() - started)
         if status == 200:
-            app[METRICS].predicted(variant, predictions_of(answer) or ())
+            self.metrics.predicted(variant, predictions_of(answer) or ())
         return response_bytes(status, [*answer_headers, *tags], answer)
 
     async def _send(self, config: RoutingConfig, variant: Variant, data: bytes) -> Reply | Failure:
-        app = self.app
-        settings = app[SETTINGS]
+        settings = self.settings
         upstream = config.upstream(variant)
         outcome = await exchange_raw(
             self.pools.of(upstream.url), data, settings.connect_timeout_s, settings.total_timeout_s
         )
-        health = app[HEALTH].of(upstream.url)
+        health = self.health.of(upstream.url)
         if isinstance(outcome, Failure):
-            app[METRICS].upstream_errors.labels(variant, outcome.reason).inc()
+            self.metrics.upstream_errors.labels(variant, outcome.reason).inc()
             health.failed(outcome.reason, settings)
         elif outcome[0] >= 500:
-            app[METRICS].upstream_errors.labels(variant, "status_5xx").inc()
+            self.metrics.upstream_errors.labels(variant, "status_5xx").inc()
             health.failed(f"answered {outcome[0]}", settings)
         else:
             health.succeeded()
         return outcome
 
 
-def choice_headers(config: RoutingConfig, headers: list[tuple[bytes, bytes]]) -> CIMultiDict[str]:
-    """Decode only the headers the variant choice reads: the force and the sticky header."""
-    wanted = {FORCE_HEADER.lower().encode()}
+NO_HEADERS: dict[str, str] = {}
+
+
+def choice_headers(config: RoutingConfig, headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Decode only the headers the variant choice reads (force, sticky), by their canonical name."""
+    wanted = {FORCE_HEADER.lower().encode(): FORCE_HEADER} if config.force_header else {}
     if config.sticky is not None:
-        wanted.add(config.sticky.header.lower().encode())
-    return CIMultiDict(
-        (name.decode("latin-1"), value.decode("latin-1"))
-        for name, value in headers
-        if name.lower() in wanted
-    )
+        wanted[config.sticky.header.lower().encode()] = config.sticky.header
+    if not wanted:
+        return NO_HEADERS
+    found = {}
+    for name, value in headers:
+        canonical = wanted.get(name.lower())
+        if canonical is not None and canonical not in found:
+            found[canonical] = value.decode("latin-1")
+    return found
 
 
 def _retryable(outcome: Reply | Failure) -> bool:

@@ -58,7 +58,10 @@ class HealthBoard:
 
     def of(self, url: str) -> UpstreamHealth:
         """Return (creating) the health record of `url`."""
-        return self.by_url.setdefault(url, UpstreamHealth())
+        health = self.by_url.get(url)
+        if health is None:
+            health = self.by_url[url] = UpstreamHealth()
+        return health
 
     def available(self, config: RoutingConfig) -> dict[Variant, bool]:
         """Tell whether each variant of `config` may take traffic now."""

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from router.config import Variant
+from router.plainmetrics import CounterChild, HistogramChild, PlainCounter, PlainHistogram
 
 VARIANTS: tuple[Variant, ...] = ("stable", "canary")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -18,10 +19,10 @@ UPSTREAM_ERROR_REASONS = ("connect", "reset", "timeout", "status_5xx")
 
 @dataclass(frozen=True)
 class RouterMetrics:
-    """Every metric of DESIGN §3."""
+    """Every metric of DESIGN §3; those recorded per request are lock-free (plainmetrics)."""
 
-    requests: Counter
-    duration: Histogram
+    requests: PlainCounter
+    duration: PlainHistogram
     upstream_errors: Counter
     failovers: Counter
     weight: Gauge
@@ -31,8 +32,8 @@ class RouterMetrics:
     reloads: Counter
     shadow_requests: Counter
     shadow_delta: Histogram
-    prediction_value: Histogram
-    _children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = field(
+    prediction_value: PlainHistogram
+    _children: dict[tuple[str, str, str], tuple[CounterChild, HistogramChild]] = field(
         default_factory=dict, compare=False, repr=False
     )
     """Labelled children of `requests` and `duration`, looked up once (hot path)."""
@@ -64,13 +65,13 @@ class RouterMetrics:
             return Gauge(f"mlcanary_{name}", doc, labels or [], registry=registry)
 
         metrics = cls(
-            requests=counter(
-                "requests", "Proxied requests by variant, version and status.",
-                ["variant", "version", "code"],
+            requests=PlainCounter(
+                "mlcanary_requests", "Proxied requests by variant, version and status.",
+                ["variant", "version", "code"], registry,
             ),
-            duration=Histogram(
+            duration=PlainHistogram(
                 "mlcanary_request_duration_seconds", "Time to answer a proxied request.",
-                ["variant", "version"], buckets=LATENCY_BUCKETS, registry=registry,
+                ["variant", "version"], LATENCY_BUCKETS, registry,
             ),
             upstream_errors=counter(
                 "upstream_errors", "Failed upstream exchanges by reason.", ["variant", "reason"]
@@ -96,9 +97,9 @@ class RouterMetrics:
                 "Absolute difference between canary and stable predictions on shadowed rows.",
                 buckets=DELTA_BUCKETS, registry=registry,
             ),
-            prediction_value=Histogram(
+            prediction_value=PlainHistogram(
                 "mlcanary_prediction_value", "Predicted values by variant.", ["variant"],
-                buckets=PREDICTION_BUCKETS, registry=registry,
+                PREDICTION_BUCKETS, registry,
             ),
         )  # fmt: skip
         for variant in VARIANTS:

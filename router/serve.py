@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import subprocess
 import sys
@@ -81,6 +82,8 @@ async def serve_router(
         plane = DataPlane(app, f"http://{host}:{port}")
         front = await start_front(plane, settings.host, settings.port, reuse_port=reuse_port)
         host, port = front.sockets[0].getsockname()[:2]
+    gc.collect()
+    gc.freeze()  # what start-up built stays: later collections need not walk it
     print(f"router listening on http://{host}:{port}, following {settings.config_path}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -15,7 +15,6 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import cast
-from urllib.parse import urlparse
 
 import httptools
 from aiohttp import web
@@ -23,145 +22,12 @@ from aiohttp import web
 from router.app import BUDGET, HEALTH, METRICS, RNG, SETTINGS, TABLE
 from router.choosing import FORCE_HEADER, choose_variant
 from router.config import RoutingConfig, Variant
-from router.proxy import HOP_BY_HOP, RETRYABLE_STATUSES, Failure
+from router.proxy import RETRYABLE_STATUSES, Failure
+from router.rawpool import HOP_BY_HOP_BYTES, Pools, Reply, exchange_raw
+from router.rawupload import StreamedUpload, upload_head
 from router.shadow import predictions_of
 
-Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
-# `expect` too: the front answers 100-continue itself, so upstreams never send interim answers.
-HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP) | {b"expect"}
 REASONS = {200: b"OK", 400: b"Bad Request", 413: b"Payload Too Large", 503: b"Service Unavailable"}
-
-
-class UpstreamConnection(asyncio.Protocol):
-    """One keep-alive connection to an upstream, one exchange at a time."""
-
-    def __init__(self) -> None:
-        self.parser = httptools.HttpResponseParser(self)
-        self.transport: asyncio.Transport | None = None
-        self.waiter: asyncio.Future[Reply] | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.body: list[bytes] = []
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Keep the transport."""
-        self.transport = cast(asyncio.Transport, transport)  # TCP (asyncio's or uvloop's)
-
-    def data_received(self, data: bytes) -> None:
-        """Feed the response parser."""
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as error:
-            self._fail(ConnectionResetError(f"bad answer from upstream: {error}"))
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        """Collect a header."""
-        self.headers.append((name, value))
-
-    def on_body(self, body: bytes) -> None:
-        """Collect a piece of the body."""
-        self.body.append(body)
-
-    def on_message_complete(self) -> None:
-        """Hand the whole answer to the waiting exchange (interim 1xx answers are skipped)."""
-        if 100 <= self.parser.get_status_code() < 200:
-            self.headers, self.body = [], []
-            return
-        answer = (self.parser.get_status_code(), self.headers, b"".join(self.body))
-        self.headers, self.body = [], []
-        waiter, self.waiter = self.waiter, None
-        self._stop_timer()
-        if waiter is not None and not waiter.done():
-            waiter.set_result(answer)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """Fail an exchange still waiting: the upstream went away."""
-        self._fail(ConnectionResetError("upstream closed the connection"))
-
-    def _fail(self, error: Exception) -> None:
-        waiter, self.waiter = self.waiter, None
-        self._stop_timer()
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
-        if self.transport is not None:
-            self.transport.close()
-
-    def _stop_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-    @property
-    def usable(self) -> bool:
-        """Whether the connection can take another exchange."""
-        return self.transport is not None and not self.transport.is_closing()
-
-    def send(self, data: bytes, timeout: float) -> Awaitable[Reply]:
-        """Write one request; return the answer's future, failed with TimeoutError if late."""
-        assert self.transport is not None  # noqa: S101 (connected before use)
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[Reply] = loop.create_future()
-        self.waiter = waiter
-        self.timer = loop.call_later(timeout, self._fail, TimeoutError("no answer in time"))
-        self.transport.write(data)
-        return waiter
-
-
-@dataclass
-class UpstreamPool:
-    """Idle keep-alive connections to one upstream host and port."""
-
-    host: str
-    port: int
-    idle: list[UpstreamConnection] = field(default_factory=list)
-
-    def idle_connection(self) -> UpstreamConnection | None:
-        """Return a usable idle connection, if there is one."""
-        while self.idle:
-            connection = self.idle.pop()
-            if connection.usable:
-                return connection
-        return None
-
-    async def connect(self, within: float) -> UpstreamConnection:
-        """Open a new connection within `within` seconds."""
-        loop = asyncio.get_running_loop()
-        opening = loop.create_connection(UpstreamConnection, self.host, self.port)
-        _, connection = await asyncio.wait_for(opening, within)
-        return connection
-
-    def release(self, connection: UpstreamConnection) -> None:
-        """Keep a connection for the next exchange."""
-        if connection.usable:
-            self.idle.append(connection)
-
-    def close(self) -> None:
-        """Close every idle connection."""
-        for connection in self.idle:
-            if connection.transport is not None:
-                connection.transport.close()
-        self.idle.clear()
-
-
-@dataclass
-class Pools:
-    """One pool per upstream base URL."""
-
-    by_url: dict[str, UpstreamPool] = field(default_factory=dict)
-
-    def of(self, url: str) -> UpstreamPool:
-        """Return (creating) the pool of `url`."""
-        pool = self.by_url.get(url)
-        if pool is None:
-            parsed = urlparse(url)
-            pool = UpstreamPool(parsed.hostname or "127.0.0.1", parsed.port or 80)
-            self.by_url[url] = pool
-        return pool
-
-    def close(self) -> None:
-        """Close every pool."""
-        for pool in self.by_url.values():
-            pool.close()
 
 
 def request_bytes(
@@ -175,26 +41,6 @@ def request_bytes(
     return b"".join(lines) + b"\r\n" + body
 
 
-async def exchange_raw(
-    pool: UpstreamPool, data: bytes, connect_timeout: float, total_timeout: float
-) -> Reply | Failure:
-    """One exchange over the pool: the answer, or connect / reset / timeout."""
-    connection = pool.idle_connection()
-    if connection is None:
-        try:
-            connection = await pool.connect(connect_timeout)
-        except (OSError, TimeoutError) as error:
-            return Failure("connect", str(error) or type(error).__name__)
-    try:
-        reply = await connection.send(data, total_timeout)
-    except TimeoutError:
-        return Failure("timeout", "no answer in time")
-    except ConnectionError as error:
-        return Failure("reset", str(error))
-    pool.release(connection)
-    return reply
-
-
 class FrontProtocol(asyncio.Protocol):
     """A client connection: fast-path `POST /invocations`, relay the rest to the aiohttp app."""
 
@@ -205,6 +51,7 @@ class FrontProtocol(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
+        self.upload: StreamedUpload | None = None
         self.previous: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -235,34 +82,54 @@ class FrontProtocol(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        """Tell a client that waits for it (curl does, above 1 KiB) to send the body."""
+        """Answer `Expect: 100-continue`; start relaying a large or chunked body at once."""
+        length: int | None = None
+        chunked = False
         for name, value in self.headers:
-            if name.lower() == b"expect" and value.lower() == b"100-continue":
+            lowered = name.lower()
+            if lowered == b"expect" and value.lower() == b"100-continue":
                 if self.transport is not None and not self.transport.is_closing():
                     self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                break
+            elif lowered == b"content-length":
+                length = int(value)  # httptools has checked it is a number
+            elif lowered == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+        if self.transport is not None and (
+            chunked or (length is not None and length > self.plane.settings.stream_above_bytes)
+        ):
+            self.upload = self.plane.start_upload(
+                self.parser.get_method(), self.url, self.headers, length, self.transport
+            )
 
     def on_body(self, body: bytes) -> None:
-        """Collect a piece of the body."""
-        self.body.append(body)
+        """Collect a piece of the body, or pass it on when it is being relayed."""
+        if self.upload is not None:
+            self.upload.feed(body)
+        else:
+            self.body.append(body)
 
     def on_message_complete(self) -> None:
         """Answer requests in order (HTTP/1.1 pipelining keeps answers in request order)."""
-        method = self.parser.get_method()
-        request = (method, self.url, self.headers, b"".join(self.body))
-        answering = self._answer(self.previous, self.parser.should_keep_alive(), *request)
+        answer: Awaitable[bytes]
+        if self.upload is not None:
+            self.upload.finish()
+            answer, self.upload = self.plane.upload_answer(self.upload), None
+        else:
+            method = self.parser.get_method()
+            answer = self.plane.handle(method, self.url, self.headers, b"".join(self.body))
+        answering = self._answer(self.previous, self.parser.should_keep_alive(), answer)
         self.previous = asyncio.get_running_loop().create_task(answering)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Drop a body still being relayed."""
+        if self.upload is not None:
+            self.upload.abort()
+            self.upload = None
+
     async def _answer(
-        self,
-        previous: asyncio.Future[None] | None,
-        keep_alive: bool,
-        method: bytes,
-        target: bytes,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
+        self, previous: asyncio.Future[None] | None, keep_alive: bool, answer: Awaitable[bytes]
     ) -> None:
-        data = await self.plane.handle(method, target, headers, body)
+        data = await answer
         if previous is not None:
             await previous
         if self.transport is not None and not self.transport.is_closing():
@@ -308,6 +175,23 @@ class DataPlane:
             return await self._relay_to_app(method, target, headers, body)
         return await self._invocations(config, headers, body)
 
+    def start_upload(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        length: int | None,
+        client: asyncio.Transport,
+    ) -> StreamedUpload:
+        """Begin relaying a request to the aiohttp app while its body arrives."""
+        head = upload_head(method, target, headers, length)
+        timeouts = (self.settings.connect_timeout_s, self.settings.total_timeout_s + 5)
+        return StreamedUpload(self.pools.of(self.app_url), head, length is None, client, timeouts)
+
+    async def upload_answer(self, upload: StreamedUpload) -> bytes:
+        """Wait for the app's answer to a relayed upload; return it as bytes for the client."""
+        return self._from_app(await upload.answer)
+
     async def _relay_to_app(
         self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> bytes:
@@ -317,6 +201,9 @@ class DataPlane:
             self.settings.connect_timeout_s,
             self.settings.total_timeout_s + 5,
         )
+        return self._from_app(outcome)
+
+    def _from_app(self, outcome: Reply | Failure) -> bytes:
         if isinstance(outcome, Failure):
             error = b'{"error_code": "INTERNAL_ERROR", "message": "router control app unreachable"}'
             return response_bytes(503, [(b"Content-Type", b"application/json")], error)

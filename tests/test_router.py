@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from router.app import SETTINGS, TABLE, create_app
+from router.app import TABLE, create_app
 from router.config import RoutingConfig, write_routing_file
 from router.dataplane import DataPlane, start_front
 from router.settings import RouterSettings
@@ -37,6 +38,8 @@ class FakeModelServer:
     status: int = 200
     delay: float = 0.0
     seen: list[bytes] = field(default_factory=list)
+    first_byte_at: list[float] = field(default_factory=list)
+    """When each request's first body bytes arrived (time.monotonic)."""
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -45,7 +48,12 @@ class FakeModelServer:
         return app
 
     async def invocations(self, request: web.Request) -> web.Response:
-        body = await request.read()
+        pieces = []
+        async for piece in request.content.iter_any():
+            if not pieces:
+                self.first_byte_at.append(time.monotonic())
+            pieces.append(piece)
+        body = b"".join(pieces)
         self.seen.append(body)
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -135,6 +143,7 @@ async def stack(
         eject_base_s=0.5,
         total_timeout_s=1.0,
         max_body_bytes=64 * 1024,
+        stream_above_bytes=4096,
     )
     app = create_app(settings, registry=registry, rng=random.Random(1))
     if request.param == "aiohttp":
@@ -484,31 +493,67 @@ async def test_bad_clients_affect_no_one_else(stack: Stack) -> None:
     slow.close()
 
 
-async def test_large_bodies_are_relayed_as_they_arrive(
-    aiohttp_client: ClientFactory, stack: Stack
-) -> None:
+BIG = json.dumps({"dataframe_records": [{"hours_studied": i} for i in range(2_000)]}).encode()
+
+
+async def test_large_bodies_are_relayed_intact_and_fail_over(stack: Stack) -> None:
     """Above the streaming threshold the body reaches the upstream intact, the answer comes
     back tagged, and an unreachable canary still fails over to stable."""
-    settings = stack.client.app[SETTINGS].model_copy(update={"stream_above_bytes": 1024})
-    client = await aiohttp_client(create_app(settings, rng=random.Random(1)))
-    big = json.dumps({"dataframe_records": [{"hours_studied": i} for i in range(2_000)]}).encode()
-    assert 1024 < len(big) < 64 * 1024
-    answer = await client.post(
-        "/invocations", data=big, headers={**JSON, "X-Force-Variant": "canary"}
-    )
+    assert 4096 < len(BIG) < 64 * 1024
+    headers = {**JSON, "X-Force-Variant": "canary"}
+    answer = await stack.client.post("/invocations", data=BIG, headers=headers)
     assert answer.status == 200
     assert await answer.json() == {"predictions": [40.0]}
     assert answer.headers["X-Model-Version"] == "2"
-    assert stack.canary.seen[-1] == big
+    assert stack.canary.seen[-1] == BIG
     await stack.servers["canary"].close()
-    moved = await client.post(
-        "/invocations", data=big, headers={**JSON, "X-Force-Variant": "canary"}
-    )
+    moved = await stack.client.post("/invocations", data=BIG, headers=headers)
     assert moved.status == 200
     assert moved.headers["X-Model-Variant"] == "stable"
-    assert stack.stable.seen[-1] == big
-    too_big = await client.post("/invocations", data=b"x" * 70_000, headers=JSON)
+    assert stack.stable.seen[-1] == BIG
+    too_big = await stack.client.post("/invocations", data=b"x" * 70_000, headers=JSON)
     assert too_big.status == 413
+    assert (await too_big.json())["error_code"] == "REQUEST_LIMIT_EXCEEDED"
+
+
+async def test_large_bodies_reach_the_model_while_the_client_still_sends(stack: Stack) -> None:
+    """The router holds no large body whole: the model server has the first bytes before the
+    client sends the second half; a client vanishing mid-body leaves the next one unharmed."""
+    host, port = "127.0.0.1", stack.client.server.port
+    head = (
+        "POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"X-Force-Variant: stable\r\nContent-Length: {len(BIG)}\r\n\r\n"
+    ).encode()
+    _, vanishing = await asyncio.open_connection(host, port)
+    vanishing.write(head + BIG[:10_000])
+    await vanishing.drain()
+    vanishing.close()
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(head + BIG[:10_000])
+    await writer.drain()
+    await asyncio.sleep(0.5)
+    second_half_sent_at = time.monotonic()
+    writer.write(BIG[10_000:])
+    await writer.drain()
+    assert (await asyncio.wait_for(reader.readline(), 5)).startswith(b"HTTP/1.1 200")
+    writer.close()
+    assert stack.stable.seen[-1] == BIG
+    assert stack.stable.first_byte_at[-1] < second_half_sent_at
+
+
+async def test_chunked_uploads_are_answered(stack: Stack) -> None:
+    """A body of unknown length (chunked) is relayed and answered like any other."""
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(BIG), 5_000):
+            yield BIG[start : start + 5_000]
+
+    answer = await stack.client.post(
+        "/invocations", data=pieces(), headers={**JSON, "X-Force-Variant": "canary"}
+    )
+    assert answer.status == 200
+    assert answer.headers["X-Model-Variant"] == "canary"
+    assert stack.canary.seen[-1] == BIG
 
 
 async def test_killing_the_canary_under_load_fails_no_request(stack: Stack) -> None:

@@ -220,7 +220,7 @@ def main() -> None:
     parser.add_argument(
         "--prototype", action="store_true", help="measure bench/raw_proxy_prototype.py instead"
     )
-    parser.add_argument("--data-plane", choices=["aiohttp", "raw"], default="aiohttp")
+    parser.add_argument("--data-plane", choices=["aiohttp", "raw"], default="raw")
     arguments = parser.parse_args()
     for tool in ("wrk", "nginx"):
         if shutil.which(tool) is None:

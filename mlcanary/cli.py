@@ -200,8 +200,11 @@ def router(
     loop: Annotated[Loop, typer.Option(help="Event loop implementation.")] = Loop.uvloop,
     data_plane: Annotated[
         DataPlaneKind,
-        typer.Option(help="aiohttp, or raw: the experimental httptools hot path for /invocations."),
-    ] = DataPlaneKind.aiohttp,
+        typer.Option(
+            help="raw: httptools fast path for POST /invocations, the rest via aiohttp; "
+            "aiohttp: everything through aiohttp."
+        ),
+    ] = DataPlaneKind.raw,
     timeout: Annotated[
         float, typer.Option(help="Seconds an upstream may take before the client gets 504.")
     ] = 30.0,

@@ -1,4 +1,4 @@
-"""The raw-bytes data plane (experimental, `--data-plane raw`): POST /invocations without aiohttp.
+"""The raw-bytes data plane (the default, `--data-plane raw`): POST /invocations without aiohttp.
 
 A listening asyncio Protocol parses requests with httptools. Plain `POST /invocations` bodies
 are relayed to the chosen variant over pooled raw keep-alive sockets, with the same choice,

@@ -23,7 +23,7 @@ def run_router(
     workers: int = 1,
     loop: str = "asyncio",
     reuse_port: bool = False,
-    data_plane: str = "aiohttp",
+    data_plane: str = "raw",
 ) -> None:
     """Serve with `workers` processes sharing the port (SO_REUSEPORT) on the chosen loop."""
     if workers <= 1:
@@ -58,7 +58,7 @@ def _run(main: Coroutine[Any, Any, None], loop: str) -> None:
 
 
 async def serve_router(
-    settings: RouterSettings, *, reuse_port: bool = False, data_plane: str = "aiohttp"
+    settings: RouterSettings, *, reuse_port: bool = False, data_plane: str = "raw"
 ) -> None:
     """Listen, follow the routing file, and finish requests in flight on the way out.
 

@@ -1,5 +1,9 @@
-"""The exception the controller raises for problems an operator can act on."""
+"""The exceptions the controller raises for problems an operator can act on."""
 
 
 class ControllerError(Exception):
     """A problem stated in one line for the operator (a busy port, a child that died)."""
+
+
+class InvalidChange(ControllerError):
+    """The change asked for cannot be made as asked (answered 400); nothing was changed."""

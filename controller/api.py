@@ -1,0 +1,150 @@
+"""The admin API (aiohttp): status, deploy, weight, promote, rollback; a bearer token on each."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from controller.changes import Controller
+from controller.errors import ControllerError, InvalidChange
+from controller.token import token_matches
+from router.config import RoutingFileError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CONTROLLER = web.AppKey("controller", Controller)
+TOKEN = web.AppKey("token", str)
+QUERY_TOKEN_NAMES = ("token", "access_token", "api_key", "apikey")
+OPEN_PATHS = frozenset({"/ping"})
+
+
+class Change(BaseModel):
+    """What every change may carry: why it is made (recorded in the audit log)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=1000)
+
+
+class DeployRequest(Change):
+    """Make `version` the canary, on a new local server or the server at `url`."""
+
+    version: str = Field(min_length=1, max_length=20, pattern=r"^[0-9]+$")
+    url: str | None = None
+    weight: float = Field(default=0.0, ge=0.0, le=100.0)
+
+
+class WeightRequest(Change):
+    """Give the canary `weight` percent of traffic."""
+
+    weight: float = Field(ge=0.0, le=100.0)
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    """Answer an error in MLflow's body shape."""
+    return web.json_response({"error_code": code, "message": message}, status=status)
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Require the bearer token (never from the query string); turn errors into clear answers."""
+    if request.path not in OPEN_PATHS:
+        if any(name in request.query for name in QUERY_TOKEN_NAMES):
+            return error_response(
+                401, "UNAUTHENTICATED",
+                "tokens are not accepted in the query string; send Authorization: Bearer <token>",
+            )  # fmt: skip
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            return error_response(
+                401, "UNAUTHENTICATED", "send the admin token as Authorization: Bearer <token>"
+            )
+        if not token_matches(given.strip(), request.app[TOKEN]):
+            return error_response(403, "PERMISSION_DENIED", "the admin token is not valid")
+    try:
+        return await handler(request)
+    except InvalidChange as error:
+        return error_response(400, "INVALID_PARAMETER_VALUE", str(error))
+    except (ControllerError, RoutingFileError) as error:
+        return error_response(503, "TEMPORARILY_UNAVAILABLE", str(error))
+
+
+async def body_of(request: web.Request, model: type[BaseModel]) -> Any:
+    """Parse and validate a JSON body; InvalidChange names the field and the problem."""
+    raw = await request.read()
+    try:
+        document = json.loads(raw) if raw.strip() else {}
+    except ValueError as error:
+        raise InvalidChange(f"the body is not JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise InvalidChange("the body must be a JSON object")
+    try:
+        return model.model_validate(document)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or '(body)'}: {item['msg']}"
+            for item in error.errors()
+        )
+        raise InvalidChange(problems) from None
+
+
+async def ping(_request: web.Request) -> web.Response:
+    """Liveness, without a token."""
+    return web.Response(text="ok\n")
+
+
+async def status(request: web.Request) -> web.Response:
+    """Describe the split, the routers' view, the aliases and the last changes."""
+    return web.json_response(await request.app[CONTROLLER].status())
+
+
+async def versions(request: web.Request) -> web.Response:
+    """List the registered model's versions, from the registry."""
+    controller = request.app[CONTROLLER]
+    return web.json_response(
+        {"model": controller.current().model, "versions": await controller.registry.versions()}
+    )
+
+
+async def deploy(request: web.Request) -> web.Response:
+    """Start or adopt a server for a version and make it the canary."""
+    asked: DeployRequest = await body_of(request, DeployRequest)
+    controller = request.app[CONTROLLER]
+    record = await controller.deploy(asked.version, asked.url, asked.weight, asked.reason)
+    return web.json_response(record)
+
+
+async def weight(request: web.Request) -> web.Response:
+    """Set the canary's share."""
+    asked: WeightRequest = await body_of(request, WeightRequest)
+    return web.json_response(await request.app[CONTROLLER].set_weight(asked.weight, asked.reason))
+
+
+async def promote(request: web.Request) -> web.Response:
+    """Make the canary stable."""
+    asked: Change = await body_of(request, Change)
+    return web.json_response(await request.app[CONTROLLER].promote(asked.reason))
+
+
+async def rollback(request: web.Request) -> web.Response:
+    """Send the canary no traffic."""
+    asked: Change = await body_of(request, Change)
+    return web.json_response(await request.app[CONTROLLER].rollback(asked.reason))
+
+
+def create_api(controller: Controller, token: str) -> web.Application:
+    """Build the admin API over `controller`, guarded by `token`."""
+    app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
+    app[CONTROLLER] = controller
+    app[TOKEN] = token
+    app.router.add_get("/ping", ping)
+    app.router.add_get("/api/status", status)
+    app.router.add_get("/api/versions", versions)
+    app.router.add_post("/api/deploy", deploy)
+    app.router.add_post("/api/weight", weight)
+    app.router.add_post("/api/promote", promote)
+    app.router.add_post("/api/rollback", rollback)
+    return app

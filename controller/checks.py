@@ -1,0 +1,92 @@
+"""Checks before a model server takes traffic: right version, compatible inputs, warm answer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+
+from controller.errors import ControllerError
+
+CHECK_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
+ZERO_BY_TYPE: dict[str, Any] = {"string": "", "boolean": False, "binary": ""}
+
+
+async def server_metadata(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    """Return a model server's /metadata; raise ControllerError if it has none to give."""
+    try:
+        async with session.get(f"{url}/metadata", timeout=CHECK_TIMEOUT) as answer:
+            if answer.status != 200:
+                raise ControllerError(f"{url}/metadata answered {answer.status}")
+            body = await answer.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        reason = str(error) or type(error).__name__
+        raise ControllerError(f"{url}/metadata cannot be read: {reason}") from None
+    if not isinstance(body, dict):
+        raise ControllerError(f"{url}/metadata is not a JSON object")
+    return body
+
+
+def signature_inputs(metadata: dict[str, Any]) -> dict[str, str]:
+    """Map each named input column of a server's signature to its type (empty if unsigned)."""
+    signature = metadata.get("signature") or {}
+    inputs = signature.get("inputs") or []
+    return {
+        str(item.get("name")): str(item.get("type")) for item in inputs if isinstance(item, dict)
+    }
+
+
+def incompatibilities(stable: dict[str, str], candidate: dict[str, str]) -> list[str]:
+    """Say how a candidate's inputs differ from stable's (empty when clients can switch freely)."""
+    problems = [f"missing column {name!r}" for name in stable if name not in candidate]
+    problems += [f"extra column {name!r}" for name in candidate if name not in stable]
+    problems += [
+        f"column {name!r} is {candidate[name]}, stable's is {kind}"
+        for name, kind in stable.items()
+        if name in candidate and candidate[name] != kind
+    ]
+    return problems
+
+
+async def check_server(
+    session: aiohttp.ClientSession,
+    url: str,
+    model: str,
+    version: str,
+    stable_inputs: dict[str, str] | None,
+) -> dict[str, Any]:
+    """Raise ControllerError unless `url` serves `model` `version`, compatibly, and answers warm."""
+    metadata = await server_metadata(session, url)
+    if str(metadata.get("version")) != version or metadata.get("name") not in (None, model):
+        raise ControllerError(
+            f"{url} serves {metadata.get('name')} version {metadata.get('version')}, "
+            f"not {model} version {version}"
+        )
+    inputs = signature_inputs(metadata)
+    if stable_inputs is not None:
+        problems = incompatibilities(stable_inputs, inputs)
+        if problems:
+            raise ControllerError(
+                f"version {version}'s input signature is not compatible with stable's: "
+                + "; ".join(problems)
+            )
+    await warm_prediction(session, url, inputs)
+    return metadata
+
+
+async def warm_prediction(session: aiohttp.ClientSession, url: str, inputs: dict[str, str]) -> None:
+    """Score one row of zeros (per the signature) and require a 200 with predictions."""
+    row = {name: ZERO_BY_TYPE.get(kind, 0.0) for name, kind in inputs.items()}
+    body = json.dumps({"dataframe_records": [row]}).encode()
+    headers = {"Content-Type": "application/json"}
+    try:
+        async with session.post(
+            f"{url}/invocations", data=body, headers=headers, timeout=CHECK_TIMEOUT
+        ) as answer:
+            text = await answer.text()
+    except (aiohttp.ClientError, TimeoutError) as error:
+        reason = str(error) or type(error).__name__
+        raise ControllerError(f"{url} could not score a test row: {reason}") from None
+    if answer.status != 200 or "predictions" not in text:
+        raise ControllerError(f"{url} could not score a test row: {answer.status} {text[:200]}")

@@ -1,0 +1,170 @@
+"""Run the controller: settle the split (start or adopt its servers), then serve the admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from controller.api import create_api
+from controller.changes import ChangeSettings, Controller
+from controller.checks import check_server, server_metadata, signature_inputs
+from controller.errors import ControllerError
+from controller.registry import Registry
+from controller.runtime import Runtime
+from controller.token import read_token, write_fresh_token
+from router.config import RoutingConfig, read_routing_file, write_routing_file
+from training.registry import CHALLENGER, CHAMPION
+from training.settings import RegistrySettings
+
+log = logging.getLogger("controller")
+
+
+@dataclass(frozen=True)
+class ControllerOptions:
+    """How the controller runs and where it keeps things."""
+
+    routing_path: Path
+    state: Path
+    host: str = "127.0.0.1"
+    port: int = 8001
+    routers: list[str] = field(default_factory=list)
+    runtime: str = "local"
+    stable_version: str = "latest"
+    """For a new routing file: a number, or `latest` (the champion, else the newest version)."""
+    canary_version: str | None = None
+    """For a new routing file: a number, `challenger`, or none."""
+    canary_weight: float = 10.0
+    confirm_timeout_s: float = 5.0
+
+    @property
+    def token_path(self) -> Path:
+        """Where the admin token is kept."""
+        return self.state / "admin-token"
+
+
+async def resolve_version(registry: Registry, wanted: str, alias: str) -> str | None:
+    """Turn `latest` / an alias name / a number into a registered version number."""
+    versions = await registry.versions()
+    if wanted.isdigit():
+        if not any(item["version"] == wanted for item in versions):
+            raise ControllerError(f"the registry has no version {wanted}")
+        return wanted
+    tagged = [item["version"] for item in versions if alias in item["aliases"]]
+    if tagged:
+        return str(tagged[0])
+    if wanted == "latest" and versions:
+        return str(versions[-1]["version"])
+    return None
+
+
+async def settle_split(
+    controller: Controller, options: ControllerOptions, session: aiohttp.ClientSession
+) -> RoutingConfig:
+    """Create the routing file, or adopt its servers (starting those that are gone); write it."""
+    runtime, registry, path = controller.runtime, controller.registry, options.routing_path
+    if not path.exists():
+        stable = await resolve_version(registry, options.stable_version, CHAMPION)
+        if stable is None:
+            raise ControllerError(f"the registry has no {registry.settings.model_name} to serve")
+        canary = None
+        if options.canary_version is not None:
+            canary = await resolve_version(registry, options.canary_version, CHALLENGER)
+        stable_url = await runtime.provide(session, stable, None)
+        document: dict[str, object] = {
+            "model": registry.settings.model_name,
+            "stable": {"url": stable_url, "version": stable},
+        }
+        if canary is not None and canary != stable:
+            canary_url = await runtime.provide(session, canary, None)
+            document["canary"] = {
+                "url": canary_url, "version": canary, "weight": options.canary_weight,
+            }  # fmt: skip
+        config = RoutingConfig.model_validate(document)
+    else:
+        config = read_routing_file(path)[0]
+        stable_url = await _adopt_or_start(
+            controller, session, config.stable.url, config.stable.version
+        )
+        document = config.model_dump(mode="json", exclude_none=True)
+        document["stable"] = {"url": stable_url, "version": config.stable.version}
+        if config.canary is not None:
+            canary_url = await _adopt_or_start(
+                controller, session, config.canary.url, config.canary.version
+            )
+            document["canary"] = {**config.canary.model_dump(), "url": canary_url}
+        config = RoutingConfig.model_validate(document)
+    stable_inputs = signature_inputs(await server_metadata(session, config.stable.url))
+    if config.canary is not None:
+        await check_server(
+            session, config.canary.url, config.model, config.canary.version, stable_inputs
+        )
+    await asyncio.to_thread(write_routing_file, path, config)
+    return config
+
+
+async def _adopt_or_start(
+    controller: Controller, session: aiohttp.ClientSession, url: str, version: str
+) -> str:
+    """Keep `url` if it serves `version`; otherwise start a new server (local runtime)."""
+    try:
+        metadata = await server_metadata(session, url)
+        if str(metadata.get("version")) == version:
+            return url
+    except ControllerError:
+        pass
+    if controller.runtime.kind != "local":
+        raise ControllerError(f"{url} does not serve version {version} (static runtime)")
+    log.info("starting a model server for version %s (%s is not serving it)", version, url)
+    return await controller.runtime.provide(session, version, None)
+
+
+async def serve_controller(options: ControllerOptions, registry_settings: RegistrySettings) -> None:
+    """Settle the split, serve the admin API until SIGTERM/Ctrl-C, then stop owned servers."""
+    session = aiohttp.ClientSession()
+    runtime = Runtime(options.runtime, registry_settings, options.state)
+    changes = ChangeSettings(
+        routing_path=options.routing_path,
+        audit_path=options.state / "audit.jsonl",
+        routers=options.routers,
+        confirm_timeout_s=options.confirm_timeout_s,
+    )
+    controller = Controller(changes, runtime, Registry(registry_settings), session)
+    runner: web.AppRunner | None = None
+    try:
+        await settle_split(controller, options, session)
+        try:
+            await controller.reconcile_aliases()
+        except ControllerError as error:
+            log.warning("aliases not moved: %s", error)
+        try:
+            token = read_token(options.token_path)
+        except OSError:
+            token = write_fresh_token(options.token_path)
+        runner = web.AppRunner(create_api(controller, token), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, options.host, options.port, reuse_address=True)
+        await site.start()
+        print(f"controller listening on http://{options.host}:{options.port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        while not stop.is_set():
+            config = controller.current()
+            in_use = {config.stable.url} | ({config.canary.url} if config.canary else set())
+            await runtime.supervise(session, in_use)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+        await controller.close()
+        await runtime.stop_all()
+        await session.close()

@@ -7,7 +7,7 @@ import os
 from dataclasses import asdict
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -240,6 +240,237 @@ def router(
         fail(str(error))
     except OSError as error:
         fail(f"the router cannot listen on {host}:{port}: {error.strerror or error}")
+
+
+class RuntimeKind(StrEnum):
+    """Where the controller's model servers come from."""
+
+    local = "local"
+    static = "static"
+
+
+def _canary_percent() -> float:
+    """Return the original `CANARY_PROBABILITY` (0-1) as a percent, 10 by default."""
+    raw = os.environ.get("CANARY_PROBABILITY", "0.1")
+    try:
+        probability = float(raw)
+    except ValueError:
+        fail(f"CANARY_PROBABILITY must be a number from 0 to 1, got {raw!r}", code=2)
+    if not 0.0 <= probability <= 1.0:
+        fail(f"CANARY_PROBABILITY must be from 0 to 1, got {probability}", code=2)
+    return round(probability * 100, 1)
+
+
+@app.command()
+def controller(
+    config: Annotated[
+        Path | None, typer.Option(help="Routing file (default: the state folder's routing.yaml).")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address of the admin API.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the admin API.")] = 8001,
+    router_url: Annotated[
+        list[str] | None,
+        typer.Option("--router", help="A router that must confirm each change (repeatable)."),
+    ] = None,
+    runtime: Annotated[RuntimeKind, typer.Option(help="local starts model servers.")] = (
+        RuntimeKind.local
+    ),
+    stable_version: Annotated[
+        str | None,
+        typer.Option(help="For a new routing file: version, or latest (DEFAULT_MODEL_VERSION)."),
+    ] = None,
+    canary_version: Annotated[
+        str | None, typer.Option(help="For a new routing file: version, or challenger.")
+    ] = None,
+    canary_weight: Annotated[
+        float | None, typer.Option(help="For a new routing file: percent (CANARY_PROBABILITY).")
+    ] = None,
+    confirm_timeout: Annotated[
+        float, typer.Option(help="Seconds the routers get to load a change.")
+    ] = 5.0,
+) -> None:
+    """Run the controller: the admin API that deploys, weights, promotes and rolls back."""
+    import asyncio
+
+    from controller.errors import ControllerError
+    from controller.serve import ControllerOptions, serve_controller
+    from training.settings import RegistrySettings, state_dir
+
+    logging.getLogger("controller").setLevel(logging.INFO)
+    state = state_dir()
+    options = ControllerOptions(
+        routing_path=(config or state / "routing.yaml").resolve(),
+        state=state,
+        host=host,
+        port=port,
+        routers=[url.rstrip("/") for url in router_url or []],
+        runtime=runtime.value,
+        stable_version=stable_version or os.environ.get("DEFAULT_MODEL_VERSION") or "latest",
+        canary_version=canary_version,
+        canary_weight=_canary_percent() if canary_weight is None else canary_weight,
+        confirm_timeout_s=confirm_timeout,
+    )
+    try:
+        asyncio.run(serve_controller(options, RegistrySettings.from_env()))
+    except ControllerError as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"the controller cannot listen on {host}:{port}: {error.strerror or error}")
+
+
+ControllerUrl = Annotated[
+    str | None, typer.Option("--controller", help="Admin API URL (MLCANARY_CONTROLLER_URL).")
+]
+Reason = Annotated[str, typer.Option(help="Why: recorded in the audit log.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _admin(method: str, path: str, body: dict[str, Any] | None, url: str | None) -> Any:
+    """Call the admin API; a failure is one clear line and exit code 1."""
+    from controller.client import AdminClient
+    from controller.errors import ControllerError
+    from training.settings import state_dir
+
+    try:
+        return AdminClient.from_env(state_dir(), url).call(method, path, body)
+    except ControllerError as error:
+        fail(str(error))
+
+
+def _show_change(record: dict[str, Any], as_json: bool) -> None:
+    """Print what a change did: before and after, side by side."""
+    if as_json:
+        print_json(record)
+        return
+
+    def split(config: dict[str, Any]) -> str:
+        canary = config.get("canary")
+        tail = f", canary v{canary['version']} at {canary['weight']}%" if canary else ", no canary"
+        return f"stable v{config['stable']['version']}{tail}"
+
+    print_fields(
+        f"{record['action']} done",
+        {
+            "before": split(record["before"]),
+            "after": split(record["after"]),
+            "reason": record.get("reason") or "-",
+            "routing file version": record.get("config_version"),
+            "at": record.get("time"),
+        },
+    )
+
+
+@app.command()
+def status(controller_url: ControllerUrl = None, as_json: AsJson = False) -> None:
+    """Show the split, each router's view of it, the registry aliases and the last changes."""
+    found = _admin("GET", "/api/status", None, controller_url)
+    if as_json:
+        print_json(found)
+        return
+    canary = found["canary"]
+    print_fields(
+        f"{found['model']}",
+        {
+            "stable": f"v{found['stable']['version']} at {found['stable']['url']}",
+            "canary": f"v{canary['version']} at {canary['url']}, {canary['weight']}% of traffic"
+            if canary
+            else "none",
+            "routing file version": found["config_version"],
+            "aliases": ", ".join(f"{k}={v}" for k, v in found["aliases"].items()),
+            **{
+                f"router {url}": "in step" if seen["in_step"] else f"at {seen['config_version']}"
+                for url, seen in found["routers"].items()
+            },
+        },
+    )
+    for change in found["recent_changes"]:
+        stdout.print(
+            f"{change['time']}  {change['action']}: {change.get('reason') or '-'}", highlight=False
+        )
+
+
+@app.command()
+def deploy(
+    version: Annotated[str, typer.Argument(help="Registry version to deploy as canary.")],
+    url: Annotated[
+        str | None, typer.Option(help="Adopt this running server instead of starting one.")
+    ] = None,
+    weight: Annotated[float, typer.Option(help="Canary percent once it passes its checks.")] = 0.0,
+    reason: Reason = "",
+    controller_url: ControllerUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Deploy a version as the canary: start (or adopt) its server, check it, weight it."""
+    body: dict[str, Any] = {"version": version, "weight": weight, "reason": reason}
+    if url:
+        body["url"] = url
+    _show_change(_admin("POST", "/api/deploy", body, controller_url), as_json)
+
+
+@app.command()
+def weight(
+    percent: Annotated[float, typer.Argument(help="Canary share of traffic, 0-100.")],
+    reason: Reason = "",
+    controller_url: ControllerUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Set the canary's share of traffic."""
+    body = {"weight": percent, "reason": reason}
+    _show_change(_admin("POST", "/api/weight", body, controller_url), as_json)
+
+
+@app.command()
+def promote(
+    reason: Reason = "", controller_url: ControllerUrl = None, as_json: AsJson = False
+) -> None:
+    """Make the canary stable; the old stable's server is drained and stopped."""
+    _show_change(_admin("POST", "/api/promote", {"reason": reason}, controller_url), as_json)
+
+
+@app.command()
+def rollback(
+    reason: Reason = "", controller_url: ControllerUrl = None, as_json: AsJson = False
+) -> None:
+    """Send the canary no traffic, at once."""
+    _show_change(_admin("POST", "/api/rollback", {"reason": reason}, controller_url), as_json)
+
+
+@app.command()
+def predict(
+    count: Annotated[int, typer.Option(min=1, help="Rows to send.")] = 20,
+    user: Annotated[
+        str | None, typer.Option(help="Sticky key sent as X-User-Id (same key, same variant).")
+    ] = None,
+    router_url: Annotated[str, typer.Option("--router", help="Router URL.")] = (
+        "http://127.0.0.1:8000"
+    ),
+    as_json: AsJson = False,
+) -> None:
+    """Send sample rows through the router; show the answers and who served them."""
+    from mlcanary.sampling import send_samples
+
+    try:
+        answers = send_samples(router_url.rstrip("/"), DEFAULT_PATH, count, user)
+    except OSError as error:
+        fail(f"the router at {router_url} cannot be reached: {error}")
+    if as_json:
+        print_json([asdict(answer) for answer in answers])
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{count} predictions through {router_url}", title_justify="left")
+    for column in ("student", "prediction", "variant", "version", "status"):
+        table.add_column(column)
+    for answer in answers:
+        table.add_row(
+            answer.student, answer.prediction, answer.variant, answer.version, str(answer.status)
+        )
+    stdout.print(table)
+    served: dict[str, int] = {}
+    for answer in answers:
+        key = f"{answer.variant} v{answer.version}"
+        served[key] = served.get(key, 0) + 1
+    print_fields("served by", served)
 
 
 @app.command()

@@ -1,0 +1,329 @@
+"""The controller for real: its own registry copy, model servers it starts, a router process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import TrainedRegistry
+from tests.helpers import command_environment, free_port, registry_snapshot, run_mlcanary
+from training.pipelines import ModelKind
+from training.settings import RegistrySettings
+from training.train import TrainOptions, train_and_register
+
+ROW = {"hours_studied": 6.5, "sleep_hours": 7.0, "attendance_percent": 90.0, "previous_scores": 85}
+BODY = json.dumps({"dataframe_records": [ROW]}).encode()
+ADMIN_ROUTES = [
+    ("GET", "/api/status"),
+    ("GET", "/api/versions"),
+    ("POST", "/api/deploy"),
+    ("POST", "/api/weight"),
+    ("POST", "/api/promote"),
+    ("POST", "/api/rollback"),
+]
+
+
+@pytest.fixture(scope="module")
+def three_versions(
+    trained_registry: TrainedRegistry, tmp_path_factory: pytest.TempPathFactory
+) -> RegistrySettings:
+    """A copy of the session registry (v1 linear, v2 forest) plus v3 (gradient boosting)."""
+    folder = tmp_path_factory.mktemp("controller-registry")
+    shutil.copy(trained_registry.state / "mlflow.db", folder / "mlflow.db")
+    settings = RegistrySettings(
+        tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
+        artifact_root=trained_registry.settings.artifact_root,
+        model_name=trained_registry.settings.model_name,
+    )
+    train_and_register(TrainOptions(kind=ModelKind.gradient_boosting, alias=""), settings)
+    return settings
+
+
+@dataclass
+class System:
+    """A controller and a router as child processes, over one state folder."""
+
+    state: Path
+    settings: RegistrySettings
+    controller_url: str
+    router_url: str
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def token(self) -> str:
+        return (self.state / "admin-token").read_text().strip()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_mlcanary(
+            *args, "--controller", self.controller_url, state=self.state,
+            MLFLOW_TRACKING_URI=self.settings.tracking_uri,
+        )  # fmt: skip
+
+    def admin(
+        self, method: str, path: str, body: Any = None, token: str | None = None
+    ) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            self.controller_url + path,
+            data=None if body is None else json.dumps(body).encode(),
+            method=method,
+            headers={"Authorization": f"Bearer {token or self.token}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=120) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, json.loads(error.read())
+
+
+def _start(
+    argv: list[str], state: Path, log: Path, settings: RegistrySettings
+) -> subprocess.Popen[bytes]:
+    environment = command_environment(state, MLFLOW_TRACKING_URI=settings.tracking_uri)
+    with log.open("ab") as handle:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mlcanary", *argv],
+            env=environment, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{url} exited: {log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} not up in {timeout} s: {log.read_text()[-3000:]}")
+
+
+def _group_alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def system(three_versions: RegistrySettings, tmp_path: Path) -> Iterator[System]:
+    """Controller (stable v1, no canary, local runtime) and a router following its file."""
+    state = tmp_path / "state"
+    state.mkdir()
+    controller_port, router_port = free_port(), free_port()
+    router_url = f"http://127.0.0.1:{router_port}"
+    routing = state / "routing.yaml"
+    controller_log, router_log = state / "controller.log", state / "router.log"
+    controller = _start(
+        ["controller", "--config", str(routing), "--port", str(controller_port),
+         "--router", router_url, "--stable-version", "1"],
+        state, controller_log, three_versions,
+    )  # fmt: skip
+    built = System(state, three_versions, f"http://127.0.0.1:{controller_port}", router_url)
+    built.processes.append(controller)
+    try:
+        _wait_for(f"{built.controller_url}/ping", controller, controller_log)
+        router = _start(
+            ["router", "--config", str(routing), "--port", str(router_port)],
+            state, router_log, three_versions,
+        )  # fmt: skip
+        built.processes.append(router)
+        _wait_for(f"{router_url}/ping", router, router_log)
+        yield built
+    finally:
+        for process in reversed(built.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+    left = [p.pid for p in built.processes if _group_alive(p.pid)]
+    assert not left, f"process groups left behind: {left}"
+
+
+@dataclass
+class Load:
+    """A client sending requests through the router the whole time, one after another."""
+
+    url: str
+    answers: list[tuple[float, float, int, str, str]] = field(default_factory=list)
+    """(sent at, answered at, status, variant, version)."""
+
+    async def run(self, stop: asyncio.Event) -> None:
+        async with aiohttp.ClientSession() as session:
+            while not stop.is_set():
+                sent = time.monotonic()
+                async with session.post(
+                    f"{self.url}/invocations", data=BODY,
+                    headers={"Content-Type": "application/json"},
+                ) as answer:  # fmt: skip
+                    await answer.read()
+                    self.answers.append(
+                        (sent, time.monotonic(), answer.status,
+                         answer.headers.get("X-Model-Variant", ""),
+                         answer.headers.get("X-Model-Version", ""))
+                    )  # fmt: skip
+                await asyncio.sleep(0.005)
+
+
+def _aliases(settings: RegistrySettings) -> dict[str, str]:
+    described, _ = registry_snapshot(settings)
+    return {alias: version for version, aliases in described for alias in aliases}
+
+
+async def test_the_original_workflow_end_to_end(system: System) -> None:
+    """Deploy v2, 5 -> 100 %, promote; deploy v3, roll back: no request fails throughout."""
+    load = Load(system.router_url)
+    stop = asyncio.Event()
+    running = asyncio.create_task(load.run(stop))
+
+    async def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        done = await asyncio.to_thread(system.cli, *args)
+        assert done.returncode == 0, done.stderr + done.stdout
+        return done
+
+    try:
+        await asyncio.sleep(0.5)
+        await cli("deploy", "2", "--weight", "5", "--reason", "new forest")
+        assert _aliases(system.settings) == {"champion": "1", "challenger": "2"}
+        for percent in ("10", "25", "50", "100"):
+            await cli("weight", percent, "--reason", f"step to {percent}")
+            await asyncio.sleep(0.3)
+        await cli("promote", "--reason", "looks good")
+        promoted_at = time.monotonic()
+        assert _aliases(system.settings) == {"champion": "2"}
+        await asyncio.sleep(1.0)
+        await cli("deploy", "3", "--weight", "50", "--reason", "try boosting")
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        await cli("rollback", "--reason", "not convinced")
+        rolled_back_at = time.monotonic()
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await running
+    statuses = {
+        status for *_, status, _, _ in [(a[0], a[1], a[2], a[3], a[4]) for a in load.answers]
+    }
+    assert len(load.answers) > 50
+    assert {a[2] for a in load.answers} == {200}, statuses
+    after_promote = [a for a in load.answers if promoted_at <= a[0] < started - 0.6]
+    assert after_promote and {a[4] for a in after_promote if a[3] == "stable"} == {"2"}
+    assert rolled_back_at - started < 5  # includes the CLI's own start-up
+    after_rollback = [a for a in load.answers if a[0] >= rolled_back_at]
+    assert after_rollback and {a[3] for a in after_rollback} == {"stable"}
+    assert _aliases(system.settings) == {"champion": "2", "challenger": "3"}
+    status = json.loads(system.cli("status", "--json").stdout)
+    assert status["stable"]["version"] == "2"
+    assert status["canary"]["version"] == "3" and status["canary"]["weight"] == 0
+    assert all(seen["in_step"] for seen in status["routers"].values())
+    audit = [json.loads(line) for line in (system.state / "audit.jsonl").read_text().splitlines()]
+    assert [record["action"] for record in audit] == [
+        "deploy", "weight", "weight", "weight", "weight", "promote", "deploy", "rollback",
+    ]  # fmt: skip
+    assert audit[-1]["reason"] == "not convinced"
+    assert (
+        audit[-1]["before"]["canary"]["weight"] == 50
+        and audit[-1]["after"]["canary"]["weight"] == 0
+    )
+
+
+def test_every_admin_route_needs_the_token_in_the_header(system: System) -> None:
+    """No token: 401; a wrong one: 403; the right one in the query string: 401."""
+    for method, path in ADMIN_ROUTES:
+        request = urllib.request.Request(
+            system.controller_url + path, method=method, data=b"{}" if method == "POST" else None
+        )
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(request, timeout=10)
+        with missing.value:
+            assert missing.value.code == 401
+            assert json.loads(missing.value.read())["error_code"] == "UNAUTHENTICATED"
+        code, body = system.admin(method, path, {} if method == "POST" else None, token="wrong")  # noqa: S106
+        assert (code, body["error_code"]) == (403, "PERMISSION_DENIED")
+        query = urllib.request.Request(
+            f"{system.controller_url}{path}?token={system.token}", method=method,
+            data=b"{}" if method == "POST" else None,
+        )  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as in_query:
+            urllib.request.urlopen(query, timeout=10)
+        with in_query.value:
+            assert in_query.value.code == 401
+    assert system.token not in (system.state / "controller.log").read_text()
+    assert oct((system.state / "admin-token").stat().st_mode & 0o777) == "0o600"
+
+
+def test_bad_changes_are_400s_naming_the_field_and_change_nothing(system: System) -> None:
+    before = (system.state / "routing.yaml").read_bytes()
+    cases = [
+        ("/api/weight", {"weight": 140}, "weight"),
+        ("/api/weight", {"weight": 10}, "no canary"),
+        ("/api/weight", {"weigth": 10}, "weigth"),
+        ("/api/deploy", {"version": "abc"}, "version"),
+        ("/api/deploy", {"version": "99"}, "no version 99"),
+        ("/api/deploy", {"version": "1"}, "already stable"),
+        ("/api/promote", {}, "no canary"),
+        ("/api/rollback", {}, "no canary"),
+    ]
+    for path, body, named in cases:
+        code, answer = system.admin("POST", path, body)
+        assert code == 400, (path, body, answer)
+        assert answer["error_code"] == "INVALID_PARAMETER_VALUE"
+        assert named in answer["message"], answer
+    request = urllib.request.Request(
+        system.controller_url + "/api/weight", data=b"{not json", method="POST",
+        headers={"Authorization": f"Bearer {system.token}"},
+    )  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as broken:
+        urllib.request.urlopen(request, timeout=10)
+    with broken.value:
+        assert broken.value.code == 400
+    assert (system.state / "routing.yaml").read_bytes() == before
+    assert not (system.state / "audit.jsonl").exists()
+
+
+def test_a_failing_step_undoes_the_change(system: System) -> None:
+    """Disk full for the audit log; a router that never confirms: file and aliases as before."""
+    code, _ = system.admin("POST", "/api/deploy", {"version": "2", "weight": 10})
+    assert code == 200
+    routing = (system.state / "routing.yaml").read_bytes()
+    aliases = _aliases(system.settings)
+    audit = system.state / "audit.jsonl"
+    kept = audit.read_bytes()
+    audit.unlink()
+    audit.symlink_to("/dev/full")
+    code, answer = system.admin("POST", "/api/weight", {"weight": 30})
+    assert code == 503, answer
+    assert "audit log" in answer["message"] and "previous routing file is back" in answer["message"]
+    assert (system.state / "routing.yaml").read_bytes() == routing
+    assert _aliases(system.settings) == aliases
+    audit.unlink()
+    audit.write_bytes(kept)
+    system.processes[-1].send_signal(signal.SIGSTOP)  # the router: alive, but it reads nothing
+    try:
+        code, answer = system.admin("POST", "/api/promote", {})
+    finally:
+        system.processes[-1].send_signal(signal.SIGCONT)
+    assert code == 503, answer
+    assert "did not load" in answer["message"]
+    assert (system.state / "routing.yaml").read_bytes() == routing
+    assert _aliases(system.settings) == aliases
+    assert audit.read_bytes() == kept

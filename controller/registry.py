@@ -73,17 +73,26 @@ class Registry:
                 client.set_registered_model_alias(name, alias, version)
 
     def _aliases(self) -> Aliases:
-        found: dict[str, str] = {}
-        for version in versions_of(connect(self.settings), self.settings.model_name):
-            for alias in version.aliases:
-                found[alias] = str(version.version)
+        found = self._alias_map()
         return Aliases(found.get(CHAMPION), found.get(CHALLENGER))
 
+    def _alias_map(self) -> dict[str, str]:
+        """Alias -> version (search results leave aliases out, the registered model has them)."""
+        client = connect(self.settings)
+        try:
+            model = client.get_registered_model(self.settings.model_name)
+        except Exception as error:  # a model not registered yet has no aliases
+            if "RESOURCE_DOES_NOT_EXIST" in str(error):
+                return {}
+            raise
+        return {alias: str(version) for alias, version in (model.aliases or {}).items()}
+
     def _versions(self) -> list[dict[str, Any]]:
+        aliases = self._alias_map()
         return [
             {
                 "version": str(version.version),
-                "aliases": list(version.aliases),
+                "aliases": sorted(a for a, v in aliases.items() if v == str(version.version)),
                 "run_id": version.run_id,
                 "created_at_ms": version.creation_timestamp,
                 "description": version.description or "",

@@ -1,10 +1,12 @@
-"""`mlcanary up`: bring up a local system: the registry, its first models and the MLflow UI."""
+"""`mlcanary up`: the whole system on one machine: MLflow, first models, controller, router."""
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -12,7 +14,13 @@ from pathlib import Path
 from types import FrameType
 
 from controller.errors import ControllerError
-from controller.processes import ChildProcess, ensure_port_free, wait_until_healthy
+from controller.processes import (
+    ChildProcess,
+    child_environment,
+    ensure_port_free,
+    wait_until_healthy,
+)
+from controller.token import TOKEN_FILE, write_fresh_token
 from training.pipelines import ModelKind
 from training.registry import CHALLENGER, CHAMPION, connect, versions_of
 from training.settings import RegistrySettings
@@ -23,6 +31,11 @@ STABLE_KIND = ModelKind.random_forest
 CANDIDATE_KIND = ModelKind.linear
 """The candidate worth a canary: it scores better on held-out rows."""
 MLFLOW_START_SECONDS = 60.0
+CONTROLLER_START_SECONDS = 180.0
+"""The controller starts both model servers (each imports MLflow and loads its model) first."""
+ROUTER_START_SECONDS = 30.0
+RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+log = logging.getLogger("controller")
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,12 @@ class UpOptions:
     state: Path
     mlflow_host: str = "127.0.0.1"
     mlflow_port: int = 5000
+    host: str = "127.0.0.1"
+    """Address of the router and the controller."""
+    router_port: int = 8000
+    controller_port: int = 8001
+    canary_percent: float = 10.0
+    stable_version: str = "latest"
 
 
 @dataclass
@@ -41,6 +60,9 @@ class LocalSystem:
     children: list[ChildProcess] = field(default_factory=list)
     trained: list[TrainResult] = field(default_factory=list)
     urls: dict[str, str] = field(default_factory=dict)
+    restartable: set[str] = field(default_factory=set)
+    """Names of children restarted with backoff when they die (the rest end `up`)."""
+    restarts: dict[str, int] = field(default_factory=dict)
 
     def stop(self) -> None:
         """Stop every child, newest first."""
@@ -90,17 +112,70 @@ def start_system(
     """
     if settings.embedded:
         ensure_port_free(options.mlflow_host, options.mlflow_port, "the MLflow server")
+    ensure_port_free(options.host, options.controller_port, "the controller")
+    ensure_port_free(options.host, options.router_port, "the router")
     system.trained = bootstrap_registry(settings, progress)
-    if not settings.embedded:
+    if settings.embedded:
+        progress("Starting the MLflow server")
+        server = mlflow_server(settings, options)
+        system.children.append(server)
+        server.start()
+        url = f"http://{options.mlflow_host}:{options.mlflow_port}"
+        wait_until_healthy(server, f"{url}/health", MLFLOW_START_SECONDS)
+        system.urls["MLflow UI"] = url
+    else:
         system.urls["MLflow"] = settings.tracking_uri
-        return
-    progress("Starting the MLflow server")
-    server = mlflow_server(settings, options)
-    system.children.append(server)
-    server.start()
-    url = f"http://{options.mlflow_host}:{options.mlflow_port}"
-    wait_until_healthy(server, f"{url}/health", MLFLOW_START_SECONDS)
-    system.urls["MLflow UI"] = url
+    write_fresh_token(options.state / TOKEN_FILE)
+    progress("Starting the controller and the model servers")
+    controller = controller_process(settings, options)
+    system.children.append(controller)
+    system.restartable.add(controller.name)
+    controller.start()
+    controller_url = f"http://{options.host}:{options.controller_port}"
+    wait_until_healthy(controller, f"{controller_url}/ping", CONTROLLER_START_SECONDS)
+    progress("Starting the router")
+    router = router_process(options)
+    system.children.append(router)
+    system.restartable.add(router.name)
+    router.start()
+    router_url = f"http://{options.host}:{options.router_port}"
+    wait_until_healthy(router, f"{router_url}/ping", ROUTER_START_SECONDS)
+    system.urls["router (predictions)"] = router_url
+    system.urls["API docs"] = f"{router_url}/docs"
+    system.urls["controller (admin API)"] = controller_url
+    system.urls["admin token"] = str(options.state / TOKEN_FILE)
+
+
+def _mlcanary(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mlcanary", *args]
+
+
+def controller_process(settings: RegistrySettings, options: UpOptions) -> ChildProcess:
+    """Describe the controller: it starts the model servers and writes the routing file."""
+    argv = _mlcanary(
+        "controller", "--config", str(options.state / "routing.yaml"),
+        "--host", options.host, "--port", str(options.controller_port),
+        "--router", f"http://{options.host}:{options.router_port}",
+        "--stable-version", options.stable_version, "--canary-version", "challenger",
+        "--canary-weight", str(options.canary_percent),
+    )  # fmt: skip
+    environment = child_environment(
+        {"MLFLOW_TRACKING_URI": settings.tracking_uri, "MLCANARY_HOME": str(options.state)}
+    )
+    environment.pop("MLFLOW_REGISTRY_URI", None)
+    return ChildProcess("controller", argv, options.state / "logs" / "controller.log", environment)
+
+
+def router_process(options: UpOptions) -> ChildProcess:
+    """Describe the router, following the controller's routing file."""
+    argv = _mlcanary(
+        "router", "--config", str(options.state / "routing.yaml"),
+        "--host", options.host, "--port", str(options.router_port),
+    )  # fmt: skip
+    environment = child_environment(
+        {"MLCANARY_CONTROLLER_URL": f"http://{options.host}:{options.controller_port}"}
+    )
+    return ChildProcess("router", argv, options.state / "logs" / "router.log", environment)
 
 
 @contextmanager
@@ -128,11 +203,25 @@ def signals_ignored() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def run_until_stopped(system: LocalSystem, poll_seconds: float = 0.5) -> None:
-    """Block until a child dies (then raise ControllerError); Ctrl-C ends it from outside."""
+def run_until_stopped(
+    system: LocalSystem, report: Callable[[str], None], poll_seconds: float = 0.5
+) -> None:
+    """Restart dying router and controller with backoff; end on any other death or Ctrl-C."""
     idle = threading.Event()
+    due: dict[str, float] = {}
     while True:
         dead = system.first_dead_child()
         if dead is not None:
-            raise ControllerError(dead.exit_description())
+            if dead.name not in system.restartable:
+                raise ControllerError(dead.exit_description())
+            now = time.monotonic()
+            if dead.name not in due:
+                count = system.restarts.get(dead.name, 0)
+                delay = RESTART_BACKOFF[min(count, len(RESTART_BACKOFF) - 1)]
+                report(f"{dead.exit_description()}; restarting it in {delay:g} s")
+                due[dead.name] = now + delay
+            elif now >= due[dead.name]:
+                del due[dead.name]
+                system.restarts[dead.name] = system.restarts.get(dead.name, 0) + 1
+                dead.start()
         idle.wait(poll_seconds)

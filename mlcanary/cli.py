@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mlcanary.output import fail, print_fields, print_json, progress, stdout
+from mlcanary.output import fail, print_fields, print_json, progress, stderr, stdout
 from training.dataset import DEFAULT_PATH, DEFAULT_ROWS, DEFAULT_SEED
 from training.errors import TrainingError
 from training.pipelines import ModelKind
@@ -477,8 +477,13 @@ def predict(
 def up(
     mlflow_host: Annotated[str, typer.Option(help="Address of the MLflow UI.")] = "127.0.0.1",
     mlflow_port: Annotated[int, typer.Option(help="Port of the MLflow UI.")] = 5000,
+    host: Annotated[str, typer.Option(help="Address of the router and controller.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="Port of the router (predictions).")] = 8000,
+    controller_port: Annotated[int, typer.Option(help="Port of the admin API.")] = 8001,
 ) -> None:
-    """Run the system locally until Ctrl-C: registry with first models, MLflow UI."""
+    """Run the whole system locally until Ctrl-C: MLflow, models, controller, router."""
     from controller.errors import ControllerError
     from controller.up import (
         LocalSystem,
@@ -490,7 +495,16 @@ def up(
     )
     from training.settings import RegistrySettings, state_dir
 
-    options = UpOptions(state=state_dir(), mlflow_host=mlflow_host, mlflow_port=mlflow_port)
+    options = UpOptions(
+        state=state_dir(),
+        mlflow_host=mlflow_host,
+        mlflow_port=mlflow_port,
+        host=host,
+        router_port=port,
+        controller_port=controller_port,
+        canary_percent=_canary_percent(),
+        stable_version=os.environ.get("DEFAULT_MODEL_VERSION") or "latest",
+    )
     settings = RegistrySettings.from_env()
     system = LocalSystem()
     started = False
@@ -501,7 +515,7 @@ def up(
                 start_system(options, settings, system, step)
             started = True
             _announce(system, options)
-            run_until_stopped(system)
+            run_until_stopped(system, lambda text: stderr.print(text, highlight=False))
         except KeyboardInterrupt:
             pass
         except (ControllerError, TrainingError) as error:
@@ -525,6 +539,10 @@ def _announce(system: LocalSystem, options: UpOptions) -> None:
             highlight=False,
         )
     print_fields("mlcanary is up", system.urls | {"state": str(options.state)})
+    stdout.print("Try:", highlight=False)
+    stdout.print("  mlcanary predict --count 20", highlight=False)
+    stdout.print("  mlcanary weight 50 --reason 'looks good'", highlight=False)
+    stdout.print("  mlcanary promote --reason 'better r2'", highlight=False)
     stdout.print("Press Ctrl-C to stop.")
 
 

@@ -32,7 +32,7 @@ class Change(BaseModel):
 class DeployRequest(Change):
     """Make `version` the canary, on a new local server or the server at `url`."""
 
-    version: str = Field(min_length=1, max_length=20, pattern=r"^[0-9]+$")
+    version: str = Field(min_length=1, max_length=20, pattern=r"^([0-9]+|latest)$")
     url: str | None = None
     weight: float = Field(default=0.0, ge=0.0, le=100.0)
 

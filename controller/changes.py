@@ -120,6 +120,11 @@ class Controller:
         """Start (or adopt) a server for `version`, check it, and make it the canary."""
         async with self.lock:
             before = self.current()
+            if version == "latest":
+                listed = await self.registry.versions()
+                if not listed:
+                    raise InvalidChange(f"{before.model} has no versions in the registry")
+                version = str(listed[-1]["version"])
             if version == before.stable.version:
                 raise InvalidChange(f"version {version} is already stable")
             _with(before, canary={"url": url or "http://placeholder", "version": version,

@@ -134,7 +134,7 @@ def start_system(
     controller_url = f"http://{options.host}:{options.controller_port}"
     wait_until_healthy(controller, f"{controller_url}/ping", CONTROLLER_START_SECONDS)
     progress("Starting the router")
-    router = router_process(options)
+    router = router_process(settings, options)
     system.children.append(router)
     system.restartable.add(router.name)
     router.start()
@@ -166,14 +166,22 @@ def controller_process(settings: RegistrySettings, options: UpOptions) -> ChildP
     return ChildProcess("controller", argv, options.state / "logs" / "controller.log", environment)
 
 
-def router_process(options: UpOptions) -> ChildProcess:
+def router_process(settings: RegistrySettings, options: UpOptions) -> ChildProcess:
     """Describe the router, following the controller's routing file."""
     argv = _mlcanary(
         "router", "--config", str(options.state / "routing.yaml"),
         "--host", options.host, "--port", str(options.router_port),
     )  # fmt: skip
+    registry = (
+        f"http://{options.mlflow_host}:{options.mlflow_port}"
+        if settings.embedded
+        else settings.tracking_uri
+    )  # the router reads versions over MLflow's REST API for /model-info
     environment = child_environment(
-        {"MLCANARY_CONTROLLER_URL": f"http://{options.host}:{options.controller_port}"}
+        {
+            "MLCANARY_CONTROLLER_URL": f"http://{options.host}:{options.controller_port}",
+            "MLFLOW_TRACKING_URI": registry,
+        }
     )
     return ChildProcess("router", argv, options.state / "logs" / "router.log", environment)
 

@@ -209,6 +209,13 @@ def router(
         float, typer.Option(help="Seconds an upstream may take before the client gets 504.")
     ] = 30.0,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body, MiB (413).")] = 16.0,
+    controller_url: Annotated[
+        str | None,
+        typer.Option(
+            "--controller",
+            help="Controller for the original admin paths (MLCANARY_CONTROLLER_URL).",
+        ),
+    ] = None,
     reuse_port: Annotated[bool, typer.Option(hidden=True)] = False,
 ) -> None:
     """Run the router: split traffic between stable and canary as the routing file says."""
@@ -226,6 +233,7 @@ def router(
             port=port,
             total_timeout_s=timeout,
             max_body_bytes=int(max_body_mb * 1024 * 1024),
+            controller_url=controller_url or os.environ.get("MLCANARY_CONTROLLER_URL") or None,
         )
         run_router(
             settings,

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import aiohttp
 from aiohttp import web
@@ -84,11 +86,12 @@ def create_app(
     app[METRICS].reload_ok.set(1)
     app[METRICS].reload_timestamp.set(time.time())
     app.cleanup_ctx.append(background)
-    from router import openapi, original, streaming  # they build on this module: imported late
+    from router import openapi, original, original_admin, streaming  # built on this module
 
     app.router.add_post("/invocations", streaming.invocations_entry)
     app.router.add_post("/predict", original.predict)
     app.router.add_get("/", original.index)
+    original_admin.add_routes(app)
     openapi.add_routes(app)
     app.router.add_get("/ping", ping)
     app.router.add_get("/health", health)
@@ -323,8 +326,18 @@ async def health(request: web.Request) -> web.Response:
             "last_error": app[HEALTH].of(upstream.url).last_error,
         }
     ok = available["stable"]
+    from router.original import model_info  # built on this module: imported late
+
+    current = model_info(app, config, "stable")
     body = {
         "status": "healthy" if ok else "unhealthy",
+        "current_model_loaded": ok,
+        "next_model_loaded": available.get("canary", ok),
+        "current_model_info": current,
+        "next_model_info": model_info(app, config, "canary") if config.canary else current,
+        "canary_probability": config.canary_weight / 100,
+        "mlflow_uri": os.environ.get("MLFLOW_TRACKING_URI"),
+        "timestamp": datetime.now(UTC).isoformat(),
         "config_version": table.version,
         "config_error": table.last_error,
         "canary_weight": config.canary_weight,

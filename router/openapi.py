@@ -39,6 +39,24 @@ def _errors(*codes: int) -> dict[str, Any]:
     return {str(code): _json(ERROR, "An error in MLflow's body shape") for code in codes}
 
 
+def _admin_post(summary: str, properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """Describe one of the original app's changing endpoints (forwarded to the controller)."""
+    body: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:
+        body["required"] = required
+    return {
+        "post": {
+            "summary": summary,
+            "description": "Needs `Authorization: Bearer <admin token>`; the controller decides.",
+            "requestBody": {"content": {"application/json": {"schema": body}}},
+            "responses": {
+                "200": _json({"type": "object"}, "Done"),
+                **_errors(400, 401, 403, 503),
+            },
+        }
+    }
+
+
 def openapi_document() -> dict[str, Any]:
     """Return the OpenAPI 3.0 description of the router's public surface.
 
@@ -138,6 +156,31 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/canary-status": {
+                "get": {
+                    "summary": "The original app's canary status: both models, the probability",
+                    "responses": {"200": _json({"type": "object"}, "Status")},
+                }
+            },
+            "/model-info": {
+                "get": {
+                    "summary": "The original app's model info, with the registry's versions",
+                    "responses": {"200": _json({"type": "object"}, "Models")},
+                }
+            },
+            "/update-model": _admin_post(
+                "Deploy a version as the next (canary) model (admin token)",
+                {"model_name": {"type": "string"}, "model_version": {"type": "string"}},
+                ["model_name"],
+            ),
+            "/accept-next-model": _admin_post(
+                "Promote the next model to current (admin token)", {}, []
+            ),
+            "/canary-probability": _admin_post(
+                "Set the next model's share of traffic, 0.0-1.0 (admin token)",
+                {"probability": {"type": "number", "minimum": 0, "maximum": 1}},
+                ["probability"],
+            ),
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",

@@ -29,16 +29,19 @@ def run_router(
     if workers <= 1:
         _run(serve_router(settings, reuse_port=reuse_port, data_plane=data_plane), loop)
         return
-    children = [
-        subprocess.Popen(  # noqa: S603 (our own command, no shell)
-            [
-                sys.executable, "-m", "mlcanary", "router", "--config", str(settings.config_path),
-                "--host", settings.host, "--port", str(settings.port), "--loop", loop,
-                "--data-plane", data_plane, "--reuse-port",
-            ]
-        )
-        for _ in range(workers - 1)
+    argv = [
+        sys.executable, "-m", "mlcanary", "router", "--config", str(settings.config_path),
+        "--host", settings.host, "--port", str(settings.port), "--loop", loop,
+        "--data-plane", data_plane, "--reuse-port",
+        "--timeout", str(settings.total_timeout_s),
+        "--max-body-mb", str(settings.max_body_bytes / 1024 / 1024),
     ]  # fmt: skip
+    if settings.controller_url:
+        argv += ["--controller", settings.controller_url]
+    children = [
+        subprocess.Popen(argv)  # noqa: S603 (our own command, no shell)
+        for _ in range(workers - 1)
+    ]
     try:
         _run(serve_router(settings, reuse_port=True, data_plane=data_plane), loop)
     finally:

@@ -42,3 +42,5 @@ class RouterSettings(BaseModel):
     """How often the routing file is checked for changes."""
     shadow_max_in_flight: int = Field(default=32, ge=1)
     """Shadow copies in flight at most; more are dropped and counted."""
+    controller_url: str | None = None
+    """The controller the original admin paths forward changes to (none: they answer 503)."""

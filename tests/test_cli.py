@@ -201,6 +201,9 @@ def test_up_trains_once_serves_the_ui_and_stops_cleanly(tmp_path: Path) -> None:
         answers = json.loads(sampled.stdout)
         assert {answer["status"] for answer in answers} == {200}
         assert {answer["version"] for answer in answers} <= {"1", "2"}
+        with urllib.request.urlopen(f"{router}/model-info", timeout=10) as answer:
+            info = json.loads(answer.read())
+        assert info["available_models"][0]["versions"] == ["1", "2"], info
         controller = f"http://127.0.0.1:{first.controller_port}"
         promoted = run_mlcanary(
             "promote", "--reason", "test", "--controller", controller, state=state

@@ -144,7 +144,8 @@ def system(three_versions: RegistrySettings, tmp_path: Path) -> Iterator[System]
     try:
         _wait_for(f"{built.controller_url}/ping", controller, controller_log)
         router = _start(
-            ["router", "--config", str(routing), "--port", str(router_port)],
+            ["router", "--config", str(routing), "--port", str(router_port),
+             "--controller", built.controller_url],
             state, router_log, three_versions,
         )  # fmt: skip
         built.processes.append(router)
@@ -327,3 +328,63 @@ def test_a_failing_step_undoes_the_change(system: System) -> None:
     assert (system.state / "routing.yaml").read_bytes() == routing
     assert _aliases(system.settings) == aliases
     assert audit.read_bytes() == kept
+
+
+def _call(
+    url: str, method: str = "GET", body: Any = None, token: str | None = None
+) -> tuple[int, Any]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(
+        url,
+        data=None if body is None else json.dumps(body).encode(),
+        method=method,
+        headers=headers,
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read())
+
+
+def test_the_original_admin_paths_work_on_the_router_port(system: System) -> None:
+    """/canary-status, /update-model, /canary-probability, /accept-next-model, /health shapes."""
+    router, token = system.router_url, system.token
+    code, status = _call(f"{router}/canary-status")
+    assert code == 200 and status["models_identical"] is True
+    assert status["current_model"]["uri"] == "models:/StudentExamPredictor/1"
+    update = {"model_name": "StudentExamPredictor", "model_version": "2"}
+    assert _call(f"{router}/update-model", "POST", update)[0] == 401
+    assert _call(f"{router}/update-model", "POST", update, token="wrong")[0] == 403  # noqa: S106
+    code, refused = _call(f"{router}/update-model", "POST", {**update, "model_name": "x"}, token)
+    assert code == 400 and "model_name" in refused["message"]
+    code, updated = _call(f"{router}/update-model", "POST", update, token)
+    assert code == 200, updated
+    assert updated["success"] is True and updated["new_model"]["version"] == "2"
+    assert updated["previous_model"] is None
+    time.sleep(0.5)
+    code, status = _call(f"{router}/canary-status")
+    assert status["next_model"]["version"] == "2" and status["canary_probability"] == 0.1
+    assert status["models_identical"] is False
+    for bad in (1.5, -0.1, "half", True, None):
+        code, refused = _call(f"{router}/canary-probability", "POST", {"probability": bad}, token)
+        assert code == 400 and "probability" in refused["message"], bad
+    code, moved = _call(f"{router}/canary-probability", "POST", {"probability": 0.3}, token)
+    assert code == 200 and moved["canary_probability"] == 0.3
+    assert moved["previous_probability"] == 0.1
+    code, health = _call(f"{router}/health")
+    assert code == 200
+    assert health["current_model_loaded"] is True and health["next_model_loaded"] is True
+    assert health["next_model_info"]["version"] == "2" and health["canary_probability"] == 0.3
+    code, accepted = _call(f"{router}/accept-next-model", "POST", {}, token)
+    assert code == 200, accepted
+    assert accepted["previous_current_model"]["version"] == "1"
+    assert accepted["new_current_model"]["version"] == "2" == accepted["next_model"]["version"]
+    code, again = _call(f"{router}/accept-next-model", "POST", {}, token)
+    assert code == 400 and "no canary" in again["message"]
+    code, info = _call(f"{router}/model-info")
+    assert code == 200 and info["current_model"]["version"] == "2"
+    assert info["available_models"][0]["name"] == "StudentExamPredictor"

@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from controller.errors import ControllerError
+from controller.errors import ControllerError, InvalidChange
 
 CHECK_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
 ZERO_BY_TYPE: dict[str, Any] = {"string": "", "boolean": False, "binary": ""}
@@ -59,7 +59,7 @@ async def check_server(
     """Raise ControllerError unless `url` serves `model` `version`, compatibly, and answers warm."""
     metadata = await server_metadata(session, url)
     if str(metadata.get("version")) != version or metadata.get("name") not in (None, model):
-        raise ControllerError(
+        raise InvalidChange(
             f"{url} serves {metadata.get('name')} version {metadata.get('version')}, "
             f"not {model} version {version}"
         )
@@ -67,7 +67,7 @@ async def check_server(
     if stable_inputs is not None:
         problems = incompatibilities(stable_inputs, inputs)
         if problems:
-            raise ControllerError(
+            raise InvalidChange(
                 f"version {version}'s input signature is not compatible with stable's: "
                 + "; ".join(problems)
             )

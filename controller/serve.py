@@ -138,6 +138,9 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
     controller = Controller(changes, runtime, Registry(registry_settings), session)
     runner: web.AppRunner | None = None
     try:
+        if options.routing_path.exists():
+            config = read_routing_file(options.routing_path)[0]
+            runtime.recover({config.stable.url} | ({config.canary.url} if config.canary else set()))
         await settle_split(controller, options, session)
         try:
             await controller.reconcile_aliases()

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +22,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from mlflow import MlflowClient
 
+from controller.checks import incompatibilities
 from tests.conftest import TrainedRegistry
 from tests.helpers import command_environment, free_port, registry_snapshot, run_mlcanary
 from training.pipelines import ModelKind
@@ -63,6 +68,13 @@ class System:
     controller_url: str
     router_url: str
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    controller_argv: list[str] = field(default_factory=list)
+
+    def restart_controller(self) -> None:
+        """Start the controller again over the same state (after it was killed)."""
+        log = self.state / "controller.log"
+        self.processes[0] = _start(self.controller_argv, self.state, log, self.settings)
+        _wait_for(f"{self.controller_url}/ping", self.processes[0], log)
 
     @property
     def token(self) -> str:
@@ -134,12 +146,13 @@ def system(three_versions: RegistrySettings, tmp_path: Path) -> Iterator[System]
     router_url = f"http://127.0.0.1:{router_port}"
     routing = state / "routing.yaml"
     controller_log, router_log = state / "controller.log", state / "router.log"
-    controller = _start(
-        ["controller", "--config", str(routing), "--port", str(controller_port),
-         "--router", router_url, "--stable-version", "1"],
-        state, controller_log, three_versions,
-    )  # fmt: skip
+    controller_argv = [
+        "controller", "--config", str(routing), "--port", str(controller_port),
+        "--router", router_url, "--stable-version", "1",
+    ]  # fmt: skip
+    controller = _start(controller_argv, state, controller_log, three_versions)
     built = System(state, three_versions, f"http://127.0.0.1:{controller_port}", router_url)
+    built.controller_argv = controller_argv
     built.processes.append(controller)
     try:
         _wait_for(f"{built.controller_url}/ping", controller, controller_log)
@@ -158,6 +171,9 @@ def system(three_versions: RegistrySettings, tmp_path: Path) -> Iterator[System]
             process.wait(timeout=60)
     left = [p.pid for p in built.processes if _group_alive(p.pid)]
     assert not left, f"process groups left behind: {left}"
+    servers = state / "model-servers.json"
+    recorded = json.loads(servers.read_text()) if servers.exists() else []
+    assert not [s["pid"] for s in recorded if _group_alive(s["pid"])], "model servers left behind"
 
 
 @dataclass
@@ -208,10 +224,13 @@ async def test_the_original_workflow_end_to_end(system: System) -> None:
         for percent in ("10", "25", "50", "100"):
             await cli("weight", percent, "--reason", f"step to {percent}")
             await asyncio.sleep(0.3)
+        old_stable = json.loads(system.cli("status", "--json").stdout)["stable"]["url"]
         await cli("promote", "--reason", "looks good")
         promoted_at = time.monotonic()
         assert _aliases(system.settings) == {"champion": "2"}
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(3.0)  # drained (1 s) and stopped
+        with pytest.raises(OSError):
+            await asyncio.to_thread(urllib.request.urlopen, f"{old_stable}/ping", timeout=2)
         await cli("deploy", "3", "--weight", "50", "--reason", "try boosting")
         await asyncio.sleep(0.5)
         started = time.monotonic()
@@ -282,6 +301,7 @@ def test_bad_changes_are_400s_naming_the_field_and_change_nothing(system: System
         ("/api/deploy", {"version": "99"}, "no version 99"),
         ("/api/deploy", {"version": "1"}, "already stable"),
         ("/api/promote", {}, "no canary"),
+        ("/api/deploy", {"version": "3", "url": "not a url"}, "url"),
         ("/api/rollback", {}, "no canary"),
     ]
     for path, body, named in cases:
@@ -302,7 +322,8 @@ def test_bad_changes_are_400s_naming_the_field_and_change_nothing(system: System
 
 
 def test_a_failing_step_undoes_the_change(system: System) -> None:
-    """Disk full for the audit log; a router that never confirms: file and aliases as before."""
+    """Disk full for the audit log, a locked registry, a router that never confirms: each time
+    the routing file and the aliases are as before, and the error says what happened."""
     code, _ = system.admin("POST", "/api/deploy", {"version": "2", "weight": 10})
     assert code == 200
     routing = (system.state / "routing.yaml").read_bytes()
@@ -318,6 +339,17 @@ def test_a_failing_step_undoes_the_change(system: System) -> None:
     assert _aliases(system.settings) == aliases
     audit.unlink()
     audit.write_bytes(kept)
+    database = system.settings.tracking_uri.removeprefix("sqlite:///")
+    with sqlite3.connect(database, isolation_level=None) as holder:
+        holder.execute("BEGIN EXCLUSIVE")  # the registry can be read by no one until we let go
+        try:
+            code, answer = system.admin("POST", "/api/weight", {"weight": 40})
+        finally:
+            holder.execute("ROLLBACK")
+    assert code == 503, answer
+    assert "registry" in answer["message"] and "previous routing file is back" in answer["message"]
+    assert (system.state / "routing.yaml").read_bytes() == routing
+    assert _aliases(system.settings) == aliases
     system.processes[-1].send_signal(signal.SIGSTOP)  # the router: alive, but it reads nothing
     try:
         code, answer = system.admin("POST", "/api/promote", {})
@@ -388,3 +420,83 @@ def test_the_original_admin_paths_work_on_the_router_port(system: System) -> Non
     code, info = _call(f"{router}/model-info")
     assert code == 200 and info["current_model"]["version"] == "2"
     assert info["available_models"][0]["name"] == "StudentExamPredictor"
+
+
+def _owned_servers(system: System) -> list[dict[str, Any]]:
+    path = system.state / "model-servers.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def test_a_controller_killed_mid_change_restarts_consistent(system: System) -> None:
+    """Killed while a deploy starts its server: the restart finds the old split, matching
+    aliases and no stray server. Killed after a change with the aliases behind the file: the
+    restart moves them, and keeps the running servers."""
+    routing = system.state / "routing.yaml"
+    before = routing.read_bytes()
+
+    def deploy_and_lose_the_answer() -> None:
+        with contextlib.suppress(OSError):  # the controller dies before it answers
+            system.admin("POST", "/api/deploy", {"version": "2"})
+
+    deploying = threading.Thread(target=deploy_and_lose_the_answer)
+    deploying.start()
+    deadline = time.monotonic() + 60
+    while len(_owned_servers(system)) < 2:
+        assert time.monotonic() < deadline, "the deploy never started a server"
+        time.sleep(0.05)
+    starting = _owned_servers(system)[-1]["pid"]
+    os.killpg(system.processes[0].pid, signal.SIGKILL)
+    system.processes[0].wait(timeout=10)
+    deploying.join(timeout=30)
+    system.restart_controller()
+    assert routing.read_bytes() == before
+    assert _aliases(system.settings) == {"champion": "1"}
+    assert not _group_alive(starting)
+
+    code, answer = system.admin("POST", "/api/deploy", {"version": "2", "weight": 20})
+    assert code == 200, answer
+    deployed = routing.read_bytes()
+    os.killpg(system.processes[0].pid, signal.SIGKILL)
+    system.processes[0].wait(timeout=10)
+    client = MlflowClient(system.settings.tracking_uri, system.settings.tracking_uri)
+    client.delete_registered_model_alias(system.settings.model_name, "challenger")
+    system.restart_controller()
+    assert routing.read_bytes() == deployed  # the same servers, adopted again
+    assert _aliases(system.settings) == {"champion": "1", "challenger": "2"}
+    assert len(_owned_servers(system)) == 2
+
+
+def test_a_model_server_that_dies_is_restarted(system: System) -> None:
+    """The controller restarts a dead stable server on its port; predictions come back."""
+    (server,) = _owned_servers(system)
+    os.killpg(server["pid"], signal.SIGKILL)
+    deadline = time.monotonic() + 90
+    while True:
+        assert time.monotonic() < deadline, "the model server was not restarted"
+        try:
+            with urllib.request.urlopen(f"{server['url']}/health", timeout=2) as answer:
+                if answer.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.2)
+    (restarted,) = _owned_servers(system)
+    assert restarted["url"] == server["url"] and restarted["pid"] != server["pid"]
+    assert "restarting it" in (system.state / "controller.log").read_text()
+
+
+def test_a_server_of_another_version_is_refused(system: System) -> None:
+    """Adopting a URL that serves another version is a 400 naming both; nothing changes."""
+    stable = json.loads(system.cli("status", "--json").stdout)["stable"]["url"]
+    before = (system.state / "routing.yaml").read_bytes()
+    code, answer = system.admin("POST", "/api/deploy", {"version": "3", "url": stable})
+    assert code == 400, answer
+    assert "version 1, not StudentExamPredictor version 3" in answer["message"]
+    assert (system.state / "routing.yaml").read_bytes() == before
+
+
+def test_input_signatures_are_compared_column_by_column() -> None:
+    stable = {"a": "double", "b": "double", "c": "long"}
+    assert incompatibilities(stable, dict(stable)) == []
+    assert incompatibilities(stable, {"a": "double", "c": "string", "d": "double"}) == [
+        "missing column 'b'", "extra column 'd'", "column 'c' is string, stable's is long",
+    ]  # fmt: skip

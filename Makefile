@@ -21,11 +21,16 @@ $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# Debian tools the tests use: promtool (package prometheus) lints /metrics.
+# Debian tools the tests use: prometheus and promtool (package prometheus) scrape and lint
+# /metrics and check the alert rules; docker-compose checks the compose file (no engine needed).
+# kubectl (with kustomize) builds the Kubernetes manifests; it is on the machine image.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEBIAN_TOOLS := prometheus:prometheus promtool:prometheus docker-compose:docker-compose
 system-deps:
-	@command -v promtool >/dev/null || { $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
+	@missing="$$(for tool in $(DEBIAN_TOOLS); do command -v $${tool%%:*} >/dev/null || echo $${tool#*:}; done | sort -u)"; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; fi
+	@command -v kubectl >/dev/null || { echo "kubectl (with kustomize) is needed for the manifest tests" >&2; exit 1; }
 
 check: $(INSTALLED)
 	$(BIN)/ruff format --check .

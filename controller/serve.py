@@ -41,6 +41,10 @@ class ControllerOptions:
     canary_version: str | None = None
     """For a new routing file: a number, `challenger`, or none."""
     canary_weight: float = 10.0
+    stable_url: str | None = None
+    """For a new routing file: adopt this server for stable instead of starting one."""
+    canary_url: str | None = None
+    """For a new routing file: adopt this server for the canary instead of starting one."""
     confirm_timeout_s: float = 5.0
 
     @property
@@ -76,13 +80,13 @@ async def settle_split(
         canary = None
         if options.canary_version is not None:
             canary = await resolve_version(registry, options.canary_version, CHALLENGER)
-        stable_url = await runtime.provide(session, stable, None)
+        stable_url = await runtime.provide(session, stable, options.stable_url)
         document: dict[str, object] = {
             "model": registry.settings.model_name,
             "stable": {"url": stable_url, "version": stable},
         }
         if canary is not None and canary != stable:
-            canary_url = await runtime.provide(session, canary, None)
+            canary_url = await runtime.provide(session, canary, options.canary_url)
             document["canary"] = {
                 "url": canary_url, "version": canary, "weight": options.canary_weight,
             }  # fmt: skip

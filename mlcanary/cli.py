@@ -296,6 +296,12 @@ def controller(
     confirm_timeout: Annotated[
         float, typer.Option(help="Seconds the routers get to load a change.")
     ] = 5.0,
+    stable_url: Annotated[
+        str | None, typer.Option(help="For a new routing file: adopt this stable server.")
+    ] = None,
+    canary_url: Annotated[
+        str | None, typer.Option(help="For a new routing file: adopt this canary server.")
+    ] = None,
 ) -> None:
     """Run the controller: the admin API that deploys, weights, promotes and rolls back."""
     import asyncio
@@ -317,6 +323,8 @@ def controller(
         canary_version=canary_version,
         canary_weight=_canary_percent() if canary_weight is None else canary_weight,
         confirm_timeout_s=confirm_timeout,
+        stable_url=stable_url,
+        canary_url=canary_url,
     )
     try:
         asyncio.run(serve_controller(options, RegistrySettings.from_env()))
@@ -479,6 +487,26 @@ def predict(
         key = f"{answer.variant} v{answer.version}"
         served[key] = served.get(key, 0) + 1
     print_fields("served by", served)
+
+
+@app.command()
+def bootstrap(as_json: AsJson = False) -> None:
+    """Train and register a champion and a challenger if the registry has no versions yet."""
+    from controller.up import bootstrap_registry
+    from training.settings import RegistrySettings
+
+    try:
+        with progress("Checking the registry") as step:
+            trained = bootstrap_registry(RegistrySettings.from_env(), step)
+    except TrainingError as error:
+        fail(str(error))
+    if as_json:
+        print_json([{"version": t.version, "alias": t.alias, "uri": t.model_uri} for t in trained])
+        return
+    if not trained:
+        stdout.print("the registry already has versions: nothing trained")
+    for result in trained:
+        stdout.print(f"trained {result.model_uri} (alias {result.alias})", highlight=False)
 
 
 @app.command()

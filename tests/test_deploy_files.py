@@ -1,0 +1,251 @@
+"""The compose, Prometheus and Grafana files, checked as far as this machine allows (no engine)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from router.config import RoutingConfig, write_routing_file
+from tests.conftest import TrainedRegistry
+from tests.helpers import command_environment, free_port
+from tests.servers import ServerProcess, start_model_server
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
+PROMETHEUS = ROOT / "config" / "prometheus"
+DASHBOARD = ROOT / "config" / "grafana" / "dashboards" / "mlcanary.json"
+METRIC = re.compile(r"\b(mlcanary_[a-z_]+)")
+ROW = json.dumps(
+    {"dataframe_records": [{"hours_studied": 6.5, "sleep_hours": 7.0,
+                            "attendance_percent": 90.0, "previous_scores": 85.0}]}
+).encode()  # fmt: skip
+
+
+def compose() -> dict[str, object]:
+    """The compose file as docker-compose resolves it."""
+    done = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE), "config"],
+        capture_output=True, text=True, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    resolved: dict[str, object] = yaml.safe_load(done.stdout)
+    return resolved
+
+
+def test_docker_compose_accepts_the_file_and_everything_it_names_exists() -> None:
+    resolved = compose()
+    services = resolved["services"]
+    assert isinstance(services, dict)
+    assert set(services) == {
+        "mlflow", "trainer", "model-stable", "model-canary", "controller", "router",
+        "prometheus", "grafana",
+    }  # fmt: skip
+    binds = 0
+    targets = set(re.findall(r"^FROM \S+ AS (\S+)$", DOCKERFILE.read_text(), re.MULTILINE))
+    for name, service in services.items():
+        build = service.get("build")
+        if build:
+            assert Path(build["context"]).is_dir(), name
+            assert (Path(build["context"]) / build["dockerfile"]).is_file(), name
+            assert build["target"] in targets, (name, build["target"])
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
+            if source.startswith("/"):  # a bind mount of a project file, not a named volume
+                assert Path(source).exists(), (name, source)
+                binds += 1
+    assert services["model-stable"]["command"] == ["models:/StudentExamPredictor@champion"]
+    assert services["model-canary"]["command"] == ["models:/StudentExamPredictor@challenger"]
+    assert binds == 4  # prometheus' config and rules, grafana's provisioning and dashboards
+    published = {str(p["published"]) for s in services.values() for p in s.get("ports", [])}
+    assert published == {"5000", "8000", "8001", "9090", "3000"}
+
+
+def test_the_router_image_installs_no_mlflow_and_every_image_runs_as_a_user() -> None:
+    text = DOCKERFILE.read_text()
+    router_stage = text.split("FROM base AS router", 1)[1].split("FROM ", 1)[0]
+    assert "pip install --no-compile ." in router_stage and "[ml]" not in router_stage
+    assert re.search(r"^FROM python:3\.11\.\d+-slim-bookworm AS base$", text, re.MULTILINE)
+    assert text.count("USER mlcanary") == 2  # the router stage and the ml stage the rest build on
+    assert text.count("HEALTHCHECK") == 4  # router, model server, controller, MLflow
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".git", ".venv", "tests", ".mlcanary"} <= set(ignored)
+
+
+def test_promtool_accepts_the_prometheus_config_and_the_alert_rules() -> None:
+    for command in (
+        ["promtool", "check", "config", str(PROMETHEUS / "prometheus.yml")],
+        ["promtool", "check", "rules", str(PROMETHEUS / "alerts.yml")],
+    ):
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+    rules = yaml.safe_load((PROMETHEUS / "alerts.yml").read_text())["groups"][0]["rules"]
+    assert {rule["alert"] for rule in rules} == {
+        "CanaryErrorRateHigh", "CanaryLatencyHigh", "RoutingConfigReloadFailed",
+    }  # fmt: skip
+
+
+def dashboard_metrics() -> set[str]:
+    """Every metric name the dashboard's queries use (histogram suffixes stripped)."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    names = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in METRIC.findall(target["expr"])
+    }
+    return {re.sub(r"_(bucket|sum|count)$", "", name) for name in names}
+
+
+@dataclass
+class Live:
+    """Two model servers and a router in front of them, as child processes."""
+
+    stable: ServerProcess
+    canary: ServerProcess
+    router_url: str
+
+
+@pytest.fixture(scope="module")
+def live(
+    trained_registry: TrainedRegistry, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Live]:
+    folder = tmp_path_factory.mktemp("live")
+    tracking = trained_registry.settings.tracking_uri
+    stable = start_model_server(trained_registry.champion.model_uri, tracking, folder / "v1.log")
+    canary = start_model_server(trained_registry.challenger.model_uri, tracking, folder / "v2.log")
+    port = free_port()
+    routing = folder / "routing.yaml"
+    write_routing_file(routing, RoutingConfig.model_validate({
+        "model": "StudentExamPredictor",
+        "stable": {"url": stable.url, "version": "1"},
+        "canary": {"url": canary.url, "version": "2", "weight": 10},
+    }))  # fmt: skip
+    router = subprocess.Popen(
+        [sys.executable, "-m", "mlcanary", "router", "--config", str(routing), "--port", str(port)],
+        env=command_environment(folder), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        stable.wait_healthy()
+        canary.wait_healthy()
+        url = f"http://127.0.0.1:{port}"
+        _wait(f"{url}/health")
+        yield Live(stable, canary, url)
+    finally:
+        router.terminate()
+        router.wait(timeout=30)
+        stable.stop()
+        canary.stop()
+
+
+def _wait(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            assert time.monotonic() < deadline, f"{url} did not answer"
+            time.sleep(0.2)
+
+
+def _names(url: str) -> set[str]:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    found = set(re.findall(r"^# TYPE (\S+) ", text, re.MULTILINE))
+    return {re.sub(r"_total$", "", name) for name in found} | found
+
+
+def test_every_metric_the_dashboard_queries_is_exported(live: Live) -> None:
+    exported = _names(live.router_url) | _names(live.stable.url)
+    wanted = dashboard_metrics()
+    assert wanted, "the dashboard queries no metric"
+    assert wanted <= exported, sorted(wanted - exported)
+    alerts = set(METRIC.findall((PROMETHEUS / "alerts.yml").read_text()))
+    assert {re.sub(r"_(bucket|sum|count)$", "", name) for name in alerts} <= exported
+
+
+def _post(url: str, variant: str) -> None:
+    request = urllib.request.Request(
+        f"{url}/invocations", data=ROW, method="POST",
+        headers={"Content-Type": "application/json", "X-Force-Variant": variant},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+
+
+def _query(prometheus: str, expression: str) -> dict[str, float]:
+    url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": expression})
+    with urllib.request.urlopen(url, timeout=5) as answer:
+        result = json.loads(answer.read())["data"]["result"]
+    return {item["metric"].get("variant", ""): float(item["value"][1]) for item in result}
+
+
+def test_a_real_prometheus_scrapes_the_counts_that_were_sent(live: Live, tmp_path: Path) -> None:
+    """Debian's Prometheus, on a free port, scrapes the router and both model servers."""
+    prometheus = shutil.which("prometheus")
+    assert prometheus, "prometheus is installed by `make system-deps`"
+    urls = {"router": live.router_url, "stable": live.stable.url, "canary": live.canary.url}
+    hosts = {name: urllib.parse.urlparse(url).netloc for name, url in urls.items()}
+    config = {
+        "global": {"scrape_interval": "1s"},
+        "scrape_configs": [
+            {"job_name": "router", "static_configs": [{"targets": [hosts["router"]]}]},
+            {"job_name": "model-servers", "static_configs": [
+                {"targets": [hosts["stable"]], "labels": {"variant": "stable"}},
+                {"targets": [hosts["canary"]], "labels": {"variant": "canary"}},
+            ]},
+        ],
+    }  # fmt: skip
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    before = _query_router_counts(live.router_url)
+    for _ in range(7):
+        _post(live.router_url, "stable")
+    for _ in range(3):
+        _post(live.router_url, "canary")
+    port = free_port()
+    server = subprocess.Popen(
+        [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+         f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        expected = {"stable": before["stable"] + 7, "canary": before["canary"] + 3}
+        seen: dict[str, float] = {}
+        served: dict[str, float] = {}
+        while seen != expected or served.get("stable", 0) < 7 or served.get("canary", 0) < 3:
+            assert time.monotonic() < deadline, (seen, expected, served)
+            time.sleep(0.5)
+            try:
+                seen = _query(url, 'sum by (variant) (mlcanary_requests_total{job="router"})')
+                served = _query(url, "sum by (variant) (mlcanary_model_requests_total)")
+            except OSError:
+                continue
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _query_router_counts(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    counts = {"stable": 0.0, "canary": 0.0}
+    for variant, value in re.findall(
+        r'^mlcanary_requests_total\{[^}]*variant="(\w+)"[^}]*\} (\S+)$', text, re.MULTILINE
+    ):
+        counts[variant] += float(value)
+    return counts

@@ -105,7 +105,10 @@ async def versions(request: web.Request) -> web.Response:
     """List the registered model's versions, from the registry."""
     controller = request.app[CONTROLLER]
     return web.json_response(
-        {"model": controller.current().model, "versions": await controller.registry.versions()}
+        {
+            "model": (await controller.current()).model,
+            "versions": await controller.registry.versions(),
+        }
     )
 
 

@@ -23,7 +23,8 @@ from controller.errors import ControllerError, InvalidChange
 from controller.registry import Registry, aliases_for
 from controller.routers import reported_version, wait_for_routers
 from controller.runtime import Runtime
-from router.config import RoutingConfig, read_routing_file, write_routing_file
+from controller.stores import RoutingStore
+from router.config import RoutingConfig
 
 log = logging.getLogger("controller")
 
@@ -32,7 +33,7 @@ log = logging.getLogger("controller")
 class ChangeSettings:
     """Where the split lives and who must confirm it."""
 
-    routing_path: Path
+    store: RoutingStore
     audit_path: Path
     routers: list[str] = field(default_factory=list)
     confirm_timeout_s: float = 5.0
@@ -55,13 +56,13 @@ class Controller:
         self.lock = asyncio.Lock()
         self.background: set[asyncio.Task[None]] = set()
 
-    def current(self) -> RoutingConfig:
+    async def current(self) -> RoutingConfig:
         """Return the split the routing file holds now."""
-        return read_routing_file(self.settings.routing_path)[0]
+        return (await self.settings.store.load())[0]
 
     async def status(self) -> dict[str, Any]:
         """Describe the split, the routers' view of it, the aliases and the last changes."""
-        config, version = read_routing_file(self.settings.routing_path)
+        config, version = await self.settings.store.load()
         reported = await asyncio.gather(
             *(reported_version(self.session, router) for router in self.settings.routers)
         )
@@ -86,7 +87,7 @@ class Controller:
     async def set_weight(self, weight: float, reason: str) -> dict[str, Any]:
         """Set the canary's share of traffic (percent)."""
         async with self.lock:
-            before = self.current()
+            before = await self.current()
             if before.canary is None:
                 raise InvalidChange("there is no canary to weight: deploy one first")
             after = _with(before, canary={**before.canary.model_dump(), "weight": weight})
@@ -95,7 +96,7 @@ class Controller:
     async def rollback(self, reason: str) -> dict[str, Any]:
         """Send the canary no traffic at once (its server is kept for a look)."""
         async with self.lock:
-            before = self.current()
+            before = await self.current()
             if before.canary is None:
                 raise InvalidChange("there is no canary to roll back")
             after = _with(before, canary={**before.canary.model_dump(), "weight": 0.0})
@@ -104,7 +105,7 @@ class Controller:
     async def promote(self, reason: str) -> dict[str, Any]:
         """Make the canary stable (no canary after); drain and stop the old stable's server."""
         async with self.lock:
-            before = self.current()
+            before = await self.current()
             if before.canary is None:
                 raise InvalidChange("there is no canary to promote")
             stable = {"url": before.canary.url, "version": before.canary.version}
@@ -119,7 +120,7 @@ class Controller:
     ) -> dict[str, Any]:
         """Start (or adopt) a server for `version`, check it, and make it the canary."""
         async with self.lock:
-            before = self.current()
+            before = await self.current()
             if version == "latest":
                 listed = await self.registry.versions()
                 if not listed:
@@ -150,11 +151,7 @@ class Controller:
         self, action: str, reason: str, before: RoutingConfig, after: RoutingConfig
     ) -> dict[str, Any]:
         """Write, confirm, move aliases, audit; undo the done steps if one fails."""
-        path = self.settings.routing_path
-        try:
-            version = await asyncio.to_thread(write_routing_file, path, after)
-        except OSError as error:
-            raise ControllerError(f"cannot write {path}: {error.strerror or error}") from None
+        version = await self.settings.store.save(after)  # a refusal here changed nothing
         try:
             await wait_for_routers(
                 self.session, self.settings.routers, version, self.settings.confirm_timeout_s
@@ -184,9 +181,9 @@ class Controller:
         """Put the previous split back (file, then aliases); say how that went."""
         said = []
         try:
-            await asyncio.to_thread(write_routing_file, self.settings.routing_path, before)
+            await self.settings.store.save(before)
             said.append("the previous routing file is back")
-        except OSError as error:
+        except ControllerError as error:
             said.append(f"the previous routing file could not be restored ({error})")
         if aliases_too:
             try:
@@ -198,7 +195,7 @@ class Controller:
 
     async def reconcile_aliases(self) -> None:
         """Point the aliases at the routing file's split (after a restart, say)."""
-        await self.registry.set_aliases(_aliases(self.current()))
+        await self.registry.set_aliases(_aliases(await self.current()))
 
     def _later(self, work: Any) -> None:
         task = asyncio.get_running_loop().create_task(work)
@@ -208,7 +205,7 @@ class Controller:
     async def _drain_and_retire(self, url: str) -> None:
         """Give requests in flight time to finish, then stop the server if nothing uses it."""
         await asyncio.sleep(self.settings.drain_s)
-        config = self.current()
+        config = await self.current()
         in_use = {config.stable.url} | ({config.canary.url} if config.canary else set())
         if url not in in_use:
             await self.runtime.retire(url)

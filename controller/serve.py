@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,9 @@ from controller.checks import check_server, server_metadata, signature_inputs
 from controller.errors import ControllerError
 from controller.registry import Registry
 from controller.runtime import Runtime
+from controller.stores import ConfigMapStore, FileStore, RoutingStore
 from controller.token import read_token, write_fresh_token
-from router.config import RoutingConfig, read_routing_file, write_routing_file
+from router.config import RoutingConfig
 from training.registry import CHALLENGER, CHAMPION
 from training.settings import RegistrySettings
 
@@ -45,6 +47,10 @@ class ControllerOptions:
     """For a new routing file: adopt this server for stable instead of starting one."""
     canary_url: str | None = None
     """For a new routing file: adopt this server for the canary instead of starting one."""
+    configmap: str | None = None
+    """Keep the routing file in this Kubernetes ConfigMap instead of `routing_path`."""
+    namespace: str | None = None
+    """The ConfigMap's namespace (default: the pod's own, else `default`)."""
     confirm_timeout_s: float = 5.0
 
     @property
@@ -72,8 +78,8 @@ async def settle_split(
     controller: Controller, options: ControllerOptions, session: aiohttp.ClientSession
 ) -> RoutingConfig:
     """Create the routing file, or adopt its servers (starting those that are gone); write it."""
-    runtime, registry, path = controller.runtime, controller.registry, options.routing_path
-    if not path.exists():
+    runtime, registry, store = controller.runtime, controller.registry, controller.settings.store
+    if not await store.exists():
         stable = await resolve_version(registry, options.stable_version, CHAMPION)
         if stable is None:
             raise ControllerError(f"the registry has no {registry.settings.model_name} to serve")
@@ -92,7 +98,7 @@ async def settle_split(
             }  # fmt: skip
         config = RoutingConfig.model_validate(document)
     else:
-        config = read_routing_file(path)[0]
+        config = (await store.load())[0]
         stable_url = await _adopt_or_start(
             controller, session, config.stable.url, config.stable.version
         )
@@ -109,7 +115,7 @@ async def settle_split(
         await check_server(
             session, config.canary.url, config.model, config.canary.version, stable_inputs
         )
-    await asyncio.to_thread(write_routing_file, path, config)
+    await store.save(config)
     return config
 
 
@@ -133,8 +139,13 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
     """Settle the split, serve the admin API until SIGTERM/Ctrl-C, then stop owned servers."""
     session = aiohttp.ClientSession()
     runtime = Runtime(options.runtime, registry_settings, options.state)
+    store: RoutingStore = (
+        ConfigMapStore(options.configmap, options.namespace)
+        if options.configmap
+        else FileStore(options.routing_path)
+    )
     changes = ChangeSettings(
-        routing_path=options.routing_path,
+        store=store,
         audit_path=options.state / "audit.jsonl",
         routers=options.routers,
         confirm_timeout_s=options.confirm_timeout_s,
@@ -142,18 +153,20 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
     controller = Controller(changes, runtime, Registry(registry_settings), session)
     runner: web.AppRunner | None = None
     try:
-        if options.routing_path.exists():
-            config = read_routing_file(options.routing_path)[0]
+        if await store.exists():
+            config = (await store.load())[0]
             runtime.recover({config.stable.url} | ({config.canary.url} if config.canary else set()))
         await settle_split(controller, options, session)
         try:
             await controller.reconcile_aliases()
         except ControllerError as error:
             log.warning("aliases not moved: %s", error)
-        try:
-            token = read_token(options.token_path)
-        except OSError:
-            token = write_fresh_token(options.token_path)
+        token = os.environ.get("MLCANARY_ADMIN_TOKEN") or ""  # e.g. from a Kubernetes Secret
+        if not token:
+            try:
+                token = read_token(options.token_path)
+            except OSError:
+                token = write_fresh_token(options.token_path)
         runner = web.AppRunner(create_api(controller, token), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, options.host, options.port, reuse_address=True)
@@ -164,7 +177,7 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         while not stop.is_set():
-            config = controller.current()
+            config = await controller.current()
             in_use = {config.stable.url} | ({config.canary.url} if config.canary else set())
             await runtime.supervise(session, in_use)
             with contextlib.suppress(TimeoutError):

@@ -302,6 +302,12 @@ def controller(
     canary_url: Annotated[
         str | None, typer.Option(help="For a new routing file: adopt this canary server.")
     ] = None,
+    configmap: Annotated[
+        str | None, typer.Option(help="Keep the routing file in this Kubernetes ConfigMap.")
+    ] = None,
+    namespace: Annotated[
+        str | None, typer.Option(help="The ConfigMap's namespace (default: the pod's).")
+    ] = None,
 ) -> None:
     """Run the controller: the admin API that deploys, weights, promotes and rolls back."""
     import asyncio
@@ -325,6 +331,8 @@ def controller(
         confirm_timeout_s=confirm_timeout,
         stable_url=stable_url,
         canary_url=canary_url,
+        configmap=configmap,
+        namespace=namespace,
     )
     try:
         asyncio.run(serve_controller(options, RegistrySettings.from_env()))
@@ -487,6 +495,36 @@ def predict(
         key = f"{answer.variant} v{answer.version}"
         served[key] = served.get(key, 0) + 1
     print_fields("served by", served)
+
+
+@app.command("render-k8s")
+def render_k8s(
+    output: Annotated[Path, typer.Option(help="Folder to write the overlay into.")],
+    stable: Annotated[str, typer.Option(help="Stable model version.")],
+    canary: Annotated[
+        str | None, typer.Option(help="Canary model version (none: no canary).")
+    ] = None,
+    weight: Annotated[float, typer.Option(help="Canary percent of traffic.")] = 10.0,
+    namespace: Annotated[str, typer.Option(help="Namespace to deploy into.")] = "mlcanary",
+    registry: Annotated[str, typer.Option(help="Image registry prefix.")] = "mlcanary",
+    tag: Annotated[str, typer.Option(help="Image tag.")] = "dev",
+    tracking_uri: Annotated[str, typer.Option(help="MLflow server the pods use.")] = (
+        "http://mlflow:5000"
+    ),
+) -> None:
+    """Write Kubernetes manifests (a kustomize overlay) for a stable and a canary version."""
+    from controller.errors import ControllerError
+    from controller.manifests import Release, render_overlay
+
+    model = os.environ.get("DEFAULT_MODEL_NAME") or "StudentExamPredictor"
+    release = Release(model, stable, canary, weight, namespace, registry, tag, tracking_uri)
+    try:
+        written = render_overlay(release, output)
+    except ControllerError as error:
+        fail(str(error))
+    for path in written:
+        stdout.print(f"wrote {path}", highlight=False)
+    stdout.print(f"apply with: kubectl apply -k {output}", highlight=False)
 
 
 @app.command()

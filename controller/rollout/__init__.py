@@ -1,0 +1,1 @@
+"""Automated rollouts: progressive canary weights judged on errors, latency and predictions."""

@@ -1,0 +1,70 @@
+"""A rollout window from the routers' real /metrics text: summed, differenced, or failed."""
+
+from __future__ import annotations
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from controller.errors import ControllerError
+from controller.rollout.gates import quantile
+from controller.rollout.window import Snapshot, add_exposition, take_snapshot, window_between
+from router.metrics import RouterMetrics
+from tests.helpers import free_port
+
+
+def snapshot_of(*texts: str) -> Snapshot:
+    snapshot = Snapshot()
+    for text in texts:
+        add_exposition(snapshot, text)
+    return snapshot
+
+
+def test_two_routers_are_summed_and_the_window_is_the_difference() -> None:
+    routers = [CollectorRegistry(), CollectorRegistry()]
+    metrics = [RouterMetrics.create(registry) for registry in routers]
+    for m in metrics:
+        for _ in range(10):
+            m.answered("stable", "1", 200, 0.002)
+        m.answered("canary", "2", 200, 0.004)
+    before = snapshot_of(*(generate_latest(r).decode() for r in routers))
+    for m in metrics:
+        for _ in range(30):
+            m.answered("stable", "1", 200, 0.002)
+        for _ in range(9):
+            m.answered("canary", "2", 200, 0.004)
+        m.answered("canary", "2", 503, 0.3)
+        m.predicted("canary", [40.0, 41.0])
+        m.shadow_delta.observe(0.5)
+    after = snapshot_of(*(generate_latest(r).decode() for r in routers))
+    window = window_between(before, after)
+    assert (window.stable.requests, window.stable.errors) == (60, 0)
+    assert (window.canary.requests, window.canary.errors) == (20, 2)
+    assert window.canary.latency[-1] == (float("inf"), 20)
+    assert quantile(0.5, window.canary.latency) == pytest.approx(
+        0.0025 + 0.0025 * 10 / 18
+    )  # 18 in (2.5, 5] ms
+    assert sum(count for bound, count in window.canary.predictions if bound == 45.0) == 4
+    assert (window.shadow_delta_sum, window.shadow_delta_count) == (1.0, 2)
+
+
+def test_a_restarted_router_counts_from_zero() -> None:
+    registry = CollectorRegistry()
+    metrics = RouterMetrics.create(registry)
+    for _ in range(50):
+        metrics.answered("canary", "2", 200, 0.002)
+    before = snapshot_of(generate_latest(registry).decode())
+    fresh = CollectorRegistry()
+    restarted = RouterMetrics.create(fresh)
+    for _ in range(5):
+        restarted.answered("canary", "2", 200, 0.002)
+    window = window_between(before, snapshot_of(generate_latest(fresh).decode()))
+    assert window.canary.requests == 5
+
+
+async def test_a_router_that_cannot_be_read_fails_the_snapshot() -> None:
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(ControllerError, match="cannot be read"):
+            await take_snapshot(session, [f"http://127.0.0.1:{free_port()}"])
+        with pytest.raises(ControllerError, match="no router"):
+            await take_snapshot(session, [])

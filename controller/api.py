@@ -7,18 +7,23 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller.changes import Controller
 from controller.errors import ControllerError, InvalidChange
+from controller.rollout.engine import RolloutPlan, RolloutRunner
+from controller.rollout.gates import GateLimits
 from controller.token import token_matches
 from router.config import RoutingFileError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CONTROLLER = web.AppKey("controller", Controller)
+ROLLOUT = web.AppKey("rollout", RolloutRunner)
 TOKEN = web.AppKey("token", str)
 QUERY_TOKEN_NAMES = ("token", "access_token", "api_key", "apikey")
-OPEN_PATHS = frozenset({"/ping"})
+OPEN_PATHS = frozenset({"/ping", "/metrics"})
 
 
 class Change(BaseModel):
@@ -41,6 +46,33 @@ class WeightRequest(Change):
     """Give the canary `weight` percent of traffic."""
 
     weight: float = Field(ge=0.0, le=100.0)
+
+
+class RolloutRequest(Change):
+    """Roll the canary out over `steps` (percent), judging each `interval_s` window."""
+
+    steps: list[float] = Field(default=[5, 10, 25, 50, 100], min_length=1, max_length=50)
+    interval_s: float = Field(default=60.0, ge=0.2, le=86_400)
+    min_requests: int = Field(default=50, ge=1)
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    error_significance: float = Field(default=0.05, gt=0, lt=1)
+    max_p99_ratio: float = Field(default=1.5, gt=0)
+    max_psi: float = Field(default=0.2, ge=0)
+    max_shadow_delta: float | None = Field(default=None, ge=0)
+    max_failed_checks: int = Field(default=2, ge=1)
+    max_insufficient_windows: int = Field(default=5, ge=1)
+
+    def plan(self) -> RolloutPlan:
+        """Return the plan this request describes (InvalidChange if it cannot run)."""
+        limits = GateLimits(
+            min_requests=self.min_requests, max_error_rate=self.max_error_rate,
+            error_significance=self.error_significance, max_p99_ratio=self.max_p99_ratio,
+            max_psi=self.max_psi, max_shadow_delta=self.max_shadow_delta,
+        )  # fmt: skip
+        return RolloutPlan(
+            tuple(self.steps), self.interval_s, limits,
+            self.max_failed_checks, self.max_insufficient_windows,
+        )  # fmt: skip
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -138,11 +170,49 @@ async def rollback(request: web.Request) -> web.Response:
     return web.json_response(await request.app[CONTROLLER].rollback(asked.reason))
 
 
-def create_api(controller: Controller, token: str) -> web.Application:
+async def rollout_start(request: web.Request) -> web.Response:
+    """Start an automated rollout of the current canary."""
+    asked: RolloutRequest = await body_of(request, RolloutRequest)
+    state = await request.app[ROLLOUT].start(asked.plan())
+    return web.json_response(state.to_json())
+
+
+async def rollout_status(request: web.Request) -> web.Response:
+    """Describe the rollout (running or the last one), or say there is none."""
+    state = request.app[ROLLOUT].state
+    return web.json_response(state.to_json() if state else {"status": "idle"})
+
+
+async def rollout_abort(request: web.Request) -> web.Response:
+    """Stop the rollout and roll back at once."""
+    asked: Change = await body_of(request, Change)
+    return web.json_response((await request.app[ROLLOUT].abort(asked.reason)).to_json())
+
+
+async def rollout_pause(request: web.Request) -> web.Response:
+    """Hold the rollout's weight."""
+    return web.json_response((await request.app[ROLLOUT].pause()).to_json())
+
+
+async def rollout_resume(request: web.Request) -> web.Response:
+    """Go on with a paused rollout."""
+    return web.json_response((await request.app[ROLLOUT].resume()).to_json())
+
+
+def create_api(
+    controller: Controller, token: str, rollout: RolloutRunner, registry: CollectorRegistry
+) -> web.Application:
     """Build the admin API over `controller`, guarded by `token`."""
     app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
     app[CONTROLLER] = controller
+    app[ROLLOUT] = rollout
     app[TOKEN] = token
+    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    app.router.add_post("/api/rollout", rollout_start)
+    app.router.add_get("/api/rollout", rollout_status)
+    app.router.add_post("/api/rollout/abort", rollout_abort)
+    app.router.add_post("/api/rollout/pause", rollout_pause)
+    app.router.add_post("/api/rollout/resume", rollout_resume)
     app.router.add_get("/ping", ping)
     app.router.add_get("/api/status", status)
     app.router.add_get("/api/versions", versions)

@@ -12,12 +12,14 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from controller.api import create_api
 from controller.changes import ChangeSettings, Controller
 from controller.checks import check_server, server_metadata, signature_inputs
 from controller.errors import ControllerError
 from controller.registry import Registry
+from controller.rollout.engine import RolloutMetrics, RolloutRunner
 from controller.runtime import Runtime
 from controller.stores import ConfigMapStore, FileStore, RoutingStore
 from controller.token import read_token, write_fresh_token
@@ -152,6 +154,7 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
     )
     controller = Controller(changes, runtime, Registry(registry_settings), session)
     runner: web.AppRunner | None = None
+    rollout: RolloutRunner | None = None
     try:
         if await store.exists():
             config = (await store.load())[0]
@@ -167,7 +170,13 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
                 token = read_token(options.token_path)
             except OSError:
                 token = write_fresh_token(options.token_path)
-        runner = web.AppRunner(create_api(controller, token), access_log=None)
+        registry = CollectorRegistry()
+        rollout = RolloutRunner(
+            controller, session, options.state / "rollout.json", RolloutMetrics.create(registry)
+        )
+        await rollout.resume_saved()
+        api = create_api(controller, token, rollout, registry)
+        runner = web.AppRunner(api, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, options.host, options.port, reuse_address=True)
         await site.start()
@@ -183,6 +192,8 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
     finally:
+        if rollout is not None:
+            await rollout.close()
         if runner is not None:
             await runner.cleanup()
         await controller.close()

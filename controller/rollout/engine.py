@@ -1,0 +1,322 @@
+"""The rollout loop: set a step's weight, judge the next interval, advance, hold or roll back.
+
+One rollout at a time. Its state is written to the state folder after every decision, so a
+restarted controller resumes it at the same step (with a fresh window: the interval restarts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from prometheus_client import CollectorRegistry, Gauge
+
+from controller.audit import append_audit
+from controller.changes import Controller
+from controller.errors import ControllerError, InvalidChange
+from controller.rollout.gates import GateLimits, Verdict, judge
+from controller.rollout.window import Snapshot, take_snapshot, window_between
+
+log = logging.getLogger("controller")
+ACTIVE = ("running", "paused")
+STATUSES = ("idle", "running", "paused", "promoted", "rolled_back", "aborted")
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """Steps, pace and limits of one rollout."""
+
+    steps: tuple[float, ...] = (5.0, 10.0, 25.0, 50.0, 100.0)
+    interval_s: float = 60.0
+    limits: GateLimits = field(default_factory=GateLimits)
+    max_failed_checks: int = 2
+    """Failed windows (in all) that roll the canary back."""
+    max_insufficient_windows: int = 5
+    """Windows in a row with too little traffic that fail the rollout (rolled back)."""
+
+    def __post_init__(self) -> None:
+        """Refuse plans that cannot run, naming the field."""
+        if not self.steps or any(not 0 < s <= 100 for s in self.steps):
+            raise InvalidChange("steps: each must be above 0 and at most 100")
+        if list(self.steps) != sorted(set(self.steps)):
+            raise InvalidChange("steps: must rise strictly, e.g. 5,10,25,50,100")
+        if not 0.2 <= self.interval_s <= 86_400:
+            raise InvalidChange("interval_s: must be from 0.2 s to one day")
+        if self.max_failed_checks < 1 or self.max_insufficient_windows < 1:
+            raise InvalidChange("max_failed_checks and max_insufficient_windows: at least 1")
+
+
+@dataclass
+class RolloutState:
+    """Where a rollout is, and what it decided so far (persisted as JSON)."""
+
+    plan: RolloutPlan
+    canary_version: str
+    step: int = 0
+    status: str = "running"
+    failed_checks: int = 0
+    insufficient_in_row: int = 0
+    next_judgement_at: float = 0.0
+    """Wall-clock time of the next judgement."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""
+
+    @property
+    def weight(self) -> float:
+        """The weight of the current step."""
+        return self.plan.steps[self.step]
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the state as JSON-able data."""
+        data = asdict(self)
+        data["weight"] = self.weight
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RolloutState:
+        """Rebuild a state saved by `to_json`."""
+        plan = data["plan"]
+        return cls(
+            plan=RolloutPlan(
+                steps=tuple(plan["steps"]),
+                interval_s=plan["interval_s"],
+                limits=GateLimits(**plan["limits"]),
+                max_failed_checks=plan["max_failed_checks"],
+                max_insufficient_windows=plan["max_insufficient_windows"],
+            ),
+            canary_version=data["canary_version"],
+            step=data["step"],
+            status=data["status"],
+            failed_checks=data["failed_checks"],
+            insufficient_in_row=data["insufficient_in_row"],
+            next_judgement_at=data["next_judgement_at"],
+            history=data["history"],
+            message=data.get("message", ""),
+        )
+
+
+@dataclass(frozen=True)
+class RolloutMetrics:
+    """`mlcanary_rollout_*` on the controller's /metrics."""
+
+    step: Gauge
+    gate_value: Gauge
+    status: Gauge
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry) -> RolloutMetrics:
+        """Register the rollout gauges."""
+        metrics = cls(
+            step=Gauge("mlcanary_rollout_step", "Current rollout step (1-based; 0: none).",
+                       registry=registry),
+            gate_value=Gauge("mlcanary_rollout_gate_value", "Last judged value of each gate.",
+                             ["gate"], registry=registry),
+            status=Gauge("mlcanary_rollout_status", "1 for the rollout's current status.",
+                         ["status"], registry=registry),
+        )  # fmt: skip
+        for gate in ("error_rate", "p99_ratio", "prediction_psi", "shadow_delta"):
+            metrics.gate_value.labels(gate)
+        metrics.show("idle", 0)
+        return metrics
+
+    def show(self, status: str, step: int) -> None:
+        """Reflect the status and the step."""
+        for known in STATUSES:
+            self.status.labels(known).set(1 if known == status else 0)
+        self.step.set(step)
+
+
+class RolloutRunner:
+    """Runs at most one rollout over the controller, judging windows of the routers' metrics."""
+
+    def __init__(
+        self,
+        controller: Controller,
+        session: aiohttp.ClientSession,
+        state_path: Path,
+        metrics: RolloutMetrics,
+    ) -> None:
+        self.controller, self.session, self.path, self.metrics = (
+            controller, session, state_path, metrics,
+        )  # fmt: skip
+        self.state: RolloutState | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.wake = asyncio.Event()
+
+    async def start(self, plan: RolloutPlan) -> RolloutState:
+        """Begin a rollout of the current canary at the plan's first step."""
+        if self.state is not None and self.state.status in ACTIVE:
+            raise InvalidChange("a rollout is already running: abort it first")
+        if not self.controller.settings.routers:
+            raise InvalidChange("a rollout needs --router URLs to read metrics from")
+        config = await self.controller.current()
+        if config.canary is None:
+            raise InvalidChange("there is no canary to roll out: deploy one first")
+        state = RolloutState(plan, config.canary.version)
+        await self.controller.set_weight(
+            state.weight, f"rollout of v{state.canary_version}: step 1/{len(plan.steps)}"
+        )
+        self.state = state
+        self._save()
+        self._spawn()
+        return state
+
+    async def resume_saved(self) -> None:
+        """After a restart: pick up a saved rollout that was running or paused."""
+        try:
+            state = RolloutState.from_json(json.loads(self.path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError, InvalidChange):
+            return
+        self.state = state
+        self.metrics.show(state.status, state.step + 1)
+        if state.status in ACTIVE:
+            log.info("resuming the rollout of v%s at step %d", state.canary_version, state.step + 1)
+            self._spawn()
+
+    async def pause(self) -> RolloutState:
+        """Hold the weight where it is until resumed."""
+        state = self._active()
+        state.status = "paused"
+        self._save()
+        return state
+
+    async def resume(self) -> RolloutState:
+        """Go on from the current step with a fresh window."""
+        state = self._active()
+        state.status = "running"
+        self._save()
+        self.wake.set()
+        return state
+
+    async def abort(self, reason: str = "") -> RolloutState:
+        """Stop and roll back at once."""
+        state = self._active()
+        await self._stop_task()
+        await self.controller.rollback(reason or "rollout aborted")
+        self._finish(state, "aborted", "aborted by the operator; the canary gets no traffic")
+        return state
+
+    async def close(self) -> None:
+        """Stop the loop (the saved state lets the next controller resume)."""
+        await self._stop_task()
+
+    def _active(self) -> RolloutState:
+        if self.state is None or self.state.status not in ACTIVE:
+            raise InvalidChange("no rollout is running")
+        return self.state
+
+    def _spawn(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _stop_task(self) -> None:
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        self.task = None
+
+    async def _run(self) -> None:
+        """Judge one window after another until the rollout ends."""
+        state = self.state
+        assert state is not None  # noqa: S101 (spawned after the state is set)
+        while state.status in ACTIVE:
+            if state.status == "paused":
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            baseline = await self._snapshot()
+            state.next_judgement_at = time.time() + state.plan.interval_s
+            self._save()
+            await asyncio.sleep(state.plan.interval_s)
+            if state.status != "running":
+                continue
+            after = await self._snapshot()
+            verdict = None
+            if baseline is not None and after is not None:
+                verdict = judge(window_between(baseline, after), state.plan.limits)
+            try:
+                await self._decide(state, verdict, "" if verdict else "metrics could not be read")
+            except ControllerError as error:  # a change failed and was undone: try next window
+                state.message = f"a change failed: {error}"
+                log.warning("rollout: %s", state.message)
+                self._save()
+
+    async def _snapshot(self) -> Snapshot | None:
+        try:
+            return await take_snapshot(self.session, self.controller.settings.routers)
+        except ControllerError as error:
+            log.warning("rollout: %s", error)
+            return None
+
+    async def _decide(self, state: RolloutState, verdict: Verdict | None, problem: str) -> None:
+        """Advance, promote, hold or roll back on one window's verdict; record why."""
+        outcome = verdict.outcome if verdict is not None else "fail"
+        gates = [asdict(gate) for gate in verdict.gates] if verdict is not None else []
+        for gate in gates:
+            if gate["value"] is not None:
+                self.metrics.gate_value.labels(gate["gate"]).set(gate["value"])
+        entry = {
+            "time": time.time(), "step": state.step + 1, "weight": state.weight,
+            "outcome": outcome, "gates": gates, "problem": problem,
+            "canary_requests": verdict.canary_requests if verdict is not None else None,
+        }  # fmt: skip
+        state.history.append(entry)
+        await asyncio.to_thread(
+            append_audit, self.controller.settings.audit_path,
+            {"action": "rollout-judgement", "reason": f"step {state.step + 1}: {outcome}",
+             "before": None, "after": None, "window": entry},
+        )  # fmt: skip
+        steps = len(state.plan.steps)
+        if outcome == "pass":
+            state.insufficient_in_row = 0
+            if state.step + 1 >= steps:
+                await self.controller.promote(
+                    f"rollout of v{state.canary_version}: all gates passed"
+                )
+                self._finish(state, "promoted", f"v{state.canary_version} promoted")
+                return
+            state.step += 1
+            await self.controller.set_weight(
+                state.weight, f"rollout of v{state.canary_version}: step {state.step + 1}/{steps}"
+            )
+        elif outcome == "insufficient":
+            state.insufficient_in_row += 1
+            if state.insufficient_in_row >= state.plan.max_insufficient_windows:
+                why = f"{state.insufficient_in_row} windows in a row had too little traffic"
+                await self._roll_back(state, why)
+                return
+        else:
+            state.failed_checks += 1
+            failed = [g["gate"] for g in gates if not g["passed"]] or [problem]
+            if state.failed_checks >= state.plan.max_failed_checks:
+                await self._roll_back(state, f"failed checks: {', '.join(failed)}")
+                return
+        self._save()
+
+    async def _roll_back(self, state: RolloutState, why: str) -> None:
+        await self.controller.rollback(f"rollout of v{state.canary_version} rolled back: {why}")
+        self._finish(state, "rolled_back", why)
+
+    def _finish(self, state: RolloutState, status: str, message: str) -> None:
+        state.status, state.message = status, message
+        log.info("rollout %s: %s", status, message)
+        self._save()
+
+    def _save(self) -> None:
+        """Write the state atomically and show it in the metrics."""
+        state = self.state
+        if state is None:
+            return
+        self.metrics.show(state.status, state.step + 1)
+        temporary = self.path.with_suffix(".tmp")
+        temporary.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps(state.to_json(), indent=1))
+        os.replace(temporary, self.path)

@@ -57,21 +57,25 @@ class RolloutRequest(Change):
     max_error_rate: float = Field(default=0.01, ge=0, le=1)
     error_significance: float = Field(default=0.05, gt=0, lt=1)
     max_p99_ratio: float = Field(default=1.5, gt=0)
+    p99_tolerance_s: float = Field(default=0.005, ge=0)
     max_psi: float = Field(default=0.2, ge=0)
     max_shadow_delta: float | None = Field(default=None, ge=0)
     max_failed_checks: int = Field(default=2, ge=1)
     max_insufficient_windows: int = Field(default=5, ge=1)
+    prometheus_url: str | None = Field(default=None, pattern=r"^https?://[^/?#]+/?$")
 
     def plan(self) -> RolloutPlan:
         """Return the plan this request describes (InvalidChange if it cannot run)."""
         limits = GateLimits(
             min_requests=self.min_requests, max_error_rate=self.max_error_rate,
             error_significance=self.error_significance, max_p99_ratio=self.max_p99_ratio,
+            p99_tolerance_s=self.p99_tolerance_s,
             max_psi=self.max_psi, max_shadow_delta=self.max_shadow_delta,
         )  # fmt: skip
         return RolloutPlan(
             tuple(self.steps), self.interval_s, limits,
             self.max_failed_checks, self.max_insufficient_windows,
+            self.prometheus_url.rstrip("/") if self.prometheus_url else None,
         )  # fmt: skip
 
 

@@ -525,6 +525,9 @@ def rollout_start(
     min_requests: Annotated[int, typer.Option(help="Canary requests a window needs.")] = 50,
     max_error_rate: Annotated[float, typer.Option(help="Canary 5xx share at most.")] = 0.01,
     max_p99_ratio: Annotated[float, typer.Option(help="Canary p99 / stable p99 at most.")] = 1.5,
+    p99_tolerance: Annotated[
+        float, typer.Option(help="...unless within this many seconds of stable's.")
+    ] = 0.005,
     max_psi: Annotated[float, typer.Option(help="Prediction PSI at most.")] = 0.2,
     max_shadow_delta: Annotated[
         float | None, typer.Option(help="Mean |shadow delta| at most (when shadowing).")
@@ -533,6 +536,9 @@ def rollout_start(
     max_insufficient: Annotated[
         int, typer.Option(help="Windows in a row without enough traffic that fail it.")
     ] = 5,
+    prometheus: Annotated[
+        str | None, typer.Option(help="Judge windows from this Prometheus (else the routers).")
+    ] = None,
     detach: Annotated[bool, typer.Option(help="Start it and return at once.")] = False,
     reason: Reason = "",
     controller_url: ControllerUrl = None,
@@ -545,9 +551,11 @@ def rollout_start(
         fail(f"--steps must be numbers separated by commas, got {steps!r}", code=2)
     body = {
         "steps": percents, "interval_s": _seconds(interval), "min_requests": min_requests,
-        "max_error_rate": max_error_rate, "max_p99_ratio": max_p99_ratio, "max_psi": max_psi,
+        "max_error_rate": max_error_rate, "max_p99_ratio": max_p99_ratio,
+        "p99_tolerance_s": p99_tolerance, "max_psi": max_psi,
         "max_shadow_delta": max_shadow_delta, "max_failed_checks": max_failed_checks,
         "max_insufficient_windows": max_insufficient, "reason": reason,
+        "prometheus_url": prometheus,
     }  # fmt: skip
     state = _admin("POST", "/api/rollout", body, controller_url)
     if detach:

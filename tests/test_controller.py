@@ -10,7 +10,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -26,7 +25,8 @@ from mlflow import MlflowClient
 
 from controller.checks import incompatibilities
 from tests.conftest import TrainedRegistry
-from tests.helpers import command_environment, free_port, registry_snapshot, run_mlcanary
+from tests.helpers import registry_snapshot
+from tests.systems import System, group_alive, running_system
 from training.pipelines import ModelKind
 from training.settings import RegistrySettings
 from training.train import TrainOptions, train_and_register
@@ -40,6 +40,11 @@ ADMIN_ROUTES = [
     ("POST", "/api/weight"),
     ("POST", "/api/promote"),
     ("POST", "/api/rollback"),
+    ("GET", "/api/rollout"),
+    ("POST", "/api/rollout"),
+    ("POST", "/api/rollout/abort"),
+    ("POST", "/api/rollout/pause"),
+    ("POST", "/api/rollout/resume"),
 ]
 
 
@@ -59,121 +64,11 @@ def three_versions(
     return settings
 
 
-@dataclass
-class System:
-    """A controller and a router as child processes, over one state folder."""
-
-    state: Path
-    settings: RegistrySettings
-    controller_url: str
-    router_url: str
-    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    controller_argv: list[str] = field(default_factory=list)
-
-    def restart_controller(self) -> None:
-        """Start the controller again over the same state (after it was killed)."""
-        log = self.state / "controller.log"
-        self.processes[0] = _start(self.controller_argv, self.state, log, self.settings)
-        _wait_for(f"{self.controller_url}/ping", self.processes[0], log)
-
-    @property
-    def token(self) -> str:
-        return (self.state / "admin-token").read_text().strip()
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return run_mlcanary(
-            *args, "--controller", self.controller_url, state=self.state,
-            MLFLOW_TRACKING_URI=self.settings.tracking_uri,
-        )  # fmt: skip
-
-    def admin(
-        self, method: str, path: str, body: Any = None, token: str | None = None
-    ) -> tuple[int, Any]:
-        request = urllib.request.Request(
-            self.controller_url + path,
-            data=None if body is None else json.dumps(body).encode(),
-            method=method,
-            headers={"Authorization": f"Bearer {token or self.token}"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=120) as answer:
-                return answer.status, json.loads(answer.read())
-        except urllib.error.HTTPError as error:
-            with error:
-                return error.code, json.loads(error.read())
-
-
-def _start(
-    argv: list[str], state: Path, log: Path, settings: RegistrySettings
-) -> subprocess.Popen[bytes]:
-    environment = command_environment(state, MLFLOW_TRACKING_URI=settings.tracking_uri)
-    with log.open("ab") as handle:
-        return subprocess.Popen(
-            [sys.executable, "-m", "mlcanary", *argv],
-            env=environment, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-
-
-def _wait_for(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{url} exited: {log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"{url} not up in {timeout} s: {log.read_text()[-3000:]}")
-
-
-def _group_alive(pid: int) -> bool:
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.fixture
 def system(three_versions: RegistrySettings, tmp_path: Path) -> Iterator[System]:
     """Controller (stable v1, no canary, local runtime) and a router following its file."""
-    state = tmp_path / "state"
-    state.mkdir()
-    controller_port, router_port = free_port(), free_port()
-    router_url = f"http://127.0.0.1:{router_port}"
-    routing = state / "routing.yaml"
-    controller_log, router_log = state / "controller.log", state / "router.log"
-    controller_argv = [
-        "controller", "--config", str(routing), "--port", str(controller_port),
-        "--router", router_url, "--stable-version", "1",
-    ]  # fmt: skip
-    controller = _start(controller_argv, state, controller_log, three_versions)
-    built = System(state, three_versions, f"http://127.0.0.1:{controller_port}", router_url)
-    built.controller_argv = controller_argv
-    built.processes.append(controller)
-    try:
-        _wait_for(f"{built.controller_url}/ping", controller, controller_log)
-        router = _start(
-            ["router", "--config", str(routing), "--port", str(router_port),
-             "--controller", built.controller_url],
-            state, router_log, three_versions,
-        )  # fmt: skip
-        built.processes.append(router)
-        _wait_for(f"{router_url}/ping", router, router_log)
+    with running_system(three_versions, tmp_path) as built:
         yield built
-    finally:
-        for process in reversed(built.processes):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-            process.wait(timeout=60)
-    left = [p.pid for p in built.processes if _group_alive(p.pid)]
-    assert not left, f"process groups left behind: {left}"
-    servers = state / "model-servers.json"
-    recorded = json.loads(servers.read_text()) if servers.exists() else []
-    assert not [s["pid"] for s in recorded if _group_alive(s["pid"])], "model servers left behind"
 
 
 @dataclass
@@ -451,7 +346,7 @@ def test_a_controller_killed_mid_change_restarts_consistent(system: System) -> N
     system.restart_controller()
     assert routing.read_bytes() == before
     assert _aliases(system.settings) == {"champion": "1"}
-    assert not _group_alive(starting)
+    assert not group_alive(starting)
 
     code, answer = system.admin("POST", "/api/deploy", {"version": "2", "weight": 20})
     assert code == 200, answer

@@ -106,3 +106,14 @@ def test_psi_is_zero_for_equal_shapes_and_refuses_different_buckets() -> None:
     assert psi(same, doubled) == pytest.approx(0.0)
     with pytest.raises(ValueError, match="different buckets"):
         psi(same, buckets_of([1.0], (5.0, math.inf)))
+
+
+def test_a_p99_within_the_tolerance_passes_whatever_the_ratio() -> None:
+    stable, canary = variant(900, 0, 0.001, 30), variant(100, 0, 0.003, 30)
+    (lenient,) = [
+        g for g in judge(Window(stable, canary), GateLimits()).gates if g.gate == "p99_ratio"
+    ]
+    assert lenient.value is not None and lenient.value > 1.5 and lenient.passed
+    strict = GateLimits(p99_tolerance_s=0.0)
+    (exact,) = [g for g in judge(Window(stable, canary), strict).gates if g.gate == "p99_ratio"]
+    assert not exact.passed

@@ -42,8 +42,8 @@ def test_two_routers_are_summed_and_the_window_is_the_difference() -> None:
     assert (window.canary.requests, window.canary.errors) == (20, 2)
     assert window.canary.latency[-1] == (float("inf"), 20)
     assert quantile(0.5, window.canary.latency) == pytest.approx(
-        0.0025 + 0.0025 * 10 / 18
-    )  # 18 in (2.5, 5] ms
+        0.003 + 0.001 * 10 / 18
+    )  # 18 in (3, 4] ms
     assert sum(count for bound, count in window.canary.predictions if bound == 45.0) == 4
     assert (window.shadow_delta_sum, window.shadow_delta_count) == (1.0, 2)
 

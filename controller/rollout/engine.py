@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ from prometheus_client import CollectorRegistry, Gauge
 from controller.audit import append_audit
 from controller.changes import Controller
 from controller.errors import ControllerError, InvalidChange
-from controller.rollout.gates import GateLimits, Verdict, judge
+from controller.rollout.gates import GateLimits, VariantWindow, Verdict, Window, judge
+from controller.rollout.promql import window_from_prometheus
 from controller.rollout.window import Snapshot, take_snapshot, window_between
 
 log = logging.getLogger("controller")
@@ -41,6 +42,8 @@ class RolloutPlan:
     """Failed windows (in all) that roll the canary back."""
     max_insufficient_windows: int = 5
     """Windows in a row with too little traffic that fail the rollout (rolled back)."""
+    prometheus_url: str | None = None
+    """Read windows from this Prometheus (PromQL) instead of the routers' /metrics."""
 
     def __post_init__(self) -> None:
         """Refuse plans that cannot run, naming the field."""
@@ -91,6 +94,7 @@ class RolloutState:
                 limits=GateLimits(**plan["limits"]),
                 max_failed_checks=plan["max_failed_checks"],
                 max_insufficient_windows=plan["max_insufficient_windows"],
+                prometheus_url=plan.get("prometheus_url"),
             ),
             canary_version=data["canary_version"],
             step=data["step"],
@@ -150,13 +154,15 @@ class RolloutRunner:
         self.state: RolloutState | None = None
         self.task: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
+        self.reference: VariantWindow | None = None
+        """Stable's last window with traffic: what a 100% step's canary is compared with."""
 
     async def start(self, plan: RolloutPlan) -> RolloutState:
         """Begin a rollout of the current canary at the plan's first step."""
         if self.state is not None and self.state.status in ACTIVE:
             raise InvalidChange("a rollout is already running: abort it first")
-        if not self.controller.settings.routers:
-            raise InvalidChange("a rollout needs --router URLs to read metrics from")
+        if not self.controller.settings.routers and plan.prometheus_url is None:
+            raise InvalidChange("a rollout needs --router URLs or a Prometheus to read metrics")
         config = await self.controller.current()
         if config.canary is None:
             raise InvalidChange("there is no canary to roll out: deploy one first")
@@ -227,27 +233,62 @@ class RolloutRunner:
         """Judge one window after another until the rollout ends."""
         state = self.state
         assert state is not None  # noqa: S101 (spawned after the state is set)
+        try:
+            await self._apply_step_weight(state)
+        except ControllerError as error:  # the next decision tries again
+            log.warning("rollout: %s", error)
         while state.status in ACTIVE:
             if state.status == "paused":
                 self.wake.clear()
                 await self.wake.wait()
                 continue
-            baseline = await self._snapshot()
+            baseline = None if state.plan.prometheus_url else await self._snapshot()
             state.next_judgement_at = time.time() + state.plan.interval_s
             self._save()
             await asyncio.sleep(state.plan.interval_s)
             if state.status != "running":
                 continue
-            after = await self._snapshot()
             verdict = None
-            if baseline is not None and after is not None:
-                verdict = judge(window_between(baseline, after), state.plan.limits)
+            window = await self._window(state, baseline)
+            if window is not None:
+                verdict = judge(self._with_reference(window), state.plan.limits)
             try:
                 await self._decide(state, verdict, "" if verdict else "metrics could not be read")
             except ControllerError as error:  # a change failed and was undone: try next window
                 state.message = f"a change failed: {error}"
                 log.warning("rollout: %s", state.message)
                 self._save()
+
+    async def _window(self, state: RolloutState, baseline: Snapshot | None) -> Window | None:
+        """Return the interval's data, or None if the metrics source could not be read."""
+        if state.plan.prometheus_url:
+            try:
+                return await window_from_prometheus(
+                    self.session, state.plan.prometheus_url, state.plan.interval_s
+                )
+            except ControllerError as error:
+                log.warning("rollout: %s", error)
+                return None
+        after = await self._snapshot()
+        return window_between(baseline, after) if baseline and after else None
+
+    async def _apply_step_weight(self, state: RolloutState) -> None:
+        """Make the routing file show the current step's weight (after a restart, say)."""
+        config = await self.controller.current()
+        if state.status == "running" and config.canary and config.canary.weight != state.weight:
+            steps = len(state.plan.steps)
+            await self.controller.set_weight(
+                state.weight, f"rollout of v{state.canary_version}: step {state.step + 1}/{steps}"
+            )
+
+    def _with_reference(self, window: Window) -> Window:
+        """Keep stable's data for later; at 100% (no stable traffic) compare with the last."""
+        if window.stable.requests >= 1:
+            self.reference = window.stable
+            return window
+        if self.reference is None:
+            return window
+        return replace(window, stable=self.reference)
 
     async def _snapshot(self) -> Snapshot | None:
         try:
@@ -284,6 +325,7 @@ class RolloutRunner:
                 self._finish(state, "promoted", f"v{state.canary_version} promoted")
                 return
             state.step += 1
+            self._save()  # a controller killed now resumes here and applies this step's weight
             await self.controller.set_weight(
                 state.weight, f"rollout of v{state.canary_version}: step {state.step + 1}/{steps}"
             )

@@ -1,0 +1,139 @@
+"""A controller and a router as real child processes over one state folder, for tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import command_environment, free_port, run_mlcanary
+from training.settings import RegistrySettings
+
+
+@dataclass
+class System:
+    """A controller and a router as child processes, over one state folder."""
+
+    state: Path
+    settings: RegistrySettings
+    controller_url: str
+    router_url: str
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    controller_argv: list[str] = field(default_factory=list)
+
+    def restart_controller(self) -> None:
+        """Start the controller again over the same state (after it was killed)."""
+        log = self.state / "controller.log"
+        self.processes[0] = start_mlcanary(self.controller_argv, self.state, log, self.settings)
+        wait_for(f"{self.controller_url}/ping", self.processes[0], log)
+
+    @property
+    def token(self) -> str:
+        return (self.state / "admin-token").read_text().strip()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return run_mlcanary(
+            *args, "--controller", self.controller_url, state=self.state,
+            MLFLOW_TRACKING_URI=self.settings.tracking_uri,
+        )  # fmt: skip
+
+    def admin(
+        self, method: str, path: str, body: Any = None, token: str | None = None
+    ) -> tuple[int, Any]:
+        request = urllib.request.Request(
+            self.controller_url + path,
+            data=None if body is None else json.dumps(body).encode(),
+            method=method,
+            headers={"Authorization": f"Bearer {token or self.token}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=120) as answer:
+                return answer.status, json.loads(answer.read())
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, json.loads(error.read())
+
+
+def start_mlcanary(
+    argv: list[str], state: Path, log: Path, settings: RegistrySettings
+) -> subprocess.Popen[bytes]:
+    environment = command_environment(state, MLFLOW_TRACKING_URI=settings.tracking_uri)
+    with log.open("ab") as handle:
+        return subprocess.Popen(
+            [sys.executable, "-m", "mlcanary", *argv],
+            env=environment, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def wait_for(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{url} exited: {log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} not up in {timeout} s: {log.read_text()[-3000:]}")
+
+
+def group_alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@contextmanager
+def running_system(
+    settings: RegistrySettings, tmp_path: Path, stable_version: str = "1"
+) -> Iterator[System]:
+    """Controller (the given stable, no canary, local runtime) and a router following its file."""
+    state = tmp_path / "state"
+    state.mkdir()
+    controller_port, router_port = free_port(), free_port()
+    router_url = f"http://127.0.0.1:{router_port}"
+    routing = state / "routing.yaml"
+    controller_log, router_log = state / "controller.log", state / "router.log"
+    controller_argv = [
+        "controller", "--config", str(routing), "--port", str(controller_port),
+        "--router", router_url, "--stable-version", stable_version,
+    ]  # fmt: skip
+    controller = start_mlcanary(controller_argv, state, controller_log, settings)
+    built = System(state, settings, f"http://127.0.0.1:{controller_port}", router_url)
+    built.controller_argv = controller_argv
+    built.processes.append(controller)
+    try:
+        wait_for(f"{built.controller_url}/ping", controller, controller_log)
+        router = start_mlcanary(
+            ["router", "--config", str(routing), "--port", str(router_port),
+             "--controller", built.controller_url],
+            state, router_log, settings,
+        )  # fmt: skip
+        built.processes.append(router)
+        wait_for(f"{router_url}/ping", router, router_log)
+        yield built
+    finally:
+        for process in reversed(built.processes):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+    left = [p.pid for p in built.processes if group_alive(p.pid)]
+    assert not left, f"process groups left behind: {left}"
+    servers = state / "model-servers.json"
+    recorded = json.loads(servers.read_text()) if servers.exists() else []
+    assert not [s["pid"] for s in recorded if group_alive(s["pid"])], "model servers left behind"

@@ -1,0 +1,301 @@
+"""Automated rollouts for real: model servers, a router, the controller, windows of 1-2 s."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import os
+import random
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tests.conftest import TrainedRegistry
+from tests.helpers import free_port, registry_snapshot
+from tests.servers import start_model_server
+from tests.systems import System, running_system
+from training.dataset import DEFAULT_PATH, FEATURES, TARGET
+from training.pipelines import ModelKind
+from training.settings import RegistrySettings
+from training.train import TrainOptions, train_and_register
+
+ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
+HEALTHY, SHIFTED = "3", "4"
+
+
+@pytest.fixture(scope="module")
+def rollout_registry(
+    trained_registry: TrainedRegistry, tmp_path_factory: pytest.TempPathFactory
+) -> RegistrySettings:
+    """The session registry (v1 linear, v2 forest) plus v3, a linear twin of v1 (healthy),
+    and v4, a linear model trained on exam scores shifted up by 10 (healthy by HTTP only)."""
+    folder = tmp_path_factory.mktemp("rollout-registry")
+    shutil.copy(trained_registry.state / "mlflow.db", folder / "mlflow.db")
+    settings = RegistrySettings(
+        tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
+        artifact_root=trained_registry.settings.artifact_root,
+        model_name=trained_registry.settings.model_name,
+    )
+    train_and_register(TrainOptions(kind=ModelKind.linear, alias=""), settings)
+    shifted = folder / "shifted.csv"
+    with DEFAULT_PATH.open(newline="") as source, shifted.open("w", newline="") as target:
+        rows = list(csv.DictReader(source))
+        writer = csv.DictWriter(target, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, TARGET: f"{float(row[TARGET]) + 10:.1f}"})
+    train_and_register(TrainOptions(kind=ModelKind.linear, data_path=shifted, alias=""), settings)
+    return settings
+
+
+@pytest.fixture
+def system(rollout_registry: RegistrySettings, tmp_path: Path) -> Iterator[System]:
+    with running_system(rollout_registry, tmp_path) as built:
+        yield built
+
+
+def _rows() -> list[bytes]:
+    with DEFAULT_PATH.open(newline="") as handle:
+        return [
+            json.dumps(
+                {"dataframe_records": [{name: float(row[name]) for name in FEATURES}]}
+            ).encode()
+            for row in csv.DictReader(handle)
+        ]
+
+
+@dataclass
+class Load:
+    """Clients sending dataset rows through the router until stopped; statuses kept."""
+
+    url: str
+    statuses: list[int] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def client(self, seed: int) -> None:
+        rows, chance = _rows(), random.Random(seed)
+        async with aiohttp.ClientSession() as session:
+            while not self.stop.is_set():
+                async with session.post(
+                    f"{self.url}/invocations", data=chance.choice(rows),
+                    headers={"Content-Type": "application/json"},
+                ) as answer:  # fmt: skip
+                    await answer.read()
+                    self.statuses.append(answer.status)
+
+
+@pytest.fixture
+async def load(system: System) -> AsyncIterator[Load]:
+    running = Load(system.router_url)
+    tasks = [asyncio.create_task(running.client(seed)) for seed in range(3)]
+    yield running
+    running.stop.set()
+    await asyncio.gather(*tasks)
+
+
+@dataclass
+class FaultyProxy:
+    """A real HTTP hop in front of a real model server: every n-th scoring request gets a
+    500, or every scoring request waits `delay` seconds first. Everything else passes."""
+
+    upstream: str
+    error_every: int = 0
+    delay: float = 0.0
+    scored: int = 0
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", self.relay)
+        return app
+
+    async def relay(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.path == "/invocations":
+            self.scored += 1
+            if self.error_every and self.scored % self.error_every == 0:
+                error = {"error_code": "INTERNAL_ERROR", "message": "injected"}
+                return web.json_response(error, status=500)
+            await asyncio.sleep(self.delay)
+        async with aiohttp.ClientSession() as session, session.request(
+            request.method, f"{self.upstream}{request.path_qs}", data=body,
+            headers={"Content-Type": request.headers.get("Content-Type", "application/json")},
+        ) as answer:  # fmt: skip
+            return web.Response(
+                status=answer.status, body=await answer.read(),
+                content_type=answer.content_type,
+            )  # fmt: skip
+
+
+async def _cli(system: System, *args: str) -> Any:
+    return await asyncio.to_thread(system.cli, *args)
+
+
+async def _deploy(system: System, version: str, url: str | None = None) -> None:
+    body: dict[str, Any] = {"version": version, "weight": 0}
+    if url:
+        body["url"] = url
+    code, answer = await asyncio.to_thread(system.admin, "POST", "/api/deploy", body)
+    assert code == 200, answer
+
+
+async def _rollout(system: System, *options: str) -> tuple[int, dict[str, Any]]:
+    done = await _cli(system, "rollout", "start", *options, "--json")
+    code, state = await asyncio.to_thread(system.admin, "GET", "/api/rollout")
+    assert code == 200
+    return done.returncode, state
+
+
+def _aliases(settings: RegistrySettings) -> dict[str, str]:
+    described, _ = registry_snapshot(settings)
+    return {alias: version for version, aliases in described for alias in aliases}
+
+
+def _failed_gates(state: dict[str, Any]) -> set[str]:
+    return {g["gate"] for entry in state["history"] for g in entry["gates"] if not g["passed"]}
+
+
+async def _faulty_canary(
+    system: System, aiohttp_server: ServerFactory, tmp_path: Path, **faults: Any
+) -> Any:
+    server = start_model_server(
+        f"models:/StudentExamPredictor/{HEALTHY}", system.settings.tracking_uri,
+        tmp_path / "faulty.log",
+    )  # fmt: skip
+    await asyncio.to_thread(server.wait_healthy)
+    proxy = await aiohttp_server(FaultyProxy(server.url, **faults).app())
+    await _deploy(system, HEALTHY, str(proxy.make_url("")).rstrip("/"))
+    return server
+
+
+async def test_a_healthy_canary_under_load_is_promoted(system: System, load: Load) -> None:
+    await _deploy(system, HEALTHY)
+    code, state = await _rollout(
+        system, "--steps", "20,50,100", "--interval", "1.5s", "--min-requests", "15"
+    )
+    assert code == 0, state
+    assert state["status"] == "promoted"
+    assert [entry["outcome"] for entry in state["history"]] == ["pass"] * 3
+    status = json.loads(system.cli("status", "--json").stdout)
+    assert status["stable"]["version"] == HEALTHY and status["canary"] is None
+    assert _aliases(system.settings) == {"champion": HEALTHY}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{system.controller_url}/metrics") as answer,
+    ):
+        metrics = await answer.text()
+    assert 'mlcanary_rollout_status{status="promoted"} 1.0' in metrics
+    assert "mlcanary_rollout_step 3.0" in metrics
+    audit = [json.loads(line) for line in (system.state / "audit.jsonl").read_text().splitlines()]
+    judged = [record for record in audit if record["action"] == "rollout-judgement"]
+    assert len(judged) == 3 and judged[0]["window"]["gates"]
+    assert set(load.statuses) == {200}
+
+
+async def test_five_percent_errors_roll_back_before_half_the_traffic(
+    system: System, load: Load, aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    server = await _faulty_canary(system, aiohttp_server, tmp_path, error_every=20)
+    try:
+        code, state = await _rollout(
+            system, "--steps", "10,25,50,100", "--interval", "1.5s", "--min-requests", "15"
+        )
+    finally:
+        server.stop()
+    assert code == 1 and state["status"] == "rolled_back", state
+    assert max(entry["weight"] for entry in state["history"]) < 50
+    assert "error_rate" in _failed_gates(state)
+    status = json.loads(system.cli("status", "--json").stdout)
+    assert status["canary"]["weight"] == 0 and status["stable"]["version"] == "1"
+    assert _aliases(system.settings) == {"champion": "1", "challenger": HEALTHY}
+
+
+async def test_a_canary_three_times_slower_is_rolled_back_on_latency(
+    system: System, load: Load, aiohttp_server: ServerFactory, tmp_path: Path
+) -> None:
+    server = await _faulty_canary(system, aiohttp_server, tmp_path, delay=0.02)
+    try:
+        code, state = await _rollout(
+            system, "--steps", "10,25,50,100", "--interval", "1.5s", "--min-requests", "10"
+        )
+    finally:
+        server.stop()
+    assert code == 1 and state["status"] == "rolled_back", state
+    assert "p99_ratio" in _failed_gates(state)
+
+
+async def test_shifted_predictions_are_rolled_back_on_the_prediction_gate(
+    system: System, load: Load
+) -> None:
+    await _deploy(system, SHIFTED)
+    code, state = await _rollout(
+        system, "--steps", "20,50,100", "--interval", "1.5s", "--min-requests", "15"
+    )
+    assert code == 1 and state["status"] == "rolled_back", state
+    assert _failed_gates(state) == {"prediction_psi"}  # healthy by errors and latency
+    assert set(load.statuses) == {200}
+
+
+async def test_no_traffic_holds_the_weight_then_fails(system: System) -> None:
+    await _deploy(system, HEALTHY)
+    code, state = await _rollout(
+        system, "--steps", "10,100", "--interval", "1s", "--min-requests", "15",
+        "--max-insufficient", "2",
+    )  # fmt: skip
+    assert code == 1 and state["status"] == "rolled_back"
+    assert [entry["outcome"] for entry in state["history"]] == ["insufficient"] * 2
+    assert {entry["weight"] for entry in state["history"]} == {10}
+    assert "too little traffic" in state["message"]
+
+
+async def test_a_metrics_source_that_cannot_be_read_fails_closed(
+    system: System, load: Load
+) -> None:
+    await _deploy(system, HEALTHY)
+    code, state = await _rollout(
+        system, "--steps", "10,100", "--interval", "1s", "--max-failed-checks", "1",
+        "--prometheus", f"http://127.0.0.1:{free_port()}",
+    )  # fmt: skip
+    assert code == 1 and state["status"] == "rolled_back"
+    assert state["history"][0]["outcome"] == "fail"
+    assert "metrics could not be read" in state["history"][0]["problem"]
+
+
+async def test_a_restarted_controller_resumes_the_rollout_at_the_same_step(
+    system: System, load: Load
+) -> None:
+    await _deploy(system, HEALTHY)
+    started = await _cli(
+        system, "rollout", "start", "--steps", "10,20,30,100", "--interval", "2s",
+        "--min-requests", "10", "--detach",
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+    deadline = time.monotonic() + 30
+    while True:
+        _, state = await asyncio.to_thread(system.admin, "GET", "/api/rollout")
+        if state["step"] >= 1:
+            break
+        assert time.monotonic() < deadline, state
+        await asyncio.sleep(0.2)
+    step = state["step"]
+    os.killpg(system.processes[0].pid, signal.SIGKILL)
+    system.processes[0].wait(timeout=10)
+    await asyncio.to_thread(system.restart_controller)
+    _, resumed = await asyncio.to_thread(system.admin, "GET", "/api/rollout")
+    assert resumed["status"] == "running" and resumed["step"] == step
+    deadline = time.monotonic() + 60
+    while resumed["status"] == "running":
+        assert time.monotonic() < deadline, resumed
+        await asyncio.sleep(0.5)
+        _, resumed = await asyncio.to_thread(system.admin, "GET", "/api/rollout")
+    assert resumed["status"] == "promoted", resumed
+    assert [entry["step"] for entry in resumed["history"]][:step] == list(range(1, step + 1))

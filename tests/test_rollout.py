@@ -185,7 +185,7 @@ async def test_a_healthy_canary_under_load_is_promoted(system: System, load: Loa
     assert code == 0, state
     assert state["status"] == "promoted"
     assert [entry["outcome"] for entry in state["history"]] == ["pass"] * 3
-    status = json.loads(system.cli("status", "--json").stdout)
+    status = json.loads((await _cli(system, "status", "--json")).stdout)
     assert status["stable"]["version"] == HEALTHY and status["canary"] is None
     assert _aliases(system.settings) == {"champion": HEALTHY}
     async with (
@@ -195,6 +195,7 @@ async def test_a_healthy_canary_under_load_is_promoted(system: System, load: Loa
         metrics = await answer.text()
     assert 'mlcanary_rollout_status{status="promoted"} 1.0' in metrics
     assert "mlcanary_rollout_step 3.0" in metrics
+    assert 'mlcanary_rollout_gate_value{gate="prediction_psi"}' in metrics
     audit = [json.loads(line) for line in (system.state / "audit.jsonl").read_text().splitlines()]
     judged = [record for record in audit if record["action"] == "rollout-judgement"]
     assert len(judged) == 3 and judged[0]["window"]["gates"]
@@ -214,7 +215,7 @@ async def test_five_percent_errors_roll_back_before_half_the_traffic(
     assert code == 1 and state["status"] == "rolled_back", state
     assert max(entry["weight"] for entry in state["history"]) < 50
     assert "error_rate" in _failed_gates(state)
-    status = json.loads(system.cli("status", "--json").stdout)
+    status = json.loads((await _cli(system, "status", "--json")).stdout)
     assert status["canary"]["weight"] == 0 and status["stable"]["version"] == "1"
     assert _aliases(system.settings) == {"champion": "1", "challenger": HEALTHY}
 
@@ -299,3 +300,29 @@ async def test_a_restarted_controller_resumes_the_rollout_at_the_same_step(
         _, resumed = await asyncio.to_thread(system.admin, "GET", "/api/rollout")
     assert resumed["status"] == "promoted", resumed
     assert [entry["step"] for entry in resumed["history"]][:step] == list(range(1, step + 1))
+
+
+async def test_pause_resume_abort_and_one_rollout_at_a_time(system: System) -> None:
+    await _deploy(system, HEALTHY)
+    started = await _cli(
+        system, "rollout", "start", "--steps", "10,100", "--interval", "30s", "--detach"
+    )
+    assert started.returncode == 0, started.stderr
+    code, refused = await asyncio.to_thread(system.admin, "POST", "/api/rollout", {})
+    assert code == 400 and "already running" in refused["message"]
+    code, refused = await asyncio.to_thread(
+        system.admin, "POST", "/api/rollout", {"steps": [50, 10]}
+    )
+    assert code == 400 and "steps" in refused["message"]
+    assert (await _cli(system, "rollout", "pause")).returncode == 0
+    watched = await _cli(system, "rollout", "watch", "--once", "--json")
+    assert json.loads(watched.stdout)["status"] == "paused"
+    assert (await _cli(system, "rollout", "resume")).returncode == 0
+    aborted = await _cli(system, "rollout", "abort", "--reason", "changed my mind")
+    assert aborted.returncode == 0 and "aborted" in aborted.stdout
+    status = json.loads((await _cli(system, "status", "--json")).stdout)
+    assert status["canary"]["weight"] == 0
+    audit = (system.state / "audit.jsonl").read_text()
+    assert "changed my mind" in audit
+    code, again = await asyncio.to_thread(system.admin, "POST", "/api/rollout/pause", {})
+    assert code == 400 and "no rollout" in again["message"]

@@ -1,0 +1,169 @@
+"""The operator's commands against the admin API: status, deploy, weight, promote, rollback.
+
+Also `predict`, which sends sample rows through the router. Registered on the main app by
+`register`; the HTTP work is in controller/client.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Annotated, Any
+
+import typer
+
+from mlcanary.output import fail, print_fields, print_json, stdout
+from training.dataset import DEFAULT_PATH
+
+ControllerUrl = Annotated[
+    str | None, typer.Option("--controller", help="Admin API URL (MLCANARY_CONTROLLER_URL).")
+]
+Reason = Annotated[str, typer.Option(help="Why: recorded in the audit log.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def admin_call(method: str, path: str, body: dict[str, Any] | None, url: str | None) -> Any:
+    """Call the admin API; a failure is one clear line and exit code 1."""
+    from controller.client import AdminClient
+    from controller.errors import ControllerError
+    from training.settings import state_dir
+
+    try:
+        return AdminClient.from_env(state_dir(), url).call(method, path, body)
+    except ControllerError as error:
+        fail(str(error))
+
+
+def show_change(record: dict[str, Any], as_json: bool) -> None:
+    """Print what a change did: before and after, side by side."""
+    if as_json:
+        print_json(record)
+        return
+
+    def split(config: dict[str, Any]) -> str:
+        canary = config.get("canary")
+        tail = f", canary v{canary['version']} at {canary['weight']}%" if canary else ", no canary"
+        return f"stable v{config['stable']['version']}{tail}"
+
+    print_fields(
+        f"{record['action']} done",
+        {
+            "before": split(record["before"]),
+            "after": split(record["after"]),
+            "reason": record.get("reason") or "-",
+            "routing file version": record.get("config_version"),
+            "at": record.get("time"),
+        },
+    )
+
+
+def status(controller_url: ControllerUrl = None, as_json: AsJson = False) -> None:
+    """Show the split, each router's view of it, the registry aliases and the last changes."""
+    found = admin_call("GET", "/api/status", None, controller_url)
+    if as_json:
+        print_json(found)
+        return
+    canary = found["canary"]
+    print_fields(
+        f"{found['model']}",
+        {
+            "stable": f"v{found['stable']['version']} at {found['stable']['url']}",
+            "canary": f"v{canary['version']} at {canary['url']}, {canary['weight']}% of traffic"
+            if canary
+            else "none",
+            "routing file version": found["config_version"],
+            "aliases": ", ".join(f"{k}={v}" for k, v in found["aliases"].items()),
+            **{
+                f"router {url}": "in step" if seen["in_step"] else f"at {seen['config_version']}"
+                for url, seen in found["routers"].items()
+            },
+        },
+    )
+    for change in found["recent_changes"]:
+        stdout.print(
+            f"{change['time']}  {change['action']}: {change.get('reason') or '-'}", highlight=False
+        )
+
+
+def deploy(
+    version: Annotated[str, typer.Argument(help="Registry version to deploy as canary.")],
+    url: Annotated[
+        str | None, typer.Option(help="Adopt this running server instead of starting one.")
+    ] = None,
+    weight: Annotated[float, typer.Option(help="Canary percent once it passes its checks.")] = 0.0,
+    reason: Reason = "",
+    controller_url: ControllerUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Deploy a version as the canary: start (or adopt) its server, check it, weight it."""
+    body: dict[str, Any] = {"version": version, "weight": weight, "reason": reason}
+    if url:
+        body["url"] = url
+    show_change(admin_call("POST", "/api/deploy", body, controller_url), as_json)
+
+
+def weight(
+    percent: Annotated[float, typer.Argument(help="Canary share of traffic, 0-100.")],
+    reason: Reason = "",
+    controller_url: ControllerUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Set the canary's share of traffic."""
+    body = {"weight": percent, "reason": reason}
+    show_change(admin_call("POST", "/api/weight", body, controller_url), as_json)
+
+
+def promote(
+    reason: Reason = "", controller_url: ControllerUrl = None, as_json: AsJson = False
+) -> None:
+    """Make the canary stable; the old stable's server is drained and stopped."""
+    show_change(admin_call("POST", "/api/promote", {"reason": reason}, controller_url), as_json)
+
+
+def rollback(
+    reason: Reason = "", controller_url: ControllerUrl = None, as_json: AsJson = False
+) -> None:
+    """Send the canary no traffic, at once."""
+    show_change(admin_call("POST", "/api/rollback", {"reason": reason}, controller_url), as_json)
+
+
+def predict(
+    count: Annotated[int, typer.Option(min=1, help="Rows to send.")] = 20,
+    user: Annotated[
+        str | None, typer.Option(help="Sticky key sent as X-User-Id (same key, same variant).")
+    ] = None,
+    router_url: Annotated[str, typer.Option("--router", help="Router URL.")] = (
+        "http://127.0.0.1:8000"
+    ),
+    as_json: AsJson = False,
+) -> None:
+    """Send sample rows through the router; show the answers and who served them."""
+    from mlcanary.sampling import send_samples
+
+    try:
+        answers = send_samples(router_url.rstrip("/"), DEFAULT_PATH, count, user)
+    except OSError as error:
+        fail(f"the router at {router_url} cannot be reached: {error}")
+    if as_json:
+        print_json([asdict(answer) for answer in answers])
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{count} predictions through {router_url}", title_justify="left")
+    for column in ("student", "prediction", "variant", "version", "status"):
+        table.add_column(column)
+    for answer in answers:
+        table.add_row(
+            answer.student, answer.prediction, answer.variant, answer.version, str(answer.status)
+        )
+    stdout.print(table)
+    served: dict[str, int] = {}
+    for answer in answers:
+        key = f"{answer.variant} v{answer.version}"
+        served[key] = served.get(key, 0) + 1
+    print_fields("served by", served)
+
+
+def register(app: typer.Typer) -> None:
+    """Add these commands to the main command line."""
+    for command in (status, deploy, weight, promote, rollback, predict):
+        app.command()(command)

@@ -1,0 +1,162 @@
+"""`mlcanary rollout start|watch|abort|pause|resume`: automated rollouts from the command line."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from mlcanary.admin import AsJson, ControllerUrl, Reason, admin_call
+from mlcanary.output import fail, print_json, stdout
+
+rollout_app = typer.Typer(
+    help="Automated rollouts: weights raised step by step while the gates pass.",
+    no_args_is_help=True,
+)
+FINISHED = ("promoted", "rolled_back", "aborted", "idle")
+
+
+def _seconds(text: str) -> float:
+    """Read `90`, `90s`, `2m` or `1h` as seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    try:
+        if text and text[-1] in units:
+            return float(text[:-1]) * units[text[-1]]
+        return float(text)
+    except ValueError:
+        fail(f"--interval must be like 60s, 2m or 1h, got {text!r}", code=2)
+
+
+@rollout_app.command("start")
+def rollout_start(
+    steps: Annotated[str, typer.Option(help="Canary percents, in order.")] = "5,10,25,50,100",
+    interval: Annotated[
+        str, typer.Option(help="Window judged after each step: 60s, 2m...")
+    ] = "60s",
+    min_requests: Annotated[int, typer.Option(help="Canary requests a window needs.")] = 50,
+    max_error_rate: Annotated[float, typer.Option(help="Canary 5xx share at most.")] = 0.01,
+    max_p99_ratio: Annotated[float, typer.Option(help="Canary p99 / stable p99 at most.")] = 1.5,
+    p99_tolerance: Annotated[
+        float, typer.Option(help="...unless within this many seconds of stable's.")
+    ] = 0.005,
+    max_psi: Annotated[float, typer.Option(help="Prediction PSI at most.")] = 0.2,
+    max_shadow_delta: Annotated[
+        float | None, typer.Option(help="Mean |shadow delta| at most (when shadowing).")
+    ] = None,
+    max_failed_checks: Annotated[int, typer.Option(help="Failed windows that roll back.")] = 2,
+    max_insufficient: Annotated[
+        int, typer.Option(help="Windows in a row without enough traffic that fail it.")
+    ] = 5,
+    prometheus: Annotated[
+        str | None, typer.Option(help="Judge windows from this Prometheus (else the routers).")
+    ] = None,
+    detach: Annotated[bool, typer.Option(help="Start it and return at once.")] = False,
+    reason: Reason = "",
+    controller_url: ControllerUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Roll the canary out: exits 0 once promoted, 1 if rolled back."""
+    try:
+        percents = [float(step) for step in steps.split(",") if step.strip()]
+    except ValueError:
+        fail(f"--steps must be numbers separated by commas, got {steps!r}", code=2)
+    body = {
+        "steps": percents, "interval_s": _seconds(interval), "min_requests": min_requests,
+        "max_error_rate": max_error_rate, "max_p99_ratio": max_p99_ratio,
+        "p99_tolerance_s": p99_tolerance, "max_psi": max_psi,
+        "max_shadow_delta": max_shadow_delta, "max_failed_checks": max_failed_checks,
+        "max_insufficient_windows": max_insufficient, "reason": reason,
+        "prometheus_url": prometheus,
+    }  # fmt: skip
+    state = admin_call("POST", "/api/rollout", body, controller_url)
+    if detach:
+        print_json(state) if as_json else stdout.print("rollout started", highlight=False)
+        return
+    _follow(controller_url, as_json)
+
+
+@rollout_app.command("watch")
+def rollout_watch(
+    once: Annotated[bool, typer.Option(help="Show the state once and return.")] = False,
+    controller_url: ControllerUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Show the rollout live: step, weight, next judgement, each gate against its limit."""
+    if once:
+        state = admin_call("GET", "/api/rollout", None, controller_url)
+        print_json(state) if as_json else stdout.print(_rollout_view(state))
+        raise typer.Exit(0 if state["status"] != "rolled_back" else 1)
+    _follow(controller_url, as_json)
+
+
+def _follow(controller_url: str | None, as_json: bool) -> None:
+    """Refresh the rollout view until it ends; exit 1 unless it promoted."""
+    import time
+
+    from rich.live import Live
+
+    state = admin_call("GET", "/api/rollout", None, controller_url)
+    with Live(_rollout_view(state), console=stdout, refresh_per_second=2) as live:
+        while state["status"] not in FINISHED:
+            time.sleep(0.5)
+            state = admin_call("GET", "/api/rollout", None, controller_url)
+            live.update(_rollout_view(state))
+    if as_json:
+        print_json(state)
+    raise typer.Exit(0 if state["status"] == "promoted" else 1)
+
+
+def _rollout_view(state: dict[str, Any]) -> Any:
+    """Build a table of the rollout: where it is, and each window's gates."""
+    import time
+
+    from rich.table import Table
+
+    if state.get("status") == "idle":
+        return "no rollout"
+    steps = state["plan"]["steps"]
+    wait = max(0.0, state.get("next_judgement_at", 0) - time.time())
+    title = (
+        f"rollout of v{state['canary_version']}: {state['status']}, step {state['step'] + 1}/"
+        f"{len(steps)} at {state['weight']:g}%"
+        + (f", next judgement in {wait:.0f} s" if state["status"] == "running" else "")
+        + (f" ({state['message']})" if state.get("message") else "")
+    )
+    table = Table(title=title, title_justify="left")
+    for column in ("step", "weight", "outcome", "canary req", "gates (value / limit)"):
+        table.add_column(column)
+    for entry in state["history"][-12:]:
+        gates = (
+            ", ".join(
+                f"{'ok' if g['passed'] else 'FAIL'} {g['gate']} "
+                f"{'-' if g['value'] is None else format(g['value'], '.3g')}/{g['limit']:g}"
+                for g in entry["gates"]
+            )
+            or entry.get("problem")
+            or "-"
+        )
+        requests = entry.get("canary_requests")
+        table.add_row(str(entry["step"]), f"{entry['weight']:g}%", entry["outcome"],
+                      "-" if requests is None else f"{requests:.0f}", gates)  # fmt: skip
+    return table
+
+
+@rollout_app.command("abort")
+def rollout_abort(reason: Reason = "", controller_url: ControllerUrl = None) -> None:
+    """Stop the rollout and send the canary no traffic, at once."""
+    state = admin_call("POST", "/api/rollout/abort", {"reason": reason}, controller_url)
+    stdout.print(f"rollout {state['status']}: {state['message']}", highlight=False)
+
+
+@rollout_app.command("pause")
+def rollout_pause(controller_url: ControllerUrl = None) -> None:
+    """Hold the rollout's weight."""
+    admin_call("POST", "/api/rollout/pause", {}, controller_url)
+    stdout.print("rollout paused", highlight=False)
+
+
+@rollout_app.command("resume")
+def rollout_resume(controller_url: ControllerUrl = None) -> None:
+    """Go on with a paused rollout."""
+    admin_call("POST", "/api/rollout/resume", {}, controller_url)
+    stdout.print("rollout resumed", highlight=False)

@@ -16,7 +16,7 @@ from controller.errors import ControllerError, InvalidChange
 from controller.rollout.engine import RolloutPlan, RolloutRunner
 from controller.rollout.gates import GateLimits
 from controller.token import token_matches
-from router.config import RoutingFileError
+from router.config import RoutingFileError, validation_problems
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CONTROLLER = web.AppKey("controller", Controller)
@@ -120,11 +120,7 @@ async def body_of(request: web.Request, model: type[BaseModel]) -> Any:
     try:
         return model.model_validate(document)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or '(body)'}: {item['msg']}"
-            for item in error.errors()
-        )
-        raise InvalidChange(problems) from None
+        raise InvalidChange(validation_problems(error, "(body)")) from None
 
 
 async def ping(_request: web.Request) -> web.Response:

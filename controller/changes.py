@@ -24,7 +24,7 @@ from controller.registry import Registry, aliases_for
 from controller.routers import reported_version, wait_for_routers
 from controller.runtime import Runtime
 from controller.stores import RoutingStore
-from router.config import RoutingConfig
+from router.config import RoutingConfig, validation_problems
 
 log = logging.getLogger("controller")
 
@@ -227,8 +227,4 @@ def _with(config: RoutingConfig, **changes: Any) -> RoutingConfig:
     try:
         return RoutingConfig.model_validate(document)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
-            for item in error.errors()
-        )
-        raise InvalidChange(problems) from None
+        raise InvalidChange(validation_problems(error)) from None

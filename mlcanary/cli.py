@@ -474,9 +474,9 @@ def _announce(system: LocalSystem, options: UpOptions) -> None:
 
 def _problems(error: ValidationError) -> str:
     """Name each invalid setting and why, on one line."""
-    return "; ".join(
-        f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()
-    )
+    from router.config import validation_problems
+
+    return validation_problems(error)
 
 
 def main() -> None:

@@ -129,11 +129,15 @@ def parse_routing(data: bytes, source: str) -> RoutingConfig:
     try:
         return RoutingConfig.model_validate(document)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in item['loc']) or '(top)'}: {item['msg']}"
-            for item in error.errors()
-        )
-        raise RoutingFileError(f"{source}: {problems}") from None
+        raise RoutingFileError(f"{source}: {validation_problems(error)}") from None
+
+
+def validation_problems(error: ValidationError, whole: str = "(top)") -> str:
+    """Name each invalid field (dotted path, `whole` for the document) and why, on one line."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in item['loc']) or whole}: {item['msg']}"
+        for item in error.errors()
+    )
 
 
 def read_routing_file(path: Path) -> tuple[RoutingConfig, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,8 +17,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import command_environment, free_port, run_mlcanary
+from tests.helpers import command_environment, free_port, registry_snapshot, run_mlcanary
 from training.settings import RegistrySettings
+
+
+def copied_registry(source: RegistrySettings, folder: Path) -> RegistrySettings:
+    """A registry of the test's own: a copy of `source`'s database (artifacts shared, read-only)."""
+    source_db = Path(source.tracking_uri.removeprefix("sqlite:///"))
+    shutil.copy(source_db, folder / "mlflow.db")
+    return RegistrySettings(
+        tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
+        artifact_root=source.artifact_root,
+        model_name=source.model_name,
+    )
+
+
+def aliases_of(settings: RegistrySettings) -> dict[str, str]:
+    """Where the model's aliases point, alias -> version."""
+    described, _ = registry_snapshot(settings)
+    return {alias: version for version, aliases in described for alias in aliases}
+
+
+def call_json(
+    url: str, method: str = "GET", body: Any = None, token: str | None = None
+) -> tuple[int, Any]:
+    """Send a JSON request; return the status and the JSON answer, errors included."""
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, json.loads(error.read())
 
 
 @dataclass
@@ -50,18 +85,7 @@ class System:
     def admin(
         self, method: str, path: str, body: Any = None, token: str | None = None
     ) -> tuple[int, Any]:
-        request = urllib.request.Request(
-            self.controller_url + path,
-            data=None if body is None else json.dumps(body).encode(),
-            method=method,
-            headers={"Authorization": f"Bearer {token or self.token}"},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=120) as answer:
-                return answer.status, json.loads(answer.read())
-        except urllib.error.HTTPError as error:
-            with error:
-                return error.code, json.loads(error.read())
+        return call_json(self.controller_url + path, method, body, token or self.token)
 
 
 def start_mlcanary(

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -25,8 +24,14 @@ from mlflow import MlflowClient
 
 from controller.checks import incompatibilities
 from tests.conftest import TrainedRegistry
-from tests.helpers import registry_snapshot
-from tests.systems import System, group_alive, running_system
+from tests.systems import (
+    System,
+    aliases_of,
+    call_json,
+    copied_registry,
+    group_alive,
+    running_system,
+)
 from training.pipelines import ModelKind
 from training.settings import RegistrySettings
 from training.train import TrainOptions, train_and_register
@@ -54,12 +59,7 @@ def three_versions(
 ) -> RegistrySettings:
     """A copy of the session registry (v1 linear, v2 forest) plus v3 (gradient boosting)."""
     folder = tmp_path_factory.mktemp("controller-registry")
-    shutil.copy(trained_registry.state / "mlflow.db", folder / "mlflow.db")
-    settings = RegistrySettings(
-        tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
-        artifact_root=trained_registry.settings.artifact_root,
-        model_name=trained_registry.settings.model_name,
-    )
+    settings = copied_registry(trained_registry.settings, folder)
     train_and_register(TrainOptions(kind=ModelKind.gradient_boosting, alias=""), settings)
     return settings
 
@@ -96,11 +96,6 @@ class Load:
                 await asyncio.sleep(0.005)
 
 
-def _aliases(settings: RegistrySettings) -> dict[str, str]:
-    described, _ = registry_snapshot(settings)
-    return {alias: version for version, aliases in described for alias in aliases}
-
-
 async def test_the_original_workflow_end_to_end(system: System) -> None:
     """Deploy v2, 5 -> 100 %, promote; deploy v3, roll back: no request fails throughout."""
     load = Load(system.router_url)
@@ -115,14 +110,14 @@ async def test_the_original_workflow_end_to_end(system: System) -> None:
     try:
         await asyncio.sleep(0.5)
         await cli("deploy", "2", "--weight", "5", "--reason", "new forest")
-        assert _aliases(system.settings) == {"champion": "1", "challenger": "2"}
+        assert aliases_of(system.settings) == {"champion": "1", "challenger": "2"}
         for percent in ("10", "25", "50", "100"):
             await cli("weight", percent, "--reason", f"step to {percent}")
             await asyncio.sleep(0.3)
         old_stable = json.loads(system.cli("status", "--json").stdout)["stable"]["url"]
         await cli("promote", "--reason", "looks good")
         promoted_at = time.monotonic()
-        assert _aliases(system.settings) == {"champion": "2"}
+        assert aliases_of(system.settings) == {"champion": "2"}
         await asyncio.sleep(3.0)  # drained (1 s) and stopped
         with pytest.raises(OSError):
             await asyncio.to_thread(urllib.request.urlopen, f"{old_stable}/ping", timeout=2)
@@ -145,7 +140,7 @@ async def test_the_original_workflow_end_to_end(system: System) -> None:
     assert rolled_back_at - started < 5  # includes the CLI's own start-up
     after_rollback = [a for a in load.answers if a[0] >= rolled_back_at]
     assert after_rollback and {a[3] for a in after_rollback} == {"stable"}
-    assert _aliases(system.settings) == {"champion": "2", "challenger": "3"}
+    assert aliases_of(system.settings) == {"champion": "2", "challenger": "3"}
     status = json.loads(system.cli("status", "--json").stdout)
     assert status["stable"]["version"] == "2"
     assert status["canary"]["version"] == "3" and status["canary"]["weight"] == 0
@@ -222,7 +217,7 @@ def test_a_failing_step_undoes_the_change(system: System) -> None:
     code, _ = system.admin("POST", "/api/deploy", {"version": "2", "weight": 10})
     assert code == 200
     routing = (system.state / "routing.yaml").read_bytes()
-    aliases = _aliases(system.settings)
+    aliases = aliases_of(system.settings)
     audit = system.state / "audit.jsonl"
     kept = audit.read_bytes()
     audit.unlink()
@@ -231,7 +226,7 @@ def test_a_failing_step_undoes_the_change(system: System) -> None:
     assert code == 503, answer
     assert "audit log" in answer["message"] and "previous routing file is back" in answer["message"]
     assert (system.state / "routing.yaml").read_bytes() == routing
-    assert _aliases(system.settings) == aliases
+    assert aliases_of(system.settings) == aliases
     audit.unlink()
     audit.write_bytes(kept)
     database = system.settings.tracking_uri.removeprefix("sqlite:///")
@@ -244,7 +239,7 @@ def test_a_failing_step_undoes_the_change(system: System) -> None:
     assert code == 503, answer
     assert "registry" in answer["message"] and "previous routing file is back" in answer["message"]
     assert (system.state / "routing.yaml").read_bytes() == routing
-    assert _aliases(system.settings) == aliases
+    assert aliases_of(system.settings) == aliases
     system.processes[-1].send_signal(signal.SIGSTOP)  # the router: alive, but it reads nothing
     try:
         code, answer = system.admin("POST", "/api/promote", {})
@@ -253,66 +248,50 @@ def test_a_failing_step_undoes_the_change(system: System) -> None:
     assert code == 503, answer
     assert "did not load" in answer["message"]
     assert (system.state / "routing.yaml").read_bytes() == routing
-    assert _aliases(system.settings) == aliases
+    assert aliases_of(system.settings) == aliases
     assert audit.read_bytes() == kept
-
-
-def _call(
-    url: str, method: str = "GET", body: Any = None, token: str | None = None
-) -> tuple[int, Any]:
-    headers = {"Content-Type": "application/json"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(
-        url,
-        data=None if body is None else json.dumps(body).encode(),
-        method=method,
-        headers=headers,
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=120) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, json.loads(error.read())
 
 
 def test_the_original_admin_paths_work_on_the_router_port(system: System) -> None:
     """/canary-status, /update-model, /canary-probability, /accept-next-model, /health shapes."""
     router, token = system.router_url, system.token
-    code, status = _call(f"{router}/canary-status")
+    code, status = call_json(f"{router}/canary-status")
     assert code == 200 and status["models_identical"] is True
     assert status["current_model"]["uri"] == "models:/StudentExamPredictor/1"
     update = {"model_name": "StudentExamPredictor", "model_version": "2"}
-    assert _call(f"{router}/update-model", "POST", update)[0] == 401
-    assert _call(f"{router}/update-model", "POST", update, token="wrong")[0] == 403  # noqa: S106
-    code, refused = _call(f"{router}/update-model", "POST", {**update, "model_name": "x"}, token)
+    assert call_json(f"{router}/update-model", "POST", update)[0] == 401
+    assert call_json(f"{router}/update-model", "POST", update, token="wrong")[0] == 403  # noqa: S106
+    code, refused = call_json(
+        f"{router}/update-model", "POST", {**update, "model_name": "x"}, token
+    )
     assert code == 400 and "model_name" in refused["message"]
-    code, updated = _call(f"{router}/update-model", "POST", update, token)
+    code, updated = call_json(f"{router}/update-model", "POST", update, token)
     assert code == 200, updated
     assert updated["success"] is True and updated["new_model"]["version"] == "2"
     assert updated["previous_model"] is None
     time.sleep(0.5)
-    code, status = _call(f"{router}/canary-status")
+    code, status = call_json(f"{router}/canary-status")
     assert status["next_model"]["version"] == "2" and status["canary_probability"] == 0.1
     assert status["models_identical"] is False
     for bad in (1.5, -0.1, "half", True, None):
-        code, refused = _call(f"{router}/canary-probability", "POST", {"probability": bad}, token)
+        code, refused = call_json(
+            f"{router}/canary-probability", "POST", {"probability": bad}, token
+        )
         assert code == 400 and "probability" in refused["message"], bad
-    code, moved = _call(f"{router}/canary-probability", "POST", {"probability": 0.3}, token)
+    code, moved = call_json(f"{router}/canary-probability", "POST", {"probability": 0.3}, token)
     assert code == 200 and moved["canary_probability"] == 0.3
     assert moved["previous_probability"] == 0.1
-    code, health = _call(f"{router}/health")
+    code, health = call_json(f"{router}/health")
     assert code == 200
     assert health["current_model_loaded"] is True and health["next_model_loaded"] is True
     assert health["next_model_info"]["version"] == "2" and health["canary_probability"] == 0.3
-    code, accepted = _call(f"{router}/accept-next-model", "POST", {}, token)
+    code, accepted = call_json(f"{router}/accept-next-model", "POST", {}, token)
     assert code == 200, accepted
     assert accepted["previous_current_model"]["version"] == "1"
     assert accepted["new_current_model"]["version"] == "2" == accepted["next_model"]["version"]
-    code, again = _call(f"{router}/accept-next-model", "POST", {}, token)
+    code, again = call_json(f"{router}/accept-next-model", "POST", {}, token)
     assert code == 400 and "no canary" in again["message"]
-    code, info = _call(f"{router}/model-info")
+    code, info = call_json(f"{router}/model-info")
     assert code == 200 and info["current_model"]["version"] == "2"
     assert info["available_models"][0]["name"] == "StudentExamPredictor"
 
@@ -345,7 +324,7 @@ def test_a_controller_killed_mid_change_restarts_consistent(system: System) -> N
     deploying.join(timeout=30)
     system.restart_controller()
     assert routing.read_bytes() == before
-    assert _aliases(system.settings) == {"champion": "1"}
+    assert aliases_of(system.settings) == {"champion": "1"}
     assert not group_alive(starting)
 
     code, answer = system.admin("POST", "/api/deploy", {"version": "2", "weight": 20})
@@ -357,7 +336,7 @@ def test_a_controller_killed_mid_change_restarts_consistent(system: System) -> N
     client.delete_registered_model_alias(system.settings.model_name, "challenger")
     system.restart_controller()
     assert routing.read_bytes() == deployed  # the same servers, adopted again
-    assert _aliases(system.settings) == {"champion": "1", "challenger": "2"}
+    assert aliases_of(system.settings) == {"champion": "1", "challenger": "2"}
     assert len(_owned_servers(system)) == 2
 
 

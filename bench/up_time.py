@@ -37,7 +37,7 @@ def seconds_until_serving(state: Path) -> float:
         while True:
             if process.poll() is not None:
                 raise SystemExit(f"up exited with {process.returncode}")
-            request = urllib.request.Request(  # noqa: S310 (our own http URL)
+            request = urllib.request.Request(
                 f"http://127.0.0.1:{router}/invocations", data=body,
                 headers={"Content-Type": "application/json"},
             )  # fmt: skip

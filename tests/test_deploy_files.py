@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -14,9 +15,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import pytest
 import yaml
 
+from controller.rollout.gates import Window
+from controller.rollout.promql import window_from_prometheus
 from router.config import RoutingConfig, write_routing_file
 from tests.conftest import TrainedRegistry
 from tests.helpers import command_environment, free_port
@@ -235,9 +239,27 @@ def test_a_real_prometheus_scrapes_the_counts_that_were_sent(live: Live, tmp_pat
                 served = _query(url, "sum by (variant) (mlcanary_model_requests_total)")
             except OSError:
                 continue
+        # A rollout reads its windows from this Prometheus the same way: `increase` over
+        # the window, which Prometheus extrapolates a little to the window's edges.
+        time.sleep(5)  # scraped for longer than the window, so extrapolation stays small
+        for _ in range(20):
+            _post(live.router_url, "stable")
+        for _ in range(10):
+            _post(live.router_url, "canary")
+        time.sleep(3)
+        window = asyncio.run(_prometheus_window(url, 8))
+        assert 18 <= window.stable.requests <= 28, window.stable  # 20 sent, extrapolated
+        assert 9 <= window.canary.requests <= 14, window.canary  # 10 sent
+        assert window.canary.errors == 0 and window.canary.latency[-1][1] > 0
+        assert window.canary.predictions and window.stable.predictions
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+async def _prometheus_window(url: str, seconds: float) -> Window:
+    async with aiohttp.ClientSession() as session:
+        return await window_from_prometheus(session, url, seconds)
 
 
 def _query_router_counts(url: str) -> dict[str, float]:

@@ -238,26 +238,35 @@ class RolloutRunner:
         except ControllerError as error:  # the next decision tries again
             log.warning("rollout: %s", error)
         while state.status in ACTIVE:
-            if state.status == "paused":
-                self.wake.clear()
-                await self.wake.wait()
-                continue
-            baseline = None if state.plan.prometheus_url else await self._snapshot()
-            state.next_judgement_at = time.time() + state.plan.interval_s
-            self._save()
-            await asyncio.sleep(state.plan.interval_s)
-            if state.status != "running":
-                continue
-            verdict = None
-            window = await self._window(state, baseline)
-            if window is not None:
-                verdict = judge(self._with_reference(window), state.plan.limits)
             try:
-                await self._decide(state, verdict, "" if verdict else "metrics could not be read")
-            except ControllerError as error:  # a change failed and was undone: try next window
-                state.message = f"a change failed: {error}"
-                log.warning("rollout: %s", state.message)
-                self._save()
+                await self._one_window(state)
+            except Exception:  # a bug must not end the rollout silently: say it, try again
+                log.exception("rollout: judging a window failed")
+                state.message = "judging a window failed; see the controller's log"
+                await asyncio.sleep(1)
+
+    async def _one_window(self, state: RolloutState) -> None:
+        """Wait out one interval (or a pause), then judge it and act."""
+        if state.status == "paused":
+            self.wake.clear()
+            await self.wake.wait()
+            return
+        baseline = None if state.plan.prometheus_url else await self._snapshot()
+        state.next_judgement_at = time.time() + state.plan.interval_s
+        self._save()
+        await asyncio.sleep(state.plan.interval_s)
+        if state.status != "running":
+            return
+        verdict = None
+        window = await self._window(state, baseline)
+        if window is not None:
+            verdict = judge(self._with_reference(window), state.plan.limits)
+        try:
+            await self._decide(state, verdict, "" if verdict else "metrics could not be read")
+        except ControllerError as error:  # a change failed and was undone: try next window
+            state.message = f"a change failed: {error}"
+            log.warning("rollout: %s", state.message)
+            self._save()
 
     async def _window(self, state: RolloutState, baseline: Snapshot | None) -> Window | None:
         """Return the interval's data, or None if the metrics source could not be read."""

@@ -186,9 +186,10 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         while not stop.is_set():
-            config = await controller.current()
-            in_use = {config.stable.url} | ({config.canary.url} if config.canary else set())
-            await runtime.supervise(session, in_use)
+            if runtime.servers:  # owned servers only: no store read each second otherwise
+                config = await controller.current()
+                in_use = {config.stable.url} | ({config.canary.url} if config.canary else set())
+                await runtime.supervise(session, in_use)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -47,24 +48,37 @@ class HistogramChild:
         self.sum += value
 
 
-class PlainCounter(Collector):
-    """A labelled counter family rendered as `<name>_total`."""
+Child = TypeVar("Child", CounterChild, HistogramChild)
+
+
+class _PlainFamily(Collector, Generic[Child]):
+    """A labelled family: its name, its help text, and one child per label values."""
 
     def __init__(
         self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
     ) -> None:
         self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
-        self.children: dict[tuple[str, ...], CounterChild] = {}
+        self.children: dict[tuple[str, ...], Child] = {}
         registry.register(self)
 
-    def labels(self, *values: str) -> CounterChild:
-        """Return (creating at zero) the child of these label values."""
+    def labels(self, *values: str) -> Child:
+        """Return (creating empty) the child of these label values."""
         child = self.children.get(values)
         if child is None:
             if len(values) != len(self.labelnames):
                 raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
-            child = self.children[values] = CounterChild()
+            child = self.children[values] = self._new_child()
         return child
+
+    def _new_child(self) -> Child:
+        raise NotImplementedError
+
+
+class PlainCounter(_PlainFamily[CounterChild]):
+    """A labelled counter family rendered as `<name>_total`."""
+
+    def _new_child(self) -> CounterChild:
+        return CounterChild()
 
     def describe(self) -> Iterator[Metric]:
         """Name the family for the registry without samples."""
@@ -78,7 +92,7 @@ class PlainCounter(Collector):
         yield family
 
 
-class PlainHistogram(Collector):
+class PlainHistogram(_PlainFamily[HistogramChild]):
     """A labelled histogram family with fixed bucket bounds (+Inf added)."""
 
     def __init__(
@@ -89,21 +103,13 @@ class PlainHistogram(Collector):
         buckets: Sequence[float],
         registry: CollectorRegistry,
     ) -> None:
-        self.name, self.documentation, self.labelnames = name, documentation, tuple(labelnames)
         bounds = tuple(sorted(float(bound) for bound in buckets))
         self.bounds = bounds if bounds and bounds[-1] == math.inf else (*bounds, math.inf)
         self.le_labels = ["+Inf" if bound == math.inf else repr(bound) for bound in self.bounds]
-        self.children: dict[tuple[str, ...], HistogramChild] = {}
-        registry.register(self)
+        super().__init__(name, documentation, labelnames, registry)
 
-    def labels(self, *values: str) -> HistogramChild:
-        """Return (creating empty) the child of these label values."""
-        child = self.children.get(values)
-        if child is None:
-            if len(values) != len(self.labelnames):
-                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
-            child = self.children[values] = HistogramChild(self.bounds)
-        return child
+    def _new_child(self) -> HistogramChild:
+        return HistogramChild(self.bounds)
 
     def describe(self) -> Iterator[Metric]:
         """Name the family for the registry without samples."""

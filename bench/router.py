@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -114,15 +115,43 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-def measure(
-    url: str, script: Path, connections: int, seconds: float, proxy: Proc | None
-) -> tuple[Load, float]:
-    """Run wrk; return its result and the proxy's CPU ms per proxied request."""
+def machine_cpu() -> tuple[float, float]:
+    """Busy and total CPU seconds of the whole machine so far, all cores (from /proc/stat)."""
+    fields = [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    total = sum(fields[:8]) / tick  # guest time is already inside user time
+    idle = (fields[3] + fields[4]) / tick  # idle + iowait
+    return total - idle, total
+
+
+@dataclass
+class Cell:
+    """One wrk run: its result, the proxy's CPU, and the whole machine's."""
+
+    load: Load
+    proxy_ms: float
+    """CPU ms per request of the proxy's processes (0 without a proxy)."""
+    machine_ms: float
+    """CPU ms per request of everything on the machine: wrk, upstreams, proxy, kernel."""
+    busy: float
+    """Fraction of all cores busy during the run."""
+
+
+def measure(url: str, script: Path, connections: int, seconds: float, proxy: Proc | None) -> Cell:
+    """Run wrk; return its result, the proxy's and the machine's CPU per request."""
     before = cpu_seconds(proxy.process.pid) if proxy else 0.0
+    busy_before, total_before = machine_cpu()
     load = run_wrk(url, script, connections, seconds)
+    busy_after, total_after = machine_cpu()
     spent = (cpu_seconds(proxy.process.pid) - before) if proxy else 0.0
-    requests = load.rps * round(seconds)
-    return load, (spent / requests * 1000 if proxy and requests else 0.0)
+    requests = load.rps * round(seconds) or 1.0
+    busy = busy_after - busy_before
+    return Cell(
+        load,
+        spent / requests * 1000 if proxy else 0.0,
+        busy / requests * 1000,
+        busy / max(total_after - total_before, 1e-9),
+    )
 
 
 def upstreams(kind: str, folder: Path) -> tuple[Proc, Proc]:
@@ -212,11 +241,55 @@ def proxies(
     }
 
 
+NAMES = ("direct", "router", "nginx")
+
+
+def print_cell(kind: str, proxy: str, connections: int, cell: Cell) -> None:
+    """Print one run as a table row."""
+    load = cell.load
+    print(
+        f"{kind:<9}{proxy:<8}{connections:>5}{load.rps:>10.0f}{load.p50_ms:>9.2f}"
+        f"{load.p99_ms:>9.2f}{load.errors:>8}{cell.proxy_ms:>12.3f}"
+        f"{cell.machine_ms:>16.3f}{cell.busy:>6.0%}",
+        flush=True,
+    )
+
+
+def median_cell(cells: list[Cell]) -> Cell:
+    """The median of each figure over repeated runs (errors summed)."""
+    return Cell(
+        Load(
+            statistics.median(c.load.rps for c in cells),
+            statistics.median(c.load.p50_ms for c in cells),
+            statistics.median(c.load.p99_ms for c in cells),
+            sum(c.load.errors for c in cells),
+        ),
+        statistics.median(c.proxy_ms for c in cells),
+        statistics.median(c.machine_ms for c in cells),
+        statistics.median(c.busy for c in cells),
+    )
+
+
+def summarize(kind: str, connections: int, direct: Cell, router: Cell, nginx: Cell) -> None:
+    """Print one concurrency's comparison of the router, nginx and no proxy."""
+    added = (router.load.p50_ms - direct.load.p50_ms, nginx.load.p50_ms - direct.load.p50_ms)
+    print(
+        f"  {kind} c={connections}: router cpu/req = {router.proxy_ms / nginx.proxy_ms:.2f}x nginx;"
+        f" router req/s = {router.load.rps / direct.load.rps:.0%} of direct"
+        f" (nginx {nginx.load.rps / direct.load.rps:.0%}); p50 added: router"
+        f" {added[0]:+.2f} ms, nginx {added[1]:+.2f} ms; cores busy: direct {direct.busy:.0%},"
+        f" router {router.busy:.0%}, nginx {nginx.busy:.0%}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--upstream", choices=["trivial", "native", "both"], default="both")
     parser.add_argument("--router-workers", type=int, default=1)
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="interleaved runs per cell; medians are reported"
+    )
     parser.add_argument(
         "--prototype", action="store_true", help="measure bench/raw_proxy_prototype.py instead"
     )
@@ -227,7 +300,7 @@ def main() -> None:
             sys.exit(f"{tool} is needed: apt-get install wrk nginx-light")
     kinds = ["trivial", "native"] if arguments.upstream == "both" else [arguments.upstream]
     print(f"{'upstream':<9}{'proxy':<8}{'conc':>5}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'errors':>8}{'cpu ms/req':>12}")  # fmt: skip
+          f"{'errors':>8}{'cpu ms/req':>12}{'machine ms/req':>16}{'busy':>6}")  # fmt: skip
     for kind in kinds:
         with tempfile.TemporaryDirectory() as name:
             folder = Path(name)
@@ -242,37 +315,28 @@ def main() -> None:
                 arguments.prototype,
                 arguments.data_plane,
             )
-            results: dict[tuple[str, int], tuple[Load, float]] = {}
+            results: dict[tuple[str, int], list[Cell]] = {}
+            named = {"direct": None, "router": fronts["router"], "nginx": fronts["nginx"]}
             try:
-                for name_, proxy in (
-                    ("direct", None),
-                    ("router", fronts["router"]),
-                    ("nginx", fronts["nginx"]),
-                ):
-                    url = proxy.url if proxy else stable.url
-                    run_wrk(url, script, 8, 2)  # warm up
-                    for connections in (1, 16, 64):
-                        load, cpu = measure(url, script, connections, arguments.duration, proxy)
-                        results[(name_, connections)] = (load, cpu)
-                        print(
-                            f"{kind:<9}{name_:<8}{connections:>5}{load.rps:>10.0f}{load.p50_ms:>9.2f}"
-                            f"{load.p99_ms:>9.2f}{load.errors:>8}{cpu:>12.3f}",
-                            flush=True,
-                        )
+                for proxy in named.values():
+                    run_wrk(proxy.url if proxy else stable.url, script, 8, 2)  # warm up
+                for connections in (1, 16, 64):
+                    for _ in range(arguments.repeat):  # interleaved: drifts hit all three alike
+                        for name_, proxy in named.items():
+                            url = proxy.url if proxy else stable.url
+                            cell = measure(url, script, connections, arguments.duration, proxy)
+                            results.setdefault((name_, connections), []).append(cell)
+                            print_cell(kind, name_, connections, cell)
             finally:
                 for proc in (*fronts.values(), stable, canary):
                     stop(proc)
+            if arguments.repeat > 1:
+                print(f"medians of {arguments.repeat} interleaved runs:")
             for connections in (1, 16, 64):
-                direct, router, nginx = (
-                    results[(n, connections)] for n in ("direct", "router", "nginx")
-                )
-                added = router[0].p50_ms - direct[0].p50_ms, nginx[0].p50_ms - direct[0].p50_ms
-                print(
-                    f"  {kind} c={connections}: router cpu/req = {router[1] / nginx[1]:.2f}x nginx;"
-                    f" router req/s = {router[0].rps / direct[0].rps:.0%} of direct"
-                    f" (nginx {nginx[0].rps / direct[0].rps:.0%}); p50 added: router"
-                    f" {added[0]:+.2f} ms, nginx {added[1]:+.2f} ms"
-                )
+                medians = [median_cell(results[(n, connections)]) for n in NAMES]
+                for name_, cell in zip(NAMES, medians, strict=True):
+                    print_cell(kind, name_, connections, cell)
+                summarize(kind, connections, *medians)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
-from collections.abc import Awaitable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import cast
 
 import httptools
@@ -23,11 +26,15 @@ from router.app import BUDGET, HEALTH, METRICS, RNG, SETTINGS, TABLE
 from router.choosing import FORCE_HEADER, choose_variant
 from router.config import RoutingConfig, Variant
 from router.proxy import RETRYABLE_STATUSES, Failure
-from router.rawpool import HOP_BY_HOP_BYTES, Pools, Reply, exchange_raw
+from router.rawpool import HOP_BY_HOP_BYTES, Pools, Reply, exchange, exchange_raw, spawn
 from router.rawupload import StreamedUpload, upload_head
 from router.shadow import predictions_of
 
-REASONS = {200: b"OK", 400: b"Bad Request", 413: b"Payload Too Large", 503: b"Service Unavailable"}
+REASONS = {
+    200: b"OK", 400: b"Bad Request", 413: b"Payload Too Large", 500: b"Internal Server Error",
+    503: b"Service Unavailable",
+}  # fmt: skip
+log = logging.getLogger("router")
 
 
 def request_bytes(
@@ -41,6 +48,16 @@ def request_bytes(
     return b"".join(lines) + b"\r\n" + body
 
 
+class AnswerSlot:
+    """One answer owed to a client: filled when ready, written in request order."""
+
+    __slots__ = ("data", "keep_alive")
+
+    def __init__(self, keep_alive: bool) -> None:
+        self.data: bytes | None = None
+        self.keep_alive = keep_alive
+
+
 class FrontProtocol(asyncio.Protocol):
     """A client connection: fast-path `POST /invocations`, relay the rest to the aiohttp app."""
 
@@ -52,7 +69,8 @@ class FrontProtocol(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.upload: StreamedUpload | None = None
-        self.previous: asyncio.Future[None] | None = None
+        self.answers: deque[AnswerSlot] = deque()
+        """Answers owed, in request order (HTTP/1.1 pipelining)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport."""
@@ -109,16 +127,19 @@ class FrontProtocol(asyncio.Protocol):
             self.body.append(body)
 
     def on_message_complete(self) -> None:
-        """Answer requests in order (HTTP/1.1 pipelining keeps answers in request order)."""
-        answer: Awaitable[bytes]
+        """Start answering; the answer is written once those of earlier requests are."""
+        slot = AnswerSlot(self.parser.should_keep_alive())
+        self.answers.append(slot)
         if self.upload is not None:
-            self.upload.finish()
-            answer, self.upload = self.plane.upload_answer(self.upload), None
+            upload, self.upload = self.upload, None
+            upload.finish()
+            answer = self.plane.upload_answer(upload)
+            spawn(self._deliver_later(slot, answer))
         else:
             method = self.parser.get_method()
-            answer = self.plane.handle(method, self.url, self.headers, b"".join(self.body))
-        answering = self._answer(self.previous, self.parser.should_keep_alive(), answer)
-        self.previous = asyncio.get_running_loop().create_task(answering)
+            self.plane.handle(
+                method, self.url, self.headers, b"".join(self.body), partial(self._deliver, slot)
+            )
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Drop a body still being relayed."""
@@ -126,16 +147,19 @@ class FrontProtocol(asyncio.Protocol):
             self.upload.abort()
             self.upload = None
 
-    async def _answer(
-        self, previous: asyncio.Future[None] | None, keep_alive: bool, answer: Awaitable[bytes]
-    ) -> None:
-        data = await answer
-        if previous is not None:
-            await previous
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
-            if not keep_alive:  # HTTP/1.0, or `Connection: close`
-                self.transport.close()
+    async def _deliver_later(self, slot: AnswerSlot, answer: Awaitable[bytes]) -> None:
+        self._deliver(slot, await answer)
+
+    def _deliver(self, slot: AnswerSlot, data: bytes) -> None:
+        """Fill `slot`; write every answer that is now at the head of the queue."""
+        slot.data = data
+        answers, transport = self.answers, self.transport
+        while answers and (ready := answers[0].data) is not None:
+            keep_alive = answers.popleft().keep_alive
+            if transport is not None and not transport.is_closing():
+                transport.write(ready)
+                if not keep_alive:  # HTTP/1.0, or `Connection: close`
+                    transport.close()
 
     def _write_error(self, status: int, body: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -165,15 +189,26 @@ class DataPlane:
         app = self.app
         self.table, self.settings, self.metrics = app[TABLE], app[SETTINGS], app[METRICS]
         self.health, self.rng, self.budget = app[HEALTH], app[RNG], app[BUDGET]
+        self.timeouts = (self.settings.connect_timeout_s, self.settings.total_timeout_s)
 
-    async def handle(
-        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> bytes:
-        """Answer one request, as bytes."""
+    def handle(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        deliver: Callable[[bytes], None],
+    ) -> None:
+        """Answer one request: `deliver` is called once with the answer's bytes."""
         config = self.table.current
-        if method != b"POST" or target != b"/invocations" or config.shadow.percent > 0:
-            return await self._relay_to_app(method, target, headers, body)
-        return await self._invocations(config, headers, body)
+        if method == b"POST" and target == b"/invocations" and config.shadow.percent == 0:
+            Invocation(self, config, deliver).start(headers, body)
+            return
+
+        async def relay() -> None:
+            deliver(await self._relay_to_app(method, target, headers, body))
+
+        spawn(relay())
 
     def start_upload(
         self,
@@ -210,62 +245,97 @@ class DataPlane:
         status, answer_headers, answer = outcome
         return response_bytes(status, answer_headers, answer)
 
-    async def _invocations(
-        self, config: RoutingConfig, headers: list[tuple[bytes, bytes]], body: bytes
-    ) -> bytes:
-        started = time.perf_counter()
-        if len(body) > self.settings.max_body_bytes:
+
+class Invocation:
+    """One `POST /invocations` on the fast path: choose, send, fail over once, answer.
+
+    Driven by callbacks from the upstream connection, so a request costs no task or future.
+    """
+
+    __slots__ = ("config", "data", "deliver", "plane", "retrying", "started", "variant")
+
+    def __init__(
+        self, plane: DataPlane, config: RoutingConfig, deliver: Callable[[bytes], None]
+    ) -> None:
+        self.plane, self.config, self.deliver = plane, config, deliver
+        self.started = time.perf_counter()
+        self.variant: Variant = "stable"
+        self.data = b""
+        self.retrying = False
+
+    def start(self, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """Check the body's size, choose the variant and send the request on."""
+        plane, config = self.plane, self.config
+        if len(body) > plane.settings.max_body_bytes:
             message = b'{"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "body too large"}'
-            return response_bytes(413, [(b"Content-Type", b"application/json")], message)
+            self.deliver(response_bytes(413, [(b"Content-Type", b"application/json")], message))
+            return
         variant = choose_variant(
-            config, choice_headers(config, headers), self.rng, self.health.available(config)
+            config, choice_headers(config, headers), plane.rng, plane.health.available(config)
         )
-        budget = self.budget
-        budget.in_flight += 1
-        data = request_bytes(b"POST", b"/invocations", headers, body)
+        plane.budget.in_flight += 1
+        self.data = request_bytes(b"POST", b"/invocations", headers, body)
+        self._send(variant)
+
+    def _send(self, variant: Variant) -> None:
+        self.variant = variant
+        plane = self.plane
+        pool = plane.pools.of(self.config.upstream(variant).url)
+        exchange(pool, self.data, plane.timeouts, self._replied)
+
+    def _replied(self, outcome: Reply | Failure) -> None:
+        """Settle the exchange; a bug in that answers 500, never leaves the client waiting."""
         try:
-            outcome = await self._send(config, variant, data)
-            if variant == "canary" and _retryable(outcome) and budget.allows():
-                self.metrics.failovers.labels("canary").inc()
-                budget.retrying += 1
-                try:
-                    variant = "stable"
-                    outcome = await self._send(config, variant, data)
-                finally:
-                    budget.retrying -= 1
-        finally:
-            budget.in_flight -= 1
-        version = config.upstream(variant).version
+            self._settle(outcome)
+        except Exception:
+            log.exception("answering a proxied request failed")
+            error = b'{"error_code": "INTERNAL_ERROR", "message": "router error"}'
+            self.deliver(response_bytes(500, [(b"Content-Type", b"application/json")], error))
+
+    def _settle(self, outcome: Reply | Failure) -> None:
+        """Record the upstream's health; fail over to stable once, or answer the client."""
+        plane, variant = self.plane, self.variant
+        settings, metrics, budget = plane.settings, plane.metrics, plane.budget
+        health = plane.health.of(self.config.upstream(variant).url)
+        if type(outcome) is tuple:
+            status = outcome[0]
+            if status >= 500:
+                metrics.upstream_errors.labels(variant, "status_5xx").inc()
+                health.failed(f"answered {status}", settings)
+            else:
+                health.succeeded()
+        else:
+            failure = cast(Failure, outcome)
+            metrics.upstream_errors.labels(variant, failure.reason).inc()
+            health.failed(failure.reason, settings)
+        if self.retrying:
+            budget.retrying -= 1
+        elif variant == "canary" and _retryable(outcome) and budget.allows():
+            metrics.failovers.labels("canary").inc()
+            budget.retrying += 1
+            self.retrying = True
+            self._send("stable")
+            return
+        budget.in_flight -= 1
+        self.deliver(self._answer(outcome))
+
+    def _answer(self, outcome: Reply | Failure) -> bytes:
+        metrics, variant = self.plane.metrics, self.variant
+        version = self.config.upstream(variant).version
         tags = [(b"X-Model-Variant", variant.encode()), (b"X-Model-Version", version.encode())]
+        elapsed = time.perf_counter() - self.started
         if isinstance(outcome, Failure):
             status = 504 if outcome.reason == "timeout" else 503
             code = "DEADLINE_EXCEEDED" if status == 504 else "TEMPORARILY_UNAVAILABLE"
             text = f"the {variant} model server cannot be reached ({outcome.reason})"
             error = json.dumps({"error_code": code, "message": text}).encode()
-            self.metrics.answered(variant, version, status, time.perf_counter() - started)
+            metrics.answered(variant, version, status, elapsed)
             return response_bytes(status, [(b"Content-Type", b"application/json"), *tags], error)
         status, answer_headers, answer = outcome
-        self.metrics.answered(variant, version, status, time.perf_counter() - started)
+        metrics.answered(variant, version, status, elapsed)
         if status == 200:
-            self.metrics.predicted(variant, predictions_of(answer) or ())
+            metrics.predicted(variant, predictions_of(answer) or ())
         return response_bytes(status, [*answer_headers, *tags], answer)
-
-    async def _send(self, config: RoutingConfig, variant: Variant, data: bytes) -> Reply | Failure:
-        settings = self.settings
-        upstream = config.upstream(variant)
-        outcome = await exchange_raw(
-            self.pools.of(upstream.url), data, settings.connect_timeout_s, settings.total_timeout_s
-        )
-        health = self.health.of(upstream.url)
-        if isinstance(outcome, Failure):
-            self.metrics.upstream_errors.labels(variant, outcome.reason).inc()
-            health.failed(outcome.reason, settings)
-        elif outcome[0] >= 500:
-            self.metrics.upstream_errors.labels(variant, "status_5xx").inc()
-            health.failed(f"answered {outcome[0]}", settings)
-        else:
-            health.succeeded()
-        return outcome
 
 
 NO_HEADERS: dict[str, str] = {}

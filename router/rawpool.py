@@ -1,18 +1,35 @@
-"""Pooled raw keep-alive connections to upstreams, one HTTP/1.1 exchange at a time each."""
+"""Pooled raw keep-alive connections to upstreams, one HTTP/1.1 exchange at a time each.
+
+An exchange ends in one call of its `on_reply` callback with the answer or a `Failure`
+(connect, reset, timeout): the hot path needs no task or future per request.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import httptools
 
 from router.proxy import HOP_BY_HOP, Failure
 
+TIMED_OUT = Failure("timeout", "no answer in time")
+RUNNING: set[asyncio.Task[None]] = set()
+"""Tasks started by callbacks, held so the garbage collector cannot drop one mid-flight."""
+
+
+def spawn(work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` as a task that is kept alive until it ends."""
+    task = asyncio.get_running_loop().create_task(work)
+    RUNNING.add(task)
+    task.add_done_callback(RUNNING.discard)
+
+
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
+OnReply = Callable[["Reply | Failure"], None]
 # `expect` too: the front answers 100-continue itself, so upstreams never send interim answers.
 HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP) | {b"expect"}
 
@@ -23,7 +40,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
-        self.waiter: asyncio.Future[Reply] | None = None
+        self.on_reply: OnReply | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.on_writable: Callable[[bool], None] | None = None
         """Told when the connection's write buffer fills (False) and drains (True)."""
@@ -39,7 +56,7 @@ class UpstreamConnection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as error:
-            self._fail(ConnectionResetError(f"bad answer from upstream: {error}"))
+            self._fail(Failure("reset", f"bad answer from upstream: {error}"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         """Collect a header."""
@@ -50,28 +67,31 @@ class UpstreamConnection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        """Hand the whole answer to the waiting exchange (interim 1xx answers are skipped)."""
-        if 100 <= self.parser.get_status_code() < 200:
+        """Hand the whole answer to the exchange (interim 1xx answers are skipped)."""
+        status = self.parser.get_status_code()
+        if 100 <= status < 200:
             self.headers, self.body = [], []
             return
-        answer = (self.parser.get_status_code(), self.headers, b"".join(self.body))
+        answer = (status, self.headers, b"".join(self.body))
         self.headers, self.body = [], []
-        waiter, self.waiter = self.waiter, None
-        self._stop_timer()
-        if waiter is not None and not waiter.done():
-            waiter.set_result(answer)
+        on_reply, self.on_reply = self.on_reply, None
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if on_reply is not None:
+            on_reply(answer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Fail an exchange still waiting: the upstream went away."""
-        self._fail(ConnectionResetError("upstream closed the connection"))
+        self._fail(Failure("reset", "upstream closed the connection"))
 
-    def _fail(self, error: Exception) -> None:
-        waiter, self.waiter = self.waiter, None
+    def _fail(self, failure: Failure) -> None:
+        on_reply, self.on_reply = self.on_reply, None
         self._stop_timer()
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(error)
         if self.transport is not None:
             self.transport.close()
+        if on_reply is not None:
+            on_reply(failure)
 
     def _stop_timer(self) -> None:
         if self.timer is not None:
@@ -93,24 +113,21 @@ class UpstreamConnection(asyncio.Protocol):
         if self.on_writable is not None:
             self.on_writable(True)
 
-    def expect_answer(self, timeout: float) -> asyncio.Future[Reply]:
-        """Return the next answer's future, failed with TimeoutError if it is not in by then."""
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[Reply] = loop.create_future()
-        self.waiter = waiter
-        self.timer = loop.call_later(timeout, self._fail, TimeoutError("no answer in time"))
+    def expect_reply(self, timeout: float, on_reply: OnReply) -> None:
+        """Call `on_reply` once with the next answer, or a Failure (a timeout after `timeout`)."""
+        self.on_reply = on_reply
+        self.timer = asyncio.get_running_loop().call_later(timeout, self._fail, TIMED_OUT)
+
+    def expect_answer(self, timeout: float) -> asyncio.Future[Reply | Failure]:
+        """Return a future of the next answer, or of the Failure that came instead."""
+        waiter: asyncio.Future[Reply | Failure] = asyncio.get_running_loop().create_future()
+        self.expect_reply(timeout, settle_into(waiter))
         return waiter
 
     def send_bytes(self, data: bytes) -> None:
         """Write request bytes (a whole request, or a piece of one)."""
         assert self.transport is not None  # noqa: S101 (connected before use)
         self.transport.write(data)
-
-    def send(self, data: bytes, timeout: float) -> Awaitable[Reply]:
-        """Write one request; return the answer's future, failed with TimeoutError if late."""
-        waiter = self.expect_answer(timeout)
-        self.send_bytes(data)
-        return waiter
 
 
 @dataclass
@@ -170,21 +187,58 @@ class Pools:
             pool.close()
 
 
+def exchange(
+    pool: UpstreamPool, data: bytes, timeouts: tuple[float, float], on_reply: OnReply
+) -> None:
+    """Send one request over the pool; call `on_reply` once with the answer or a Failure.
+
+    `timeouts` are (connect, total) seconds. With an idle connection the request is written at
+    once; otherwise a task connects first. A connection that answered goes back to the pool.
+    """
+    connection = pool.idle_connection()
+    if connection is None:
+        spawn(_connect_and_send(pool, data, timeouts, on_reply))
+        return
+    _send(pool, connection, data, timeouts[1], on_reply)
+
+
+def _send(
+    pool: UpstreamPool, connection: UpstreamConnection, data: bytes, timeout: float, then: OnReply
+) -> None:
+    def replied(outcome: Reply | Failure) -> None:
+        if type(outcome) is tuple:  # an answer: the connection is free again
+            pool.release(connection)
+        then(outcome)
+
+    connection.expect_reply(timeout, replied)
+    connection.send_bytes(data)
+
+
+async def _connect_and_send(
+    pool: UpstreamPool, data: bytes, timeouts: tuple[float, float], on_reply: OnReply
+) -> None:
+    try:
+        connection = await pool.connect(timeouts[0])
+    except (OSError, TimeoutError) as error:
+        on_reply(Failure("connect", str(error) or type(error).__name__))
+        return
+    _send(pool, connection, data, timeouts[1], on_reply)
+
+
 async def exchange_raw(
     pool: UpstreamPool, data: bytes, connect_timeout: float, total_timeout: float
 ) -> Reply | Failure:
-    """One exchange over the pool: the answer, or connect / reset / timeout."""
-    connection = pool.idle_connection()
-    if connection is None:
-        try:
-            connection = await pool.connect(connect_timeout)
-        except (OSError, TimeoutError) as error:
-            return Failure("connect", str(error) or type(error).__name__)
-    try:
-        reply = await connection.send(data, total_timeout)
-    except TimeoutError:
-        return Failure("timeout", "no answer in time")
-    except ConnectionError as error:
-        return Failure("reset", str(error))
-    pool.release(connection)
-    return reply
+    """One exchange over the pool, awaited: the answer, or connect / reset / timeout."""
+    waiter: asyncio.Future[Reply | Failure] = asyncio.get_running_loop().create_future()
+    exchange(pool, data, (connect_timeout, total_timeout), settle_into(waiter))
+    return await waiter
+
+
+def settle_into(waiter: asyncio.Future[Reply | Failure]) -> OnReply:
+    """Return an `on_reply` callback that sets `waiter`'s result (unless it was cancelled)."""
+
+    def settle(outcome: Reply | Failure) -> None:
+        if not waiter.done():
+            waiter.set_result(outcome)
+
+    return settle

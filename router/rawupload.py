@@ -90,12 +90,9 @@ class StreamedUpload:
             connection.send_bytes(b"".join(self.pending))
             self.pending, self.pending_bytes, self.connection = [], 0, connection
             self._client_may_send(True)
-            try:
-                reply = await waiter
-            except TimeoutError:
-                return Failure("timeout", "no answer in time")
-            except ConnectionError as error:
-                return Failure("reset", str(error))
+            reply = await waiter
+            if isinstance(reply, Failure):
+                return reply
             self.answered = True
             connection.on_writable = None
             if self.finished:

@@ -621,3 +621,35 @@ async def test_expect_continue_and_http10_clients_are_served(stack: Stack) -> No
         b'{"predictions": [40.0]}'
     )
     writer.close()
+
+
+async def test_pipelined_requests_are_answered_in_order(stack: Stack) -> None:
+    """Three requests sent at once on one connection, the first one slow: the answers come back
+    in request order, each whole, whichever upstream finished first."""
+    stack.stable.delay = 0.3
+    reader, writer = await asyncio.open_connection("127.0.0.1", stack.client.server.port)
+
+    def invocation(variant: bytes) -> bytes:
+        return (
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"X-Force-Variant: %s\r\nContent-Length: %d\r\n\r\n%s" % (variant, len(BODY), BODY)
+        )
+
+    writer.write(
+        invocation(b"stable") + b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n" + invocation(b"canary")
+    )
+    await writer.drain()
+    bodies = []
+    for _ in range(3):
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        length = next(
+            int(line.split(b":", 1)[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        bodies.append(await asyncio.wait_for(reader.readexactly(length), 5))
+    writer.close()
+    assert json.loads(bodies[0]) == {"predictions": [30.0]}
+    assert b"predictions" not in bodies[1]
+    assert json.loads(bodies[2]) == {"predictions": [40.0]}

@@ -1,11 +1,14 @@
 """The router against nginx and against no proxy: the same upstreams, the same load, one run.
 
-Run: .venv/bin/python bench/router.py [--duration 5] [--upstream trivial|native|both]
+Run: .venv/bin/python bench/router.py [--duration 5] [--repeat 3] [--upstream trivial|native|both]
 Needs wrk and nginx (Debian: `apt-get install wrk nginx-light`). Upstreams: two trivial aiohttp
 apps answering a fixed prediction, or two native model servers (linear model). Proxies: the
 router at weight 10, nginx with the same 90/10 split and keep-alive to upstreams, or none
-(wrk straight at the stable upstream). For each: requests/s, p50, p99, and the CPU seconds the
-proxy's processes spent per 1,000 requests (from /proc; upstreams and wrk not counted).
+(wrk straight at the stable upstream). For each: requests/s, p50, p99, the CPU seconds the
+proxy's processes spent per 1,000 requests (from /proc; upstreams and wrk not counted), and the
+whole machine's CPU per request and busy share (from /proc/stat). Each cell is run `--repeat`
+times, the three setups interleaved so that a drift of the shared machine hits them alike;
+the summary uses the medians.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from router.app import BUDGET, HEALTH, METRICS, RNG, SETTINGS, TABLE
 from router.choosing import FORCE_HEADER, choose_variant
 from router.config import RoutingConfig, Variant
 from router.proxy import RETRYABLE_STATUSES, Failure
-from router.rawpool import HOP_BY_HOP_BYTES, Pools, Reply, exchange, exchange_raw, spawn
+from router.rawpool import Pools, Reply, add_end_to_end, exchange, exchange_raw, spawn
 from router.rawupload import StreamedUpload, upload_head
 from router.shadow import predictions_of
 
@@ -34,6 +34,8 @@ REASONS = {
     200: b"OK", 400: b"Bad Request", 413: b"Payload Too Large", 500: b"Internal Server Error",
     503: b"Service Unavailable",
 }  # fmt: skip
+STATUS_LINES = {status: b"HTTP/1.1 %d %s\r\n" % (status, text) for status, text in REASONS.items()}
+JSON_TYPE = [(b"Content-Type", b"application/json")]
 log = logging.getLogger("router")
 
 
@@ -44,8 +46,10 @@ def request_bytes(
     lines = [
         b"%s %s HTTP/1.1\r\nHost: upstream\r\nContent-Length: %d\r\n" % (method, target, len(body))
     ]
-    lines += [n + b": " + v + b"\r\n" for n, v in headers if n.lower() not in HOP_BY_HOP_BYTES]
-    return b"".join(lines) + b"\r\n" + body
+    add_end_to_end(lines, headers)
+    lines.append(b"\r\n")
+    lines.append(body)
+    return b"".join(lines)
 
 
 class AnswerSlot:
@@ -163,17 +167,19 @@ class FrontProtocol(asyncio.Protocol):
 
     def _write_error(self, status: int, body: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(
-                response_bytes(status, [(b"Content-Type", b"application/json")], body)
-            )
+            self.transport.write(response_bytes(status, JSON_TYPE, body))
 
 
-def response_bytes(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
-    """Serialize an answer for the client, end-to-end headers only, with its length."""
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Status"))]
-    lines += [n + b": " + v + b"\r\n" for n, v in headers if n.lower() not in HOP_BY_HOP_BYTES]
+def response_bytes(
+    status: int, headers: list[tuple[bytes, bytes]], body: bytes, extra: bytes = b""
+) -> bytes:
+    """Serialize an answer for the client: end-to-end headers, `extra` header lines, length."""
+    lines = [STATUS_LINES.get(status) or b"HTTP/1.1 %d Status\r\n" % status]
+    add_end_to_end(lines, headers)
+    lines.append(extra)
     lines.append(b"Content-Length: %d\r\n\r\n" % len(body))
-    return b"".join(lines) + body
+    lines.append(body)
+    return b"".join(lines)
 
 
 @dataclass
@@ -190,6 +196,7 @@ class DataPlane:
         self.table, self.settings, self.metrics = app[TABLE], app[SETTINGS], app[METRICS]
         self.health, self.rng, self.budget = app[HEALTH], app[RNG], app[BUDGET]
         self.timeouts = (self.settings.connect_timeout_s, self.settings.total_timeout_s)
+        self.tags: dict[tuple[Variant, str], bytes] = {}
 
     def handle(
         self,
@@ -209,6 +216,19 @@ class DataPlane:
             deliver(await self._relay_to_app(method, target, headers, body))
 
         spawn(relay())
+
+    def tag_lines(self, variant: Variant, version: str) -> bytes:
+        """Return the `X-Model-Variant` and `X-Model-Version` header lines (made once a pair)."""
+        lines = self.tags.get((variant, version))
+        if lines is None:
+            if len(self.tags) > 64:  # versions come and go with reloads: keep it small
+                self.tags.clear()
+            lines = b"X-Model-Variant: %s\r\nX-Model-Version: %s\r\n" % (
+                variant.encode(),
+                version.encode(),
+            )
+            self.tags[(variant, version)] = lines
+        return lines
 
     def start_upload(
         self,
@@ -241,7 +261,7 @@ class DataPlane:
     def _from_app(self, outcome: Reply | Failure) -> bytes:
         if isinstance(outcome, Failure):
             error = b'{"error_code": "INTERNAL_ERROR", "message": "router control app unreachable"}'
-            return response_bytes(503, [(b"Content-Type", b"application/json")], error)
+            return response_bytes(503, JSON_TYPE, error)
         status, answer_headers, answer = outcome
         return response_bytes(status, answer_headers, answer)
 
@@ -268,7 +288,7 @@ class Invocation:
         plane, config = self.plane, self.config
         if len(body) > plane.settings.max_body_bytes:
             message = b'{"error_code": "REQUEST_LIMIT_EXCEEDED", "message": "body too large"}'
-            self.deliver(response_bytes(413, [(b"Content-Type", b"application/json")], message))
+            self.deliver(response_bytes(413, JSON_TYPE, message))
             return
         variant = choose_variant(
             config, choice_headers(config, headers), plane.rng, plane.health.available(config)
@@ -290,7 +310,7 @@ class Invocation:
         except Exception:
             log.exception("answering a proxied request failed")
             error = b'{"error_code": "INTERNAL_ERROR", "message": "router error"}'
-            self.deliver(response_bytes(500, [(b"Content-Type", b"application/json")], error))
+            self.deliver(response_bytes(500, JSON_TYPE, error))
 
     def _settle(self, outcome: Reply | Failure) -> None:
         """Record the upstream's health; fail over to stable once, or answer the client."""
@@ -322,7 +342,7 @@ class Invocation:
     def _answer(self, outcome: Reply | Failure) -> bytes:
         metrics, variant = self.plane.metrics, self.variant
         version = self.config.upstream(variant).version
-        tags = [(b"X-Model-Variant", variant.encode()), (b"X-Model-Version", version.encode())]
+        tags = self.plane.tag_lines(variant, version)
         elapsed = time.perf_counter() - self.started
         if isinstance(outcome, Failure):
             status = 504 if outcome.reason == "timeout" else 503
@@ -330,12 +350,12 @@ class Invocation:
             text = f"the {variant} model server cannot be reached ({outcome.reason})"
             error = json.dumps({"error_code": code, "message": text}).encode()
             metrics.answered(variant, version, status, elapsed)
-            return response_bytes(status, [(b"Content-Type", b"application/json"), *tags], error)
+            return response_bytes(status, JSON_TYPE, error, tags)
         status, answer_headers, answer = outcome
         metrics.answered(variant, version, status, elapsed)
         if status == 200:
             metrics.predicted(variant, predictions_of(answer) or ())
-        return response_bytes(status, [*answer_headers, *tags], answer)
+        return response_bytes(status, answer_headers, answer, tags)
 
 
 NO_HEADERS: dict[str, str] = {}

@@ -34,11 +34,20 @@ OnReply = Callable[["Reply | Failure"], None]
 HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP) | {b"expect"}
 
 
+def add_end_to_end(lines: list[bytes], headers: list[tuple[bytes, bytes]]) -> None:
+    """Append a `Name: value` line for each end-to-end header (hop-by-hop ones dropped)."""
+    for name, value in headers:
+        if name.lower() not in HOP_BY_HOP_BYTES:
+            lines.append(b"%s: %s\r\n" % (name, value))
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an upstream, one exchange at a time."""
 
     def __init__(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
+        self.loop = asyncio.get_running_loop()
+        """Held: on Python 3.11 each `get_running_loop()` costs a getpid system call."""
         self.transport: asyncio.Transport | None = None
         self.on_reply: OnReply | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -116,11 +125,11 @@ class UpstreamConnection(asyncio.Protocol):
     def expect_reply(self, timeout: float, on_reply: OnReply) -> None:
         """Call `on_reply` once with the next answer, or a Failure (a timeout after `timeout`)."""
         self.on_reply = on_reply
-        self.timer = asyncio.get_running_loop().call_later(timeout, self._fail, TIMED_OUT)
+        self.timer = self.loop.call_later(timeout, self._fail, TIMED_OUT)
 
     def expect_answer(self, timeout: float) -> asyncio.Future[Reply | Failure]:
         """Return a future of the next answer, or of the Failure that came instead."""
-        waiter: asyncio.Future[Reply | Failure] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Reply | Failure] = self.loop.create_future()
         self.expect_reply(timeout, settle_into(waiter))
         return waiter
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from router.proxy import Failure
-from router.rawpool import HOP_BY_HOP_BYTES, Reply, UpstreamConnection, UpstreamPool
+from router.rawpool import Reply, UpstreamConnection, UpstreamPool, add_end_to_end
 
 PAUSE_CLIENT_ABOVE = 1024 * 1024
 """Bytes held for the app (before it is connected) past which the client is paused."""
@@ -24,8 +24,9 @@ def upload_head(
         b"Content-Length: %d" % length if length is not None else b"Transfer-Encoding: chunked"
     )
     lines = [b"%s %s HTTP/1.1\r\nHost: upstream\r\n%s\r\n" % (method, target, framing)]
-    lines += [n + b": " + v + b"\r\n" for n, v in headers if n.lower() not in HOP_BY_HOP_BYTES]
-    return b"".join(lines) + b"\r\n"
+    add_end_to_end(lines, headers)
+    lines.append(b"\r\n")
+    return b"".join(lines)
 
 
 class StreamedUpload:

@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
+from http import HTTPStatus
 from typing import cast
 
 import httptools
@@ -30,11 +31,8 @@ from router.rawpool import Pools, Reply, add_end_to_end, exchange, exchange_raw,
 from router.rawupload import StreamedUpload, upload_head
 from router.shadow import predictions_of
 
-REASONS = {
-    200: b"OK", 400: b"Bad Request", 413: b"Payload Too Large", 500: b"Internal Server Error",
-    503: b"Service Unavailable",
-}  # fmt: skip
-STATUS_LINES = {status: b"HTTP/1.1 %d %s\r\n" % (status, text) for status, text in REASONS.items()}
+STATUS_LINES = {int(s): b"HTTP/1.1 %d %s\r\n" % (s, s.phrase.encode()) for s in HTTPStatus}
+"""Every standard status line, with its reason phrase (an upstream's status is passed on)."""
 JSON_TYPE = [(b"Content-Type", b"application/json")]
 log = logging.getLogger("router")
 

@@ -241,6 +241,7 @@ async def test_a_slow_upstream_is_a_504(stack: Stack) -> None:
     stack.stable.delay = 2.0
     (answer,) = await _post(stack, 1, {"X-Force-Variant": "stable"})
     assert answer.status == 504
+    assert answer.reason == "Gateway Timeout"
     assert (await answer.json())["error_code"] == "DEADLINE_EXCEEDED"
 
 

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from http import HTTPStatus
@@ -27,7 +27,7 @@ from router.app import BUDGET, HEALTH, METRICS, RNG, SETTINGS, TABLE
 from router.choosing import FORCE_HEADER, choose_variant
 from router.config import RoutingConfig, Variant
 from router.proxy import RETRYABLE_STATUSES, Failure
-from router.rawpool import Pools, Reply, add_end_to_end, exchange, exchange_raw, spawn
+from router.rawpool import Pools, Reply, add_end_to_end, exchange, exchange_raw, spawn_then
 from router.rawupload import StreamedUpload, upload_head
 from router.shadow import predictions_of
 
@@ -135,8 +135,7 @@ class FrontProtocol(asyncio.Protocol):
         if self.upload is not None:
             upload, self.upload = self.upload, None
             upload.finish()
-            answer = self.plane.upload_answer(upload)
-            spawn(self._deliver_later(slot, answer))
+            spawn_then(self.plane.upload_answer(upload), partial(self._deliver, slot))
         else:
             method = self.parser.get_method()
             self.plane.handle(
@@ -148,9 +147,6 @@ class FrontProtocol(asyncio.Protocol):
         if self.upload is not None:
             self.upload.abort()
             self.upload = None
-
-    async def _deliver_later(self, slot: AnswerSlot, answer: Awaitable[bytes]) -> None:
-        self._deliver(slot, await answer)
 
     def _deliver(self, slot: AnswerSlot, data: bytes) -> None:
         """Fill `slot`; write every answer that is now at the head of the queue."""
@@ -209,11 +205,7 @@ class DataPlane:
         if method == b"POST" and target == b"/invocations" and config.shadow.percent == 0:
             Invocation(self, config, deliver).start(headers, body)
             return
-
-        async def relay() -> None:
-            deliver(await self._relay_to_app(method, target, headers, body))
-
-        spawn(relay())
+        spawn_then(self._relay_to_app(method, target, headers, body), deliver)
 
     def tag_lines(self, variant: Variant, version: str) -> bytes:
         """Return the `X-Model-Variant` and `X-Model-Version` header lines (made once a pair)."""

@@ -7,15 +7,16 @@ An exchange ends in one call of its `on_reply` callback with the answer or a `Fa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from urllib.parse import urlparse
 
 import httptools
 
 from router.proxy import HOP_BY_HOP, Failure
 
+T = TypeVar("T")
 TIMED_OUT = Failure("timeout", "no answer in time")
 RUNNING: set[asyncio.Task[None]] = set()
 """Tasks started by callbacks, held so the garbage collector cannot drop one mid-flight."""
@@ -26,6 +27,15 @@ def spawn(work: Coroutine[Any, Any, None]) -> None:
     task = asyncio.get_running_loop().create_task(work)
     RUNNING.add(task)
     task.add_done_callback(RUNNING.discard)
+
+
+def spawn_then(result: Awaitable[T], then: Callable[[T], None]) -> None:
+    """Await `result` in a task of its own and pass it to `then`."""
+
+    async def waiting() -> None:
+        then(await result)
+
+    spawn(waiting())
 
 
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
@@ -84,9 +94,7 @@ class UpstreamConnection(asyncio.Protocol):
         answer = (status, self.headers, b"".join(self.body))
         self.headers, self.body = [], []
         on_reply, self.on_reply = self.on_reply, None
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self._stop_timer()
         if on_reply is not None:
             on_reply(answer)
 
@@ -155,11 +163,14 @@ class UpstreamPool:
                 return connection
         return None
 
-    async def connect(self, within: float) -> UpstreamConnection:
-        """Open a new connection within `within` seconds."""
+    async def connect(self, within: float) -> UpstreamConnection | Failure:
+        """Open a new connection within `within` seconds, or say why not (a connect Failure)."""
         loop = asyncio.get_running_loop()
         opening = loop.create_connection(UpstreamConnection, self.host, self.port)
-        _, connection = await asyncio.wait_for(opening, within)
+        try:
+            _, connection = await asyncio.wait_for(opening, within)
+        except (OSError, TimeoutError) as error:
+            return Failure("connect", str(error) or type(error).__name__)
         return connection
 
     def release(self, connection: UpstreamConnection) -> None:
@@ -226,10 +237,9 @@ def _send(
 async def _connect_and_send(
     pool: UpstreamPool, data: bytes, timeouts: tuple[float, float], on_reply: OnReply
 ) -> None:
-    try:
-        connection = await pool.connect(timeouts[0])
-    except (OSError, TimeoutError) as error:
-        on_reply(Failure("connect", str(error) or type(error).__name__))
+    connection = await pool.connect(timeouts[0])
+    if isinstance(connection, Failure):
+        on_reply(connection)
         return
     _send(pool, connection, data, timeouts[1], on_reply)
 

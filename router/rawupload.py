@@ -79,13 +79,10 @@ class StreamedUpload:
             self.client.pause_reading()
 
     async def _exchange(self, connect_timeout: float, total_timeout: float) -> Reply | Failure:
-        connection = self.pool.idle_connection()
         try:
-            if connection is None:
-                try:
-                    connection = await self.pool.connect(connect_timeout)
-                except (OSError, TimeoutError) as error:
-                    return Failure("connect", str(error) or type(error).__name__)
+            connection = self.pool.idle_connection() or await self.pool.connect(connect_timeout)
+            if isinstance(connection, Failure):
+                return connection
             waiter = connection.expect_answer(total_timeout)
             connection.on_writable = self._client_may_send
             connection.send_bytes(b"".join(self.pending))

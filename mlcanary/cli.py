@@ -219,7 +219,31 @@ def router(
             help="Controller for the original admin paths (MLCANARY_CONTROLLER_URL).",
         ),
     ] = None,
+    drain_timeout: Annotated[
+        float,
+        typer.Option(help="On SIGTERM/SIGINT: seconds to answer requests already received."),
+    ] = 30.0,
+    header_timeout: Annotated[
+        float, typer.Option(help="Seconds a request's line and headers may take to arrive.")
+    ] = 10.0,
+    keepalive_timeout: Annotated[
+        float, typer.Option(help="Seconds an idle client connection is kept open.")
+    ] = 15.0,
+    body_timeout: Annotated[
+        float, typer.Option(help="Seconds a request body may pause before it is dropped.")
+    ] = 60.0,
+    max_connections: Annotated[
+        int, typer.Option(help="Client connections held at once; more are closed at once.")
+    ] = 4096,
+    upstream_connections: Annotated[
+        int, typer.Option(help="Connections to each model server at most; more requests wait.")
+    ] = 256,
+    upstream_keepalive_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds an idle model-server connection is kept (below uvicorn's 5)."),
+    ] = 4.0,
     reuse_port: Annotated[bool, typer.Option(hidden=True)] = False,
+    settings_json: Annotated[str | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run the router: split traffic between stable and canary as the routing file says."""
     from pydantic import ValidationError
@@ -230,13 +254,25 @@ def router(
 
     logging.getLogger("router").setLevel(logging.INFO)
     try:
-        settings = RouterSettings(
-            config_path=config,
-            host=host,
-            port=port,
-            total_timeout_s=timeout,
-            max_body_bytes=int(max_body_mb * 1024 * 1024),
-            controller_url=controller_url or os.environ.get("MLCANARY_CONTROLLER_URL") or None,
+        # Workers started by --workers get their parent's settings whole.
+        settings = (
+            RouterSettings.model_validate_json(settings_json)
+            if settings_json
+            else RouterSettings(
+                config_path=config,
+                host=host,
+                port=port,
+                total_timeout_s=timeout,
+                max_body_bytes=int(max_body_mb * 1024 * 1024),
+                controller_url=controller_url or os.environ.get("MLCANARY_CONTROLLER_URL") or None,
+                drain_timeout_s=drain_timeout,
+                header_timeout_s=header_timeout,
+                keepalive_timeout_s=keepalive_timeout,
+                body_timeout_s=body_timeout,
+                max_connections=max_connections,
+                upstream_connections=upstream_connections,
+                upstream_keepalive_s=upstream_keepalive_timeout,
+            )
         )
         run_router(
             settings,

@@ -18,32 +18,18 @@ from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from router.choosing import choose_variant
 from router.config import RoutingConfig, Variant, read_routing_file
 from router.health import HealthBoard
 from router.metrics import VARIANTS, RouterMetrics
-from router.proxy import RETRYABLE_STATUSES, Answer, Failure, exchange, forward_headers
+from router.policy import Failure, ProxyPolicy, RetryBudget, failure_answer
+from router.proxy import Answer, exchange, forward_headers
 from router.settings import RouterSettings
-from router.shadow import Shadower, predictions_of
+from router.shadow import Shadower
 from router.watcher import RoutingFileWatcher, RoutingTable
 
 log = logging.getLogger("router")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 JSON = "application/json"
-
-
-@dataclass
-class RetryBudget:
-    """Retries on stable stay within a share of the requests in flight (at least a minimum)."""
-
-    ratio: float
-    minimum: int
-    in_flight: int = 0
-    retrying: int = 0
-
-    def allows(self) -> bool:
-        """Whether one more retry fits in the budget now."""
-        return self.retrying < max(self.minimum, self.ratio * self.in_flight)
 
 
 @dataclass
@@ -59,7 +45,7 @@ TABLE = web.AppKey("table", RoutingTable)
 METRICS = web.AppKey("metrics", RouterMetrics)
 HEALTH = web.AppKey("health", HealthBoard)
 RNG = web.AppKey("rng", random.Random)
-BUDGET = web.AppKey("budget", RetryBudget)
+POLICY = web.AppKey("policy", ProxyPolicy)
 RUNTIME = web.AppKey("runtime", Runtime)
 SHADOW = web.AppKey("shadow", Shadower)
 
@@ -79,7 +65,12 @@ def create_app(
     app[METRICS] = RouterMetrics.create(registry)
     app[HEALTH] = HealthBoard(settings)
     app[RNG] = rng or random.Random()  # noqa: S311 (traffic split, not cryptography)
-    app[BUDGET] = RetryBudget(settings.retry_budget_ratio, settings.retry_budget_min)
+    budget = RetryBudget(
+        settings.retry_budget_percent,
+        settings.retry_budget_min_per_s,
+        settings.retry_budget_window_s,
+    )
+    app[POLICY] = ProxyPolicy(settings, app[METRICS], app[HEALTH], app[RNG], budget)
     app[RUNTIME] = Runtime()
     app[SHADOW] = Shadower(app[METRICS], settings.shadow_max_in_flight)
     show_config(app)
@@ -114,7 +105,12 @@ async def background(app: web.Application) -> AsyncIterator[None]:
     """Own the upstream session, the routing-file watcher and the health checker."""
     settings, runtime, metrics = app[SETTINGS], app[RUNTIME], app[METRICS]
     runtime.session = aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None),
+        connector=aiohttp.TCPConnector(
+            limit=0,
+            limit_per_host=settings.upstream_connections,
+            keepalive_timeout=settings.upstream_keepalive_s,
+            ttl_dns_cache=None,
+        ),
         timeout=aiohttp.ClientTimeout(
             total=settings.total_timeout_s, sock_connect=settings.connect_timeout_s
         ),
@@ -171,19 +167,18 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 async def invocations(request: web.Request) -> web.Response:
     """Proxy MLflow's scoring request to the chosen variant, failing over from the canary."""
-    config = request.app[TABLE].current  # this request finishes on this table, whatever reloads
+    app = request.app
+    config = app[TABLE].current  # this request finishes on this table, whatever reloads
     body = await request.read()
     started = time.perf_counter()
-    headers = forward_headers(request.headers)
-    routed = await route(request.app, config, body, headers)
+    headers = forward_headers(request)
+    routed = await route(app, config, body, headers)
     response = answer_client(config, routed.variant, routed.outcome)
     version = config.upstream(routed.variant).version
-    record(request.app, routed.variant, version, response.status, started)
-    if isinstance(routed.outcome, Answer) and routed.outcome.status == 200:
-        predictions = predictions_of(routed.outcome.body)
-        request.app[METRICS].predicted(routed.variant, predictions or ())
-        if routed.variant == "stable":
-            maybe_shadow(request.app, config, body, headers, predictions)
+    answered = routed.outcome.body if isinstance(routed.outcome, Answer) else None
+    predictions = app[POLICY].answered(routed.variant, version, response.status, started, answered)
+    if routed.variant == "stable" and response.status == 200:
+        maybe_shadow(app, config, body, headers, predictions)
     return response
 
 
@@ -222,35 +217,21 @@ async def route(
     headers: CIMultiDict[str],
     path: str = "/invocations",
 ) -> Routed:
-    """Choose a variant, send, and retry once on stable if the canary failed (within budget)."""
-    variant = choose_variant(config, headers, app[RNG], app[HEALTH].available(config))
-    budget = app[BUDGET]
-    budget.in_flight += 1
-    try:
+    """Choose a variant, send, and retry on stable as the proxy policy says."""
+    policy = app[POLICY]
+    variant = policy.choose(config, headers)
+    outcome = await send(app, config, variant, path, body, headers)
+    retry = policy.settle(config, variant, status_of(outcome), first_try=True)
+    if retry is not None:
+        variant = retry
         outcome = await send(app, config, variant, path, body, headers)
-        if variant == "canary" and is_retryable(outcome) and budget.allows():
-            app[METRICS].failovers.labels("canary").inc()
-            budget.retrying += 1
-            try:
-                variant = "stable"
-                outcome = await send(app, config, variant, path, body, headers)
-            finally:
-                budget.retrying -= 1
-    finally:
-        budget.in_flight -= 1
+        policy.settle(config, variant, status_of(outcome), first_try=False)
     return Routed(variant, outcome)
 
 
-def record(
-    app: web.Application, variant: Variant, version: str, status: int, started: float
-) -> None:
-    """Count the answer and its latency under the variant and version that gave it."""
-    app[METRICS].answered(variant, version, status, time.perf_counter() - started)
-
-
-def is_retryable(outcome: Answer | Failure) -> bool:
-    """Tell whether the exchange failed before any byte reached the client (retry-safe)."""
-    return isinstance(outcome, Failure) or outcome.status in RETRYABLE_STATUSES
+def status_of(outcome: Answer | Failure) -> int | Failure:
+    """Return what the policy settles: the upstream's status, or why it did not answer."""
+    return outcome if isinstance(outcome, Failure) else outcome.status
 
 
 async def send(
@@ -261,48 +242,32 @@ async def send(
     body: bytes,
     headers: CIMultiDict[str],
 ) -> Answer | Failure:
-    """Exchange once with a variant's upstream; record it in health and error metrics.
+    """Exchange once with a variant's upstream.
 
     Timeouts are the session's: connect within `connect_timeout_s`, all within `total_timeout_s`.
     """
-    upstream = config.upstream(variant)
     session = app[RUNTIME].session
     assert session is not None  # noqa: S101 (opened before the first request)
-    settings = app[SETTINGS]
-    outcome = await exchange(session, upstream.url, path, body, headers)
-    health = app[HEALTH].of(upstream.url)
-    if isinstance(outcome, Failure):
-        app[METRICS].upstream_errors.labels(variant, outcome.reason).inc()
-        health.failed(outcome.reason, settings)
-    elif outcome.status >= 500:
-        app[METRICS].upstream_errors.labels(variant, "status_5xx").inc()
-        health.failed(f"answered {outcome.status}", settings)
-    else:
-        health.succeeded()
-    return outcome
+    return await exchange(session, config.upstream(variant).url, path, body, headers)
 
 
 def answer_client(
     config: RoutingConfig, variant: Variant, outcome: Answer | Failure
 ) -> web.Response:
     """Turn the exchange into the client's answer, tagged with the variant and version."""
-    version = config.upstream(variant).version
     if isinstance(outcome, Failure):
-        if outcome.reason == "timeout":
-            response = error_response(
-                504, "DEADLINE_EXCEEDED", f"the {variant} model server did not answer in time"
-            )
-        else:
-            response = error_response(
-                503,
-                "TEMPORARILY_UNAVAILABLE",
-                f"the {variant} model server cannot be reached ({outcome.reason})",
-            )
+        status, error = failure_answer(variant, outcome)
+        response = web.Response(status=status, body=error, headers={"Content-Type": JSON})
     else:
         response = web.Response(status=outcome.status, body=outcome.body, headers=outcome.headers)
-    response.headers["X-Model-Variant"] = variant
-    response.headers["X-Model-Version"] = version
+    tag(response, config, variant)
     return response
+
+
+def tag(response: web.StreamResponse, config: RoutingConfig, variant: Variant) -> None:
+    """Set the router's `X-Model-Variant` and `X-Model-Version` (once each)."""
+    response.headers["X-Model-Variant"] = variant
+    response.headers["X-Model-Version"] = config.upstream(variant).version
 
 
 async def ping(_request: web.Request) -> web.Response:

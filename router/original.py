@@ -13,17 +13,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
-from multidict import CIMultiDict
 
 from router.app import (
     HEALTH,
     METRICS,
+    POLICY,
     TABLE,
     Routed,
     answer_client,
     error_response,
-    record,
     route,
+    tag,
 )
 from router.config import RoutingConfig, Variant
 from router.proxy import Answer, forward_headers
@@ -80,12 +80,14 @@ async def predict(request: web.Request) -> web.Response:
     except (ValueError, RecursionError) as error:
         message = str(error) if isinstance(error, PredictShapeError) else f"{EXPECTED}: {error}"
         return error_response(400, "BAD_REQUEST", message)
-    headers = forward_headers(request.headers)
+    headers = forward_headers(request)
     headers["Content-Type"] = "application/json"
     started = time.perf_counter()
-    routed = await route(app, config, json.dumps(split).encode(), CIMultiDict(headers))
+    routed = await route(app, config, json.dumps(split).encode(), headers)
     response = original_answer(app, config, routed, several)
-    record(app, routed.variant, config.upstream(routed.variant).version, response.status, started)
+    version = config.upstream(routed.variant).version
+    upstream_body = routed.outcome.body if isinstance(routed.outcome, Answer) else None
+    app[POLICY].answered(routed.variant, version, response.status, started, upstream_body)
     return response
 
 
@@ -104,8 +106,7 @@ def original_answer(
         "prediction_time": datetime.now(UTC).isoformat(),
     }
     response = web.json_response(body)
-    response.headers["X-Model-Variant"] = routed.variant
-    response.headers["X-Model-Version"] = config.upstream(routed.variant).version
+    tag(response, config, routed.variant)
     return response
 
 

@@ -2,11 +2,19 @@
 
 An exchange ends in one call of its `on_reply` callback with the answer or a `Failure`
 (connect, reset, timeout): the hot path needs no task or future per request.
+
+The pool keeps what nginx's upstream `keepalive` does: at most `limit` connections per upstream
+(further exchanges wait in order for one to free up), idle ones closed after `idle_timeout`
+(below the upstream's own keep-alive timeout, so the upstream is not the one to close them), an
+answer with `Connection: close` or from HTTP/1.0 never reused, and a request whose reused
+socket failed before any byte of the answer sent once more on a fresh socket: the upstream
+closed an idle connection just as the router wrote on it, and nothing was run.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
@@ -14,7 +22,7 @@ from urllib.parse import urlparse
 
 import httptools
 
-from router.proxy import HOP_BY_HOP, Failure
+from router.policy import Failure
 
 T = TypeVar("T")
 TIMED_OUT = Failure("timeout", "no answer in time")
@@ -40,23 +48,17 @@ def spawn_then(result: Awaitable[T], then: Callable[[T], None]) -> None:
 
 Reply = tuple[int, list[tuple[bytes, bytes]], bytes]
 OnReply = Callable[["Reply | Failure"], None]
-# `expect` too: the front answers 100-continue itself, so upstreams never send interim answers.
-HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP) | {b"expect"}
-
-
-def add_end_to_end(lines: list[bytes], headers: list[tuple[bytes, bytes]]) -> None:
-    """Append a `Name: value` line for each end-to-end header (hop-by-hop ones dropped)."""
-    for name, value in headers:
-        if name.lower() not in HOP_BY_HOP_BYTES:
-            lines.append(b"%s: %s\r\n" % (name, value))
+Lessee = Callable[["UpstreamConnection | Failure", bool], None]
+"""Handed a connection (and whether it was reused) or why none could be had."""
 
 
 class UpstreamConnection(asyncio.Protocol):
     """One keep-alive connection to an upstream, one exchange at a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
         self.parser = httptools.HttpResponseParser(self)
-        self.loop = asyncio.get_running_loop()
+        self.loop = pool.loop
         """Held: on Python 3.11 each `get_running_loop()` costs a getpid system call."""
         self.transport: asyncio.Transport | None = None
         self.on_reply: OnReply | None = None
@@ -65,6 +67,12 @@ class UpstreamConnection(asyncio.Protocol):
         """Told when the connection's write buffer fills (False) and drains (True)."""
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
+        self.answer_started = False
+        """Some byte of the current exchange's answer has arrived."""
+        self.keep_alive = True
+        """The last answer allows another exchange on this connection."""
+        self.idle_since = 0.0
+        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport."""
@@ -72,9 +80,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Feed the response parser."""
+        self.answer_started = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as error:
+            self.keep_alive = False
             self._fail(Failure("reset", f"bad answer from upstream: {error}"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -91,6 +101,7 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= status < 200:
             self.headers, self.body = [], []
             return
+        self.keep_alive = self.parser.should_keep_alive()
         answer = (status, self.headers, b"".join(self.body))
         self.headers, self.body = [], []
         on_reply, self.on_reply = self.on_reply, None
@@ -99,7 +110,10 @@ class UpstreamConnection(asyncio.Protocol):
             on_reply(answer)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Fail an exchange still waiting: the upstream went away."""
+        """Leave the pool; fail an exchange still waiting: the upstream went away."""
+        self.lost = True
+        self.keep_alive = False
+        self.pool.forget(self)
         self._fail(Failure("reset", "upstream closed the connection"))
 
     def _fail(self, failure: Failure) -> None:
@@ -118,7 +132,12 @@ class UpstreamConnection(asyncio.Protocol):
     @property
     def usable(self) -> bool:
         """Whether the connection can take another exchange."""
-        return self.transport is not None and not self.transport.is_closing()
+        return self.keep_alive and self.transport is not None and not self.transport.is_closing()
+
+    def close(self) -> None:
+        """Close the connection (its `connection_lost` follows)."""
+        if self.transport is not None:
+            self.transport.close()
 
     def pause_writing(self) -> None:
         """Pass on that the upstream is not keeping up."""
@@ -133,6 +152,7 @@ class UpstreamConnection(asyncio.Protocol):
     def expect_reply(self, timeout: float, on_reply: OnReply) -> None:
         """Call `on_reply` once with the next answer, or a Failure (a timeout after `timeout`)."""
         self.on_reply = on_reply
+        self.answer_started = False
         self.timer = self.loop.call_later(timeout, self._fail, TIMED_OUT)
 
     def expect_answer(self, timeout: float) -> asyncio.Future[Reply | Failure]:
@@ -148,48 +168,129 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 @dataclass
+class Waiting:
+    """An exchange waiting for a connection while the pool is at its limit."""
+
+    then: Lessee
+    deadline: float
+
+
+@dataclass
 class UpstreamPool:
-    """Idle keep-alive connections to one upstream host and port."""
+    """Keep-alive connections to one upstream host and port, at most `limit` of them."""
 
     host: str
     port: int
+    limit: int = 256
+    idle_timeout: float = 4.0
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     idle: list[UpstreamConnection] = field(default_factory=list)
+    """Most recently used last: the freshest is reused first."""
+    opened: int = 0
+    """Connections open or being opened."""
+    waiting: deque[Waiting] = field(default_factory=deque)
+
+    def lease(self, within: float, then: Lessee, *, deadline: float | None = None) -> None:
+        """Hand `then` a connection.
+
+        An idle one at once, a new one once connected (within `within` seconds), or, at the
+        limit, the next one freed before `deadline`.
+        """
+        connection = self.idle_connection()
+        if connection is not None:
+            then(connection, True)
+        elif self.opened < self.limit:
+            self.opened += 1
+            spawn(self._open(within, then))
+        else:
+            when = deadline if deadline is not None else self.loop.time() + within
+            self.waiting.append(Waiting(then, when))
 
     def idle_connection(self) -> UpstreamConnection | None:
-        """Return a usable idle connection, if there is one."""
+        """Return a usable idle connection that has not been idle too long, if there is one."""
+        expired_before = self.loop.time() - self.idle_timeout
         while self.idle:
             connection = self.idle.pop()
-            if connection.usable:
+            if connection.usable and connection.idle_since > expired_before:
                 return connection
+            connection.close()
         return None
 
-    async def connect(self, within: float) -> UpstreamConnection | Failure:
-        """Open a new connection within `within` seconds, or say why not (a connect Failure)."""
-        loop = asyncio.get_running_loop()
-        opening = loop.create_connection(UpstreamConnection, self.host, self.port)
+    def open_beyond_limit(self, within: float, then: Lessee) -> None:
+        """Open a new connection even at the limit.
+
+        The one retry of a keep-alive race: its failed connection is closing and about to free
+        its place.
+        """
+        self.opened += 1
+        spawn(self._open(within, then))
+
+    async def _open(self, within: float, then: Lessee) -> None:
+        opening = self.loop.create_connection(
+            lambda: UpstreamConnection(self), self.host, self.port
+        )
         try:
             _, connection = await asyncio.wait_for(opening, within)
         except (OSError, TimeoutError) as error:
-            return Failure("connect", str(error) or type(error).__name__)
-        return connection
+            self.opened -= 1
+            then(Failure("connect", str(error) or type(error).__name__), False)
+            self._serve_waiting()
+            return
+        then(connection, False)
 
     def release(self, connection: UpstreamConnection) -> None:
-        """Keep a connection for the next exchange."""
-        if connection.usable:
-            self.idle.append(connection)
+        """Take a connection back after an exchange: the next waiter gets it, else it idles."""
+        if not connection.usable:
+            connection.close()
+            return
+        now = self.loop.time()
+        while self.waiting:
+            waiting = self.waiting.popleft()
+            if waiting.deadline > now:
+                waiting.then(connection, True)
+                return
+            waiting.then(TIMED_OUT, False)
+        connection.idle_since = now
+        self.idle.append(connection)
+
+    def forget(self, connection: UpstreamConnection) -> None:
+        """Free a closed connection's place (a waiter gets a new connection in it)."""
+        self.opened -= 1
+        if connection in self.idle:
+            self.idle.remove(connection)
+        self._serve_waiting()
+
+    def _serve_waiting(self) -> None:
+        now = self.loop.time()
+        while self.waiting and self.opened < self.limit:
+            waiting = self.waiting.popleft()
+            if waiting.deadline <= now:
+                waiting.then(TIMED_OUT, False)
+                continue
+            self.opened += 1
+            spawn(self._open(waiting.deadline - now, waiting.then))
+
+    def expire(self) -> None:
+        """Close idle connections past `idle_timeout`; time out waiters past their deadline."""
+        now = self.loop.time()
+        for connection in [c for c in self.idle if c.idle_since <= now - self.idle_timeout]:
+            connection.close()
+        while self.waiting and self.waiting[0].deadline <= now:
+            self.waiting.popleft().then(TIMED_OUT, False)
 
     def close(self) -> None:
         """Close every idle connection."""
-        for connection in self.idle:
-            if connection.transport is not None:
-                connection.transport.close()
+        for connection in list(self.idle):
+            connection.close()
         self.idle.clear()
 
 
 @dataclass
 class Pools:
-    """One pool per upstream base URL."""
+    """One pool per upstream base URL, each capped and expired alike."""
 
+    limit: int = 256
+    idle_timeout: float = 4.0
     by_url: dict[str, UpstreamPool] = field(default_factory=dict)
 
     def of(self, url: str) -> UpstreamPool:
@@ -197,9 +298,16 @@ class Pools:
         pool = self.by_url.get(url)
         if pool is None:
             parsed = urlparse(url)
-            pool = UpstreamPool(parsed.hostname or "127.0.0.1", parsed.port or 80)
+            pool = UpstreamPool(
+                parsed.hostname or "127.0.0.1", parsed.port or 80, self.limit, self.idle_timeout
+            )
             self.by_url[url] = pool
         return pool
+
+    def expire(self) -> None:
+        """Expire idle connections and overdue waiters in every pool."""
+        for pool in self.by_url.values():
+            pool.expire()
 
     def close(self) -> None:
         """Close every pool."""
@@ -213,43 +321,66 @@ def exchange(
     """Send one request over the pool; call `on_reply` once with the answer or a Failure.
 
     `timeouts` are (connect, total) seconds. With an idle connection the request is written at
-    once; otherwise a task connects first. A connection that answered goes back to the pool.
+    once; otherwise a task connects first, or the request waits for a connection to free up.
     """
-    connection = pool.idle_connection()
-    if connection is None:
-        spawn(_connect_and_send(pool, data, timeouts, on_reply))
-        return
-    _send(pool, connection, data, timeouts[1], on_reply)
+
+    def leased(connection: UpstreamConnection | Failure, reused: bool) -> None:
+        if isinstance(connection, Failure):
+            on_reply(connection)
+        else:
+            _send(pool, connection, data, timeouts, on_reply, reused)
+
+    pool.lease(timeouts[0], leased, deadline=pool.loop.time() + timeouts[1])
 
 
 def _send(
-    pool: UpstreamPool, connection: UpstreamConnection, data: bytes, timeout: float, then: OnReply
+    pool: UpstreamPool,
+    connection: UpstreamConnection,
+    data: bytes,
+    timeouts: tuple[float, float],
+    then: OnReply,
+    reused: bool,
 ) -> None:
     def replied(outcome: Reply | Failure) -> None:
-        if type(outcome) is tuple:  # an answer: the connection is free again
+        if type(outcome) is tuple:  # an answer: the connection is free again (if kept alive)
             pool.release(connection)
+        elif reused and not connection.answer_started and outcome is not TIMED_OUT:
+            # A keep-alive race: the upstream closed the idle socket as the request went out.
+            pool.open_beyond_limit(timeouts[0], fresh)
+            return
         then(outcome)
 
-    connection.expect_reply(timeout, replied)
+    def fresh(connection: UpstreamConnection | Failure, _reused: bool) -> None:
+        if isinstance(connection, Failure):
+            then(connection)
+        else:
+            _send(pool, connection, data, timeouts, then, False)
+
+    connection.expect_reply(timeouts[1], replied)
     connection.send_bytes(data)
-
-
-async def _connect_and_send(
-    pool: UpstreamPool, data: bytes, timeouts: tuple[float, float], on_reply: OnReply
-) -> None:
-    connection = await pool.connect(timeouts[0])
-    if isinstance(connection, Failure):
-        on_reply(connection)
-        return
-    _send(pool, connection, data, timeouts[1], on_reply)
 
 
 async def exchange_raw(
     pool: UpstreamPool, data: bytes, connect_timeout: float, total_timeout: float
 ) -> Reply | Failure:
     """One exchange over the pool, awaited: the answer, or connect / reset / timeout."""
-    waiter: asyncio.Future[Reply | Failure] = asyncio.get_running_loop().create_future()
+    waiter: asyncio.Future[Reply | Failure] = pool.loop.create_future()
     exchange(pool, data, (connect_timeout, total_timeout), settle_into(waiter))
+    return await waiter
+
+
+async def lease(pool: UpstreamPool, within: float) -> UpstreamConnection | Failure:
+    """Await a connection from the pool (a new one when none is idle)."""
+    waiter: asyncio.Future[UpstreamConnection | Failure] = pool.loop.create_future()
+
+    def leased(connection: UpstreamConnection | Failure, _reused: bool) -> None:
+        if waiter.done():  # the one waiting went away: give the connection back
+            if not isinstance(connection, Failure):
+                pool.release(connection)
+        else:
+            waiter.set_result(connection)
+
+    pool.lease(within, leased)
     return await waiter
 
 

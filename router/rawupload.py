@@ -9,24 +9,11 @@ from __future__ import annotations
 
 import asyncio
 
-from router.proxy import Failure
-from router.rawpool import Reply, UpstreamConnection, UpstreamPool, add_end_to_end
+from router.policy import Failure
+from router.rawpool import Reply, UpstreamConnection, UpstreamPool, lease
 
 PAUSE_CLIENT_ABOVE = 1024 * 1024
 """Bytes held for the app (before it is connected) past which the client is paused."""
-
-
-def upload_head(
-    method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], length: int | None
-) -> bytes:
-    """Serialize a request head whose body follows: with its length, or chunked if unknown."""
-    framing = (
-        b"Content-Length: %d" % length if length is not None else b"Transfer-Encoding: chunked"
-    )
-    lines = [b"%s %s HTTP/1.1\r\nHost: upstream\r\n%s\r\n" % (method, target, framing)]
-    add_end_to_end(lines, headers)
-    lines.append(b"\r\n")
-    return b"".join(lines)
 
 
 class StreamedUpload:
@@ -80,7 +67,7 @@ class StreamedUpload:
 
     async def _exchange(self, connect_timeout: float, total_timeout: float) -> Reply | Failure:
         try:
-            connection = self.pool.idle_connection() or await self.pool.connect(connect_timeout)
+            connection = await lease(self.pool, connect_timeout)
             if isinstance(connection, Failure):
                 return connection
             waiter = connection.expect_answer(total_timeout)

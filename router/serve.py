@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import signal
 import subprocess
 import sys
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiohttp import web
 
 from router.app import create_app
-from router.dataplane import DataPlane, start_front
+from router.dataplane import DataPlane, Front, start_front
 from router.settings import RouterSettings
+
+log = logging.getLogger("router")
 
 
 def run_router(
@@ -30,14 +34,9 @@ def run_router(
         _run(serve_router(settings, reuse_port=reuse_port, data_plane=data_plane), loop)
         return
     argv = [
-        sys.executable, "-m", "mlcanary", "router", "--config", str(settings.config_path),
-        "--host", settings.host, "--port", str(settings.port), "--loop", loop,
-        "--data-plane", data_plane, "--reuse-port",
-        "--timeout", str(settings.total_timeout_s),
-        "--max-body-mb", str(settings.max_body_bytes / 1024 / 1024),
+        sys.executable, "-m", "mlcanary", "router", "--settings-json", settings.model_dump_json(),
+        "--loop", loop, "--data-plane", data_plane, "--reuse-port",
     ]  # fmt: skip
-    if settings.controller_url:
-        argv += ["--controller", settings.controller_url]
     children = [
         subprocess.Popen(argv)  # noqa: S603 (our own command, no shell)
         for _ in range(workers - 1)
@@ -48,7 +47,7 @@ def run_router(
         for child in children:
             child.send_signal(signal.SIGTERM)
         for child in children:
-            child.wait(timeout=settings.total_timeout_s + 5)
+            child.wait(timeout=settings.drain_timeout_s + 10)
 
 
 def _run(main: Coroutine[Any, Any, None], loop: str) -> None:
@@ -60,41 +59,59 @@ def _run(main: Coroutine[Any, Any, None], loop: str) -> None:
         asyncio.run(main)
 
 
+@asynccontextmanager
+async def running_router(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    fast_path: bool = True,
+    reuse_port: bool = False,
+    drain_timeout: float = 0,
+) -> AsyncIterator[Front]:
+    """Serve `app` behind the public front on `host:port`; drain and stop both on exit.
+
+    The aiohttp app listens on a free loopback port behind the front (see `router.dataplane`),
+    and stays up until the front has answered every request it received.
+    """
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=drain_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, reuse_address=True)
+    await site.start()
+    app_host, app_port = runner.addresses[0][:2]
+    plane = DataPlane(app, f"http://{app_host}:{app_port}", fast_path=fast_path)
+    try:
+        front = await start_front(plane, host, port, reuse_port=reuse_port)
+        try:
+            yield front
+        finally:
+            aborted = await front.shutdown(drain_timeout)
+            if aborted:
+                log.warning("drain timeout: %d connections closed with answers owed", aborted)
+    finally:
+        await runner.cleanup()
+
+
 async def serve_router(
     settings: RouterSettings, *, reuse_port: bool = False, data_plane: str = "raw"
 ) -> None:
-    """Listen, follow the routing file, and finish requests in flight on the way out.
-
-    With the raw data plane the aiohttp app listens on a free loopback port behind it.
-    """
+    """Listen, follow the routing file; on SIGTERM or SIGINT drain, then exit."""
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.total_timeout_s)
-    await runner.setup()
-    raw = data_plane == "raw"
-    site = web.TCPSite(
-        runner,
-        "127.0.0.1" if raw else settings.host,
-        0 if raw else settings.port,
-        reuse_address=True,
-        reuse_port=(reuse_port and not raw) or None,
-    )
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    front = None
-    if raw:
-        plane = DataPlane(app, f"http://{host}:{port}")
-        front = await start_front(plane, settings.host, settings.port, reuse_port=reuse_port)
-        host, port = front.sockets[0].getsockname()[:2]
-    gc.collect()
-    gc.freeze()  # what start-up built stays: later collections need not walk it
-    print(f"router listening on http://{host}:{port}, following {settings.config_path}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    if front is not None:
-        front.close()
-        await front.wait_closed()
-        plane.pools.close()
-    await runner.cleanup()
+    async with running_router(
+        app,
+        settings.host,
+        settings.port,
+        fast_path=data_plane == "raw",
+        reuse_port=reuse_port,
+        drain_timeout=settings.drain_timeout_s,
+    ) as front:
+        gc.collect()
+        gc.freeze()  # what start-up built stays: later collections need not walk it
+        listening = f"http://{settings.host}:{front.port}"
+        print(f"router listening on {listening}, following {settings.config_path}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("draining: answering requests received (up to %s s)", settings.drain_timeout_s)

@@ -34,10 +34,31 @@ class RouterSettings(BaseModel):
     """First ejection; each ejection in a row doubles it."""
     eject_max_s: float = Field(default=300.0, gt=0)
     """Longest ejection."""
-    retry_budget_ratio: float = Field(default=0.2, ge=0, le=1)
-    """Retries on stable may be at most this share of requests in flight..."""
-    retry_budget_min: int = Field(default=3, ge=0)
-    """...or this many, whichever is larger."""
+    retry_budget_percent: float = Field(default=0.2, ge=0, le=1)
+    """Retries on stable may be at most this share of the requests of the budget's window..."""
+    retry_budget_min_per_s: float = Field(default=10.0, ge=0)
+    """...plus this many a second (so that little traffic can still be retried)."""
+    retry_budget_window_s: float = Field(default=10.0, gt=0)
+    """The sliding window the retry budget counts requests and retries over."""
+    drain_timeout_s: float = Field(default=30.0, ge=0)
+    """On SIGTERM or SIGINT: how long requests already received get to be answered."""
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    """A request's line and headers must arrive within this (nginx: client_header_timeout)."""
+    keepalive_timeout_s: float = Field(default=15.0, gt=0)
+    """An idle client connection is closed after this (nginx: keepalive_timeout)."""
+    body_timeout_s: float = Field(default=60.0, gt=0)
+    """A request body arriving with a pause longer than this is dropped (client_body_timeout)."""
+    max_connections: int = Field(default=4096, ge=1)
+    """Client connections held at once; further ones are closed as they come."""
+    max_head_bytes: int = Field(default=16 * 1024, ge=1024)
+    """Largest request line plus headers; larger ones get 431."""
+    max_headers: int = Field(default=100, ge=1)
+    """Most headers in a request; more get 431."""
+    upstream_connections: int = Field(default=256, ge=1)
+    """Connections to each upstream at most; requests beyond them wait for one, in order."""
+    upstream_keepalive_s: float = Field(default=4.0, gt=0)
+    """Idle upstream connections are closed after this: below uvicorn's 5 s, so the router, not
+    the model server, closes them (and never writes on one the server is closing)."""
     reload_interval_s: float = Field(default=0.2, gt=0)
     """How often the routing file is checked for changes."""
     shadow_max_in_flight: int = Field(default=32, ge=1)

@@ -7,49 +7,17 @@ changes that answer. Copies in flight are bounded; past the bound they are dropp
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from router.metrics import RouterMetrics
-from router.proxy import Answer, Failure
+from router.policy import Failure
+from router.predictions import predictions_of
+from router.proxy import Answer
 
-MAX_PARSED_BODY = 1024 * 1024
 MATCH_TOLERANCE = 1e-9
 
 Send = Callable[[], Awaitable[Answer | Failure]]
-
-
-PLAIN_PREFIX, PLAIN_SUFFIX = b'{"predictions": [', b"]}"
-
-
-def predictions_of(body: bytes) -> list[float] | None:
-    """Return the numeric predictions of a scoring answer, or None if it has none."""
-    if len(body) > MAX_PARSED_BODY:
-        return None
-    if body.startswith(PLAIN_PREFIX) and body.endswith(PLAIN_SUFFIX):
-        plain = _plain_numbers(body[len(PLAIN_PREFIX) : -len(PLAIN_SUFFIX)])
-        if plain is not None:
-            return plain
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    values = document.get("predictions") if isinstance(document, dict) else None
-    if not isinstance(values, list):
-        return None
-    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
-    return [float(v) for v in numbers] if len(numbers) == len(values) else None
-
-
-def _plain_numbers(listed: bytes) -> list[float] | None:
-    """Read `1.5, 2, NaN` (a model server's usual answer) without a JSON parser; None if unsure."""
-    if not listed or b'"' in listed or b"_" in listed or b"[" in listed or b"{" in listed:
-        return None
-    try:
-        return [float(item) for item in listed.split(b",")]
-    except ValueError:  # true, null, ...: the JSON parser decides
-        return None
 
 
 @dataclass

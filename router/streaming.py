@@ -1,30 +1,19 @@
 """Large bodies: relayed to the upstream as they arrive, and the answer relayed back in chunks.
 
-A buffered request can be retried on stable whatever went wrong; a streamed one only when the
-canary could not be reached at all, since nothing of the body has been consumed then.
+The proxy policy is the buffered path's; only its `replayable` differs: a streamed body is gone
+once sent, so the canary fails over to stable only when it could not be reached at all.
 """
 
 from __future__ import annotations
 
 import time
 
-import aiohttp
 from aiohttp import web
 
-from router.app import (
-    HEALTH,
-    METRICS,
-    RNG,
-    RUNTIME,
-    SETTINGS,
-    TABLE,
-    error_response,
-    invocations,
-    record,
-)
-from router.choosing import choose_variant
+from router.app import POLICY, RUNTIME, SETTINGS, TABLE, error_response, invocations, tag
 from router.config import RoutingConfig, Variant
-from router.proxy import HOP_BY_HOP, Failure, forward_headers
+from router.policy import Failure, end_to_end, failure_answer
+from router.proxy import FAILURES, decoded, failure_of, forward_headers
 
 CHUNK_BYTES = 64 * 1024
 
@@ -42,82 +31,55 @@ async def invocations_entry(request: web.Request) -> web.StreamResponse:
 
 
 async def relay(request: web.Request) -> web.StreamResponse:
-    """Stream the body to the chosen variant (the canary failing over only if unreachable)."""
+    """Stream the body to the chosen variant, settled by the proxy policy."""
     app = request.app
+    policy = app[POLICY]
     config = app[TABLE].current
     started = time.perf_counter()
-    headers = forward_headers(request.headers)
-    chosen = choose_variant(config, headers, app[RNG], app[HEALTH].available(config))
-    attempts: list[Variant] = [chosen, "stable"] if chosen == "canary" else [chosen]
-    failure = Failure("connect", "no attempt")
-    for variant in attempts:
-        if variant != chosen:
-            app[METRICS].failovers.labels(chosen).inc()
-        outcome = await _stream_once(request, config, variant)
-        if isinstance(outcome, web.StreamResponse):
-            return outcome
-        failure = outcome
-        if failure.reason != "connect":
+    variant = policy.choose(config, request.headers)
+    first_try = True
+    while True:
+        outcome, response = await _stream_once(request, config, variant)
+        retry = policy.settle(config, variant, outcome, first_try=first_try, replayable=False)
+        if retry is None or response is not None:
             break
-    answer = error_response(
-        504 if failure.reason == "timeout" else 503,
-        "DEADLINE_EXCEEDED" if failure.reason == "timeout" else "TEMPORARILY_UNAVAILABLE",
-        f"the {variant} model server cannot take the request ({failure.reason})",
-    )
-    answer.headers["X-Model-Variant"] = variant
-    answer.headers["X-Model-Version"] = config.upstream(variant).version
-    record(app, variant, config.upstream(variant).version, answer.status, started)
+        variant, first_try = retry, False
+    version = config.upstream(variant).version
+    if response is not None:
+        if isinstance(outcome, Failure):
+            raise ConnectionResetError(f"{variant} failed mid-answer: {outcome.detail}")
+        policy.answered(variant, version, response.status, started, None)
+        return response
+    assert isinstance(outcome, Failure)  # noqa: S101 (no response means no answer came)
+    status, error = failure_answer(variant, outcome)
+    answer = web.Response(status=status, body=error, content_type="application/json")
+    tag(answer, config, variant)
+    policy.answered(variant, version, status, started, None)
     return answer
 
 
 async def _stream_once(
     request: web.Request, config: RoutingConfig, variant: Variant
-) -> web.StreamResponse | Failure:
-    """Relay to one variant; return the client's (finished) response, or why it failed."""
-    app = request.app
+) -> tuple[int | Failure, web.StreamResponse | None]:
+    """Relay to one variant: its status or why it failed, and the client's response if begun."""
     upstream = config.upstream(variant)
-    session = app[RUNTIME].session
+    session = request.app[RUNTIME].session
     assert session is not None  # noqa: S101 (opened before the first request)
-    health = app[HEALTH].of(upstream.url)
-    started = time.perf_counter()
     response: web.StreamResponse | None = None
     try:
         async with session.post(
-            upstream.url + request.path,
-            data=request.content,
-            headers=forward_headers(request.headers),
+            upstream.url + request.path, data=request.content, headers=forward_headers(request)
         ) as reply:
             response = web.StreamResponse(status=reply.status)
-            for key, value in reply.headers.items():
-                if key.lower() not in HOP_BY_HOP:
-                    response.headers.add(key, value)
-            response.headers["X-Model-Variant"] = variant
-            response.headers["X-Model-Version"] = upstream.version
+            response.headers.extend(decoded(end_to_end(reply.raw_headers)))
+            tag(response, config, variant)
             if reply.content_length is not None:
                 response.content_length = reply.content_length
             await response.prepare(request)
             async for chunk in reply.content.iter_chunked(CHUNK_BYTES):
                 await response.write(chunk)
             await response.write_eof()
-    except aiohttp.ClientConnectorError as error:
-        failure = Failure("connect", str(error))
-    except TimeoutError as error:
-        failure = Failure("timeout", type(error).__name__)
-    except (
-        aiohttp.ServerDisconnectedError,
-        aiohttp.ClientOSError,
-        aiohttp.ClientPayloadError,
-    ) as error:
-        failure = Failure("reset", str(error) or type(error).__name__)
-    else:
-        if response.status >= 500:
-            health.failed(f"answered {response.status}", app[SETTINGS])
-        else:
-            health.succeeded()
-        record(app, variant, upstream.version, response.status, started)
-        return response
-    app[METRICS].upstream_errors.labels(variant, failure.reason).inc()
-    health.failed(failure.reason, app[SETTINGS])
-    if response is not None and response.prepared:
-        raise ConnectionResetError(f"{variant} failed mid-answer: {failure.detail}")
-    return failure
+            return reply.status, response
+    except FAILURES as error:
+        failure = failure_of(error)
+    return failure, response if response is not None and response.prepared else None

@@ -20,8 +20,8 @@ from prometheus_client import CollectorRegistry
 
 from router.app import TABLE, create_app
 from router.config import RoutingConfig, write_routing_file
-from router.dataplane import DataPlane, start_front
 from router.settings import RouterSettings
+from tests.routers import running_front
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
@@ -104,8 +104,8 @@ def routing(servers: dict[str, TestServer], weight: float, **extra: Any) -> Rout
     )
 
 
-class RawPlaneClient:
-    """What the tests use of aiohttp's TestClient, aimed at the raw data plane in front."""
+class FrontClient:
+    """What the tests use of aiohttp's TestClient, aimed at the router's public front."""
 
     def __init__(self, app: web.Application, port: int) -> None:
         self.app = app
@@ -121,13 +121,11 @@ class RawPlaneClient:
 
 @pytest.fixture(params=["aiohttp", "raw"])
 async def stack(
-    request: pytest.FixtureRequest,
-    aiohttp_client: ClientFactory,
-    aiohttp_server: ServerFactory,
-    tmp_path: Path,
+    request: pytest.FixtureRequest, aiohttp_server: ServerFactory, tmp_path: Path
 ) -> AsyncIterator[Stack]:
     """Two fake model servers, a routing file at weight 10, and a router with a seeded RNG,
-    served by the aiohttp data plane or by the raw one in front of the same app."""
+    its front relaying everything to the aiohttp app (the aiohttp plane) or taking
+    `POST /invocations` itself (the raw plane)."""
     stable, canary = FakeModelServer("1", 30.0), FakeModelServer("2", 40.0)
     servers = {
         "stable": await aiohttp_server(stable.app()),
@@ -146,19 +144,12 @@ async def stack(
         stream_above_bytes=4096,
     )
     app = create_app(settings, registry=registry, rng=random.Random(1))
-    if request.param == "aiohttp":
-        yield Stack(await aiohttp_client(app), stable, canary, servers, registry, path)
-        return
-    internal = await aiohttp_server(app)
-    plane = DataPlane(app, str(internal.make_url("")).rstrip("/"))
-    front = await start_front(plane, "127.0.0.1", 0)
-    client = RawPlaneClient(app, front.sockets[0].getsockname()[1])
-    try:
-        yield Stack(client, stable, canary, servers, registry, path)  # type: ignore[arg-type]
-    finally:
-        await client.session.close()
-        front.close()
-        plane.pools.close()
+    async with running_front(app, fast_path=request.param == "raw") as front:
+        client = FrontClient(app, front.port)
+        try:
+            yield Stack(client, stable, canary, servers, registry, path)  # type: ignore[arg-type]
+        finally:
+            await client.session.close()
 
 
 async def _post(stack: Stack, n: int, headers: dict[str, str] | None = None) -> list[Any]:

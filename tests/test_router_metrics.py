@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.parser import text_string_to_metric_families
 
 from router.plainmetrics import PlainCounter, PlainHistogram
-from router.shadow import predictions_of
+from router.predictions import predictions_of
 
 BUCKETS = (0.5, 1, 2.5)
 VALUES = (0.1, 0.5, 0.50001, 1, 2.4, 2.5, 3, 1e9, -4)

@@ -1,0 +1,197 @@
+"""The proxy policy, with no I/O in it: one set of rules for every path a request can take.
+
+The raw fast path, streamed uploads and the aiohttp plane all choose a variant, settle an
+upstream's outcome (answer it, retry it on stable, or fail it), spend the retry budget, record
+passive health and metrics, and word router-made errors through this module, so that the same
+outcome gets the same answer whichever path carried it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from router.choosing import choose_variant
+from router.config import RoutingConfig, Variant
+from router.health import HealthBoard
+from router.metrics import RouterMetrics
+from router.predictions import predictions_of
+from router.settings import RouterSettings
+
+RETRYABLE_STATUSES = frozenset({502, 503})
+"""Answers that say the upstream did not run the request (a prediction is safe to repeat)."""
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization",
+        b"proxy-connection", b"te", b"trailer", b"trailers", b"transfer-encoding", b"upgrade",
+        # Framed anew on each hop by the router itself:
+        b"host", b"content-length", b"expect",
+    }
+)  # fmt: skip
+"""Headers of one hop (RFC 9110 §7.6.1), never passed on in either direction."""
+ROUTER_SET = frozenset({b"x-model-variant", b"x-model-version"})
+"""Headers only the router sets: a client's or an upstream's copy is dropped."""
+DROPPED = HOP_BY_HOP | ROUTER_SET
+
+
+def end_to_end(
+    headers: Iterable[tuple[bytes, bytes]], dropped: frozenset[bytes] = DROPPED
+) -> list[tuple[bytes, bytes]]:
+    """Return the headers to pass on to the next hop.
+
+    Left out: hop-by-hop ones, those named in `Connection`, and (unless `dropped` says
+    otherwise) the router's own.
+    """
+    pairs = [(name, name.lower(), value) for name, value in headers]
+    for _, lowered, value in pairs:
+        if lowered == b"connection":
+            dropped = dropped | {token.strip().lower() for token in value.split(b",")}
+    return [(name, value) for name, lowered, value in pairs if lowered not in dropped]
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why no answer came: connect, reset or timeout."""
+
+    reason: str
+    detail: str
+
+
+Outcome = int | Failure
+"""What an upstream exchange came to: the status it answered, or why it did not."""
+
+
+def error_body(error_code: str, message: str) -> bytes:
+    """Word a router-made error in MLflow's body shape."""
+    return json.dumps({"error_code": error_code, "message": message}).encode()
+
+
+def failure_answer(variant: Variant, failure: Failure) -> tuple[int, bytes]:
+    """Answer the client when no upstream answered: 504 for a timeout, else 503."""
+    if failure.reason == "timeout":
+        return 504, error_body(
+            "DEADLINE_EXCEEDED", f"the {variant} model server did not answer in time"
+        )
+    return 503, error_body(
+        "TEMPORARILY_UNAVAILABLE",
+        f"the {variant} model server cannot be reached ({failure.reason})",
+    )
+
+
+@dataclass
+class RetryBudget:
+    """Retries as a share of recent traffic, as Finagle's RetryBudget: a rate, not a count.
+
+    Over a sliding window of `window_s` seconds, retries may be at most `percent` of the
+    requests plus `min_per_s` a second. A canary that dies under any concurrency is covered (its
+    in-flight requests are a few seconds' worth of traffic at most), and a stable that fails
+    too is sent at most that share again, never twice the load.
+    """
+
+    percent: float = 0.2
+    min_per_s: float = 10.0
+    window_s: float = 10.0
+    clock: Callable[[], float] = time.monotonic
+    slots: int = 10
+    """The window moves a slot at a time: a tenth of it by default."""
+    _requests: list[int] = field(init=False)
+    _retries: list[int] = field(init=False)
+    _slot: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._requests, self._retries = [0] * self.slots, [0] * self.slots
+        self._slot = self._slot_now()
+
+    def deposit(self) -> None:
+        """Count one request (not a retry) toward the budget."""
+        self._advance()
+        self._requests[self._slot % self.slots] += 1
+
+    def try_withdraw(self) -> bool:
+        """Spend one retry if the window still allows it."""
+        self._advance()
+        allowed = self.percent * sum(self._requests) + self.min_per_s * self.window_s
+        if sum(self._retries) + 1 > allowed:
+            return False
+        self._retries[self._slot % self.slots] += 1
+        return True
+
+    def _slot_now(self) -> int:
+        return int(self.clock() * self.slots / self.window_s)
+
+    def _advance(self) -> None:
+        now = self._slot_now()
+        if now == self._slot:
+            return
+        for passed in range(self._slot + 1, min(now, self._slot + self.slots) + 1):
+            self._requests[passed % self.slots] = 0
+            self._retries[passed % self.slots] = 0
+        self._slot = now
+
+
+@dataclass
+class ProxyPolicy:
+    """Choose, settle, budget, health and metrics: what every proxied request goes through."""
+
+    settings: RouterSettings
+    metrics: RouterMetrics
+    health: HealthBoard
+    rng: random.Random
+    budget: RetryBudget
+
+    def choose(self, config: RoutingConfig, headers: Mapping[str, str]) -> Variant:
+        """Pick the variant of a new request (and count it toward the retry budget)."""
+        self.budget.deposit()
+        return choose_variant(config, headers, self.rng, self.health.available(config))
+
+    def settle(
+        self,
+        config: RoutingConfig,
+        variant: Variant,
+        outcome: Outcome,
+        *,
+        first_try: bool,
+        replayable: bool = True,
+    ) -> Variant | None:
+        """Record an exchange's outcome; return the variant to retry on, or None to answer.
+
+        Only a canary's first try is retried, on stable, within the budget: after a failure to
+        connect always (nothing was sent), after a reset, a timeout or a 502/503 only when the
+        body can be sent again (`replayable`: it was buffered, not streamed).
+        """
+        upstream_health = self.health.of(config.upstream(variant).url)
+        if isinstance(outcome, Failure):
+            self.metrics.upstream_errors.labels(variant, outcome.reason).inc()
+            upstream_health.failed(outcome.reason, self.settings)
+            retryable = replayable or outcome.reason == "connect"
+        else:
+            if outcome >= 500:
+                self.metrics.upstream_errors.labels(variant, "status_5xx").inc()
+                upstream_health.failed(f"answered {outcome}", self.settings)
+            else:
+                upstream_health.succeeded()
+            retryable = replayable and outcome in RETRYABLE_STATUSES
+        if not (first_try and variant == "canary" and retryable):
+            return None
+        if not self.budget.try_withdraw():
+            return None
+        self.metrics.failovers.labels("canary").inc()
+        return "stable"
+
+    def answered(
+        self, variant: Variant, version: str, status: int, started: float, body: bytes | None
+    ) -> list[float] | None:
+        """Count the client's answer, its latency since `started`, and a 200's predictions.
+
+        The predictions are returned, for the shadow comparison.
+        """
+        self.metrics.answered(variant, version, status, time.perf_counter() - started)
+        if status != 200 or not body:
+            return None
+        predictions = predictions_of(body)
+        self.metrics.predicted(variant, predictions or ())
+        return predictions

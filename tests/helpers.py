@@ -6,6 +6,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -67,3 +69,17 @@ def point_mlflow_at(settings: RegistrySettings) -> None:
     """Make `models:/` URIs in this process resolve against the given registry."""
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(settings.tracking_uri)
+
+
+def wait_for_ping(url: str, process: subprocess.Popen[str], timeout: float = 60) -> None:
+    """Wait until `url/ping` answers, failing at once if `process` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"exited with {process.returncode} before answering /ping")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise AssertionError(f"{url}/ping did not answer within {timeout} s")

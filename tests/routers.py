@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from aiohttp import web
@@ -16,3 +17,13 @@ async def running_front(app: web.Application, *, fast_path: bool) -> AsyncIterat
     """Run `app` behind the front on a free loopback port, as `mlcanary router` does."""
     async with running_router(app, "127.0.0.1", 0, fast_path=fast_path) as front:
         yield front
+
+
+async def wait_until(condition: Callable[[], bool], what: str, within: float = 30) -> None:
+    """Poll `condition` until it holds; fail naming `what` if it does not `within` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"not within {within} s: {what}")
+        await asyncio.sleep(0.01)

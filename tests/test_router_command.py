@@ -1,15 +1,13 @@
-"""`mlcanary router` as a real process: starts fast, refuses a bad file, imports no mlflow."""
+"""`mlcanary router` as a real process: refuses a bad file, serves without importing mlflow."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 from router.config import RoutingConfig, write_routing_file
-from tests.helpers import command_environment, free_port, run_mlcanary
+from tests.helpers import command_environment, free_port, run_mlcanary, wait_for_ping
 
 
 def _config() -> RoutingConfig:
@@ -28,8 +26,9 @@ def test_the_router_refuses_an_invalid_file_naming_the_field(tmp_path: Path) -> 
     assert "Traceback" not in done.stderr
 
 
-def test_the_router_starts_in_well_under_a_second_without_mlflow(tmp_path: Path) -> None:
-    """Started as a process, the router answers /ping quickly and never loads mlflow."""
+def test_the_router_serves_without_loading_mlflow(tmp_path: Path) -> None:
+    """Started as a process, the router answers /ping and never loads mlflow (start-up time is
+    measured in bench/up_time.py, not bounded here)."""
     path = tmp_path / "routing.yaml"
     write_routing_file(path, _config())
     port = free_port()
@@ -39,7 +38,6 @@ def test_the_router_starts_in_well_under_a_second_without_mlflow(tmp_path: Path)
         "atexit.register(lambda: print('mlflow' in sys.modules and 'MLFLOW' or 'CLEAN')); "
         "runpy.run_module('mlcanary', run_name='__main__')"
     )
-    started = time.monotonic()
     process = subprocess.Popen(
         [sys.executable, "-c", code, str(path), str(port)],
         env=command_environment(tmp_path),
@@ -48,16 +46,9 @@ def test_the_router_starts_in_well_under_a_second_without_mlflow(tmp_path: Path)
         text=True,
     )
     try:
-        while time.monotonic() - started < 10:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.02)
-        took = time.monotonic() - started
+        wait_for_ping(f"http://127.0.0.1:{port}", process)
     finally:
         process.terminate()
-        out, err = process.communicate(timeout=30)
+        out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert "CLEAN" in out
-    assert took < 1.5  # Python start-up included; the router itself adds little

@@ -126,9 +126,16 @@ def test_sticky_keys_only_ever_move_from_stable_to_canary() -> None:
     assert len(on_canary) == len(keys)
 
 
-def test_sticky_buckets_agree_across_processes() -> None:
-    """Two processes with different hash seeds put every key in the same bucket."""
-    keys = [f"user-{i}" for i in range(200)]
+PINNED_BUCKETS = {
+    "user-0": 1073, "user-1": 3768, "user-42": 598, "alice": 4729, "bob": 9842,
+    "Ünïcode-key": 1317, "": 9876,
+}  # fmt: skip
+"""Buckets of fixed keys: a release that moved any key would move users between variants."""
+
+
+def test_sticky_buckets_are_pinned_in_every_process() -> None:
+    """Fixed keys land in fixed buckets, here and in processes with other hash seeds."""
+    keys = list(PINNED_BUCKETS)
     code = (
         "import sys; from router.choosing import sticky_bucket; "
         "print(','.join(str(sticky_bucket(k)) for k in sys.argv[1:]))"
@@ -143,7 +150,8 @@ def test_sticky_buckets_agree_across_processes() -> None:
         ).stdout.strip()
         for seed in ("1", "2")
     }
-    assert outputs == {",".join(str(sticky_bucket(k)) for k in keys)}
+    assert outputs == {",".join(str(bucket) for bucket in PINNED_BUCKETS.values())}
+    assert {key: sticky_bucket(key) for key in keys} == PINNED_BUCKETS
 
 
 def test_force_header_and_ejection() -> None:

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from router.settings import RouterSettings
 
 Deliver = Callable[[bytes], None]
+LINGER_S = 5.0
+"""How long a closing connection keeps reading what its client still sends (nginx: 5 s)."""
 
 
 class StopParsing(Exception):
@@ -264,7 +266,7 @@ class ClientConnection(asyncio.Protocol):
         last = (self.stopped or self.draining) and not self.owed
         if last or not owed.keep_alive:
             transport.write(with_connection_header(data, b"close"))
-            transport.close()
+            self._linger(transport)
             return
         transport.write(with_connection_header(data, b"keep-alive") if owed.http10 else data)
         if self.owed:
@@ -276,6 +278,21 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.deadline = now + self.settings.keepalive_timeout_s
         transport.resume_reading()
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Close after the last answer as nginx does (lingering close).
+
+        Send FIN, then read and drop what the client still sends until it closes or `LINGER_S`
+        passes: closing with unread bytes would send a reset, and the client could lose the
+        answer it was owed.
+        """
+        self.stopped = True
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        transport.resume_reading()
+        self.deadline = self.loop.time() + LINGER_S
 
     def _refuse(self, status: int, error_code: str, message: str) -> None:
         """Answer an unusable request in its turn, then close: the stream is not framed now."""

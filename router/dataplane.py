@@ -240,6 +240,6 @@ async def start_front(plane: DataPlane, host: str, port: int, *, reuse_port: boo
         port,
         reuse_address=True,
         reuse_port=reuse_port or None,
-        backlog=1024,
+        backlog=2048,  # as uvicorn: bursts of new clients are not refused
     )
     return Front(server, connections, plane)

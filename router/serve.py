@@ -76,7 +76,8 @@ async def running_router(
     """
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=drain_timeout)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, reuse_address=True)
+    # The front relays to it over up to `upstream_connections` sockets, opened in bursts.
+    site = web.TCPSite(runner, "127.0.0.1", 0, reuse_address=True, backlog=1024)
     await site.start()
     app_host, app_port = runner.addresses[0][:2]
     plane = DataPlane(app, f"http://{app_host}:{app_port}", fast_path=fast_path)

@@ -638,3 +638,103 @@ async def test_pipelined_requests_are_answered_in_order(stack: Stack) -> None:
     assert json.loads(bodies[0]) == {"predictions": [30.0]}
     assert b"predictions" not in bodies[1]
     assert json.loads(bodies[2]) == {"predictions": [40.0]}
+
+
+async def test_a_failing_stable_is_not_hammered_by_retries(stack: Stack) -> None:
+    """Canary and stable both answering 503: of 1,000 requests forced to the canary, stable
+    gets the retry budget's share (a fifth plus 10 a second), not 1,000."""
+    stack.canary.status = stack.stable.status = 503
+    answers = await _post(stack, 1000, {"X-Force-Variant": "canary"})
+    assert {answer.status for answer in answers} == {503}
+    retried = len(stack.stable.seen)
+    assert 100 <= retried <= 0.2 * 1000 + 10 * 10
+    assert stack.value("mlcanary_failovers_total", {"from_variant": "canary"}) == retried
+
+
+@dataclass(frozen=True)
+class OutcomeCase:
+    """How the upstreams behave, and what the client must get on the buffered and streamed
+    paths (a streamed body is gone once sent: only an unreachable canary fails over)."""
+
+    name: str
+    forced: str
+    setup: Callable[[Stack], Awaitable[None]]
+    buffered: tuple[int, str, str | None]
+    """Status, answering variant, error_code (None: the upstream's own answer passed on)."""
+    streamed: tuple[int, str, str | None] | None = None
+
+
+async def _nothing(_stack: Stack) -> None:
+    return None
+
+
+def _status(variant: str, status: int) -> Callable[[Stack], Awaitable[None]]:
+    async def setup(stack: Stack) -> None:
+        getattr(stack, variant).status = status
+
+    return setup
+
+
+def _down(variant: str) -> Callable[[Stack], Awaitable[None]]:
+    async def setup(stack: Stack) -> None:
+        await stack.servers[variant].close()
+
+    return setup
+
+
+def _hanging(variant: str) -> Callable[[Stack], Awaitable[None]]:
+    async def setup(stack: Stack) -> None:
+        getattr(stack, variant).delay = 3.0
+
+    return setup
+
+
+OUTCOMES = [
+    OutcomeCase("canary answers", "canary", _nothing, (200, "canary", None)),
+    OutcomeCase("canary refuses", "canary", _status("canary", 400), (400, "canary", None)),
+    OutcomeCase(
+        "canary 503", "canary", _status("canary", 503), (200, "stable", None),
+        streamed=(503, "canary", None),
+    ),
+    OutcomeCase("canary down", "canary", _down("canary"), (200, "stable", None)),
+    OutcomeCase(
+        "canary hangs", "canary", _hanging("canary"), (200, "stable", None),
+        streamed=(504, "canary", "DEADLINE_EXCEEDED"),
+    ),
+    OutcomeCase("stable 503", "stable", _status("stable", 503), (503, "stable", None)),
+    OutcomeCase(
+        "stable down", "stable", _down("stable"), (503, "stable", "TEMPORARILY_UNAVAILABLE")
+    ),
+    OutcomeCase(
+        "stable hangs", "stable", _hanging("stable"), (504, "stable", "DEADLINE_EXCEEDED")
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("path", ["buffered", "streamed"])
+@pytest.mark.parametrize("case", OUTCOMES, ids=[case.name for case in OUTCOMES])
+async def test_one_outcome_one_answer_on_every_path(
+    stack: Stack, case: OutcomeCase, path: str
+) -> None:
+    """The same upstream outcome gets the same answer on the raw fast path, the aiohttp plane
+    and streamed bodies: status, variant, version and MLflow-shaped error."""
+    await case.setup(stack)
+    body = BODY if path == "buffered" else BIG
+    answer = await stack.client.post(
+        "/invocations", data=body, headers={**JSON, "X-Force-Variant": case.forced}
+    )
+    data = await answer.read()
+    status, variant, error_code = (
+        case.streamed if path == "streamed" and case.streamed else case.buffered
+    )
+    assert (answer.status, answer.headers["X-Model-Variant"]) == (status, variant)
+    assert answer.headers.getall("X-Model-Version") == ["1" if variant == "stable" else "2"]
+    if error_code is not None:
+        document = json.loads(data)
+        assert document["error_code"] == error_code
+        assert f"the {variant} model server" in document["message"]
+    elif status == 200:
+        assert json.loads(data) == {"predictions": [30.0 if variant == "stable" else 40.0]}
+    else:
+        assert json.loads(data)["message"] == f"upstream {getattr(stack, variant).version} says no"
+    assert stack.count(variant, "1" if variant == "stable" else "2", str(status)) == 1

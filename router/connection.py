@@ -74,6 +74,8 @@ class ClientConnection(asyncio.Protocol):
         self.stopped = False
         """No more requests are read: the last one closes the connection, or was malformed."""
         self.draining = False
+        self.paused = False
+        """Reading is paused while pipelined requests wait their turn."""
         self.refused = False
         self.in_request = False
         """A request's head or body is being received."""
@@ -244,7 +246,8 @@ class ClientConnection(asyncio.Protocol):
             self.deadline = math.inf  # the upstream's timeout governs the wait now
             self._serve(owed)
         elif self.transport is not None:
-            self.transport.pause_reading()  # pipelined: read more once the queue drains
+            self.paused = True  # pipelined: read more once the queue drains
+            self.transport.pause_reading()
 
     def _serve(self, owed: Owed) -> None:
         deliver = partial(self._answered, owed)
@@ -277,7 +280,9 @@ class ClientConnection(asyncio.Protocol):
             self.deadline = now + self.settings.header_timeout_s
         else:
             self.deadline = now + self.settings.keepalive_timeout_s
-        transport.resume_reading()
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()
 
     def _linger(self, transport: asyncio.Transport) -> None:
         """Close after the last answer as nginx does (lingering close).

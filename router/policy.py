@@ -44,13 +44,20 @@ def end_to_end(
     """Return the headers to pass on to the next hop.
 
     Left out: hop-by-hop ones, those named in `Connection`, and (unless `dropped` says
-    otherwise) the router's own.
+    otherwise) the router's own. One pass in the usual case (on the hot path).
     """
-    pairs = [(name, name.lower(), value) for name, value in headers]
-    for _, lowered, value in pairs:
-        if lowered == b"connection":
-            dropped = dropped | {token.strip().lower() for token in value.split(b",")}
-    return [(name, value) for name, lowered, value in pairs if lowered not in dropped]
+    kept = []
+    named: set[bytes] = set()
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered not in dropped:
+            kept.append((name, value))
+        elif lowered == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
+    named -= dropped
+    if named:
+        kept = [(name, value) for name, value in kept if name.lower() not in named]
+    return kept
 
 
 @dataclass(frozen=True, slots=True)

@@ -347,19 +347,16 @@ async def test_more_than_100_headers_is_431(make_router: RouterFactory) -> None:
 
 
 async def test_a_header_that_never_ends_is_cut_off(make_router: RouterFactory) -> None:
-    """A header trickled in without end: 431 once the head passes 16 KiB, memory bounded."""
+    """A header trickled in without end: 431 once the head passes 16 KiB (memory bounded),
+    and the client, still sending, gets that answer rather than a reset."""
     router = await make_router()
     reader, writer = await router.connect()
     writer.write(b"POST /invocations HTTP/1.1\r\nHost: r\r\nX-Endless: ")
-    answer_task = asyncio.create_task(read_answer(reader))
-    sent = 0
-    while not answer_task.done() and sent < 1024 * 1024:
+    for _ in range(64):
         writer.write(b"a" * 1024)
         await writer.drain()
-        sent += 1024
-        await asyncio.sleep(0)  # let the answer in as soon as it comes
-    assert (await answer_task).status == 431
-    assert sent < 1024 * 1024
+    assert (await read_answer(reader)).status == 431
+    assert router.upstream.seen == []
     writer.close()
 
 

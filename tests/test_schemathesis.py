@@ -83,10 +83,13 @@ def router_url(
 def test_schemathesis_finds_no_router_errors_and_no_spec_breaks(router_url: str) -> None:
     """Generated requests to every operation: no 5xx, every answer as the spec says."""
     st = Path(sys.executable).parent / "st"
+    # One worker: with two threads, hypothesis's ast.parse of its own lambdas trips CPython
+    # 3.11's "AST constructor recursion depth mismatch" (python/cpython#106905) and schemathesis
+    # reports a runtime error of its own, not of the router (seen once in 1,865 passing cases).
     done = subprocess.run(
         [
             str(st), "run", f"{router_url}/openapi.json", "--checks", CHECKS,
-            "--max-time", "30", "--seed", "1", "--workers", "2",
+            "--max-time", "30", "--seed", "1", "--workers", "1",
         ],
         capture_output=True, text=True, timeout=240, check=False,
     )  # fmt: skip

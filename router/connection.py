@@ -63,8 +63,11 @@ class ClientConnection(asyncio.Protocol):
 
     def __init__(self, plane: DataPlane, connections: Connections) -> None:
         self.plane, self.connections = plane, connections
-        self.settings = plane.settings
-        self.loop = connections.loop
+        self.settings = settings = plane.settings
+        # Limits read per request, held as plain attributes (the hot path):
+        self.max_head_bytes = settings.max_head_bytes
+        self.max_headers = settings.max_headers
+        self.max_body_bytes = settings.max_body_bytes
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.owed: deque[Owed] = deque()
@@ -80,12 +83,14 @@ class ClientConnection(asyncio.Protocol):
         self.in_request = False
         """A request's head or body is being received."""
         self.headers_done = False
+        self.http10 = False
         # The request being received:
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.body_bytes = 0
         self.head_bytes = 0
+        self.header_count = 0
         """Exact size of the head's complete parts (target, headers)."""
         self.head_stream = 0
         """Bytes of reads that fell wholly inside the head: a header that never ends shows here."""
@@ -103,7 +108,7 @@ class ClientConnection(asyncio.Protocol):
         if not self.connections.admit(self):
             self.transport.close()
             return
-        self.deadline = self.loop.time() + self.settings.header_timeout_s
+        self.deadline = self.connections.now + self.settings.header_timeout_s
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Forget the connection; drop a body still being relayed."""
@@ -133,7 +138,7 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserError as error:
             self._refuse(400, "BAD_REQUEST", f"malformed HTTP request: {error}")
             return
-        if self.in_request and not self.headers_done and self.head_stream > self._head_limit():
+        if self.in_request and not self.headers_done and self.head_stream > self.max_head_bytes:
             self._refuse(431, "REQUEST_LIMIT_EXCEEDED", self._head_too_large())
 
     # --- parser callbacks --------------------------------------------------------------------
@@ -144,9 +149,9 @@ class ClientConnection(asyncio.Protocol):
             raise StopParsing
         self.in_request, self.headers_done = True, False
         self.url, self.headers, self.body = b"", [], []
-        self.body_bytes, self.head_bytes, self.head_stream = 0, 0, 0
+        self.body_bytes, self.head_bytes, self.head_stream, self.header_count = 0, 0, 0, 0
         if not self.owed:
-            self.deadline = self.loop.time() + self.settings.header_timeout_s
+            self.deadline = self.connections.now + self.settings.header_timeout_s
 
     def on_url(self, url: bytes) -> None:
         """Collect the target."""
@@ -157,20 +162,21 @@ class ClientConnection(asyncio.Protocol):
         """Collect a header, within the head's size and count limits."""
         self.headers.append((name, value))
         self.head_bytes += len(name) + len(value) + 4
-        if len(self.headers) > self.settings.max_headers:
-            limit = self.settings.max_headers
-            self._refuse(431, "REQUEST_LIMIT_EXCEEDED", f"more than {limit} headers")
+        self.header_count += 1
+        if self.header_count > self.max_headers:
+            self._refuse(431, "REQUEST_LIMIT_EXCEEDED", f"more than {self.max_headers} headers")
             raise StopParsing
-        if self.head_bytes > self._head_limit():
+        if self.head_bytes > self.max_head_bytes:
             self._refuse(431, "REQUEST_LIMIT_EXCEEDED", self._head_too_large())
             raise StopParsing
 
     def on_headers_complete(self) -> None:
         """Check the head; answer `Expect: 100-continue`; start relaying a large body at once."""
         self.headers_done = True
-        http11 = self.parser.get_http_version() == "1.1"
+        self.http10 = self.parser.get_http_version() == "1.0"
+        http11 = not self.http10
         length: int | None = None
-        chunked = continue_expected = False
+        chunked = continue_expected = upgrade = False
         hosts = 0
         for name, value in self.headers:
             lowered = name.lower()
@@ -182,16 +188,18 @@ class ClientConnection(asyncio.Protocol):
                 chunked = b"chunked" in value.lower()
             elif lowered == b"expect":
                 continue_expected = value.lower() == b"100-continue"
+            elif lowered == b"upgrade":
+                upgrade = True
         if http11 and hosts != 1:
             message = "HTTP/1.1 requests need exactly one Host header"
             self._refuse(400, "BAD_REQUEST", f"{message}, got {hosts}")
             raise StopParsing
-        limit = self.settings.max_body_bytes
+        limit = self.max_body_bytes
         if length is not None and length > limit:
             message = f"body of {length} bytes exceeds the limit of {limit}"
             self._refuse(413, "REQUEST_LIMIT_EXCEEDED", message)
             raise StopParsing
-        if self.parser.should_upgrade():
+        if upgrade and self.parser.should_upgrade():
             if chunked:
                 message = "Upgrade is not supported, and a chunked body with it cannot be read"
                 self._refuse(501, "NOT_IMPLEMENTED", message)
@@ -201,7 +209,7 @@ class ClientConnection(asyncio.Protocol):
             self.upgrade_keep_alive = self.parser.should_keep_alive()
             return
         if length or chunked:
-            self.deadline = self.loop.time() + self.settings.body_timeout_s
+            self.deadline = self.connections.now + self.settings.body_timeout_s
         if continue_expected and http11 and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         streamed = chunked or (length is not None and length > self.settings.stream_above_bytes)
@@ -215,11 +223,11 @@ class ClientConnection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         """Collect a piece of the body, or pass it on when it is being relayed."""
         self.body_bytes += len(body)
-        if self.body_bytes > self.settings.max_body_bytes:
-            limit = self.settings.max_body_bytes
+        if self.body_bytes > self.max_body_bytes:
+            limit = self.max_body_bytes
             self._refuse(413, "REQUEST_LIMIT_EXCEEDED", f"body exceeds the limit of {limit}")
             raise StopParsing
-        self.deadline = self.loop.time() + self.settings.body_timeout_s
+        self.deadline = self.connections.now + self.settings.body_timeout_s
         if self.upload is not None:
             self.plane.feed_upload(self.upload, body)
         else:
@@ -230,9 +238,7 @@ class ClientConnection(asyncio.Protocol):
         if self.upgrade_body_left >= 0:
             return  # served once its body is read (see `_take_upgrade_body`)
         parser = self.parser
-        self._received(
-            parser.get_method(), parser.should_keep_alive(), parser.get_http_version() == "1.0"
-        )
+        self._received(parser.get_method(), parser.should_keep_alive(), self.http10)
 
     # --- requests and answers ----------------------------------------------------------------
 
@@ -240,9 +246,10 @@ class ClientConnection(asyncio.Protocol):
         self.in_request = False
         if not keep_alive:
             self.stopped = True
+        first = not self.owed
         owed = Owed(method, self.url, self.headers, b"".join(self.body), keep_alive, http10)
         self.owed.append(owed)
-        if len(self.owed) == 1:
+        if first:
             self.deadline = math.inf  # the upstream's timeout governs the wait now
             self._serve(owed)
         elif self.transport is not None:
@@ -275,7 +282,7 @@ class ClientConnection(asyncio.Protocol):
         if self.owed:
             self._serve(self.owed[0])
             return
-        now = self.loop.time()
+        now = self.connections.now
         if self.in_request:
             self.deadline = now + self.settings.header_timeout_s
         else:
@@ -297,7 +304,7 @@ class ClientConnection(asyncio.Protocol):
             return
         transport.write_eof()
         transport.resume_reading()
-        self.deadline = self.loop.time() + LINGER_S
+        self.deadline = self.connections.now + LINGER_S
 
     def _refuse(self, status: int, error_code: str, message: str) -> None:
         """Answer an unusable request in its turn, then close: the stream is not framed now."""
@@ -309,9 +316,10 @@ class ClientConnection(asyncio.Protocol):
         if upload is not None:
             self.plane.abort_upload(upload)
         answer = response_bytes(status, JSON_TYPE, error_body(error_code, message))
+        first = not self.owed
         owed = Owed(b"", b"", [], b"", keep_alive=False, http10=False, answer=answer)
         self.owed.append(owed)
-        if len(self.owed) == 1:
+        if first:
             self._answered(owed, answer)
 
     # --- Upgrade: served as a plain request ---------------------------------------------------
@@ -334,9 +342,6 @@ class ClientConnection(asyncio.Protocol):
         return rest
 
     # --- limits and lifecycle ----------------------------------------------------------------
-
-    def _head_limit(self) -> int:
-        return self.settings.max_head_bytes
 
     def _head_too_large(self) -> str:
         return f"request line and headers exceed {self.settings.max_head_bytes} bytes"
@@ -373,6 +378,9 @@ class Connections:
     open: set[ClientConnection] = field(default_factory=set)
     sweeps: list[Callable[[], None]] = field(default_factory=list)
     """Also run on each sweep (the upstream pools' expiry)."""
+    now: float = 0.0
+    """The loop's time at the last sweep: deadlines are set from it (no clock call per
+    request), so they hold to within one sweep interval."""
     _empty: asyncio.Event = field(default_factory=asyncio.Event)
     _sweeper: asyncio.Task[None] | None = None
 
@@ -383,6 +391,7 @@ class Connections:
         self.open.add(connection)
         self._empty.clear()
         if self._sweeper is None:
+            self.now = self.loop.time()
             self._sweeper = self.loop.create_task(self._sweep())
         return True
 
@@ -404,7 +413,7 @@ class Connections:
         interval = self.sweep_interval()
         while True:
             await asyncio.sleep(interval)
-            now = self.loop.time()
+            now = self.now = self.loop.time()
             for connection in list(self.open):
                 connection.expire(now)
             for extra in self.sweeps:

@@ -47,14 +47,14 @@ def end_to_end(
     otherwise) the router's own. One pass in the usual case (on the hot path).
     """
     kept = []
-    named: set[bytes] = set()
-    for name, value in headers:
-        lowered = name.lower()
+    named: set[bytes] | None = None
+    for pair in headers:
+        lowered = pair[0].lower()
         if lowered not in dropped:
-            kept.append((name, value))
+            kept.append(pair)
         elif lowered == b"connection":
-            named.update(token.strip().lower() for token in value.split(b","))
-    named -= dropped
+            tokens = {token.strip().lower() for token in pair[1].split(b",")} - dropped
+            named = tokens if named is None else named | tokens
     if named:
         kept = [(name, value) for name, value in kept if name.lower() not in named]
     return kept
@@ -111,7 +111,7 @@ class RetryBudget:
 
     def __post_init__(self) -> None:
         self._requests, self._retries = [0] * self.slots, [0] * self.slots
-        self._slot = self._slot_now()
+        self._slot = int(self.clock() * self.slots / self.window_s)
 
     def deposit(self) -> None:
         """Count one request (not a retry) toward the budget."""
@@ -127,11 +127,8 @@ class RetryBudget:
         self._retries[self._slot % self.slots] += 1
         return True
 
-    def _slot_now(self) -> int:
-        return int(self.clock() * self.slots / self.window_s)
-
     def _advance(self) -> None:
-        now = self._slot_now()
+        now = int(self.clock() * self.slots / self.window_s)
         if now == self._slot:
             return
         for passed in range(self._slot + 1, min(now, self._slot + self.slots) + 1):

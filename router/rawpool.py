@@ -323,6 +323,10 @@ def exchange(
     `timeouts` are (connect, total) seconds. With an idle connection the request is written at
     once; otherwise a task connects first, or the request waits for a connection to free up.
     """
+    connection = pool.idle_connection()
+    if connection is not None:  # the usual case, without a callback of its own
+        _send(pool, connection, data, timeouts, on_reply, True)
+        return
 
     def leased(connection: UpstreamConnection | Failure, reused: bool) -> None:
         if isinstance(connection, Failure):

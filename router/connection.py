@@ -89,9 +89,13 @@ class ClientConnection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
         self.body_bytes = 0
-        self.head_bytes = 0
-        self.header_count = 0
-        """Exact size of the head's complete parts (target, headers)."""
+        self.read_total = 0
+        """Bytes read from the client so far."""
+        self.read_before = 0
+        """Bytes read before the current read."""
+        self.head_from = 0
+        """`read_before` when the current request began: its head is no larger than what was
+        read since."""
         self.head_stream = 0
         """Bytes of reads that fell wholly inside the head: a header that never ends shows here."""
         self.upload: StreamedUpload | None = None
@@ -126,8 +130,11 @@ class ClientConnection(asyncio.Protocol):
             data = self._take_upgrade_body(data)
             if not data:
                 return
+        size = len(data)
+        self.read_before = self.read_total
+        self.read_total += size
         if self.in_request and not self.headers_done:
-            self.head_stream += len(data)
+            self.head_stream += size
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -149,30 +156,40 @@ class ClientConnection(asyncio.Protocol):
             raise StopParsing
         self.in_request, self.headers_done = True, False
         self.url, self.headers, self.body = b"", [], []
-        self.body_bytes, self.head_bytes, self.head_stream, self.header_count = 0, 0, 0, 0
+        self.body_bytes, self.head_stream = 0, 0
+        self.head_from = self.read_before  # the head began in the current read, or later
         if not self.owed:
             self.deadline = self.connections.now + self.settings.header_timeout_s
 
     def on_url(self, url: bytes) -> None:
         """Collect the target."""
         self.url += url
-        self.head_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        """Collect a header, within the head's size and count limits."""
+        """Collect a header (the limits are checked once the head is complete)."""
         self.headers.append((name, value))
-        self.head_bytes += len(name) + len(value) + 4
-        self.header_count += 1
-        if self.header_count > self.max_headers:
+
+    def _head_within_limits(self) -> bool:
+        """Check the complete head's size and header count; refuse it with 431 if over.
+
+        The head cannot be larger than what was read since the read it began in: only when that
+        bound passes the limit is the head measured exactly.
+        """
+        if len(self.headers) > self.max_headers:
             self._refuse(431, "REQUEST_LIMIT_EXCEEDED", f"more than {self.max_headers} headers")
-            raise StopParsing
-        if self.head_bytes > self.max_head_bytes:
-            self._refuse(431, "REQUEST_LIMIT_EXCEEDED", self._head_too_large())
-            raise StopParsing
+            return False
+        if self.read_total - self.head_from > self.max_head_bytes:
+            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+            if size > self.max_head_bytes:
+                self._refuse(431, "REQUEST_LIMIT_EXCEEDED", self._head_too_large())
+                return False
+        return True
 
     def on_headers_complete(self) -> None:
         """Check the head; answer `Expect: 100-continue`; start relaying a large body at once."""
         self.headers_done = True
+        if not self._head_within_limits():
+            raise StopParsing
         self.http10 = self.parser.get_http_version() == "1.0"
         http11 = not self.http10
         length: int | None = None

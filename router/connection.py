@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from router.rawupload import StreamedUpload
     from router.settings import RouterSettings
 
-Deliver = Callable[[bytes], None]
 LINGER_S = 5.0
 """How long a closing connection keeps reading what its client still sends (nginx: 5 s)."""
 

@@ -587,8 +587,8 @@ async def test_expect_continue_and_http10_clients_are_served(stack: Stack) -> No
         b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(BODY)
     )
     await writer.drain()
-    assert (await asyncio.wait_for(reader.readline(), 1)).startswith(b"HTTP/1.1 100")
-    await asyncio.wait_for(reader.readline(), 1)  # the blank line after the interim answer
+    assert (await asyncio.wait_for(reader.readline(), 30)).startswith(b"HTTP/1.1 100")
+    await asyncio.wait_for(reader.readline(), 30)  # the blank line after the interim answer
     writer.write(BODY)
     await writer.drain()
     assert (await asyncio.wait_for(reader.readline(), 5)).split(b" ")[1] == b"200"

@@ -22,6 +22,7 @@ import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -34,15 +35,6 @@ if TYPE_CHECKING:
     from router.rawupload import StreamedUpload
     from router.settings import RouterSettings
 
-HOST, CONTENT_LENGTH, TRANSFER_ENCODING, EXPECT, UPGRADE = range(5)
-FRAMING_HEADERS = {
-    b"host": HOST,
-    b"content-length": CONTENT_LENGTH,
-    b"transfer-encoding": TRANSFER_ENCODING,
-    b"expect": EXPECT,
-    b"upgrade": UPGRADE,
-}
-"""The request headers the connection itself reads (one dict look-up for every other one)."""
 LINGER_S = 5.0
 """How long a closing connection keeps reading what its client still sends (nginx: 5 s)."""
 
@@ -78,8 +70,6 @@ class ClientConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.owed: deque[Owed] = deque()
-        self.answer_first = self._answered
-        """Bound once: handed to the plane with every request."""
         """Requests received and not yet answered; the first is at the upstream."""
         self.deadline = math.inf
         """When the connection is closed unless something happens (loop time)."""
@@ -205,18 +195,16 @@ class ClientConnection(asyncio.Protocol):
         chunked = continue_expected = upgrade = False
         hosts = 0
         for name, value in self.headers:
-            kind = FRAMING_HEADERS.get(name.lower())
-            if kind is None:
-                continue
-            if kind == HOST:
+            lowered = name.lower()
+            if lowered == b"host":
                 hosts += 1
-            elif kind == CONTENT_LENGTH:
+            elif lowered == b"content-length":
                 length = int(value)  # httptools has checked it is a number, and only one
-            elif kind == TRANSFER_ENCODING:
+            elif lowered == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
-            elif kind == EXPECT:
+            elif lowered == b"expect":
                 continue_expected = value.lower() == b"100-continue"
-            else:
+            elif lowered == b"upgrade":
                 upgrade = True
         if http11 and hosts != 1:
             message = "HTTP/1.1 requests need exactly one Host header"
@@ -285,20 +273,19 @@ class ClientConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _serve(self, owed: Owed) -> None:
+        deliver = partial(self._answered, owed)
         upload, self.upload = self.upload, None
         if owed.answer is not None:
-            self._answered(owed.answer)
+            deliver(owed.answer)
         elif upload is not None:
-            self.plane.finish_upload(upload, self.answer_first)
+            self.plane.finish_upload(upload, deliver)
         else:
-            self.plane.handle(owed.method, owed.target, owed.headers, owed.body, self.answer_first)
+            self.plane.handle(owed.method, owed.target, owed.headers, owed.body, deliver)
 
-    def _answered(self, data: bytes) -> None:
-        """Write the answer of the first request owed; serve the next one, or idle, or close.
-
-        One request is served at a time, so an answer is always the first one's.
-        """
-        owed = self.owed.popleft()
+    def _answered(self, owed: Owed, data: bytes) -> None:
+        """Write the answer of the first request owed; serve the next one, or idle, or close."""
+        owed.answer = data
+        self.owed.popleft()  # one request is served at a time: `owed` is the first
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -349,7 +336,7 @@ class ClientConnection(asyncio.Protocol):
         owed = Owed(b"", b"", [], b"", keep_alive=False, http10=False, answer=answer)
         self.owed.append(owed)
         if first:
-            self._answered(answer)
+            self._answered(owed, answer)
 
     # --- Upgrade: served as a plain request ---------------------------------------------------
 

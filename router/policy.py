@@ -108,18 +108,14 @@ class RetryBudget:
     _requests: list[int] = field(init=False)
     _retries: list[int] = field(init=False)
     _slot: int = field(init=False)
-    _slot_ends: float = field(init=False)
 
     def __post_init__(self) -> None:
         self._requests, self._retries = [0] * self.slots, [0] * self.slots
         self._slot = int(self.clock() * self.slots / self.window_s)
-        self._slot_ends = (self._slot + 1) * self.window_s / self.slots
-        """When the current slot ends: `deposit` looks at the clock only to compare."""
 
     def deposit(self) -> None:
         """Count one request (not a retry) toward the budget."""
-        if self.clock() >= self._slot_ends:
-            self._advance()
+        self._advance()
         self._requests[self._slot % self.slots] += 1
 
     def try_withdraw(self) -> bool:
@@ -139,7 +135,6 @@ class RetryBudget:
             self._requests[passed % self.slots] = 0
             self._retries[passed % self.slots] = 0
         self._slot = now
-        self._slot_ends = (now + 1) * self.window_s / self.slots
 
 
 @dataclass

@@ -72,7 +72,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.keep_alive = True
         """The last answer allows another exchange on this connection."""
         self.idle_since = 0.0
-        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport."""
@@ -111,7 +110,6 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Leave the pool; fail an exchange still waiting: the upstream went away."""
-        self.lost = True
         self.keep_alive = False
         self.pool.forget(self)
         self._fail(Failure("reset", "upstream closed the connection"))

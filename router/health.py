@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,8 @@ import aiohttp
 
 from router.config import RoutingConfig, Variant
 from router.settings import RouterSettings
+
+log = logging.getLogger("router")
 
 
 @dataclass
@@ -36,14 +39,22 @@ class UpstreamHealth:
         if time.monotonic() >= self.ejected_until:
             self.ejections_in_row = 0
 
-    def failed(self, reason: str, settings: RouterSettings) -> None:
-        """Record a failed exchange; eject after too many in a row, doubling each time."""
+    def failed(self, url: str, reason: str, settings: RouterSettings) -> None:
+        """Record a failed exchange with `url`; eject after too many in a row, doubling each time.
+
+        An ejection is logged, as nginx logs an upstream it disables: it changes where traffic
+        goes.
+        """
         self.failures += 1
         self.last_error = reason
         if self.failures >= settings.eject_after_failures:
             seconds = min(settings.eject_base_s * 2**self.ejections_in_row, settings.eject_max_s)
             self.ejected_until = time.monotonic() + seconds
             self.ejections_in_row += 1
+            log.warning(
+                "%s ejected for %g s after %d failures in a row (last: %s)",
+                url, seconds, self.failures, reason,
+            )  # fmt: skip
             self.failures = 0
 
 
@@ -74,6 +85,7 @@ class HealthBoard:
     async def ping(self, session: aiohttp.ClientSession, url: str) -> None:
         """Check one upstream's /ping and record the outcome; learn its /metadata once."""
         health = self.of(url)
+        was_ok = health.ping_ok
         timeout = aiohttp.ClientTimeout(total=self.settings.health_interval_s)
         try:
             async with session.get(f"{url}/ping", timeout=timeout) as answer:
@@ -83,6 +95,11 @@ class HealthBoard:
         except (aiohttp.ClientError, TimeoutError) as error:
             health.ping_ok = False
             health.last_error = f"/ping failed: {type(error).__name__}"
+        if health.ping_ok != was_ok:
+            if health.ping_ok:
+                log.warning("%s answers /ping again: it takes traffic", url)
+            else:
+                log.warning("%s takes no traffic: %s", url, health.last_error)
         if health.ping_ok and url not in self.metadata:
             await self._learn_metadata(session, url, timeout)
 

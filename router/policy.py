@@ -167,15 +167,16 @@ class ProxyPolicy:
         connect always (nothing was sent), after a reset, a timeout or a 502/503 only when the
         body can be sent again (`replayable`: it was buffered, not streamed).
         """
-        upstream_health = self.health.of(config.upstream(variant).url)
+        url = config.upstream(variant).url
+        upstream_health = self.health.of(url)
         if isinstance(outcome, Failure):
             self.metrics.upstream_errors.labels(variant, outcome.reason).inc()
-            upstream_health.failed(outcome.reason, self.settings)
+            upstream_health.failed(url, outcome.reason, self.settings)
             retryable = replayable or outcome.reason == "connect"
         else:
             if outcome >= 500:
                 self.metrics.upstream_errors.labels(variant, "status_5xx").inc()
-                upstream_health.failed(f"answered {outcome}", self.settings)
+                upstream_health.failed(url, f"answered {outcome}", self.settings)
             else:
                 upstream_health.succeeded()
             retryable = replayable and outcome in RETRYABLE_STATUSES

@@ -224,15 +224,32 @@ class UpstreamPool:
         spawn(self._open(within, then))
 
     async def _open(self, within: float, then: Lessee) -> None:
-        opening = self.loop.create_connection(
-            lambda: UpstreamConnection(self), self.host, self.port
-        )
+        """Connect, and hand `then` the connection or a connect Failure.
+
+        A connection counts in `opened` from `lease` until it is lost (`forget`) or, when its
+        transport never told the protocol it was made, until its connect failed here: the two
+        never both count it down. A connection the upstream reset before this coroutine resumed
+        is a connect failure too (nothing was sent on it): handed on, it would wait out the
+        total timeout for an answer that cannot come.
+        """
+        made: list[UpstreamConnection] = []
+
+        def protocol() -> UpstreamConnection:
+            made.append(UpstreamConnection(self))
+            return made[0]
+
         try:
-            _, connection = await asyncio.wait_for(opening, within)
+            _, connection = await asyncio.wait_for(
+                self.loop.create_connection(protocol, self.host, self.port), within
+            )
         except (OSError, TimeoutError) as error:
-            self.opened -= 1
+            if not (made and made[0].transport is not None):  # else its connection_lost forgets it
+                self.opened -= 1
+                self._serve_waiting()
             then(Failure("connect", str(error) or type(error).__name__), False)
-            self._serve_waiting()
+            return
+        if not connection.usable:
+            then(Failure("connect", "the upstream closed the connection as it opened"), False)
             return
         then(connection, False)
 

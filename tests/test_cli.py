@@ -179,6 +179,14 @@ class RunningUp:
         return self.process.returncode, "".join(self.lines), err
 
 
+def _logs(state: Path) -> dict[str, str]:
+    """The last lines of each log `up` keeps, for a failure's message."""
+    return {
+        log.name: "".join(log.read_text(errors="replace").splitlines(keepends=True)[-20:])
+        for log in sorted((state / "logs").glob("*.log"))
+    }
+
+
 def _registered_through_ui(port: int) -> dict[str, Any]:
     url = f"http://127.0.0.1:{port}/api/2.0/mlflow/registered-models/get?name=StudentExamPredictor"
     with urllib.request.urlopen(url, timeout=10) as answer:
@@ -203,7 +211,7 @@ def test_up_trains_once_serves_the_ui_and_stops_cleanly(tmp_path: Path) -> None:
         )
         assert sampled.returncode == 0, sampled.stderr
         answers = json.loads(sampled.stdout)
-        assert {answer["status"] for answer in answers} == {200}
+        assert {answer["status"] for answer in answers} == {200}, (answers, _logs(state))
         assert {answer["version"] for answer in answers} <= {"1", "2"}
         (router_pid,) = _children_of_state(state, mentioning=" router --config ")
         os.kill(router_pid, signal.SIGKILL)

@@ -8,6 +8,10 @@ import asyncio
 import json
 import random
 import resource
+import socket
+import struct
+import threading
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,6 +25,8 @@ from prometheus_client import CollectorRegistry
 
 from router.app import create_app
 from router.config import RoutingConfig, write_routing_file
+from router.policy import Failure
+from router.rawpool import UpstreamPool, exchange_raw
 from router.settings import RouterSettings
 from tests.routers import running_front, wait_until
 
@@ -536,6 +542,52 @@ async def test_a_keep_alive_race_is_retried_on_a_fresh_connection(
         == 20
     )
     assert not registry.get_sample_value("mlcanary_failovers_total", {"from_variant": "canary"})
+
+
+class ResettingServer:
+    """A listener on a thread of its own that resets each connection as soon as it accepts it.
+
+    On its own thread, the reset often reaches the router between the connection being made and
+    the pool's connect resuming: the race a model server killed mid-connect causes.
+    """
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=512)
+        self.port: int = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._reset_each, daemon=True)
+        self.thread.start()
+
+    def _reset_each(self) -> None:
+        while True:
+            try:
+                accepted, _ = self.listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            accepted.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            accepted.close()
+
+    def close(self) -> None:
+        self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self.thread.join(timeout=30)
+
+
+async def test_a_connection_reset_as_it_opens_fails_at_once() -> None:
+    """Each of 500 exchanges with an upstream that resets every connection ends in a connect or
+    reset failure, never in waiting out the total timeout on a connection already gone; and
+    the pool counts every connection back (none is counted down twice)."""
+    server = ResettingServer()
+    pool = UpstreamPool("127.0.0.1", server.port, limit=4)
+    reasons: Counter[str] = Counter()
+    try:
+        for _ in range(500):
+            outcome = await exchange_raw(pool, post(), connect_timeout=1, total_timeout=10)
+            assert isinstance(outcome, Failure), outcome
+            reasons[outcome.reason] += 1
+        await wait_until(lambda: pool.opened == 0, "every connection counted back")
+    finally:
+        server.close()
+    assert set(reasons) <= {"connect", "reset"}, reasons
 
 
 # --- connection lifecycle -----------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Mapping
+from typing import Protocol
 
 from router.config import RoutingConfig, Variant
 
@@ -26,11 +27,19 @@ def canary_buckets(weight: float) -> int:
     return round(weight * BUCKETS / 100)
 
 
+class Healthy(Protocol):
+    """Whether a variant may take traffic (a dict, or `health.VariantHealth` asked lazily)."""
+
+    def get(self, variant: Variant, default: bool, /) -> bool:
+        """Tell whether `variant` may take traffic (`default` when nothing is known of it)."""
+        ...
+
+
 def choose_variant(
     config: RoutingConfig,
     headers: Mapping[str, str],
     rng: random.Random,
-    healthy: Mapping[Variant, bool],
+    healthy: Healthy,
 ) -> Variant:
     """Pick the variant for a request.
 

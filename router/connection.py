@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import math
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, cast
@@ -392,8 +391,6 @@ class Connections:
     settings: RouterSettings
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     open: set[ClientConnection] = field(default_factory=set)
-    sweeps: list[Callable[[], None]] = field(default_factory=list)
-    """Also run on each sweep (the upstream pools' expiry)."""
     now: float = 0.0
     """The loop's time at the last sweep: deadlines are set from it (no clock call per
     request), so they hold to within one sweep interval."""
@@ -432,8 +429,6 @@ class Connections:
             now = self.now = self.loop.time()
             for connection in list(self.open):
                 connection.expire(now)
-            for extra in self.sweeps:
-                extra()
 
     async def drain(self, within: float) -> int:
         """Close idle connections, let busy ones answer what they owe, abort the rest.

@@ -189,11 +189,25 @@ class Invocation:
 NO_HEADERS: dict[str, str] = {}
 
 
-def choice_headers(config: RoutingConfig, headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    """Decode only the headers the variant choice reads (force, sticky), by their canonical name."""
+_names_for: list[tuple[RoutingConfig, dict[bytes, str]]] = []
+"""The last config and its `_choice_header_names` (a config changes only on a reload; kept by
+identity, as hashing a config costs more than the work saved)."""
+
+
+def _choice_header_names(config: RoutingConfig) -> dict[bytes, str]:
+    """Map the lowered names of the headers `config`'s choice reads to their canonical names."""
+    if _names_for and _names_for[0][0] is config:
+        return _names_for[0][1]
     wanted = {FORCE_HEADER.lower().encode(): FORCE_HEADER} if config.force_header else {}
     if config.sticky is not None:
         wanted[config.sticky.header.lower().encode()] = config.sticky.header
+    _names_for[:] = [(config, wanted)]
+    return wanted
+
+
+def choice_headers(config: RoutingConfig, headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Decode only the headers the variant choice reads (force, sticky), by their canonical name."""
+    wanted = _choice_header_names(config)
     if not wanted:
         return NO_HEADERS
     found = {}
@@ -233,7 +247,6 @@ async def start_front(plane: DataPlane, host: str, port: int, *, reuse_port: boo
     """Listen for clients on `host:port` with the data plane in front of `plane.app`."""
     loop = asyncio.get_running_loop()
     connections = Connections(plane.settings, loop)
-    connections.sweeps.append(plane.pools.expire)
     server = await loop.create_server(
         lambda: ClientConnection(plane, connections),
         host,

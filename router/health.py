@@ -36,7 +36,7 @@ class UpstreamHealth:
     def succeeded(self) -> None:
         """Record a good exchange: the failure streak ends."""
         self.failures = 0
-        if time.monotonic() >= self.ejected_until:
+        if self.ejections_in_row and time.monotonic() >= self.ejected_until:
             self.ejections_in_row = 0
 
     def failed(self, url: str, reason: str, settings: RouterSettings) -> None:
@@ -58,6 +58,20 @@ class UpstreamHealth:
             self.failures = 0
 
 
+@dataclass(frozen=True, slots=True)
+class VariantHealth:
+    """Whether each variant of one config may take traffic, read when asked."""
+
+    config: RoutingConfig
+    stable: UpstreamHealth
+    canary: UpstreamHealth | None
+
+    def get(self, variant: Variant, default: bool = True) -> bool:
+        """Tell whether `variant` may take traffic now (`default` if the config has none)."""
+        record = self.stable if variant == "stable" else self.canary
+        return default if record is None else record.available(time.monotonic())
+
+
 @dataclass
 class HealthBoard:
     """Health by upstream URL, so a reload that keeps a URL keeps its history."""
@@ -66,6 +80,7 @@ class HealthBoard:
     by_url: dict[str, UpstreamHealth] = field(default_factory=dict)
     metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Each upstream's /metadata (native model servers), fetched once it answers /ping."""
+    _last: VariantHealth | None = None
 
     def of(self, url: str) -> UpstreamHealth:
         """Return (creating) the health record of `url`."""
@@ -73,6 +88,17 @@ class HealthBoard:
         if health is None:
             health = self.by_url[url] = UpstreamHealth()
         return health
+
+    def of_config(self, config: RoutingConfig) -> VariantHealth:
+        """Return the health of `config`'s variants, asked one at a time.
+
+        The hot path asks for the chosen variant's only. Kept for the last config: it changes
+        only on a reload.
+        """
+        if self._last is None or self._last.config is not config:
+            canary = self.of(config.canary.url) if config.canary is not None else None
+            self._last = VariantHealth(config, self.of(config.stable.url), canary)
+        return self._last
 
     def available(self, config: RoutingConfig) -> dict[Variant, bool]:
         """Tell whether each variant of `config` may take traffic now."""

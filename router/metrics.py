@@ -37,17 +37,20 @@ class RouterMetrics:
     shadow_requests: Counter
     shadow_delta: Histogram
     prediction_value: PlainHistogram
-    _children: dict[tuple[str, str, str], tuple[CounterChild, HistogramChild]] = field(
+    _children: dict[tuple[str, str, int], tuple[CounterChild, HistogramChild]] = field(
         default_factory=dict, compare=False, repr=False
     )
     """Labelled children of `requests` and `duration`, looked up once (hot path)."""
 
     def answered(self, variant: str, version: str, status: int, seconds: float) -> None:
         """Count one answer to a client and its latency."""
-        key = (variant, version, str(status))
+        key = (variant, version, status)
         children = self._children.get(key)
         if children is None:
-            children = (self.requests.labels(*key), self.duration.labels(variant, version))
+            children = (
+                self.requests.labels(variant, version, str(status)),
+                self.duration.labels(variant, version),
+            )
             self._children[key] = children
         children[0].inc()
         children[1].observe(seconds)

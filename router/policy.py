@@ -150,7 +150,7 @@ class ProxyPolicy:
     def choose(self, config: RoutingConfig, headers: Mapping[str, str]) -> Variant:
         """Pick the variant of a new request (and count it toward the retry budget)."""
         self.budget.deposit()
-        return choose_variant(config, headers, self.rng, self.health.available(config))
+        return choose_variant(config, headers, self.rng, self.health.of_config(config))
 
     def settle(
         self,

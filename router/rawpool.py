@@ -9,11 +9,16 @@ The pool keeps what nginx's upstream `keepalive` does: at most `limit` connectio
 answer with `Connection: close` or from HTTP/1.0 never reused, and a request whose reused
 socket failed before any byte of the answer sent once more on a fresh socket: the upstream
 closed an idle connection just as the router wrote on it, and nothing was run.
+
+Its deadlines (an answer's, a waiter's, an idle connection's) are checked by one tick every
+`TICK_S` while the pool has connections or waiters, not by a timer per exchange: a timer
+started and cancelled for every request cost the hot path more than the rest of the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -26,6 +31,8 @@ from router.policy import Failure
 
 T = TypeVar("T")
 TIMED_OUT = Failure("timeout", "no answer in time")
+TICK_S = 0.05
+"""How often a pool checks its deadlines: each fires at most this late."""
 RUNNING: set[asyncio.Task[None]] = set()
 """Tasks started by callbacks, held so the garbage collector cannot drop one mid-flight."""
 
@@ -62,7 +69,8 @@ class UpstreamConnection(asyncio.Protocol):
         """Held: on Python 3.11 each `get_running_loop()` costs a getpid system call."""
         self.transport: asyncio.Transport | None = None
         self.on_reply: OnReply | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.reply_by = math.inf
+        """When the exchange in progress times out (loop time; checked by the pool's tick)."""
         self.on_writable: Callable[[bool], None] | None = None
         """Told when the connection's write buffer fills (False) and drains (True)."""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -74,8 +82,9 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Keep the transport."""
+        """Keep the transport; the pool checks the connection's deadlines from now on."""
         self.transport = cast(asyncio.Transport, transport)  # TCP (asyncio's or uvloop's)
+        self.pool.watch(self)
 
     def data_received(self, data: bytes) -> None:
         """Feed the response parser."""
@@ -104,7 +113,6 @@ class UpstreamConnection(asyncio.Protocol):
         answer = (status, self.headers, b"".join(self.body))
         self.headers, self.body = [], []
         on_reply, self.on_reply = self.on_reply, None
-        self._stop_timer()
         if on_reply is not None:
             on_reply(answer)
 
@@ -116,16 +124,15 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _fail(self, failure: Failure) -> None:
         on_reply, self.on_reply = self.on_reply, None
-        self._stop_timer()
         if self.transport is not None:
             self.transport.close()
         if on_reply is not None:
             on_reply(failure)
 
-    def _stop_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+    def time_out(self, now: float) -> None:
+        """Fail the exchange in progress if its answer is overdue at `now`."""
+        if self.on_reply is not None and now >= self.reply_by:
+            self._fail(TIMED_OUT)
 
     @property
     def usable(self) -> bool:
@@ -151,7 +158,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Call `on_reply` once with the next answer, or a Failure (a timeout after `timeout`)."""
         self.on_reply = on_reply
         self.answer_started = False
-        self.timer = self.loop.call_later(timeout, self._fail, TIMED_OUT)
+        self.reply_by = self.loop.time() + timeout
 
     def expect_answer(self, timeout: float) -> asyncio.Future[Reply | Failure]:
         """Return a future of the next answer, or of the Failure that came instead."""
@@ -187,6 +194,9 @@ class UpstreamPool:
     opened: int = 0
     """Connections open or being opened."""
     waiting: deque[Waiting] = field(default_factory=deque)
+    members: set[UpstreamConnection] = field(default_factory=set)
+    """Connections made and not yet lost: the tick checks their deadlines."""
+    ticking: asyncio.TimerHandle | None = None
 
     def lease(self, within: float, then: Lessee, *, deadline: float | None = None) -> None:
         """Hand `then` a connection.
@@ -203,6 +213,7 @@ class UpstreamPool:
         else:
             when = deadline if deadline is not None else self.loop.time() + within
             self.waiting.append(Waiting(then, when))
+            self._tick_soon()
 
     def idle_connection(self) -> UpstreamConnection | None:
         """Return a usable idle connection that has not been idle too long, if there is one."""
@@ -268,9 +279,15 @@ class UpstreamPool:
         connection.idle_since = now
         self.idle.append(connection)
 
+    def watch(self, connection: UpstreamConnection) -> None:
+        """Check a new connection's deadlines on each tick until it is lost."""
+        self.members.add(connection)
+        self._tick_soon()
+
     def forget(self, connection: UpstreamConnection) -> None:
         """Free a closed connection's place (a waiter gets a new connection in it)."""
         self.opened -= 1
+        self.members.discard(connection)
         if connection in self.idle:
             self.idle.remove(connection)
         self._serve_waiting()
@@ -285,16 +302,29 @@ class UpstreamPool:
             self.opened += 1
             spawn(self._open(waiting.deadline - now, waiting.then))
 
+    def _tick_soon(self) -> None:
+        if self.ticking is None:
+            self.ticking = self.loop.call_later(TICK_S, self._tick)
+
+    def _tick(self) -> None:
+        """Check every deadline; tick again while there is anything left to check."""
+        self.ticking = None
+        self.expire()
+        if self.members or self.waiting:
+            self._tick_soon()
+
     def expire(self) -> None:
-        """Close idle connections past `idle_timeout`; time out waiters past their deadline."""
+        """Time out overdue answers and waiters; close connections idle past `idle_timeout`."""
         now = self.loop.time()
+        for connection in list(self.members):
+            connection.time_out(now)
         for connection in [c for c in self.idle if c.idle_since <= now - self.idle_timeout]:
             connection.close()
         while self.waiting and self.waiting[0].deadline <= now:
             self.waiting.popleft().then(TIMED_OUT, False)
 
     def close(self) -> None:
-        """Close every idle connection."""
+        """Close every idle connection (the tick goes on while busy ones are open)."""
         for connection in list(self.idle):
             connection.close()
         self.idle.clear()
@@ -318,11 +348,6 @@ class Pools:
             )
             self.by_url[url] = pool
         return pool
-
-    def expire(self) -> None:
-        """Expire idle connections and overdue waiters in every pool."""
-        for pool in self.by_url.values():
-            pool.expire()
 
     def close(self) -> None:
         """Close every pool."""

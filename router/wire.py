@@ -15,7 +15,7 @@ Headers = list[tuple[bytes, bytes]]
 def header_lines(lines: list[bytes], headers: Headers, dropped: frozenset[bytes] = DROPPED) -> None:
     """Append a `Name: value` line for each header to pass on (see `policy.end_to_end`)."""
     for name, value in end_to_end(headers, dropped):
-        lines.append(b"%s: %s\r\n" % (name, value))
+        lines += (name, b": ", value, b"\r\n")  # cheaper than formatting each line
 
 
 def request_bytes(method: bytes, target: bytes, headers: Headers, body: bytes) -> bytes:

@@ -21,6 +21,7 @@ log = logging.getLogger("router")
 class UpstreamHealth:
     """What the router knows of one upstream URL."""
 
+    url: str
     failures: int = 0
     """Consecutive failed exchanges (passive)."""
     ejections_in_row: int = 0
@@ -39,8 +40,8 @@ class UpstreamHealth:
         if self.ejections_in_row and time.monotonic() >= self.ejected_until:
             self.ejections_in_row = 0
 
-    def failed(self, url: str, reason: str, settings: RouterSettings) -> None:
-        """Record a failed exchange with `url`; eject after too many in a row, doubling each time.
+    def failed(self, reason: str, settings: RouterSettings) -> None:
+        """Record a failed exchange; eject after too many in a row, doubling each time.
 
         An ejection is logged, as nginx logs an upstream it disables: it changes where traffic
         goes.
@@ -53,7 +54,7 @@ class UpstreamHealth:
             self.ejections_in_row += 1
             log.warning(
                 "%s ejected for %g s after %d failures in a row (last: %s)",
-                url, seconds, self.failures, reason,
+                self.url, seconds, self.failures, reason,
             )  # fmt: skip
             self.failures = 0
 
@@ -65,6 +66,13 @@ class VariantHealth:
     config: RoutingConfig
     stable: UpstreamHealth
     canary: UpstreamHealth | None
+
+    def of(self, variant: Variant) -> UpstreamHealth:
+        """Return the health record of `variant`'s upstream (which the config must have)."""
+        record = self.stable if variant == "stable" else self.canary
+        if record is None:
+            raise ValueError(f"the routing config has no {variant}")
+        return record
 
     def get(self, variant: Variant, default: bool = True) -> bool:
         """Tell whether `variant` may take traffic now (`default` if the config has none)."""
@@ -86,7 +94,7 @@ class HealthBoard:
         """Return (creating) the health record of `url`."""
         health = self.by_url.get(url)
         if health is None:
-            health = self.by_url[url] = UpstreamHealth()
+            health = self.by_url[url] = UpstreamHealth(url)
         return health
 
     def of_config(self, config: RoutingConfig) -> VariantHealth:

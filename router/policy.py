@@ -108,14 +108,17 @@ class RetryBudget:
     _requests: list[int] = field(init=False)
     _retries: list[int] = field(init=False)
     _slot: int = field(init=False)
+    _slots_per_s: float = field(init=False)
 
     def __post_init__(self) -> None:
         self._requests, self._retries = [0] * self.slots, [0] * self.slots
-        self._slot = int(self.clock() * self.slots / self.window_s)
+        self._slots_per_s = self.slots / self.window_s
+        self._slot = int(self.clock() * self._slots_per_s)
 
     def deposit(self) -> None:
         """Count one request (not a retry) toward the budget."""
-        self._advance()
+        if int(self.clock() * self._slots_per_s) != self._slot:
+            self._advance()
         self._requests[self._slot % self.slots] += 1
 
     def try_withdraw(self) -> bool:
@@ -128,7 +131,7 @@ class RetryBudget:
         return True
 
     def _advance(self) -> None:
-        now = int(self.clock() * self.slots / self.window_s)
+        now = int(self.clock() * self._slots_per_s)
         if now == self._slot:
             return
         for passed in range(self._slot + 1, min(now, self._slot + self.slots) + 1):
@@ -167,16 +170,15 @@ class ProxyPolicy:
         connect always (nothing was sent), after a reset, a timeout or a 502/503 only when the
         body can be sent again (`replayable`: it was buffered, not streamed).
         """
-        url = config.upstream(variant).url
-        upstream_health = self.health.of(url)
+        upstream_health = self.health.of_config(config).of(variant)
         if isinstance(outcome, Failure):
             self.metrics.upstream_errors.labels(variant, outcome.reason).inc()
-            upstream_health.failed(url, outcome.reason, self.settings)
+            upstream_health.failed(outcome.reason, self.settings)
             retryable = replayable or outcome.reason == "connect"
         else:
             if outcome >= 500:
                 self.metrics.upstream_errors.labels(variant, "status_5xx").inc()
-                upstream_health.failed(url, f"answered {outcome}", self.settings)
+                upstream_health.failed(f"answered {outcome}", self.settings)
             else:
                 upstream_health.succeeded()
             retryable = replayable and outcome in RETRYABLE_STATUSES

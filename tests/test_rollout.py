@@ -16,6 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -256,6 +257,35 @@ async def test_a_metrics_source_that_cannot_be_read_fails_closed(
     assert code == 1 and state["status"] == "rolled_back"
     assert state["history"][0]["outcome"] == "fail"
     assert "metrics could not be read" in state["history"][0]["problem"]
+
+
+async def test_unexpected_errors_in_a_row_fail_the_rollout_closed(
+    system: System, aiohttp_server: ServerFactory
+) -> None:
+    """A source answering what the judge cannot read (a Prometheus whose samples have no value)
+    is not retried forever at the canary's weight: after three errors in a row the rollout is
+    rolled back, says why, and the rollback is audited with that reason."""
+
+    async def malformed(_request: web.Request) -> web.Response:
+        sample = {"metric": {"variant": "stable"}, "value": []}
+        return web.json_response({"status": "success", "data": {"result": [sample]}})
+
+    app = web.Application()
+    app.router.add_get("/api/v1/query", malformed)
+    prometheus = await aiohttp_server(app)
+    await _deploy(system, HEALTHY)
+    code, state = await _rollout(
+        system, "--steps", "10,100", "--interval", "1s", "--max-failed-checks", "5",
+        "--prometheus", str(prometheus.make_url("")).rstrip("/"),
+    )  # fmt: skip
+    assert code == 1 and state["status"] == "rolled_back", state
+    assert "3 unexpected errors in a row" in state["message"]
+    assert "IndexError" in state["message"]
+    assert state["history"] == []  # no window was judged: none passed
+    audit = [json.loads(line) for line in (system.state / "audit.jsonl").read_text().splitlines()]
+    assert any("3 unexpected errors in a row" in record["reason"] for record in audit), audit
+    routing = yaml.safe_load((system.state / "routing.yaml").read_text())
+    assert routing["canary"]["weight"] == 0, routing
 
 
 async def test_a_restarted_controller_resumes_the_rollout_at_the_same_step(

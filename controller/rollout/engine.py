@@ -28,6 +28,10 @@ from controller.rollout.window import Snapshot, take_snapshot, window_between
 
 log = logging.getLogger("controller")
 ACTIVE = ("running", "paused")
+MAX_ERRORS_IN_ROW = 3
+"""Unexpected errors in a row (a bug, a source answering nonsense) after which the rollout
+fails closed: rolled back, as a window that cannot be judged is never a pass."""
+ERROR_PAUSE_S = 1.0
 STATUSES = ("idle", "running", "paused", "promoted", "rolled_back", "aborted")
 
 
@@ -237,13 +241,22 @@ class RolloutRunner:
             await self._apply_step_weight(state)
         except ControllerError as error:  # the next decision tries again
             log.warning("rollout: %s", error)
+        errors_in_row, last_error = 0, ""
         while state.status in ACTIVE:
             try:
+                if errors_in_row >= MAX_ERRORS_IN_ROW:
+                    why = f"{errors_in_row} unexpected errors in a row, the last: {last_error}"
+                    await self._roll_back(state, why)
+                    return
                 await self._one_window(state)
-            except Exception:  # a bug must not end the rollout silently: say it, try again
-                log.exception("rollout: judging a window failed")
-                state.message = "judging a window failed; see the controller's log"
-                await asyncio.sleep(1)
+                errors_in_row = 0
+            except Exception as error:  # a bug must not end the rollout silently: say it
+                errors_in_row += 1
+                last_error = f"{type(error).__name__}: {error}"
+                log.exception("rollout: judging a window failed (%d in a row)", errors_in_row)
+                state.message = f"judging a window failed ({last_error}); see the controller's log"
+                self._save()
+                await asyncio.sleep(ERROR_PAUSE_S)
 
     async def _one_window(self, state: RolloutState) -> None:
         """Wait out one interval (or a pause), then judge it and act."""

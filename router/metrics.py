@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from router.config import Variant
 from router.plainmetrics import CounterChild, HistogramChild, PlainCounter, PlainHistogram
@@ -19,6 +23,20 @@ LATENCY_BUCKETS = (
 PREDICTION_BUCKETS = tuple(float(edge) for edge in range(0, 101, 5))
 DELTA_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25)
 UPSTREAM_ERROR_REASONS = ("connect", "reset", "timeout", "status_5xx")
+INSTANCE_METRIC = "mlcanary_router_instance"
+"""An info metric naming the router process: its counters start from zero with it."""
+INSTANCE_SAMPLE = f"{INSTANCE_METRIC}_info"
+"""Its sample's name in the exposition, with the `instance_id` label."""
+
+
+def new_instance_id() -> str:
+    """Name this router process uniquely, also across restarts and `--workers` processes.
+
+    Whoever reads /metrics differences counters per instance: a new id means counters that
+    started from zero (a restart), whatever the sum over routers did meanwhile.
+    """
+    started_ms = time.time_ns() // 1_000_000
+    return f"{socket.gethostname()}:{os.getpid()}:{started_ms}:{uuid.uuid4().hex[:8]}"
 
 
 @dataclass(frozen=True)
@@ -120,4 +138,6 @@ class RouterMetrics:
             metrics.reloads.labels(result)
         for result in ("match", "mismatch", "error", "dropped"):
             metrics.shadow_requests.labels(result)
+        instance = Info(INSTANCE_METRIC, "This router process.", registry=registry)
+        instance.info({"instance_id": new_instance_id()})
         return metrics

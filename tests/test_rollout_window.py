@@ -1,4 +1,5 @@
-"""A rollout window from the routers' real /metrics text: summed, differenced, or failed."""
+"""A rollout window from the routers' real /metrics text: differenced per router process and
+summed, or failed."""
 
 from __future__ import annotations
 
@@ -60,6 +61,53 @@ def test_a_restarted_router_counts_from_zero() -> None:
         restarted.answered("canary", "2", 200, 0.002)
     window = window_between(before, snapshot_of(generate_latest(fresh).decode()))
     assert window.canary.requests == 5
+
+
+def test_one_of_two_routers_restarting_mid_window_is_differenced_on_its_own() -> None:
+    """Router A serves 100 canary requests in the window; router B restarts in it and serves 10,
+    one of them a 503. Summed before differencing, the sum dropped (600 -> 610 read as 10 new
+    requests, 10% errors: a false rollback); per process it is 110 requests, 1 error."""
+    first, second = CollectorRegistry(), CollectorRegistry()
+    a, b = RouterMetrics.create(first), RouterMetrics.create(second)
+    for _ in range(500):
+        a.answered("canary", "2", 200, 0.002)
+    for _ in range(100):
+        b.answered("canary", "2", 200, 0.002)
+    before = snapshot_of(generate_latest(first).decode(), generate_latest(second).decode())
+    for _ in range(100):
+        a.answered("canary", "2", 200, 0.002)
+    restarted_registry = CollectorRegistry()
+    restarted = RouterMetrics.create(restarted_registry)
+    for _ in range(9):
+        restarted.answered("canary", "2", 200, 0.002)
+    restarted.answered("canary", "2", 503, 0.002)
+    after = snapshot_of(
+        generate_latest(first).decode(), generate_latest(restarted_registry).decode()
+    )
+    window = window_between(before, after)
+    assert (window.canary.requests, window.canary.errors) == (110, 1)
+    assert window.canary.latency[-1] == (float("inf"), 110)
+
+
+def test_the_same_router_read_twice_counts_once() -> None:
+    """Two addresses of one router process (its instance id) are one process's traffic."""
+    registry = CollectorRegistry()
+    metrics = RouterMetrics.create(registry)
+    before = snapshot_of(generate_latest(registry).decode())
+    for _ in range(7):
+        metrics.answered("stable", "1", 200, 0.002)
+    text = generate_latest(registry).decode()
+    assert window_between(before, snapshot_of(text, text)).stable.requests == 7
+
+
+def test_each_router_process_names_itself_differently() -> None:
+    """Two processes (or one restarted) never share an instance id."""
+    names = set()
+    for _ in range(2):
+        registry = CollectorRegistry()
+        RouterMetrics.create(registry)
+        names |= set(snapshot_of(generate_latest(registry).decode()).instances)
+    assert len(names) == 2
 
 
 async def test_a_router_that_cannot_be_read_fails_the_snapshot() -> None:

@@ -1,4 +1,10 @@
-"""A rollout window's data from the routers' /metrics: snapshots summed over routers, differenced.
+"""A rollout window's data from the routers' /metrics: differenced per router process, summed.
+
+Each router process names itself in its exposition (`mlcanary_router_instance_info`), and its
+counters are differenced against its own earlier reading before the processes are summed, as
+PromQL's `sum(increase(...))` does: a process that restarted mid-window (a new name) counts
+from zero, and the others' counts are not pulled down by its reset. The same process read twice
+(two addresses for one router) counts once.
 
 A router that cannot be read makes the snapshot fail (the caller counts a failed check): a
 window is never judged on part of the traffic.
@@ -16,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.errors import ControllerError
 from controller.rollout.gates import Buckets, VariantWindow, Window
+from router.metrics import INSTANCE_SAMPLE
 
 VARIANTS = ("stable", "canary")
 
@@ -31,8 +38,8 @@ class VariantTotals:
 
 
 @dataclass
-class Snapshot:
-    """Every router's counters, summed."""
+class Counts:
+    """One router process's counters since it started."""
 
     variants: dict[str, VariantTotals] = field(
         default_factory=lambda: {variant: VariantTotals() for variant in VARIANTS}
@@ -41,12 +48,23 @@ class Snapshot:
     shadow_delta_count: float = 0.0
 
 
-def add_exposition(snapshot: Snapshot, text: str) -> None:
-    """Add one router's /metrics text to the snapshot."""
+@dataclass
+class Snapshot:
+    """Every router process's counters, by the process's instance id."""
+
+    instances: dict[str, Counts] = field(default_factory=dict)
+
+
+def add_exposition(snapshot: Snapshot, text: str, source: str = "") -> None:
+    """Add one router's /metrics text to the snapshot, under the process's instance id.
+
+    A router that names no instance (an older release) is keyed by `source`, its address.
+    """
+    counts, instance = Counts(), source
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             variant = sample.labels.get("variant")
-            totals = snapshot.variants.get(variant) if variant else None
+            totals = counts.variants.get(variant) if variant else None
             if sample.name == "mlcanary_requests_total" and totals is not None:
                 totals.requests += sample.value
                 if sample.labels.get("code", "").startswith("5"):
@@ -56,9 +74,12 @@ def add_exposition(snapshot: Snapshot, text: str) -> None:
             elif sample.name == "mlcanary_prediction_value_bucket" and totals is not None:
                 totals.predictions[float(sample.labels["le"])] += sample.value
             elif sample.name == "mlcanary_shadow_prediction_delta_sum":
-                snapshot.shadow_delta_sum += sample.value
+                counts.shadow_delta_sum += sample.value
             elif sample.name == "mlcanary_shadow_prediction_delta_count":
-                snapshot.shadow_delta_count += sample.value
+                counts.shadow_delta_count += sample.value
+            elif sample.name == INSTANCE_SAMPLE:
+                instance = sample.labels.get("instance_id") or source
+    snapshot.instances[instance] = counts
 
 
 async def take_snapshot(session: aiohttp.ClientSession, routers: list[str]) -> Snapshot:
@@ -78,40 +99,74 @@ async def take_snapshot(session: aiohttp.ClientSession, routers: list[str]) -> S
             raise ControllerError(f"{router}/metrics cannot be read: {reason}") from None
 
     snapshot = Snapshot()
-    for text in await asyncio.gather(*(read(router) for router in routers)):
+    texts = await asyncio.gather(*(read(router) for router in routers))
+    for router, text in zip(routers, texts, strict=True):
         try:
-            add_exposition(snapshot, text)
+            add_exposition(snapshot, text, router)
         except ValueError as error:
             raise ControllerError(f"a router's /metrics cannot be parsed: {error}") from None
     return snapshot
 
 
 def window_between(before: Snapshot, after: Snapshot) -> Window:
-    """Return the traffic between two snapshots (a counter that went down restarted: all new)."""
-    variants = {
-        variant: _variant_window(before.variants[variant], after.variants[variant])
-        for variant in VARIANTS
-    }
+    """Return the traffic between two snapshots: each process's increase, summed.
+
+    A process first seen in `after` started in the window (a restart): all its counts are new.
+    One seen only in `before` stopped: what it did after `before` is lost, as in PromQL.
+    """
+    increases = [
+        _increase(before.instances.get(instance, Counts()), counts)
+        for instance, counts in after.instances.items()
+    ]
     return Window(
-        stable=variants["stable"],
-        canary=variants["canary"],
+        stable=_summed([increase.variants["stable"] for increase in increases]),
+        canary=_summed([increase.variants["canary"] for increase in increases]),
+        shadow_delta_sum=sum(increase.shadow_delta_sum for increase in increases),
+        shadow_delta_count=sum(increase.shadow_delta_count for increase in increases),
+    )
+
+
+def _increase(before: Counts, after: Counts) -> Counts:
+    """One process's counts between two readings (a counter that went down restarted)."""
+    increase = Counts(
         shadow_delta_sum=_delta(before.shadow_delta_sum, after.shadow_delta_sum),
         shadow_delta_count=_delta(before.shadow_delta_count, after.shadow_delta_count),
     )
+    for variant in VARIANTS:
+        old, new, into = (
+            before.variants[variant],
+            after.variants[variant],
+            increase.variants[variant],
+        )
+        into.requests = _delta(old.requests, new.requests)
+        into.errors = _delta(old.errors, new.errors)
+        for bound, value in new.latency.items():
+            into.latency[bound] = _delta(old.latency.get(bound, 0.0), value)
+        for bound, value in new.predictions.items():
+            into.predictions[bound] = _delta(old.predictions.get(bound, 0.0), value)
+    return increase
 
 
-def _variant_window(before: VariantTotals, after: VariantTotals) -> VariantWindow:
+def _summed(increases: list[VariantTotals]) -> VariantWindow:
+    """Add up the processes' increases of one variant."""
+    total = VariantTotals()
+    for increase in increases:
+        total.requests += increase.requests
+        total.errors += increase.errors
+        for bound, value in increase.latency.items():
+            total.latency[bound] += value
+        for bound, value in increase.predictions.items():
+            total.predictions[bound] += value
     return VariantWindow(
-        requests=_delta(before.requests, after.requests),
-        errors=_delta(before.errors, after.errors),
-        latency=_buckets(before.latency, after.latency),
-        predictions=_buckets(before.predictions, after.predictions),
+        requests=total.requests,
+        errors=total.errors,
+        latency=_sorted(total.latency),
+        predictions=_sorted(total.predictions),
     )
 
 
-def _buckets(before: dict[float, float], after: dict[float, float]) -> Buckets:
-    bounds = sorted(after, key=lambda bound: (math.isinf(bound), bound))
-    return [(bound, _delta(before.get(bound, 0.0), after[bound])) for bound in bounds]
+def _sorted(buckets: dict[float, float]) -> Buckets:
+    return sorted(buckets.items(), key=lambda pair: (math.isinf(pair[0]), pair[0]))
 
 
 def _delta(before: float, after: float) -> float:

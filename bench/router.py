@@ -194,10 +194,8 @@ def upstreams(kind: str, folder: Path) -> tuple[Proc, Proc]:
     return servers[0], servers[1]
 
 
-def proxies(
-    stable: Proc, canary: Proc, folder: Path, router_workers: int, prototype: bool, plane: str
-) -> dict[str, Proc]:
-    """Start the router (or the raw-bytes prototype) and nginx in front of the two upstreams."""
+def write_split(stable: Proc, canary: Proc, folder: Path) -> Path:
+    """Write the routing file every router bench uses: canary at weight 10, as nginx's 9:1."""
     path = folder / "routing.yaml"
     write_routing_file(
         path,
@@ -209,6 +207,14 @@ def proxies(
             }
         ),
     )
+    return path
+
+
+def proxies(
+    stable: Proc, canary: Proc, folder: Path, router_workers: int, prototype: bool, plane: str
+) -> dict[str, Proc]:
+    """Start the router (or the raw-bytes prototype) and nginx in front of the two upstreams."""
+    path = write_split(stable, canary, folder)
     router_port, nginx_port = free_port(), free_port()
     router_argv = [
         sys.executable,

@@ -23,8 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.router import ROW, Proc, start, stop, upstreams
-from router.config import RoutingConfig, write_routing_file
+from bench.router import ROW, Proc, start, stop, upstreams, write_split
 from tests.helpers import free_port
 
 REQUEST = (
@@ -67,17 +66,7 @@ def total_instructions(folder: Path) -> int:
 
 def router_under_callgrind(stable: Proc, canary: Proc, folder: Path, plane: str) -> Proc:
     """Start the router at canary weight 10 under callgrind; wait for its /ping."""
-    path = folder / "routing.yaml"
-    write_routing_file(
-        path,
-        RoutingConfig.model_validate(
-            {
-                "model": "StudentExamPredictor",
-                "stable": {"url": stable.url, "version": "1"},
-                "canary": {"url": canary.url, "version": "2", "weight": 10},
-            }
-        ),
-    )
+    path = write_split(stable, canary, folder)
     port = free_port()
     argv = [
         *("valgrind", "--tool=callgrind", f"--callgrind-out-file={folder}/callgrind.out.%p"),

@@ -62,7 +62,7 @@ def create_app(
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors_middleware])
     app[SETTINGS] = settings
     app[TABLE] = RoutingTable(config, version)
-    app[METRICS] = RouterMetrics.create(registry)
+    app[METRICS] = RouterMetrics.create(registry, settings.processes)
     app[HEALTH] = HealthBoard(settings)
     app[RNG] = rng or random.Random()  # noqa: S311 (traffic split, not cryptography)
     budget = RetryBudget(

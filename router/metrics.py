@@ -26,7 +26,8 @@ UPSTREAM_ERROR_REASONS = ("connect", "reset", "timeout", "status_5xx")
 INSTANCE_METRIC = "mlcanary_router_instance"
 """An info metric naming the router process: its counters start from zero with it."""
 INSTANCE_SAMPLE = f"{INSTANCE_METRIC}_info"
-"""Its sample's name in the exposition, with the `instance_id` label."""
+"""Its sample's name in the exposition, with the labels `instance_id` and `processes` (how many
+router processes share the port, each to be read)."""
 
 
 def new_instance_id() -> str:
@@ -80,8 +81,11 @@ class RouterMetrics:
             histogram.observe(value)
 
     @classmethod
-    def create(cls, registry: CollectorRegistry) -> RouterMetrics:
-        """Register the metrics on `registry` and pre-create the variant labels."""
+    def create(cls, registry: CollectorRegistry, processes: int = 1) -> RouterMetrics:
+        """Register the metrics on `registry` and pre-create the variant labels.
+
+        `processes`: how many router processes share this one's port (`--workers`).
+        """
 
         def counter(name: str, doc: str, labels: list[str]) -> Counter:
             return Counter(f"mlcanary_{name}", doc, labels, registry=registry)
@@ -139,5 +143,5 @@ class RouterMetrics:
         for result in ("match", "mismatch", "error", "dropped"):
             metrics.shadow_requests.labels(result)
         instance = Info(INSTANCE_METRIC, "This router process.", registry=registry)
-        instance.info({"instance_id": new_instance_id()})
+        instance.info({"instance_id": new_instance_id(), "processes": str(processes)})
         return metrics

@@ -30,6 +30,8 @@ def run_router(
     data_plane: str = "raw",
 ) -> None:
     """Serve with `workers` processes sharing the port (SO_REUSEPORT) on the chosen loop."""
+    if workers > 1:  # the workers started below get it with the rest of the settings
+        settings = settings.model_copy(update={"processes": workers})
     if workers <= 1:
         _run(serve_router(settings, reuse_port=reuse_port, data_plane=data_plane), loop)
         return

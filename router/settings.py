@@ -63,5 +63,8 @@ class RouterSettings(BaseModel):
     """How often the routing file is checked for changes."""
     shadow_max_in_flight: int = Field(default=32, ge=1)
     """Shadow copies in flight at most; more are dropped and counted."""
+    processes: int = Field(default=1, ge=1)
+    """Router processes sharing the port (`--workers`): each says so in /metrics, so that a
+    reader knows how many to find behind the one address."""
     controller_url: str | None = None
     """The controller the original admin paths forward changes to (none: they answer 503)."""

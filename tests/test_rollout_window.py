@@ -3,15 +3,24 @@ summed, or failed."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry, generate_latest
 
 from controller.errors import ControllerError
 from controller.rollout.gates import quantile
 from controller.rollout.window import Snapshot, add_exposition, take_snapshot, window_between
+from router.config import RoutingConfig, write_routing_file
 from router.metrics import RouterMetrics
-from tests.helpers import free_port
+from tests.helpers import command_environment, free_port
 
 
 def snapshot_of(*texts: str) -> Snapshot:
@@ -108,6 +117,73 @@ def test_each_router_process_names_itself_differently() -> None:
         RouterMetrics.create(registry)
         names |= set(snapshot_of(generate_latest(registry).decode()).instances)
     assert len(names) == 2
+
+
+async def test_every_process_of_a_router_with_workers_is_counted(tmp_path: Path) -> None:
+    """`mlcanary router --workers 2`: 40 requests on new connections spread over both processes
+    sharing the port; the snapshot reads both through the one address and counts all 40."""
+
+    async def invocations(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"predictions": [1.0]})
+
+    async def ping(_request: web.Request) -> web.Response:
+        return web.Response(text="\n")
+
+    upstream_app = web.Application()
+    upstream_app.router.add_post("/invocations", invocations)
+    upstream_app.router.add_get("/ping", ping)
+    upstream = TestServer(upstream_app, host="127.0.0.1")
+    await upstream.start_server()
+    path = tmp_path / "routing.yaml"
+    url = str(upstream.make_url("")).rstrip("/")
+    write_routing_file(
+        path, RoutingConfig.model_validate({"model": "M", "stable": {"url": url, "version": "1"}})
+    )
+    port = free_port()
+    router = f"http://127.0.0.1:{port}"
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "mlcanary", "router", "--config", str(path)),
+        *("--port", str(port), "--workers", "2"),
+        env=command_environment(tmp_path),
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_until_async(lambda: _processes_answering(session, router), 2)
+            for _ in range(40):
+                async with session.post(
+                    f"{router}/invocations", data=b'{"inputs": [[1.0]]}',
+                    headers={"Content-Type": "application/json", "Connection": "close"},
+                ) as answer:  # fmt: skip
+                    assert answer.status == 200
+            snapshot = await take_snapshot(session, [router])
+    finally:
+        process.terminate()
+        await asyncio.wait_for(process.wait(), 60)
+        await upstream.close()
+    assert len(snapshot.instances) == 2
+    counted = [counts.variants["stable"].requests for counts in snapshot.instances.values()]
+    assert sum(counted) == 40, counted
+
+
+async def _processes_answering(session: aiohttp.ClientSession, router: str) -> int:
+    """How many router processes answered 20 reads of /metrics over new connections."""
+    names = set()
+    for _ in range(20):
+        try:
+            async with session.get(f"{router}/metrics", headers={"Connection": "close"}) as answer:
+                names.add(add_exposition(Snapshot(), await answer.text(), router)[0])
+        except aiohttp.ClientError:
+            return 0
+    return len(names)
+
+
+async def wait_until_async(count: Callable[[], Awaitable[int]], wanted: int) -> None:
+    """Poll `count()` until it reaches `wanted` (the router's processes are up); 60 s at most."""
+    deadline = time.monotonic() + 60
+    while await count() < wanted:
+        assert time.monotonic() < deadline, f"fewer than {wanted} router processes answer"
+        await asyncio.sleep(0.1)
 
 
 async def test_a_router_that_cannot_be_read_fails_the_snapshot() -> None:

@@ -21,7 +21,7 @@ from controller.audit import append_audit, read_audit
 from controller.checks import check_server, server_metadata, signature_inputs
 from controller.errors import ControllerError, InvalidChange
 from controller.registry import Registry, aliases_for
-from controller.routers import reported_version, wait_for_routers
+from controller.routers import RouterDirectory, RouterList, reported_version, wait_for_routers
 from controller.runtime import Runtime
 from controller.stores import RoutingStore
 from router.config import RoutingConfig, validation_problems
@@ -35,7 +35,7 @@ class ChangeSettings:
 
     store: RoutingStore
     audit_path: Path
-    routers: list[str] = field(default_factory=list)
+    routers: RouterDirectory = field(default_factory=RouterList)
     confirm_timeout_s: float = 5.0
     drain_s: float = 1.0
 
@@ -63,8 +63,9 @@ class Controller:
     async def status(self) -> dict[str, Any]:
         """Describe the split, the routers' view of it, the aliases and the last changes."""
         config, version = await self.settings.store.load()
+        routers = await self.settings.routers.urls()
         reported = await asyncio.gather(
-            *(reported_version(self.session, router) for router in self.settings.routers)
+            *(reported_version(self.session, router) for router in routers)
         )
         try:
             aliases: dict[str, Any] = vars(await self.registry.aliases())
@@ -77,7 +78,7 @@ class Controller:
             "config_version": version,
             "routers": {
                 router: {"config_version": got, "in_step": got == version}
-                for router, got in zip(self.settings.routers, reported, strict=True)
+                for router, got in zip(routers, reported, strict=True)
             },
             "aliases": aliases,
             "runtime": self.runtime.kind,
@@ -153,9 +154,8 @@ class Controller:
         """Write, confirm, move aliases, audit; undo the done steps if one fails."""
         version = await self.settings.store.save(after)  # a refusal here changed nothing
         try:
-            await wait_for_routers(
-                self.session, self.settings.routers, version, self.settings.confirm_timeout_s
-            )
+            routers = await self.settings.routers.urls()
+            await wait_for_routers(self.session, routers, version, self.settings.confirm_timeout_s)
             await self.registry.set_aliases(_aliases(after))
         except ControllerError as error:
             raise ControllerError(f"{action} failed: {error}; {await self._undo(before)}") from None

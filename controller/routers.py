@@ -1,15 +1,74 @@
-"""Confirming a change: wait until every known router reports the new routing file's version."""
+"""The routers the controller knows: who confirms each change, and whose metrics are read.
+
+Routers are listed (`--router URL`, repeatable) or, on Kubernetes, found afresh each time from
+a Service's Endpoints (`--router-endpoints SERVICE`): every ready router pod confirms a change,
+and every pod's metrics are read, pod by pod, not whichever one the Service picks.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import aiohttp
 
 from controller.errors import ControllerError
+from controller.kube import KubeApi
 
 POLL_SECONDS = 0.05
+
+
+class RouterDirectory(Protocol):
+    """Where the routers are now."""
+
+    async def urls(self) -> list[str]:
+        """Return the base URL of every router; ControllerError if they cannot be found."""
+        ...
+
+
+@dataclass(frozen=True)
+class RouterList:
+    """Routers named on the command line."""
+
+    listed: tuple[str, ...] = ()
+
+    async def urls(self) -> list[str]:
+        """Return the routers as listed."""
+        return list(self.listed)
+
+
+class EndpointRouters:
+    """The ready pods behind a Kubernetes Service, read from its Endpoints at each use."""
+
+    def __init__(self, service: str, namespace: str | None = None, port: str | None = None):
+        self.kube = KubeApi(namespace)
+        self.service, self.port = service, port
+        """`port`: the Service port's name to use (default: its first port)."""
+
+    async def urls(self) -> list[str]:
+        """Return `http://ip:port` of every ready address of the Service's Endpoints."""
+        what = f"endpoints {self.kube.namespace}/{self.service}"
+        found = await self.kube.call(
+            what, self.kube.core.read_namespaced_endpoints, self.service, self.kube.namespace
+        )
+        urls = []
+        for subset in found.subsets or []:
+            port = _port_of(subset.ports or [], self.port)
+            if port is None:
+                continue
+            for address in subset.addresses or []:  # not_ready_addresses take no traffic
+                host = f"[{address.ip}]" if ":" in address.ip else address.ip
+                urls.append(f"http://{host}:{port}")
+        return sorted(urls)
+
+
+def _port_of(ports: list[Any], name: str | None) -> int | None:
+    for port in ports:
+        if name is None or port.name == name:
+            return int(port.port)
+    return None
 
 
 async def reported_version(session: aiohttp.ClientSession, router: str) -> str | None:

@@ -20,6 +20,7 @@ from controller.checks import check_server, server_metadata, signature_inputs
 from controller.errors import ControllerError
 from controller.registry import Registry
 from controller.rollout.engine import RolloutMetrics, RolloutRunner
+from controller.routers import EndpointRouters, RouterList
 from controller.runtime import Runtime
 from controller.stores import ConfigMapStore, FileStore, RoutingStore
 from controller.token import read_token, write_fresh_token
@@ -39,6 +40,8 @@ class ControllerOptions:
     host: str = "127.0.0.1"
     port: int = 8001
     routers: list[str] = field(default_factory=list)
+    router_endpoints: str | None = None
+    """Find the routers as the ready pods of this Kubernetes Service, instead of `routers`."""
     runtime: str = "local"
     stable_version: str = "latest"
     """For a new routing file: a number, or `latest` (the champion, else the newest version)."""
@@ -52,7 +55,8 @@ class ControllerOptions:
     configmap: str | None = None
     """Keep the routing file in this Kubernetes ConfigMap instead of `routing_path`."""
     namespace: str | None = None
-    """The ConfigMap's namespace (default: the pod's own, else `default`)."""
+    """The ConfigMap's and the router Service's namespace (default: the pod's own, else
+    `default`)."""
     confirm_timeout_s: float = 5.0
 
     @property
@@ -149,7 +153,11 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
     changes = ChangeSettings(
         store=store,
         audit_path=options.state / "audit.jsonl",
-        routers=options.routers,
+        routers=(
+            EndpointRouters(options.router_endpoints, options.namespace)
+            if options.router_endpoints
+            else RouterList(tuple(options.routers))
+        ),
         confirm_timeout_s=options.confirm_timeout_s,
     )
     controller = Controller(changes, runtime, Registry(registry_settings), session)

@@ -7,12 +7,12 @@ content version the routers show in /health, so confirmation works the same way.
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from controller.errors import ControllerError
+from controller.kube import KubeApi
 from router.config import (
     RoutingConfig,
     RoutingFileError,
@@ -76,28 +76,15 @@ class ConfigMapStore:
     """
 
     def __init__(self, name: str, namespace: str | None = None) -> None:
-        from kubernetes import client, config
-
-        try:
-            config.load_incluster_config()
-            default_namespace = _service_account_namespace()
-        except config.ConfigException:
-            # Read KUBECONFIG now: the client reads it once, when it is imported.
-            kubeconfig = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
-            try:
-                config.load_kube_config(config_file=kubeconfig)
-            except (config.ConfigException, OSError) as error:
-                raise ControllerError(f"no Kubernetes credentials: {error}") from None
-            _, active = config.list_kube_config_contexts(config_file=kubeconfig)
-            default_namespace = (active or {}).get("context", {}).get("namespace", "default")
-        self.name, self.namespace = name, namespace or default_namespace
-        self.api: Any = client.CoreV1Api()
-        self.api_error: type[Exception] = client.ApiException
+        self.kube = KubeApi(namespace)
+        self.name, self.namespace = name, self.kube.namespace
 
     async def exists(self) -> bool:
         """Tell whether the ConfigMap holds a routing file."""
         try:
-            found = await self._call(self.api.read_namespaced_config_map, self.name, self.namespace)
+            found = await self._call(
+                self.kube.core.read_namespaced_config_map, self.name, self.namespace
+            )
         except ControllerError as error:
             if "(404)" in str(error):
                 return False
@@ -106,7 +93,9 @@ class ConfigMapStore:
 
     async def load(self) -> tuple[RoutingConfig, str]:
         """Read and validate the ConfigMap's routing file."""
-        found = await self._call(self.api.read_namespaced_config_map, self.name, self.namespace)
+        found = await self._call(
+            self.kube.core.read_namespaced_config_map, self.name, self.namespace
+        )
         data = (found.data or {}).get(CONFIGMAP_KEY, "").encode()
         try:
             return parse_routing(data, self.describe()), content_version(data)
@@ -118,7 +107,9 @@ class ConfigMapStore:
         data = render_routing(config)
         parse_routing(data, self.describe())
         body = {"data": {CONFIGMAP_KEY: data.decode()}}
-        await self._call(self.api.patch_namespaced_config_map, self.name, self.namespace, body)
+        await self._call(
+            self.kube.core.patch_namespaced_config_map, self.name, self.namespace, body
+        )
         return content_version(data)
 
     def describe(self) -> str:
@@ -126,23 +117,4 @@ class ConfigMapStore:
         return f"configmap {self.namespace}/{self.name}"
 
     async def _call(self, method: Any, *args: Any) -> Any:
-        try:
-            return await asyncio.to_thread(method, *args)
-        except self.api_error as error:
-            status = getattr(error, "status", "?")
-            reason = getattr(error, "reason", error)
-            message = f"{self.describe()}: the API answered ({status}) {reason}"
-            raise ControllerError(message) from None
-        except RoutingFileError as error:
-            raise ControllerError(str(error)) from None
-        except Exception as error:  # noqa: BLE001 (urllib3 and socket errors: API unreachable)
-            message = f"{self.describe()}: the API cannot be reached: {error}"
-            raise ControllerError(message) from None
-
-
-def _service_account_namespace() -> str:
-    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return os.environ.get("POD_NAMESPACE", "default")
+        return await self.kube.call(self.describe(), method, *args)

@@ -319,6 +319,13 @@ def controller(
         list[str] | None,
         typer.Option("--router", help="A router that must confirm each change (repeatable)."),
     ] = None,
+    router_endpoints: Annotated[
+        str | None,
+        typer.Option(
+            help="Kubernetes: the routers are the ready pods of this Service (its Endpoints);"
+            " each confirms every change and has its metrics read."
+        ),
+    ] = None,
     runtime: Annotated[RuntimeKind, typer.Option(help="local starts model servers.")] = (
         RuntimeKind.local
     ),
@@ -345,7 +352,8 @@ def controller(
         str | None, typer.Option(help="Keep the routing file in this Kubernetes ConfigMap.")
     ] = None,
     namespace: Annotated[
-        str | None, typer.Option(help="The ConfigMap's namespace (default: the pod's).")
+        str | None,
+        typer.Option(help="The ConfigMap's and router Service's namespace (default: the pod's)."),
     ] = None,
 ) -> None:
     """Run the controller: the admin API that deploys, weights, promotes and rolls back."""
@@ -356,6 +364,8 @@ def controller(
     from training.settings import RegistrySettings, state_dir
 
     logging.getLogger("controller").setLevel(logging.INFO)
+    if router_url and router_endpoints:
+        fail("give --router or --router-endpoints, not both", code=2)
     state = state_dir()
     options = ControllerOptions(
         routing_path=(config or state / "routing.yaml").resolve(),
@@ -363,6 +373,7 @@ def controller(
         host=host,
         port=port,
         routers=[url.rstrip("/") for url in router_url or []],
+        router_endpoints=router_endpoints,
         runtime=runtime.value,
         stable_version=stable_version or os.environ.get("DEFAULT_MODEL_VERSION") or "latest",
         canary_version=canary_version,

@@ -1,25 +1,39 @@
-"""The controller's ConfigMap store, through the official client, against a stand-in API server.
+"""The controller's Kubernetes parts (the ConfigMap store, routers found from a Service's
+Endpoints), through the official client, against a stand-in API server.
 
-No cluster is reachable here: a small aiohttp app serves the two ConfigMap endpoints the store
-uses (GET and PATCH), and a kubeconfig points the real `kubernetes` client at it.
+No cluster is reachable here: a small aiohttp app serves the endpoints they use (a ConfigMap's
+GET and PATCH, an Endpoints' GET), and a kubeconfig points the real `kubernetes` client at it.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from controller.errors import ControllerError
+from controller.rollout.window import take_snapshot
+from controller.routers import EndpointRouters, wait_for_routers
 from controller.stores import CONFIGMAP_KEY, ConfigMapStore
-from router.config import RoutingConfig, content_version, parse_routing, render_routing
+from router.app import create_app
+from router.config import (
+    RoutingConfig,
+    content_version,
+    parse_routing,
+    render_routing,
+    write_routing_file,
+)
+from router.settings import RouterSettings
+from tests.routers import running_front
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 TOKEN = "stand-in-token"  # noqa: S105 (a test credential for a test server)
@@ -37,6 +51,7 @@ class StandInApi:
     """ConfigMaps by (namespace, name); every request's method, path and auth recorded."""
 
     maps: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    endpoints: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     seen: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     def app(self) -> web.Application:
@@ -44,7 +59,14 @@ class StandInApi:
         path = "/api/v1/namespaces/{namespace}/configmaps/{name}"
         app.router.add_get(path, self.get)
         app.router.add_patch(path, self.patch)
+        app.router.add_get("/api/v1/namespaces/{namespace}/endpoints/{name}", self.get_endpoints)
         return app
+
+    async def get_endpoints(self, request: web.Request) -> web.Response:
+        key = self._key(request)
+        if key not in self.endpoints:
+            return web.json_response({"kind": "Status", "code": 404}, status=404)
+        return web.json_response(self.endpoints[key])
 
     def _key(self, request: web.Request) -> tuple[str, str]:
         self.seen.append(
@@ -158,3 +180,41 @@ async def test_an_unreachable_api_is_a_clear_error(
     store = ConfigMapStore("mlcanary-routing")
     with pytest.raises(ControllerError, match="cannot be reached"):
         await store.save(SPLIT)
+
+
+async def test_every_ready_router_pod_confirms_a_change_and_is_read(
+    api: StandInApi, tmp_path: Path
+) -> None:
+    """`--router-endpoints router`: the controller finds two real routers as the ready addresses
+    of the Service's Endpoints (not the not-ready one), waits for both to load a change, and
+    reads both processes' metrics."""
+    path = tmp_path / "routing.yaml"
+    version = write_routing_file(path, SPLIT)
+    async with AsyncExitStack() as stack:
+        ports = []
+        for _ in range(2):
+            app = create_app(RouterSettings(config_path=path))
+            ports.append((await stack.enter_async_context(running_front(app, fast_path=True))).port)
+        api.endpoints[("canary", "router")] = {
+            "apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "router"},
+            "subsets": [
+                {"addresses": [{"ip": "127.0.0.1"}], "notReadyAddresses": [{"ip": "127.0.0.9"}],
+                 "ports": [{"name": "http", "port": port, "protocol": "TCP"}]}
+                for port in ports
+            ],
+        }  # fmt: skip
+        routers = EndpointRouters("router")  # the kubeconfig's namespace
+        urls = await routers.urls()
+        assert urls == sorted(f"http://127.0.0.1:{port}" for port in ports)
+        async with aiohttp.ClientSession() as session:
+            await wait_for_routers(session, urls, version, within=30)
+            snapshot = await take_snapshot(session, urls)
+    assert len(snapshot.instances) == 2
+    assert ("GET", "/api/v1/namespaces/canary/endpoints/router") in [
+        (method, path) for method, path, _, _ in api.seen
+    ]
+
+
+async def test_a_missing_router_service_is_a_clear_error(api: StandInApi) -> None:
+    with pytest.raises(ControllerError, match=r"endpoints canary/router.*\(404\)"):
+        await EndpointRouters("router").urls()

@@ -71,10 +71,13 @@ def test_the_base_builds_validates_and_keeps_its_promises(tmp_path: Path) -> Non
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["configmaps"], "resourceNames": ["mlcanary-routing"],
          "verbs": ["get", "patch", "update"]},
+        {"apiGroups": [""], "resources": ["endpoints"], "resourceNames": ["router"],
+         "verbs": ["get"]},
     ]  # fmt: skip
     controller = find(documents, "Deployment", "controller")
     assert controller["spec"]["template"]["spec"]["serviceAccountName"] == "mlcanary-controller"
     assert "--configmap=mlcanary-routing" in container(controller)["args"]
+    assert "--router-endpoints=router" in container(controller)["args"]  # every pod, by name
     binding = find(documents, "RoleBinding", "mlcanary-routing-writer")
     assert binding["subjects"][0]["name"] == "mlcanary-controller"
 

@@ -165,8 +165,11 @@ class RolloutRunner:
         """Begin a rollout of the current canary at the plan's first step."""
         if self.state is not None and self.state.status in ACTIVE:
             raise InvalidChange("a rollout is already running: abort it first")
-        if not self.controller.settings.routers and plan.prometheus_url is None:
-            raise InvalidChange("a rollout needs --router URLs or a Prometheus to read metrics")
+        if plan.prometheus_url is None and not await self.controller.settings.routers.urls():
+            raise InvalidChange(
+                "a rollout needs routers to read metrics from (--router, --router-endpoints)"
+                " or a Prometheus"
+            )
         config = await self.controller.current()
         if config.canary is None:
             raise InvalidChange("there is no canary to roll out: deploy one first")
@@ -314,7 +317,8 @@ class RolloutRunner:
 
     async def _snapshot(self) -> Snapshot | None:
         try:
-            return await take_snapshot(self.session, self.controller.settings.routers)
+            routers = await self.controller.settings.routers.urls()
+            return await take_snapshot(self.session, routers)
         except ControllerError as error:
             log.warning("rollout: %s", error)
             return None

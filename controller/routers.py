@@ -71,32 +71,83 @@ def _port_of(ports: list[Any], name: str | None) -> int | None:
     return None
 
 
-async def reported_version(session: aiohttp.ClientSession, router: str) -> str | None:
-    """Return the routing-file version a router's /health reports, or None if it cannot say."""
+@dataclass(frozen=True)
+class Report:
+    """What one router process's /health says of the routing file it follows."""
+
+    version: str | None
+    instance: str
+    """The process's instance id (the router's address for a release that names none)."""
+    processes: int
+    """How many processes share the router's address (`--workers`), each to confirm."""
+
+
+async def reported(session: aiohttp.ClientSession, router: str) -> Report:
+    """Ask one of the router's processes what it follows.
+
+    A new connection each time: `--workers` processes share the address, and the kernel
+    spreads connections over them.
+    """
     try:
         timeout = aiohttp.ClientTimeout(total=1.0)
-        async with session.get(f"{router}/health", timeout=timeout) as answer:
+        async with session.get(
+            f"{router}/health", timeout=timeout, headers={"Connection": "close"}
+        ) as answer:
             body = await answer.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError):
-        return None
-    version = body.get("config_version") if isinstance(body, dict) else None
-    return version if isinstance(version, str) else None
+        return Report(None, router, 1)
+    if not isinstance(body, dict):
+        return Report(None, router, 1)
+    version, instance, processes = (
+        body.get("config_version"),
+        body.get("instance_id"),
+        body.get("processes"),
+    )
+    return Report(
+        version if isinstance(version, str) else None,
+        instance if isinstance(instance, str) else router,
+        processes if isinstance(processes, int) and processes > 0 else 1,
+    )
+
+
+async def reported_version(session: aiohttp.ClientSession, router: str) -> str | None:
+    """Return the routing-file version a router's /health reports, or None if it cannot say."""
+    return (await reported(session, router)).version
 
 
 async def wait_for_routers(
     session: aiohttp.ClientSession, routers: list[str], version: str, within: float
 ) -> None:
-    """Return once every router reports `version`; raise ControllerError naming the laggards."""
+    """Return once every process of every router reports `version`.
+
+    Raise ControllerError naming the laggards (and how many of a router's processes confirmed)
+    if `within` seconds pass first.
+    """
     deadline = time.monotonic() + within
-    waiting = list(routers)
-    while waiting:
-        seen = await asyncio.gather(*(reported_version(session, r) for r in waiting))
-        waiting = [router for router, got in zip(waiting, seen, strict=True) if got != version]
-        if not waiting:
+    confirmed: dict[str, set[str]] = {router: set() for router in routers}
+    needed = dict.fromkeys(routers, 1)
+    answered: set[str] = set()
+    while waiting := [r for r in routers if len(confirmed[r]) < needed[r]]:
+        for router, report in zip(
+            waiting, await asyncio.gather(*(reported(session, r) for r in waiting)), strict=True
+        ):
+            if report.version is None:
+                continue  # no answer: says nothing of how many processes there are
+            answered.add(router)
+            needed[router] = report.processes
+            if report.version == version:
+                confirmed[router].add(report.instance)
+        if all(len(confirmed[r]) >= needed[r] for r in waiting):
             return
         if time.monotonic() >= deadline:
+            laggards = [
+                f"{router} (no answer)" if router not in answered
+                else router if needed[router] == 1
+                else f"{router} ({len(confirmed[router])} of its {needed[router]} processes)"
+                for router in waiting if len(confirmed[router]) < needed[router]
+            ]  # fmt: skip
             raise ControllerError(
-                f"router(s) {', '.join(waiting)} did not load routing file version {version} "
+                f"router(s) {', '.join(laggards)} did not load routing file version {version} "
                 f"within {within:g} s"
             )
         await asyncio.sleep(POLL_SECONDS)

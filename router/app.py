@@ -304,6 +304,8 @@ async def health(request: web.Request) -> web.Response:
         "mlflow_uri": os.environ.get("MLFLOW_TRACKING_URI"),
         "timestamp": datetime.now(UTC).isoformat(),
         "config_version": table.version,
+        "instance_id": app[METRICS].instance_id,
+        "processes": app[SETTINGS].processes,
         "config_error": table.last_error,
         "canary_weight": config.canary_weight,
         "upstreams": upstreams,

@@ -56,6 +56,8 @@ class RouterMetrics:
     shadow_requests: Counter
     shadow_delta: Histogram
     prediction_value: PlainHistogram
+    instance_id: str
+    """This router process's name (see `new_instance_id`), also shown in /health."""
     _children: dict[tuple[str, str, int], tuple[CounterChild, HistogramChild]] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -130,6 +132,7 @@ class RouterMetrics:
                 "mlcanary_prediction_value", "Predicted values by variant.", ["variant"],
                 PREDICTION_BUCKETS, registry,
             ),
+            instance_id=new_instance_id(),
         )  # fmt: skip
         for variant in VARIANTS:
             metrics.weight.labels(variant)
@@ -143,5 +146,5 @@ class RouterMetrics:
         for result in ("match", "mismatch", "error", "dropped"):
             metrics.shadow_requests.labels(result)
         instance = Info(INSTANCE_METRIC, "This router process.", registry=registry)
-        instance.info({"instance_id": new_instance_id(), "processes": str(processes)})
+        instance.info({"instance_id": metrics.instance_id, "processes": str(processes)})
         return metrics

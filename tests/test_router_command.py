@@ -1,11 +1,20 @@
-"""`mlcanary router` as a real process: refuses a bad file, serves without importing mlflow."""
+"""`mlcanary router` as a real process: refuses a bad file, serves without importing mlflow,
+and with `--workers` has each process confirm a change."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
+import pytest
+
+from controller.errors import ControllerError
+from controller.routers import wait_for_routers
 from router.config import RoutingConfig, write_routing_file
 from tests.helpers import command_environment, free_port, run_mlcanary, wait_for_ping
 
@@ -52,3 +61,53 @@ def test_the_router_serves_without_loading_mlflow(tmp_path: Path) -> None:
         out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert "CLEAN" in out
+
+
+def _children(pid: int) -> list[int]:
+    """Pids of the live processes whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+async def test_every_process_of_a_workers_router_must_confirm_a_change(tmp_path: Path) -> None:
+    """`--workers 2`: with one process stopped (SIGSTOP), a change is not confirmed (the error
+    names the router and how many of its 2 processes did); once it runs again, both confirm."""
+    path = tmp_path / "routing.yaml"
+    write_routing_file(path, _config())
+    port = free_port()
+    router = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(  # noqa: ASYNC220 (wait_for_ping polls it from a thread)
+        [sys.executable, "-m", "mlcanary", "router", "--config", str(path), "--port", str(port),
+         "--workers", "2"],
+        env=command_environment(tmp_path),
+    )  # fmt: skip
+    stopped: list[int] = []
+    try:
+        await asyncio.to_thread(wait_for_ping, router, process)
+        async with aiohttp.ClientSession() as session:
+            first = write_routing_file(path, _config())  # the same file: both processes have it
+            await wait_for_routers(session, [router], first, within=60)  # both are up
+            stopped = _children(process.pid)
+            assert len(stopped) == 1, stopped
+            os.kill(stopped[0], signal.SIGSTOP)
+            moved = _config().model_copy(update={"model": "Moved"})
+            version = write_routing_file(path, moved)
+            # Every read may reach the stopped process (each costs the 1 s read timeout): then
+            # no process answered at all, which must not confirm either.
+            with pytest.raises(ControllerError, match=r"\(([01] of its 2 processes|no answer)\)"):
+                await wait_for_routers(session, [router], version, within=3)
+            os.kill(stopped[0], signal.SIGCONT)
+            await wait_for_routers(session, [router], version, within=60)
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+        process.terminate()
+        process.wait(timeout=60)

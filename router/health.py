@@ -69,15 +69,18 @@ class VariantHealth:
 
     def of(self, variant: Variant) -> UpstreamHealth:
         """Return the health record of `variant`'s upstream (which the config must have)."""
-        record = self.stable if variant == "stable" else self.canary
+        record = self._record(variant)
         if record is None:
             raise ValueError(f"the routing config has no {variant}")
         return record
 
     def get(self, variant: Variant, default: bool = True) -> bool:
         """Tell whether `variant` may take traffic now (`default` if the config has none)."""
-        record = self.stable if variant == "stable" else self.canary
+        record = self._record(variant)
         return default if record is None else record.available(time.monotonic())
+
+    def _record(self, variant: Variant) -> UpstreamHealth | None:
+        return self.stable if variant == "stable" else self.canary
 
 
 @dataclass
@@ -109,11 +112,14 @@ class HealthBoard:
         return self._last
 
     def available(self, config: RoutingConfig) -> dict[Variant, bool]:
-        """Tell whether each variant of `config` may take traffic now."""
-        now = time.monotonic()
-        result: dict[Variant, bool] = {"stable": self.of(config.stable.url).available(now)}
+        """Tell whether each variant of `config` may take traffic now.
+
+        For /health and the gauges; the hot path asks `of_config` for the chosen variant only.
+        """
+        variants = self.of_config(config)
+        result: dict[Variant, bool] = {"stable": variants.get("stable")}
         if config.canary is not None:
-            result["canary"] = self.of(config.canary.url).available(now)
+            result["canary"] = variants.get("canary")
         return result
 
     async def ping(self, session: aiohttp.ClientSession, url: str) -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from aiohttp import web
@@ -19,11 +20,19 @@ async def running_front(app: web.Application, *, fast_path: bool) -> AsyncIterat
         yield front
 
 
-async def wait_until(condition: Callable[[], bool], what: str, within: float = 30) -> None:
-    """Poll `condition` until it holds; fail naming `what` if it does not `within` seconds."""
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], what: str, within: float = 30
+) -> None:
+    """Poll `condition` (plain or async) until it holds; fail naming `what` if it does not
+    `within` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
-    while not condition():
+
+    async def holds() -> bool:
+        result = condition()
+        return await result if inspect.isawaitable(result) else result
+
+    while not await holds():
         if loop.time() > deadline:
             raise AssertionError(f"not within {within} s: {what}")
         await asyncio.sleep(0.01)

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -21,6 +19,7 @@ from controller.rollout.window import Snapshot, add_exposition, take_snapshot, w
 from router.config import RoutingConfig, write_routing_file
 from router.metrics import RouterMetrics
 from tests.helpers import command_environment, free_port
+from tests.routers import wait_until
 
 
 def snapshot_of(*texts: str) -> Snapshot:
@@ -149,7 +148,9 @@ async def test_every_process_of_a_router_with_workers_is_counted(tmp_path: Path)
     )
     try:
         async with aiohttp.ClientSession() as session:
-            await wait_until_async(lambda: _processes_answering(session, router), 2)
+            await wait_until(
+                lambda: _both_processes_answer(session, router), "both router processes up", 60
+            )
             for _ in range(40):
                 async with session.post(
                     f"{router}/invocations", data=b'{"inputs": [[1.0]]}',
@@ -166,24 +167,16 @@ async def test_every_process_of_a_router_with_workers_is_counted(tmp_path: Path)
     assert sum(counted) == 40, counted
 
 
-async def _processes_answering(session: aiohttp.ClientSession, router: str) -> int:
-    """How many router processes answered 20 reads of /metrics over new connections."""
+async def _both_processes_answer(session: aiohttp.ClientSession, router: str) -> bool:
+    """Whether 20 reads of /metrics over new connections reached two router processes."""
     names = set()
     for _ in range(20):
         try:
             async with session.get(f"{router}/metrics", headers={"Connection": "close"}) as answer:
                 names.add(add_exposition(Snapshot(), await answer.text(), router)[0])
         except aiohttp.ClientError:
-            return 0
-    return len(names)
-
-
-async def wait_until_async(count: Callable[[], Awaitable[int]], wanted: int) -> None:
-    """Poll `count()` until it reaches `wanted` (the router's processes are up); 60 s at most."""
-    deadline = time.monotonic() + 60
-    while await count() < wanted:
-        assert time.monotonic() < deadline, f"fewer than {wanted} router processes answer"
-        await asyncio.sleep(0.1)
+            return False
+    return len(names) == 2
 
 
 async def test_a_router_that_cannot_be_read_fails_the_snapshot() -> None:

@@ -55,10 +55,11 @@ class RolloutRequest(Change):
     interval_s: float = Field(default=60.0, ge=0.2, le=86_400)
     min_requests: int = Field(default=50, ge=1)
     max_error_rate: float = Field(default=0.01, ge=0, le=1)
-    error_significance: float = Field(default=0.05, gt=0, lt=1)
-    max_p99_ratio: float = Field(default=1.5, gt=0)
+    false_alarm_rate: float = Field(default=0.01, gt=0, lt=1)
+    min_error_ratio: float = Field(default=1.5, ge=1)
+    max_p99_ratio: float = Field(default=1.5, ge=1)
     p99_tolerance_s: float = Field(default=0.005, ge=0)
-    max_psi: float = Field(default=0.2, ge=0)
+    max_psi: float = Field(default=0.05, ge=0)
     max_shadow_delta: float | None = Field(default=None, ge=0)
     max_failed_checks: int = Field(default=2, ge=1)
     max_insufficient_windows: int = Field(default=5, ge=1)
@@ -68,7 +69,8 @@ class RolloutRequest(Change):
         """Return the plan this request describes (InvalidChange if it cannot run)."""
         limits = GateLimits(
             min_requests=self.min_requests, max_error_rate=self.max_error_rate,
-            error_significance=self.error_significance, max_p99_ratio=self.max_p99_ratio,
+            false_alarm_rate=self.false_alarm_rate, min_error_ratio=self.min_error_ratio,
+            max_p99_ratio=self.max_p99_ratio,
             p99_tolerance_s=self.p99_tolerance_s,
             max_psi=self.max_psi, max_shadow_delta=self.max_shadow_delta,
         )  # fmt: skip

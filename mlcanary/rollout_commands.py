@@ -34,12 +34,22 @@ def rollout_start(
         str, typer.Option(help="Window judged after each step: 60s, 2m...")
     ] = "60s",
     min_requests: Annotated[int, typer.Option(help="Canary requests a window needs.")] = 50,
+    false_alarm_rate: Annotated[
+        float, typer.Option(help="Chance a canary as good as stable is rolled back.")
+    ] = 0.01,
     max_error_rate: Annotated[float, typer.Option(help="Canary 5xx share at most.")] = 0.01,
-    max_p99_ratio: Annotated[float, typer.Option(help="Canary p99 / stable p99 at most.")] = 1.5,
+    min_error_ratio: Annotated[
+        float, typer.Option(help="Canary 5xx share this many times stable's fails.")
+    ] = 1.5,
+    max_p99_ratio: Annotated[
+        float, typer.Option(help="Latency bound: this many times the p99...")
+    ] = 1.5,
     p99_tolerance: Annotated[
-        float, typer.Option(help="...unless within this many seconds of stable's.")
+        float, typer.Option(help="...or the p99 plus this many seconds, the later.")
     ] = 0.005,
-    max_psi: Annotated[float, typer.Option(help="Prediction PSI at most.")] = 0.2,
+    max_psi: Annotated[
+        float, typer.Option(help="Smallest prediction shift (PSI) that fails.")
+    ] = 0.05,
     max_shadow_delta: Annotated[
         float | None, typer.Option(help="Mean |shadow delta| at most (when shadowing).")
     ] = None,
@@ -62,7 +72,8 @@ def rollout_start(
         fail(f"--steps must be numbers separated by commas, got {steps!r}", code=2)
     body = {
         "steps": percents, "interval_s": _seconds(interval), "min_requests": min_requests,
-        "max_error_rate": max_error_rate, "max_p99_ratio": max_p99_ratio,
+        "false_alarm_rate": false_alarm_rate, "max_error_rate": max_error_rate,
+        "min_error_ratio": min_error_ratio, "max_p99_ratio": max_p99_ratio,
         "p99_tolerance_s": p99_tolerance, "max_psi": max_psi,
         "max_shadow_delta": max_shadow_delta, "max_failed_checks": max_failed_checks,
         "max_insufficient_windows": max_insufficient, "reason": reason,
@@ -123,13 +134,15 @@ def _rollout_view(state: dict[str, Any]) -> Any:
         + (f" ({state['message']})" if state.get("message") else "")
     )
     table = Table(title=title, title_justify="left")
-    for column in ("step", "weight", "outcome", "canary req", "gates (value / limit)"):
+    for column in ("step", "weight", "outcome", "canary req",
+                   "gates (size / floor, evidence / needed)"):  # fmt: skip
         table.add_column(column)
     for entry in state["history"][-12:]:
         gates = (
             ", ".join(
                 f"{'ok' if g['passed'] else 'FAIL'} {g['gate']} "
                 f"{'-' if g['value'] is None else format(g['value'], '.3g')}/{g['limit']:g}"
+                + (f" e={g['evidence']:.3g}/{g['needed']:.0f}" if "evidence" in g else "")
                 for g in entry["gates"]
             )
             or entry.get("problem")

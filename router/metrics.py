@@ -21,6 +21,11 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 """Fine below 20 ms, where a model server answers: the rollout's p99 gate reads these."""
 PREDICTION_BUCKETS = tuple(float(edge) for edge in range(0, 101, 5))
+SINGLE_OUTPUT = "predictions"
+"""The `output` label of a model that answers one value per row."""
+CLASS_METRIC = "mlcanary_prediction_class"
+CLASS_SAMPLE = f"{CLASS_METRIC}_total"
+"""Predictions counted by class label: labels `variant`, `output`, `class`."""
 DELTA_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25)
 UPSTREAM_ERROR_REASONS = ("connect", "reset", "timeout", "status_5xx")
 INSTANCE_METRIC = "mlcanary_router_instance"

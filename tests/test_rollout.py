@@ -194,7 +194,7 @@ async def test_a_healthy_canary_under_load_is_promoted(system: System, load: Loa
 
 @pytest.mark.parametrize(
     ("faults", "gate"),
-    [({"error_every": 20}, "error_rate"), ({"delay": 0.02}, "p99_ratio")],
+    [({"error_every": 20}, "error_ratio"), ({"delay": 0.02}, "p99_ratio")],
     ids=["five-percent-errors", "several-times-slower"],
 )
 async def test_a_faulty_canary_is_rolled_back_before_half_the_traffic(

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ from prometheus_client import CollectorRegistry, Gauge
 from controller.audit import append_audit
 from controller.changes import Controller
 from controller.errors import ControllerError, InvalidChange
-from controller.rollout.gates import GateLimits, VariantWindow, Verdict, Window, judge
+from controller.rollout.gates import GateLimits, RolloutEvidence, Verdict, Window, judge
 from controller.rollout.promql import window_from_prometheus
+from controller.rollout.steps import Progress, decide
 from controller.rollout.window import Snapshot, take_snapshot, window_between
 
 log = logging.getLogger("controller")
@@ -43,7 +44,8 @@ class RolloutPlan:
     interval_s: float = 60.0
     limits: GateLimits = field(default_factory=GateLimits)
     max_failed_checks: int = 2
-    """Failed windows (in all) that roll the canary back."""
+    """Windows that could not be judged (metrics unreadable, a per-window gate failed) that
+    roll the canary back; a sequential gate that fails rolls it back at once."""
     max_insufficient_windows: int = 5
     """Windows in a row with too little traffic that fail the rollout (rolled back)."""
     prometheus_url: str | None = None
@@ -75,6 +77,8 @@ class RolloutState:
     """Wall-clock time of the next judgement."""
     history: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
+    evidence: RolloutEvidence = field(default_factory=RolloutEvidence)
+    """What the gates have accumulated over every window so far."""
 
     @property
     def weight(self) -> float:
@@ -85,6 +89,7 @@ class RolloutState:
         """Return the state as JSON-able data."""
         data = asdict(self)
         data["weight"] = self.weight
+        data["evidence"] = self.evidence.to_json()
         return data
 
     @classmethod
@@ -108,6 +113,7 @@ class RolloutState:
             next_judgement_at=data["next_judgement_at"],
             history=data["history"],
             message=data.get("message", ""),
+            evidence=RolloutEvidence.from_json(data.get("evidence") or {}),
         )
 
 
@@ -130,7 +136,7 @@ class RolloutMetrics:
             status=Gauge("mlcanary_rollout_status", "1 for the rollout's current status.",
                          ["status"], registry=registry),
         )  # fmt: skip
-        for gate in ("error_rate", "p99_ratio", "prediction_psi", "shadow_delta"):
+        for gate in ("error_rate", "error_ratio", "p99_ratio", "prediction_psi", "shadow_delta"):
             metrics.gate_value.labels(gate)
         metrics.show("idle", 0)
         return metrics
@@ -158,8 +164,6 @@ class RolloutRunner:
         self.state: RolloutState | None = None
         self.task: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
-        self.reference: VariantWindow | None = None
-        """Stable's last window with traffic: what a 100% step's canary is compared with."""
 
     async def start(self, plan: RolloutPlan) -> RolloutState:
         """Begin a rollout of the current canary at the plan's first step."""
@@ -276,7 +280,7 @@ class RolloutRunner:
         verdict = None
         window = await self._window(state, baseline)
         if window is not None:
-            verdict = judge(self._with_reference(window), state.plan.limits)
+            verdict = judge(window, state.plan.limits, state.evidence)
         try:
             await self._decide(state, verdict, "" if verdict else "metrics could not be read")
         except ControllerError as error:  # a change failed and was undone: try next window
@@ -306,15 +310,6 @@ class RolloutRunner:
                 state.weight, f"rollout of v{state.canary_version}: step {state.step + 1}/{steps}"
             )
 
-    def _with_reference(self, window: Window) -> Window:
-        """Keep stable's data for later; at 100% (no stable traffic) compare with the last."""
-        if window.stable.requests >= 1:
-            self.reference = window.stable
-            return window
-        if self.reference is None:
-            return window
-        return replace(window, stable=self.reference)
-
     async def _snapshot(self) -> Snapshot | None:
         try:
             routers = await self.controller.settings.routers.urls()
@@ -342,32 +337,24 @@ class RolloutRunner:
              "before": None, "after": None, "window": entry},
         )  # fmt: skip
         steps = len(state.plan.steps)
-        if outcome == "pass":
-            state.insufficient_in_row = 0
-            if state.step + 1 >= steps:
-                await self.controller.promote(
-                    f"rollout of v{state.canary_version}: all gates passed"
-                )
-                self._finish(state, "promoted", f"v{state.canary_version} promoted")
-                return
-            state.step += 1
+        progress = Progress(state.step, state.failed_checks, state.insufficient_in_row)
+        decision = decide(progress, verdict, steps, state.plan.max_failed_checks,
+                          state.plan.max_insufficient_windows)  # fmt: skip
+        state.failed_checks = progress.failed_checks
+        state.insufficient_in_row = progress.insufficient_in_row
+        if decision.action == "promote":
+            await self.controller.promote(f"rollout of v{state.canary_version}: all gates passed")
+            self._finish(state, "promoted", f"v{state.canary_version} promoted")
+        elif decision.action == "roll_back":
+            await self._roll_back(state, decision.why)
+        elif decision.action == "advance":
+            state.step = progress.step
             self._save()  # a controller killed now resumes here and applies this step's weight
             await self.controller.set_weight(
                 state.weight, f"rollout of v{state.canary_version}: step {state.step + 1}/{steps}"
             )
-        elif outcome == "insufficient":
-            state.insufficient_in_row += 1
-            if state.insufficient_in_row >= state.plan.max_insufficient_windows:
-                why = f"{state.insufficient_in_row} windows in a row had too little traffic"
-                await self._roll_back(state, why)
-                return
         else:
-            state.failed_checks += 1
-            failed = [g["gate"] for g in gates if not g["passed"]] or [problem]
-            if state.failed_checks >= state.plan.max_failed_checks:
-                await self._roll_back(state, f"failed checks: {', '.join(failed)}")
-                return
-        self._save()
+            self._save()
 
     async def _roll_back(self, state: RolloutState, why: str) -> None:
         await self.controller.rollback(f"rollout of v{state.canary_version} rolled back: {why}")

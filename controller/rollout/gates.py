@@ -1,16 +1,36 @@
-"""Judging one rollout window: each gate's value against its limit, from both variants' data.
+"""Judging a rollout window by window, with a false-alarm rate that holds over the whole rollout.
 
-Pure functions over counts and histogram buckets, so every decision can be replayed from the
-numbers in the audit log.
+Each gate is a sequential test (`evidence.Evidence`) that accumulates over every window of the
+rollout, plus a practical floor on the size of the difference. A gate fails when both hold:
+the evidence has reached `1 / alpha` for the gate's share of the false-alarm budget, and the
+difference seen so far is at least the floor (so that a million requests do not fail a canary
+for a trivial difference). Requiring both can only lower the false-alarm rate below the
+test's. The design, with its error rates, is in docs/rollout-statistics.md.
+
+Pure functions over counts and histogram buckets, and a state that is plain numbers, so every
+decision can be replayed from the audit log.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
+
+from controller.rollout.evidence import BOTH_RATIOS, UP_RATIOS, Evidence, effective
 
 Buckets = list[tuple[float, float]]
 """Cumulative histogram buckets: (upper bound, observations at or below it), +Inf last."""
+Categories = dict[str, float]
+"""One output's predictions as counts: per histogram bucket (named by its upper bound, `+Inf`
+last) for numbers, or per class label."""
+SLOW_SHARE_FLOOR = 0.01
+"""A canary is slow when more than this share of its answers exceed the latency bound: its
+p99 is then above the bound."""
+SMOOTHING = 0.5
+"""Added to every category's count in the PSI (Jeffreys): an empty bucket in a small sample
+is not a shift."""
 
 
 @dataclass(frozen=True)
@@ -21,7 +41,8 @@ class VariantWindow:
     errors: float = 0.0
     """Answers with a 5xx status."""
     latency: Buckets = field(default_factory=list)
-    predictions: Buckets = field(default_factory=list)
+    predictions: dict[str, Categories] = field(default_factory=dict)
+    """By model output (a column name, or `predictions` for a single output)."""
 
 
 @dataclass(frozen=True)
@@ -36,34 +57,52 @@ class Window:
 
 @dataclass(frozen=True)
 class GateLimits:
-    """The limits a window must keep to pass (defaults documented in the README)."""
+    """What a canary must keep to pass (defaults documented in the README)."""
 
     min_requests: int = 50
-    """Canary requests a window needs to be judged at all."""
+    """Canary requests a window needs to pass (fewer: insufficient, the weight holds)."""
+    false_alarm_rate: float = 0.01
+    """Chance that a canary no worse than stable is rolled back, over the whole rollout."""
     max_error_rate: float = 0.01
-    """Canary 5xx share at most this..."""
-    error_significance: float = 0.05
-    """...and not significantly above stable's (one-sided two-proportion z-test at this level)."""
+    """The canary's 5xx share must not be shown above this, whatever stable's is..."""
+    min_error_ratio: float = 1.5
+    """...nor shown above stable's by at least this factor."""
     max_p99_ratio: float = 1.5
-    """Canary p99 latency at most this multiple of stable's..."""
+    """Latency bound: this multiple of both variants' p99 in the window..."""
     p99_tolerance_s: float = 0.005
-    """...unless it is within this many seconds of stable's: at a few milliseconds, two
-    identical servers on a busy machine differ by more than 1.5x from window to window."""
-    max_psi: float = 0.2
-    """Population stability index between the two prediction histograms."""
+    """...or that p99 plus this many seconds, whichever is later; the canary fails when its
+    answers exceed the bound significantly more often than stable's, and its p99 is above it."""
+    max_psi: float = 0.05
+    """Predictions: smallest shift (population stability index) that fails a canary, when the
+    shift is also significant."""
     max_shadow_delta: float | None = None
     """Mean absolute shadow delta, when shadowing is on (None: not judged)."""
+
+    def alpha(self, gate: str, outputs: int = 1) -> float:
+        """Return the gate's share of the false-alarm budget (Bonferroni over the gates).
+
+        Errors and latency a quarter each (the error quarter split between its two tests),
+        predictions half, split over the model's outputs.
+        """
+        shares = {"error_rate": 1 / 8, "error_ratio": 1 / 8, "p99_ratio": 1 / 4}
+        return self.false_alarm_rate * shares.get(gate, 1 / (2 * max(outputs, 1)))
 
 
 @dataclass(frozen=True)
 class GateResult:
-    """One gate's value, its limit, and whether it passed."""
+    """One gate: the difference seen so far against its floor, and the evidence for it."""
 
     gate: str
     value: float | None
+    """The difference so far (the gate's own measure; None before there is data)."""
     limit: float
+    """The floor `value` must reach to fail."""
     passed: bool
     detail: str = ""
+    evidence: float = 1.0
+    """The sequential test's e-value over the rollout so far..."""
+    needed: float = math.inf
+    """...and the value at which it rejects (1 / the gate's alpha)."""
 
 
 @dataclass(frozen=True)
@@ -76,65 +115,316 @@ class Verdict:
     canary_requests: float
 
 
-def judge(window: Window, limits: GateLimits) -> Verdict:
-    """Judge one window; too few canary requests is `insufficient`, never a pass."""
-    if window.canary.requests < limits.min_requests or window.stable.requests < 1:
-        return Verdict("insufficient", [], window.canary.requests)
+@dataclass
+class Tally:
+    """Events and totals per variant since the rollout began (for the size of a difference)."""
+
+    canary_events: float = 0.0
+    canary_total: float = 0.0
+    stable_events: float = 0.0
+    stable_total: float = 0.0
+
+    def add(self, canary_events: float, canary_total: float,
+            stable_events: float, stable_total: float) -> None:  # fmt: skip
+        """Count one window."""
+        self.canary_events += canary_events
+        self.canary_total += canary_total
+        self.stable_events += stable_events
+        self.stable_total += stable_total
+
+    def canary_rate(self) -> float:
+        """Return the canary's share of events (0 before it has any traffic)."""
+        return self.canary_events / self.canary_total if self.canary_total else 0.0
+
+    def stable_rate(self) -> float:
+        """Return stable's share of events (0 before it has any traffic)."""
+        return self.stable_events / self.stable_total if self.stable_total else 0.0
+
+
+@dataclass
+class OutputEvidence:
+    """One model output's prediction counts so far and the test of each category."""
+
+    canary: Categories = field(default_factory=dict)
+    stable: Categories = field(default_factory=dict)
+    tests: dict[str, Evidence] = field(default_factory=dict)
+
+    def value(self) -> float:
+        """Return the product of the categories' e-values (factors of one likelihood ratio)."""
+        logs = sum(math.log(test.value) for test in self.tests.values() if test.value > 0)
+        return math.exp(min(logs, 700.0))
+
+
+@dataclass
+class RolloutEvidence:
+    """Everything the gates have accumulated since the rollout began (saved with its state)."""
+
+    error_rate: Evidence = field(default_factory=Evidence)
+    error_ratio: Evidence = field(default_factory=Evidence)
+    latency: Evidence = field(default_factory=Evidence)
+    errors: Tally = field(default_factory=Tally)
+    slow: Tally = field(default_factory=Tally)
+    stable_latency: Categories = field(default_factory=dict)
+    """Stable's latency buckets over the windows so far (the latency bound's source)."""
+    outputs: dict[str, OutputEvidence] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the state as JSON-able data."""
+        return {
+            "error_rate": self.error_rate.to_json(),
+            "error_ratio": self.error_ratio.to_json(),
+            "latency": self.latency.to_json(),
+            "errors": vars(self.errors), "slow": vars(self.slow),
+            "stable_latency": self.stable_latency,
+            "outputs": {
+                name: {"canary": output.canary, "stable": output.stable,
+                       "tests": {c: test.to_json() for c, test in output.tests.items()}}
+                for name, output in self.outputs.items()
+            },
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RolloutEvidence:
+        """Rebuild what `to_json` saved (missing parts start afresh)."""
+        return cls(
+            error_rate=Evidence.from_json(data.get("error_rate", []), UP_RATIOS),
+            error_ratio=Evidence.from_json(data.get("error_ratio", []), UP_RATIOS),
+            latency=Evidence.from_json(data.get("latency", []), UP_RATIOS),
+            errors=Tally(**data.get("errors", {})),
+            slow=Tally(**data.get("slow", {})),
+            stable_latency=dict(data.get("stable_latency", {})),
+            outputs={
+                name: OutputEvidence(
+                    dict(output["canary"]),
+                    dict(output["stable"]),
+                    {
+                        c: Evidence.from_json(logs, BOTH_RATIOS)
+                        for c, logs in output["tests"].items()
+                    },
+                )
+                for name, output in data.get("outputs", {}).items()
+            },
+        )
+
+
+def judge(window: Window, limits: GateLimits, evidence: RolloutEvidence) -> Verdict:
+    """Add the window to the rollout's evidence and judge the rollout so far.
+
+    A window with fewer than `min_requests` canary requests is `insufficient` unless a gate
+    already fails: too little data never passes, but a canary shown bad on little data fails.
+    """
     gates = [
-        error_gate(window, limits),
-        latency_gate(window, limits),
-        prediction_gate(window, limits),
+        error_rate_gate(window, limits, evidence),
+        error_ratio_gate(window, limits, evidence),
+        latency_gate(window, limits, evidence),
+        *prediction_gates(window, limits, evidence),
     ]
     if limits.max_shadow_delta is not None and window.shadow_delta_count > 0:
         mean = window.shadow_delta_sum / window.shadow_delta_count
         gates.append(GateResult("shadow_delta", mean, limits.max_shadow_delta,
                                 mean <= limits.max_shadow_delta))  # fmt: skip
-    outcome = "pass" if all(gate.passed for gate in gates) else "fail"
+    if not all(gate.passed for gate in gates):
+        outcome = "fail"
+    elif window.canary.requests < limits.min_requests:
+        outcome = "insufficient"
+    else:
+        outcome = "pass"
     return Verdict(outcome, gates, window.canary.requests)
 
 
-def error_gate(window: Window, limits: GateLimits) -> GateResult:
-    """Canary error rate under the maximum and not significantly above stable's."""
+def error_rate_gate(window: Window, limits: GateLimits, evidence: RolloutEvidence) -> GateResult:
+    """Test the canary's 5xx share against the fixed `max_error_rate` (one-sample)."""
+    canary = window.canary
+    evidence.error_rate.add(canary.requests, canary.errors, limits.max_error_rate)
+    evidence.errors.add(canary.errors, canary.requests, window.stable.errors,
+                        window.stable.requests)  # fmt: skip
+    rate, needed = evidence.errors.canary_rate(), 1 / limits.alpha("error_rate")
+    shown = evidence.error_rate.value >= needed
+    return GateResult(
+        "error_rate", rate, limits.max_error_rate, not shown,
+        f"{evidence.errors.canary_events:.0f} of {evidence.errors.canary_total:.0f} canary"
+        " requests so far", evidence.error_rate.value, needed,
+    )  # fmt: skip
+
+
+def error_ratio_gate(window: Window, limits: GateLimits, evidence: RolloutEvidence) -> GateResult:
+    """Test the canary's 5xx share against stable's, in the same windows."""
     canary, stable = window.canary, window.stable
-    rate = canary.errors / canary.requests
-    p_value = one_sided_p_value(canary.errors, canary.requests, stable.errors, stable.requests)
-    worse = p_value < limits.error_significance and rate > stable.errors / stable.requests
-    passed = rate <= limits.max_error_rate and not worse
-    detail = f"stable {stable.errors / stable.requests:.4f}, p={p_value:.4f}"
-    return GateResult("error_rate", rate, limits.max_error_rate, passed, detail)
+    share = _share(canary.requests, stable.requests)
+    evidence.error_ratio.add(canary.errors + stable.errors, canary.errors, share)
+    tally, needed = evidence.errors, 1 / limits.alpha("error_ratio")
+    canary_rate, stable_rate = tally.canary_rate(), tally.stable_rate()
+    large = canary_rate > 0 and canary_rate >= limits.min_error_ratio * stable_rate
+    shown = evidence.error_ratio.value >= needed and large
+    return GateResult(
+        "error_ratio", _ratio(canary_rate, stable_rate), limits.min_error_ratio, not shown,
+        f"canary {tally.canary_rate():.4f}, stable {tally.stable_rate():.4f}",
+        evidence.error_ratio.value, needed,
+    )  # fmt: skip
 
 
-def latency_gate(window: Window, limits: GateLimits) -> GateResult:
-    """Canary p99 at most a multiple of stable's (bucket bounds, as Prometheus would)."""
-    canary = quantile(0.99, window.canary.latency)
-    stable = quantile(0.99, window.stable.latency)
-    if canary is None or stable is None or stable <= 0:
-        return GateResult("p99_ratio", None, limits.max_p99_ratio, False, "no latency data")
-    ratio = canary / stable
-    close = canary - stable <= limits.p99_tolerance_s
-    detail = f"canary p99 {canary:.4f} s, stable p99 {stable:.4f} s"
-    passed = ratio <= limits.max_p99_ratio or close
-    return GateResult("p99_ratio", ratio, limits.max_p99_ratio, passed, detail)
+def latency_gate(window: Window, limits: GateLimits, evidence: RolloutEvidence) -> GateResult:
+    """How often the canary's answers exceed a latency bound, against stable's.
+
+    The bound comes from stable's latencies in the windows before this one (its p99 times
+    `max_p99_ratio`, or plus `p99_tolerance_s`, whichever is later), rounded up to a bucket
+    bound: fixed before the window's answers are seen, it cannot bias the test. (Cut from this
+    window's answers, pooled, a canary slow on more than 1% of the traffic would drag the bound
+    up past itself; cut from stable's alone, stable would be under it by construction.) The
+    first window only sets the bound.
+    """
+    needed = 1 / limits.alpha("p99_ratio")
+    bound = latency_bound(buckets_of(evidence.stable_latency), limits)
+    if bound is not None:
+        slow_canary = _above(window.canary.latency, bound)
+        slow_stable = _above(window.stable.latency, bound)
+        share = _share(_total(window.canary.latency), _total(window.stable.latency))
+        evidence.latency.add(slow_canary + slow_stable, slow_canary, share)
+        evidence.slow.add(slow_canary, _total(window.canary.latency),
+                          slow_stable, _total(window.stable.latency))  # fmt: skip
+    for category, count in categories_of(window.stable.latency).items():
+        evidence.stable_latency[category] = evidence.stable_latency.get(category, 0.0) + count
+    slow = evidence.slow
+    shown = evidence.latency.value >= needed and slow.canary_rate() > SLOW_SHARE_FLOOR
+    canary_p99 = quantile(0.99, window.canary.latency)
+    stable_p99 = quantile(0.99, window.stable.latency)
+    detail = (
+        f"answers over the bound so far: canary {slow.canary_rate():.2%}, stable"
+        f" {slow.stable_rate():.2%}"
+        + (f"; this window's bound {bound * 1000:g} ms" if bound is not None else "")
+        + (f", p99 canary {canary_p99 * 1000:.1f} ms, stable {stable_p99 * 1000:.1f} ms"
+           if canary_p99 is not None and stable_p99 is not None else "")
+    )  # fmt: skip
+    ratio = _ratio(canary_p99 or 0.0, stable_p99 or 0.0)
+    return GateResult("p99_ratio", ratio, limits.max_p99_ratio, not shown, detail,
+                      evidence.latency.value, needed)  # fmt: skip
 
 
-def prediction_gate(window: Window, limits: GateLimits) -> GateResult:
-    """Shift between the prediction distributions: PSI over the histogram buckets."""
-    value = psi(window.stable.predictions, window.canary.predictions)
-    if value is None:
-        return GateResult("prediction_psi", None, limits.max_psi, False, "no prediction data")
-    return GateResult("prediction_psi", value, limits.max_psi, value <= limits.max_psi)
+def latency_bound(stable: Buckets, limits: GateLimits) -> float | None:
+    """Return the latency bound for stable's latencies: a bucket's upper bound, or None."""
+    p99 = quantile(0.99, stable)
+    if p99 is None:
+        return None
+    target = max(p99 * limits.max_p99_ratio, p99 + limits.p99_tolerance_s)
+    bounds = [bound for bound, _ in stable if bound >= target and not math.isinf(bound)]
+    return bounds[0] if bounds else None
 
 
-def one_sided_p_value(errors_a: float, n_a: float, errors_b: float, n_b: float) -> float:
-    """P-value that A's error rate is above B's (pooled two-proportion z-test)."""
-    if n_a <= 0 or n_b <= 0:
+def prediction_gates(
+    window: Window, limits: GateLimits, evidence: RolloutEvidence
+) -> list[GateResult]:
+    """Judge each model output: do the canary's predictions fall in other proportions.
+
+    A K-category count is tested as K-1 nested binary events, as a stick is broken: the first
+    category among all predictions, the second among the rest, and so on. Given the window's
+    totals, each step's canary count is hypergeometric given the steps before, so each step's
+    likelihood ratio keeps the bound and their product is one test of the whole distribution.
+    """
+    names = sorted(set(window.canary.predictions) | set(window.stable.predictions)
+                   | set(evidence.outputs))  # fmt: skip
+    if not names:
+        return [GateResult(
+            "prediction_psi", None, limits.max_psi, True,
+            "no usable predictions: the answers carry no numbers or class labels the router"
+            " counts, so predictions are not judged",
+        )]  # fmt: skip
+    rows = _rows_per_request(window)
+    needed = 1 / limits.alpha("prediction_psi", len(names))
+    results = []
+    for name in names:
+        output = evidence.outputs.setdefault(name, OutputEvidence())
+        canary = window.canary.predictions.get(name, {})
+        stable = window.stable.predictions.get(name, {})
+        _add_categories(output, canary, stable, rows)
+        shift = psi(output.stable, output.canary)
+        value = output.value()
+        shown = value >= needed and shift is not None and shift >= limits.max_psi
+        gate = "prediction_psi" if name == "predictions" else f"prediction_psi:{name}"
+        detail = (
+            f"{sum(output.canary.values()):.0f} canary and {sum(output.stable.values()):.0f}"
+            f" stable predictions over {len(output.canary.keys() | output.stable.keys())}"
+            " buckets or classes so far"
+        )
+        results.append(GateResult(gate, shift, limits.max_psi, not shown, detail, value, needed))
+    return results
+
+
+def _add_categories(output: OutputEvidence, canary: Categories, stable: Categories,
+                    rows: float) -> None:  # fmt: skip
+    """Count one window of one output into its tally and its per-category tests."""
+    for category, count in canary.items():
+        output.canary[category] = output.canary.get(category, 0.0) + count
+    for category, count in stable.items():
+        output.stable[category] = output.stable.get(category, 0.0) + count
+    remaining_canary = sum(canary.values())
+    remaining = remaining_canary + sum(stable.values())
+    for category in ordered(canary.keys() | stable.keys())[:-1]:
+        in_canary = canary.get(category, 0.0)
+        events = in_canary + stable.get(category, 0.0)
+        test = output.tests.setdefault(category, Evidence(BOTH_RATIOS))
+        test.add(effective(events, rows), effective(in_canary, rows),
+                 _share(remaining_canary, remaining - remaining_canary))  # fmt: skip
+        remaining_canary -= in_canary
+        remaining -= events
+
+
+def ordered(categories: Iterable[str]) -> list[str]:
+    """Buckets by their bound (`+Inf` last), then class labels in text order."""
+
+    def key(category: str) -> tuple[int, float, str]:
+        try:
+            return (0, float(category), "")
+        except ValueError:
+            return (1, 0.0, category)
+
+    return sorted(categories, key=key)
+
+
+def _rows_per_request(window: Window) -> float:
+    """Mean predictions per request (batches), over both variants, of the first output."""
+    names = sorted(window.canary.predictions.keys() | window.stable.predictions.keys())
+    requests = window.canary.requests + window.stable.requests
+    if not names or requests <= 0:
         return 1.0
-    pooled = (errors_a + errors_b) / (n_a + n_b)
-    spread = math.sqrt(pooled * (1 - pooled) * (1 / n_a + 1 / n_b))
-    if spread == 0:
-        return 1.0 if errors_a / n_a <= errors_b / n_b else 0.0
-    z = (errors_a / n_a - errors_b / n_b) / spread
-    return 0.5 * math.erfc(z / math.sqrt(2))
+    rows = sum(sum(v.predictions.get(names[0], {}).values())
+               for v in (window.canary, window.stable))  # fmt: skip
+    return max(rows / requests, 1.0)
+
+
+def categories_of(buckets: Buckets) -> Categories:
+    """Turn cumulative histogram buckets into per-bucket counts, named by upper bound."""
+    counts: Categories = {}
+    previous = 0.0
+    for bound, cumulative in buckets:
+        counts["+Inf" if math.isinf(bound) else format(bound, "g")] = max(
+            cumulative - previous, 0.0
+        )
+        previous = cumulative
+    return counts
+
+
+def buckets_of(categories: Categories) -> Buckets:
+    """Turn per-bucket counts named by upper bound back into cumulative buckets."""
+    running, buckets = 0.0, []
+    for name in ordered(categories):
+        running += categories[name]
+        buckets.append((math.inf if name == "+Inf" else float(name), running))
+    return buckets
+
+
+def psi(expected: Categories, actual: Categories) -> float | None:
+    """Return the population stability index of two count tables (smoothed), or None."""
+    names = expected.keys() | actual.keys()
+    total_e, total_a = sum(expected.values()), sum(actual.values())
+    if total_e <= 0 or total_a <= 0:
+        return None
+    smoothed = SMOOTHING * len(names)
+    value = 0.0
+    for name in names:
+        e = (expected.get(name, 0.0) + SMOOTHING) / (total_e + smoothed)
+        a = (actual.get(name, 0.0) + SMOOTHING) / (total_a + smoothed)
+        value += (a - e) * math.log(a / e)
+    return value
 
 
 def quantile(q: float, buckets: Buckets) -> float | None:
@@ -153,22 +443,20 @@ def quantile(q: float, buckets: Buckets) -> float | None:
     return lower_bound
 
 
-def psi(expected: Buckets, actual: Buckets, floor: float = 1e-4) -> float | None:
-    """Return the population stability index of two histograms on the same bucket bounds."""
-    if not expected or not actual or expected[-1][1] <= 0 or actual[-1][1] <= 0:
-        return None
-    if [bound for bound, _ in expected] != [bound for bound, _ in actual]:
-        raise ValueError("the two histograms have different buckets")
-    total = 0.0
-    for shares in zip(_shares(expected), _shares(actual), strict=True):
-        e, a = (max(share, floor) for share in shares)
-        total += (a - e) * math.log(a / e)
-    return total
+def _total(buckets: Buckets) -> float:
+    return buckets[-1][1] if buckets else 0.0
 
 
-def _shares(buckets: Buckets) -> list[float]:
-    counts, previous = [], 0.0
-    for _, cumulative in buckets:
-        counts.append(cumulative - previous)
-        previous = cumulative
-    return [count / buckets[-1][1] for count in counts]
+def _above(buckets: Buckets, bound: float) -> float:
+    """Observations above `bound` (one of the buckets' bounds)."""
+    at_or_below = next((count for b, count in buckets if b == bound), _total(buckets))
+    return max(_total(buckets) - at_or_below, 0.0)
+
+
+def _share(canary: float, stable: float) -> float:
+    return canary / (canary + stable) if canary + stable > 0 else 0.0
+
+
+def _ratio(canary: float, stable: float) -> float | None:
+    """Return canary / stable; None when stable's is 0 (the detail says both)."""
+    return canary / stable if stable > 0 else None

@@ -13,7 +13,8 @@ from typing import Any
 import aiohttp
 
 from controller.errors import ControllerError
-from controller.rollout.gates import Buckets, VariantWindow, Window
+from controller.rollout.gates import Buckets, Categories, VariantWindow, Window, categories_of
+from router.metrics import CLASS_SAMPLE, SINGLE_OUTPUT
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 
@@ -49,23 +50,37 @@ async def window_from_prometheus(
             for item in await query(session, prometheus, expression)
         }
 
-    async def buckets(metric: str) -> dict[str, Buckets]:
-        found: dict[str, dict[float, float]] = defaultdict(dict)
-        expression = f"sum by (variant, le) (increase({metric}[{span}]))"
-        for item in await query(session, prometheus, expression):
-            labels = item["metric"]
-            found[labels.get("variant", "")][float(labels["le"])] = float(item["value"][1])
+    async def by_labels(metric: str, *labels: str) -> dict[tuple[str, ...], float]:
+        expression = f"sum by ({', '.join(labels)}) (increase({metric}[{span}]))"
         return {
-            variant: sorted(values.items(), key=lambda pair: (math.isinf(pair[0]), pair[0]))
-            for variant, values in found.items()
+            tuple(item["metric"].get(label, SINGLE_OUTPUT if label == "output" else "")
+                  for label in labels): float(item["value"][1])
+            for item in await query(session, prometheus, expression)
+        }  # fmt: skip
+
+    def buckets(found: dict[tuple[str, ...], float]) -> dict[tuple[str, ...], Buckets]:
+        """Group by every label but the last, `le`, into sorted cumulative buckets."""
+        grouped: dict[tuple[str, ...], dict[float, float]] = defaultdict(dict)
+        for (*group, le), value in found.items():
+            grouped[tuple(group)][float(le)] = value
+        return {
+            group: sorted(values.items(), key=lambda pair: (math.isinf(pair[0]), pair[0]))
+            for group, values in grouped.items()
         }
 
     requests = await by_variant(f"sum by (variant) (increase(mlcanary_requests_total[{span}]))")
     errors = await by_variant(
         f'sum by (variant) (increase(mlcanary_requests_total{{code=~"5.."}}[{span}]))'
     )
-    latency = await buckets("mlcanary_request_duration_seconds_bucket")
-    predictions = await buckets("mlcanary_prediction_value_bucket")
+    latency = buckets(await by_labels("mlcanary_request_duration_seconds_bucket", "variant", "le"))
+    predictions: dict[str, dict[str, Categories]] = defaultdict(dict)
+    numeric = await by_labels("mlcanary_prediction_value_bucket", "variant", "output", "le")
+    for (name, output), cumulative in buckets(numeric).items():
+        predictions[name][output] = categories_of(cumulative)
+    for (name, output, label), count in (
+        await by_labels(CLASS_SAMPLE, "variant", "output", "class")
+    ).items():
+        predictions[name].setdefault(output, {})[label] = count
     shadow = await by_variant(f"sum(increase(mlcanary_shadow_prediction_delta_sum[{span}]))")
     shadow_count = await by_variant(
         f"sum(increase(mlcanary_shadow_prediction_delta_count[{span}]))"
@@ -74,7 +89,7 @@ async def window_from_prometheus(
     def variant(name: str) -> VariantWindow:
         return VariantWindow(
             requests=requests.get(name, 0.0), errors=errors.get(name, 0.0),
-            latency=latency.get(name, []), predictions=predictions.get(name, []),
+            latency=latency.get((name,), []), predictions=predictions.get(name, {}),
         )  # fmt: skip
 
     return Window(

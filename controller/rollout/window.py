@@ -17,16 +17,19 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.errors import ControllerError
-from controller.rollout.gates import Buckets, VariantWindow, Window
-from router.metrics import INSTANCE_SAMPLE
+from controller.rollout.gates import Buckets, VariantWindow, Window, categories_of
+from router.metrics import CLASS_SAMPLE, INSTANCE_SAMPLE, SINGLE_OUTPUT
 
 VARIANTS = ("stable", "canary")
+K = TypeVar("K")
 
 
 @dataclass
@@ -36,7 +39,14 @@ class VariantTotals:
     requests: float = 0.0
     errors: float = 0.0
     latency: dict[float, float] = field(default_factory=lambda: defaultdict(float))
-    predictions: dict[float, float] = field(default_factory=lambda: defaultdict(float))
+    predictions: dict[str, dict[float, float]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(float))
+    )
+    """Per output: cumulative histogram buckets of numeric predictions."""
+    classes: dict[str, dict[str, float]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(float))
+    )
+    """Per output: predictions counted by class label."""
 
 
 @dataclass
@@ -75,7 +85,11 @@ def add_exposition(snapshot: Snapshot, text: str, source: str = "") -> tuple[str
             elif sample.name == "mlcanary_request_duration_seconds_bucket" and totals is not None:
                 totals.latency[float(sample.labels["le"])] += sample.value
             elif sample.name == "mlcanary_prediction_value_bucket" and totals is not None:
-                totals.predictions[float(sample.labels["le"])] += sample.value
+                output = sample.labels.get("output", SINGLE_OUTPUT)
+                totals.predictions[output][float(sample.labels["le"])] += sample.value
+            elif sample.name == CLASS_SAMPLE and totals is not None:
+                output = sample.labels.get("output", SINGLE_OUTPUT)
+                totals.classes[output][sample.labels.get("class", "")] += sample.value
             elif sample.name == "mlcanary_shadow_prediction_delta_sum":
                 counts.shadow_delta_sum += sample.value
             elif sample.name == "mlcanary_shadow_prediction_delta_count":
@@ -169,11 +183,17 @@ def _increase(before: Counts, after: Counts) -> Counts:
         )
         into.requests = _delta(old.requests, new.requests)
         into.errors = _delta(old.errors, new.errors)
-        for bound, value in new.latency.items():
-            into.latency[bound] = _delta(old.latency.get(bound, 0.0), value)
-        for bound, value in new.predictions.items():
-            into.predictions[bound] = _delta(old.predictions.get(bound, 0.0), value)
+        _increase_of(old.latency, new.latency, into.latency)
+        for output, buckets in new.predictions.items():
+            _increase_of(old.predictions.get(output, {}), buckets, into.predictions[output])
+        for output, classes in new.classes.items():
+            _increase_of(old.classes.get(output, {}), classes, into.classes[output])
     return increase
+
+
+def _increase_of(old: Mapping[K, float], new: Mapping[K, float], into: dict[K, float]) -> None:
+    for key, value in new.items():
+        into[key] = _delta(old.get(key, 0.0), value)
 
 
 def _summed(increases: list[VariantTotals]) -> VariantWindow:
@@ -184,13 +204,20 @@ def _summed(increases: list[VariantTotals]) -> VariantWindow:
         total.errors += increase.errors
         for bound, value in increase.latency.items():
             total.latency[bound] += value
-        for bound, value in increase.predictions.items():
-            total.predictions[bound] += value
+        for output, buckets in increase.predictions.items():
+            for bound, value in buckets.items():
+                total.predictions[output][bound] += value
+        for output, classes in increase.classes.items():
+            for label, value in classes.items():
+                total.classes[output][label] += value
+    predictions = {output: categories_of(_sorted(buckets))
+                   for output, buckets in total.predictions.items()}  # fmt: skip
+    predictions.update((output, dict(classes)) for output, classes in total.classes.items())
     return VariantWindow(
         requests=total.requests,
         errors=total.errors,
         latency=_sorted(total.latency),
-        predictions=_sorted(total.predictions),
+        predictions={output: counts for output, counts in predictions.items() if counts},
     )
 
 

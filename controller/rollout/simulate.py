@@ -1,0 +1,212 @@
+"""Rollouts over synthetic traffic, judged and decided by the real gates and step rules.
+
+What `bench/judge.py` measures the judge's error rates with, and what `mlcanary rollout plan`
+runs at the traffic it reads. A scenario says how each variant answers (5xx share, latency,
+predictions); each window draws the requests the router would have split at the step's weight,
+builds the histograms the routers would have exposed (their latency buckets, prediction
+buckets at the stable version's deciles), and hands them to `gates.judge` and `steps.decide`.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from controller.rollout.gates import (
+    Buckets,
+    Categories,
+    GateLimits,
+    RolloutEvidence,
+    VariantWindow,
+    Window,
+    categories_of,
+    judge,
+)
+from controller.rollout.steps import Progress, decide
+from router.metrics import LATENCY_BUCKETS
+
+P99_Z = 2.3263
+"""The standard normal's 99th percentile: a log-normal's p99 is median * exp(P99_Z * sigma)."""
+REFERENCE_ROWS = 200
+"""Stable predictions the prediction buckets are cut from (at their deciles)."""
+MAX_WINDOWS = 500
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """How one model version answers."""
+
+    error_rate: float = 0.001
+    latency_median_s: float = 0.002
+    latency_p99_s: float = 0.005
+    slow_share: float = 0.0
+    """Share of answers that take `slow_extra_s` longer (a tail regression)."""
+    slow_extra_s: float = 0.0
+    prediction_mean: float | None = 0.34
+    """Numeric predictions: normal with this mean and `prediction_sd` (None: class labels)."""
+    prediction_sd: float = 0.07
+    class_shares: tuple[float, ...] = ()
+    rows_per_request: int = 1
+    """Rows per request, all alike (a client's batch of one case): the worst case for the
+    independence the tests assume of rows."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A stable and a canary behaviour, and what the judge should do with it."""
+
+    name: str
+    stable: Behaviour
+    canary: Behaviour
+    faulty: bool
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Requests per second reaching the routers, and the rollout's plan."""
+
+    requests_per_s: float = 20.0
+    steps: tuple[float, ...] = (5.0, 10.0, 25.0, 50.0, 100.0)
+    interval_s: float = 60.0
+    limits: GateLimits = field(default_factory=GateLimits)
+    max_failed_checks: int = 2
+    max_insufficient_windows: int = 5
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one simulated rollout ended."""
+
+    rolled_back: bool
+    weight: float
+    """The canary's weight when it ended."""
+    canary_requests: float
+    """Canary requests until it ended."""
+    windows: int
+    why: str
+
+
+def scenarios() -> list[Scenario]:
+    """Return the faults of issue 13's targets, and identical twins of each kind of model."""
+    scale_0_1 = Behaviour()
+    scale_0_100 = Behaviour(prediction_mean=60.0, prediction_sd=15.0)
+    classes = Behaviour(prediction_mean=None, class_shares=(0.6, 0.3, 0.1))
+    batched = replace(scale_0_1, rows_per_request=10)
+    return [
+        Scenario("identical twin, 0..100 model", scale_0_100, scale_0_100, faulty=False),
+        Scenario("identical twin, 0..1 model", scale_0_1, scale_0_1, faulty=False),
+        Scenario("identical twin, 3-class model", classes, classes, faulty=False),
+        Scenario("identical twin, batches of 10 alike rows", batched, batched, faulty=False),
+        Scenario("5xx 2% against stable's 0.1%", scale_0_1,
+                 replace(scale_0_1, error_rate=0.02), faulty=True),
+        Scenario("p99 +20 ms at a 5 ms baseline (2% of answers +20 ms)", scale_0_1,
+                 replace(scale_0_1, slow_share=0.02, slow_extra_s=0.020), faulty=True),
+        Scenario("0..100 model, mean +0.5 sd", scale_0_100,
+                 replace(scale_0_100, prediction_mean=67.5), faulty=True),
+        Scenario("0..1 model, mean +0.5 sd", scale_0_1,
+                 replace(scale_0_1, prediction_mean=0.375), faulty=True),
+        Scenario("3-class model, 10% of labels flipped (0 to 2)", classes,
+                 replace(classes, class_shares=(0.5, 0.3, 0.2)), faulty=True),
+    ]  # fmt: skip
+
+
+def simulate(scenario: Scenario, traffic: Traffic, rollouts: int, seed: int = 0) -> list[Outcome]:
+    """Run `rollouts` rollouts of the scenario; each ends promoted or rolled back."""
+    rng = np.random.default_rng(seed)
+    return [_one_rollout(scenario, traffic, rng) for _ in range(rollouts)]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a scenario's rollouts add up to."""
+
+    rolled_back: float
+    """Share rolled back."""
+    before_half: float
+    """Share rolled back at a weight below 50%."""
+    by_gates: float
+    """Share rolled back because a gate failed (not for want of traffic)."""
+    median_requests: float | None
+    """Median canary requests until the rollback, over those rolled back."""
+    median_windows: float | None
+
+
+def summarize(outcomes: Iterable[Outcome]) -> Summary:
+    """Add up outcomes of one scenario."""
+    outcomes = list(outcomes)
+    back = [outcome for outcome in outcomes if outcome.rolled_back]
+    count = max(len(outcomes), 1)
+    return Summary(
+        rolled_back=len(back) / count,
+        before_half=sum(outcome.weight < 50 for outcome in back) / count,
+        by_gates=sum(outcome.why.startswith("failed checks") for outcome in back) / count,
+        median_requests=statistics.median(o.canary_requests for o in back) if back else None,
+        median_windows=statistics.median(o.windows for o in back) if back else None,
+    )
+
+
+def _one_rollout(scenario: Scenario, traffic: Traffic, rng: np.random.Generator) -> Outcome:
+    edges = _reference_edges(scenario.stable, rng)
+    evidence, progress, canary_requests = RolloutEvidence(), Progress(), 0.0
+    for windows in range(1, MAX_WINDOWS + 1):
+        weight = traffic.steps[progress.step]
+        total = int(rng.poisson(traffic.requests_per_s * traffic.interval_s))
+        to_canary = int(rng.binomial(total, weight / 100))
+        window = Window(
+            stable=_variant_window(scenario.stable, total - to_canary, edges, rng),
+            canary=_variant_window(scenario.canary, to_canary, edges, rng),
+        )
+        canary_requests += to_canary
+        verdict = judge(window, traffic.limits, evidence)
+        decision = decide(progress, verdict, len(traffic.steps), traffic.max_failed_checks,
+                          traffic.max_insufficient_windows)  # fmt: skip
+        if decision.action in ("promote", "roll_back"):
+            return Outcome(decision.action == "roll_back", weight, canary_requests, windows,
+                           decision.why)  # fmt: skip
+    return Outcome(False, traffic.steps[progress.step], canary_requests, MAX_WINDOWS, "unended")
+
+
+def _reference_edges(stable: Behaviour, rng: np.random.Generator) -> list[float]:
+    """Return the prediction buckets' bounds: stable's deciles on its first predictions."""
+    if stable.prediction_mean is None:
+        return []
+    sample = rng.normal(stable.prediction_mean, stable.prediction_sd, REFERENCE_ROWS)
+    return sorted(set(np.quantile(sample, np.linspace(0.1, 0.9, 9)).tolist()))
+
+
+def _variant_window(
+    behaviour: Behaviour, requests: int, edges: list[float], rng: np.random.Generator
+) -> VariantWindow:
+    if requests <= 0:
+        return VariantWindow()
+    sigma = math.log(behaviour.latency_p99_s / behaviour.latency_median_s) / P99_Z
+    latency = rng.lognormal(math.log(behaviour.latency_median_s), sigma, requests)
+    latency += (rng.random(requests) < behaviour.slow_share) * behaviour.slow_extra_s
+    rows = behaviour.rows_per_request
+    predictions: Categories
+    if behaviour.prediction_mean is None:
+        shares = np.array(behaviour.class_shares)
+        counts = rng.multinomial(requests, shares / shares.sum()) * rows
+        predictions = {str(label): float(count) for label, count in enumerate(counts)}
+    else:
+        values = rng.normal(behaviour.prediction_mean, behaviour.prediction_sd, requests)
+        predictions = {
+            name: count * rows for name, count in categories_of(_cumulative(values, edges)).items()
+        }
+    return VariantWindow(
+        requests=float(requests),
+        errors=float(rng.binomial(requests, behaviour.error_rate)),
+        latency=_cumulative(latency, list(LATENCY_BUCKETS)),
+        predictions={"predictions": predictions},
+    )
+
+
+def _cumulative(values: np.ndarray, bounds: list[float]) -> Buckets:
+    """Cumulative buckets of `values` at `bounds` and +Inf, as a Prometheus histogram has."""
+    at_or_below = np.searchsorted(np.sort(values), bounds, side="right")
+    return [*zip(bounds, at_or_below.astype(float).tolist(), strict=True),
+            (math.inf, float(len(values)))]  # fmt: skip

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
@@ -15,6 +17,8 @@ from controller.changes import Controller
 from controller.errors import ControllerError, InvalidChange
 from controller.rollout.engine import RolloutPlan, RolloutRunner
 from controller.rollout.gates import GateLimits
+from controller.rollout.planner import plan_report
+from controller.rollout.simulate import Traffic
 from controller.token import token_matches
 from router.config import RoutingFileError, validation_problems
 
@@ -79,6 +83,12 @@ class RolloutRequest(Change):
             self.max_failed_checks, self.max_insufficient_windows,
             self.prometheus_url.rstrip("/") if self.prometheus_url else None,
         )  # fmt: skip
+
+
+class PlanRequest(RolloutRequest):
+    """A rollout plan to check against `measure_s` seconds of the current traffic."""
+
+    measure_s: float = Field(default=10.0, ge=1, le=600)
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
@@ -179,6 +189,20 @@ async def rollout_start(request: web.Request) -> web.Response:
     return web.json_response(state.to_json())
 
 
+async def rollout_plan(request: web.Request) -> web.Response:
+    """Measure the traffic, then say what the plan would catch at it, step by step."""
+    asked: PlanRequest = await body_of(request, PlanRequest)
+    plan = asked.plan()
+    measured = await request.app[ROLLOUT].measure(plan, asked.measure_s)
+    traffic = Traffic(
+        steps=plan.steps, interval_s=plan.interval_s, limits=plan.limits,
+        max_failed_checks=plan.max_failed_checks,
+        max_insufficient_windows=plan.max_insufficient_windows,
+    )  # fmt: skip
+    report = await asyncio.to_thread(plan_report, measured, asked.measure_s, traffic)
+    return web.json_response(asdict(report))
+
+
 async def rollout_status(request: web.Request) -> web.Response:
     """Describe the rollout (running or the last one), or say there is none."""
     state = request.app[ROLLOUT].state
@@ -212,6 +236,7 @@ def create_api(
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_post("/api/rollout", rollout_start)
     app.router.add_get("/api/rollout", rollout_status)
+    app.router.add_post("/api/rollout/plan", rollout_plan)
     app.router.add_post("/api/rollout/abort", rollout_abort)
     app.router.add_post("/api/rollout/pause", rollout_pause)
     app.router.add_post("/api/rollout/resume", rollout_resume)

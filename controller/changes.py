@@ -24,7 +24,7 @@ from controller.registry import Registry, aliases_for
 from controller.routers import RouterDirectory, RouterList, reported_version, wait_for_routers
 from controller.runtime import Runtime
 from controller.stores import RoutingStore
-from router.config import RoutingConfig, validation_problems
+from router.config import Predictions, RoutingConfig, validation_problems
 
 log = logging.getLogger("controller")
 
@@ -93,6 +93,20 @@ class Controller:
                 raise InvalidChange("there is no canary to weight: deploy one first")
             after = _with(before, canary={**before.canary.model_dump(), "weight": weight})
             return await self._commit("weight", reason, before, after)
+
+    async def set_prediction_buckets(
+        self, predictions: Predictions, reason: str
+    ) -> dict[str, Any] | None:
+        """Make the routers count predictions as `predictions` says (if stable is still its).
+
+        Return None when stable changed meanwhile (the buckets would be another model's).
+        """
+        async with self.lock:
+            before = await self.current()
+            if before.stable.version != predictions.version:
+                return None
+            after = _with(before, predictions=predictions.model_dump(mode="json"))
+            return await self._commit("prediction-buckets", reason, before, after)
 
     async def rollback(self, reason: str) -> dict[str, Any]:
         """Send the canary no traffic at once (its server is kept for a look)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -27,8 +29,7 @@ def _seconds(text: str) -> float:
         fail(f"--interval must be like 60s, 2m or 1h, got {text!r}", code=2)
 
 
-@rollout_app.command("start")
-def rollout_start(
+def _plan_options(
     steps: Annotated[str, typer.Option(help="Canary percents, in order.")] = "5,10,25,50,100",
     interval: Annotated[
         str, typer.Option(help="Window judged after each step: 60s, 2m...")
@@ -53,37 +54,123 @@ def rollout_start(
     max_shadow_delta: Annotated[
         float | None, typer.Option(help="Mean |shadow delta| at most (when shadowing).")
     ] = None,
-    max_failed_checks: Annotated[int, typer.Option(help="Failed windows that roll back.")] = 2,
+    max_failed_checks: Annotated[int, typer.Option(help="Unreadable windows that roll back.")] = 2,
     max_insufficient: Annotated[
         int, typer.Option(help="Windows in a row without enough traffic that fail it.")
     ] = 5,
     prometheus: Annotated[
         str | None, typer.Option(help="Judge windows from this Prometheus (else the routers).")
     ] = None,
+) -> dict[str, Any]:
+    """Return the options of a rollout plan (shared by `start` and `plan`) as the API body."""
+    try:
+        percents = [float(step) for step in steps.split(",") if step.strip()]
+    except ValueError:
+        fail(f"--steps must be numbers separated by commas, got {steps!r}", code=2)
+    return {
+        "steps": percents, "interval_s": _seconds(interval), "min_requests": min_requests,
+        "false_alarm_rate": false_alarm_rate, "max_error_rate": max_error_rate,
+        "min_error_ratio": min_error_ratio, "max_p99_ratio": max_p99_ratio,
+        "p99_tolerance_s": p99_tolerance, "max_psi": max_psi,
+        "max_shadow_delta": max_shadow_delta, "max_failed_checks": max_failed_checks,
+        "max_insufficient_windows": max_insufficient, "prometheus_url": prometheus,
+    }  # fmt: skip
+
+
+def _with_plan_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give `command` the plan's options before its own; it receives them as one body.
+
+    Typer reads a command's options from its signature: this one signature is what `start`
+    and `plan` both show, so the two cannot drift.
+    """
+    shared = inspect.signature(_plan_options, eval_str=True).parameters
+    own = list(inspect.signature(command, eval_str=True).parameters.values())[1:]
+
+    def with_options(**given: Any) -> None:
+        body = _plan_options(**{name: given.pop(name) for name in shared})
+        command(body, **given)
+
+    with_options.__signature__ = inspect.Signature([*shared.values(), *own])  # type: ignore[attr-defined]
+    with_options.__doc__ = command.__doc__
+    return with_options
+
+
+def rollout_start(
+    body: dict[str, Any],
     detach: Annotated[bool, typer.Option(help="Start it and return at once.")] = False,
     reason: Reason = "",
     controller_url: ControllerUrl = None,
     as_json: AsJson = False,
 ) -> None:
     """Roll the canary out: exits 0 once promoted, 1 if rolled back."""
-    try:
-        percents = [float(step) for step in steps.split(",") if step.strip()]
-    except ValueError:
-        fail(f"--steps must be numbers separated by commas, got {steps!r}", code=2)
-    body = {
-        "steps": percents, "interval_s": _seconds(interval), "min_requests": min_requests,
-        "false_alarm_rate": false_alarm_rate, "max_error_rate": max_error_rate,
-        "min_error_ratio": min_error_ratio, "max_p99_ratio": max_p99_ratio,
-        "p99_tolerance_s": p99_tolerance, "max_psi": max_psi,
-        "max_shadow_delta": max_shadow_delta, "max_failed_checks": max_failed_checks,
-        "max_insufficient_windows": max_insufficient, "reason": reason,
-        "prometheus_url": prometheus,
-    }  # fmt: skip
-    state = admin_call("POST", "/api/rollout", body, controller_url)
+    state = admin_call("POST", "/api/rollout", {**body, "reason": reason}, controller_url)
     if detach:
         print_json(state) if as_json else stdout.print("rollout started", highlight=False)
         return
     _follow(controller_url, as_json)
+
+
+def rollout_plan(
+    body: dict[str, Any],
+    measure: Annotated[
+        str, typer.Option(help="Traffic measured before planning: 10s, 1m...")
+    ] = "10s",
+    controller_url: ControllerUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Measure the traffic, then show what this plan would catch, and how long each step takes.
+
+    Takes every option of `rollout start`. Exits 1 if the plan cannot reach its power.
+    """
+    report = admin_call(
+        "POST", "/api/rollout/plan", {**body, "measure_s": _seconds(measure)}, controller_url
+    )
+    if as_json:
+        print_json(report)
+    else:
+        stdout.print(_plan_view(report))
+    raise typer.Exit(1 if report["warnings"] else 0)
+
+
+rollout_app.command("start")(_with_plan_options(rollout_start))
+rollout_app.command("plan")(_with_plan_options(rollout_plan))
+
+
+def _plan_view(report: dict[str, Any]) -> Any:
+    """Build the plan's tables: traffic, steps, faults and warnings."""
+    from rich.console import Group
+    from rich.table import Table
+
+    p99 = report["stable_p99_s"]
+    title = (
+        f"traffic: {report['requests_per_s']:.1f} requests/s ({report['canary_share']:.0%} to"
+        f" the canary), stable 5xx {report['stable_error_rate']:.2%}"
+        + (f", p99 {p99 * 1000:.1f} ms" if p99 else "")
+    )
+    steps = Table(title=title, title_justify="left")
+    for column in ("step", "canary requests / window", "time to --min-requests"):
+        steps.add_column(column)
+    for step in report["steps"]:
+        took = step["seconds_to_min_requests"]
+        steps.add_row(f"{step['weight']:g}%", f"{step['canary_requests_per_window']:.0f}",
+                      "never (no traffic)" if took is None else f"{took:.0f} s")  # fmt: skip
+    faults = Table(
+        title=f"simulated: identical twins rolled back {report['false_rollbacks']:.1%}",
+        title_justify="left",
+    )
+    for column in ("fault", "caught before 50%", "median canary requests", "interval needed"):
+        faults.add_column(column)
+    for found in report["detections"]:
+        requests = found["median_canary_requests"]
+        needed = found["interval_needed_s"]
+        faults.add_row(
+            found["fault"], f"{found['before_half']:.0%}",
+            "-" if requests is None else f"{requests:.0f}",
+            "as planned" if found["before_half"] >= 0.9 else
+            (f"{needed:g} s" if needed else "over an hour"),
+        )  # fmt: skip
+    warnings = [f"[yellow]warning:[/yellow] {warning}" for warning in report["warnings"]]
+    return Group(steps, faults, *warnings)
 
 
 @rollout_app.command("watch")

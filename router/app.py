@@ -86,6 +86,7 @@ def create_app(
     openapi.add_routes(app)
     app.router.add_get("/ping", ping)
     app.router.add_get("/health", health)
+    app.router.add_get("/predictions-profile", predictions_profile)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     return app
 
@@ -95,6 +96,7 @@ def show_config(app: web.Application) -> None:
     config, metrics = app[TABLE].current, app[METRICS]
     metrics.weight.labels("canary").set(config.canary_weight)
     metrics.weight.labels("stable").set(100 - config.canary_weight)
+    metrics.predictions.configure(config.predictions, config.stable.version)
     for variant in VARIANTS:
         version = config.upstream(variant).version
         metrics.requests.labels(variant, version, "200")
@@ -273,6 +275,20 @@ def tag(response: web.StreamResponse, config: RoutingConfig, variant: Variant) -
 async def ping(_request: web.Request) -> web.Response:
     """Liveness of the router itself."""
     return web.Response(body=b"\n", headers={"Content-Type": JSON})
+
+
+async def predictions_profile(request: web.Request) -> web.Response:
+    """Stable's recent predictions summarized per output, for the controller to cut buckets.
+
+    Deciles and label counts only (what /metrics would show once counted), never an answer.
+    """
+    metrics = request.app[METRICS]
+    config = request.app[TABLE].current
+    return web.json_response({
+        "instance_id": metrics.instance_id,
+        "stable_version": config.stable.version,
+        "outputs": metrics.predictions.profile(),
+    })  # fmt: skip
 
 
 async def health(request: web.Request) -> web.Response:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
 import os
 import re
 import tempfile
@@ -81,6 +83,54 @@ class Shadow(BaseModel):
     """Percent of stable-routed requests copied to the canary."""
 
 
+MAX_BUCKETS = 50
+"""Prometheus series per output and variant: enough for deciles or a classifier's labels."""
+
+
+class PredictionOutput(BaseModel):
+    """How one model output's predictions are counted: in numeric buckets, or by class."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    edges: list[float] | None = Field(default=None, min_length=1, max_length=MAX_BUCKETS)
+    """Upper bounds of the histogram's buckets (+Inf is added), strictly rising."""
+    classes: list[str] | None = Field(default=None, min_length=1, max_length=MAX_BUCKETS)
+    """Class labels counted one by one; any other label counts as `other`."""
+
+    @field_validator("edges")
+    @classmethod
+    def _rising(cls, edges: list[float] | None) -> list[float] | None:
+        if edges is not None:
+            if any(not math.isfinite(edge) for edge in edges):
+                raise ValueError("must be finite numbers")
+            if any(later <= earlier for earlier, later in itertools.pairwise(edges)):
+                raise ValueError(f"must rise strictly, got {edges}")
+        return edges
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct(cls, classes: list[str] | None) -> list[str] | None:
+        if classes is not None and len(set(classes)) != len(classes):
+            raise ValueError(f"must be distinct, got {classes}")
+        return classes
+
+    def model_post_init(self, _context: object) -> None:
+        """Require exactly one of the two ways of counting."""
+        if (self.edges is None) == (self.classes is None):
+            raise ValueError("give either edges (numbers) or classes (labels)")
+
+
+class Predictions(BaseModel):
+    """How the routers count each output's predictions, cut from the stable version's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    version: str = Field(min_length=1)
+    """The stable version whose predictions the buckets were cut from."""
+    outputs: dict[str, PredictionOutput] = Field(min_length=1, max_length=MAX_BUCKETS)
+    """By output: a column name, an index for array outputs, or `predictions` for one."""
+
+
 class RoutingConfig(BaseModel):
     """The whole split: the one source of truth the routers follow."""
 
@@ -98,6 +148,8 @@ class RoutingConfig(BaseModel):
     """Optional shadow traffic to the canary."""
     force_header: bool = True
     """Honour `X-Force-Variant: stable|canary` on requests."""
+    predictions: Predictions | None = None
+    """How predictions are counted for the rollout's prediction gate (None: not counted)."""
 
     @property
     def canary_weight(self) -> float:

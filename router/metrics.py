@@ -6,13 +6,14 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from router.config import Variant
 from router.plainmetrics import CounterChild, HistogramChild, PlainCounter, PlainHistogram
+from router.predictioncounts import PredictionCounts
+from router.predictions import Outputs
 
 VARIANTS: tuple[Variant, ...] = ("stable", "canary")
 LATENCY_BUCKETS = (
@@ -20,9 +21,6 @@ LATENCY_BUCKETS = (
     0.25, 0.5, 1, 2.5, 5, 10,
 )  # fmt: skip
 """Fine below 20 ms, where a model server answers: the rollout's p99 gate reads these."""
-PREDICTION_BUCKETS = tuple(float(edge) for edge in range(0, 101, 5))
-SINGLE_OUTPUT = "predictions"
-"""The `output` label of a model that answers one value per row."""
 CLASS_METRIC = "mlcanary_prediction_class"
 CLASS_SAMPLE = f"{CLASS_METRIC}_total"
 """Predictions counted by class label: labels `variant`, `output`, `class`."""
@@ -60,7 +58,8 @@ class RouterMetrics:
     reloads: Counter
     shadow_requests: Counter
     shadow_delta: Histogram
-    prediction_value: PlainHistogram
+    predictions: PredictionCounts
+    """Predictions by output, in buckets or by class, as the routing file says."""
     instance_id: str
     """This router process's name (see `new_instance_id`), also shown in /health."""
     _children: dict[tuple[str, str, int], tuple[CounterChild, HistogramChild]] = field(
@@ -81,11 +80,10 @@ class RouterMetrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def predicted(self, variant: str, values: Iterable[float]) -> None:
-        """Add predicted values to the variant's prediction histogram."""
-        histogram = self.prediction_value.labels(variant)
-        for value in values:
-            histogram.observe(value)
+    def predicted(self, variant: str, outputs: Outputs | None) -> None:
+        """Count an answer's predictions (see `PredictionCounts`)."""
+        if outputs:
+            self.predictions.count(variant, outputs)
 
     @classmethod
     def create(cls, registry: CollectorRegistry, processes: int = 1) -> RouterMetrics:
@@ -133,9 +131,16 @@ class RouterMetrics:
                 "Absolute difference between canary and stable predictions on shadowed rows.",
                 buckets=DELTA_BUCKETS, registry=registry,
             ),
-            prediction_value=PlainHistogram(
-                "mlcanary_prediction_value", "Predicted values by variant.", ["variant"],
-                PREDICTION_BUCKETS, registry,
+            predictions=PredictionCounts(
+                PlainHistogram(
+                    "mlcanary_prediction_value",
+                    "Numeric predictions by variant and output, in buckets cut from the model's.",
+                    ["variant", "output"], (), registry,
+                ),
+                PlainCounter(
+                    CLASS_METRIC, "Predicted class labels by variant and output.",
+                    ["variant", "output", "class"], registry,
+                ),
             ),
             instance_id=new_instance_id(),
         )  # fmt: skip
@@ -143,7 +148,6 @@ class RouterMetrics:
             metrics.weight.labels(variant)
             metrics.healthy.labels(variant).set(1)
             metrics.failovers.labels(variant)
-            metrics.prediction_value.labels(variant)
             for reason in UPSTREAM_ERROR_REASONS:
                 metrics.upstream_errors.labels(variant, reason)
         for result in ("success", "failure"):

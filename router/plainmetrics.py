@@ -35,11 +35,12 @@ class CounterChild:
 class HistogramChild:
     """One labelled histogram: a count per bucket (not cumulative) and the sum."""
 
-    __slots__ = ("bounds", "counts", "sum")
+    __slots__ = ("bounds", "counts", "le_labels", "sum")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * len(bounds)
+        self.bounds = bounds if bounds and bounds[-1] == math.inf else (*bounds, math.inf)
+        self.le_labels = ["+Inf" if bound == math.inf else repr(bound) for bound in self.bounds]
+        self.counts = [0] * len(self.bounds)
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
@@ -93,7 +94,7 @@ class PlainCounter(_PlainFamily[CounterChild]):
 
 
 class PlainHistogram(_PlainFamily[HistogramChild]):
-    """A labelled histogram family with fixed bucket bounds (+Inf added)."""
+    """A labelled histogram family; bucket bounds (+Inf added) fixed, or set per child."""
 
     def __init__(
         self,
@@ -103,13 +104,29 @@ class PlainHistogram(_PlainFamily[HistogramChild]):
         buckets: Sequence[float],
         registry: CollectorRegistry,
     ) -> None:
-        bounds = tuple(sorted(float(bound) for bound in buckets))
-        self.bounds = bounds if bounds and bounds[-1] == math.inf else (*bounds, math.inf)
-        self.le_labels = ["+Inf" if bound == math.inf else repr(bound) for bound in self.bounds]
+        self.bounds = tuple(sorted(float(bound) for bound in buckets))
         super().__init__(name, documentation, labelnames, registry)
 
     def _new_child(self) -> HistogramChild:
         return HistogramChild(self.bounds)
+
+    def labels_with_bounds(
+        self, values: tuple[str, ...], bounds: tuple[float, ...]
+    ) -> HistogramChild:
+        """Return the child of these labels counting in `bounds`; new bounds start it afresh.
+
+        For histograms whose buckets are configured (the prediction buckets cut from a model):
+        a reader differencing by bucket sees the old buckets end and the new ones start at 0.
+        """
+        child = self.labels(*values)
+        if child.bounds[:-1] != bounds:
+            child = self.children[values] = HistogramChild(bounds)
+        return child
+
+    def remove_other_than(self, kept: set[tuple[str, ...]]) -> None:
+        """Drop the children not in `kept` (outputs no longer configured)."""
+        for values in [values for values in self.children if values not in kept]:
+            del self.children[values]
 
     def describe(self) -> Iterator[Metric]:
         """Name the family for the registry without samples."""
@@ -120,7 +137,7 @@ class PlainHistogram(_PlainFamily[HistogramChild]):
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for values, child in list(self.children.items()):
             cumulative, buckets = 0, []
-            for le, count in zip(self.le_labels, list(child.counts), strict=True):
+            for le, count in zip(child.le_labels, list(child.counts), strict=True):
                 cumulative += count
                 buckets.append((le, float(cumulative)))
             family.add_metric(list(values), buckets, child.sum)

@@ -18,7 +18,7 @@ from router.choosing import choose_variant
 from router.config import RoutingConfig, Variant
 from router.health import HealthBoard
 from router.metrics import RouterMetrics
-from router.predictions import predictions_of
+from router.predictions import outputs_of, single_numbers
 from router.settings import RouterSettings
 
 RETRYABLE_STATUSES = frozenset({502, 503})
@@ -199,6 +199,6 @@ class ProxyPolicy:
         self.metrics.answered(variant, version, status, time.perf_counter() - started)
         if status != 200 or not body:
             return None
-        predictions = predictions_of(body)
-        self.metrics.predicted(variant, predictions or ())
-        return predictions
+        outputs = outputs_of(body)
+        self.metrics.predicted(variant, outputs)
+        return single_numbers(outputs)

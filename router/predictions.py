@@ -1,34 +1,89 @@
-"""Reading the numeric predictions out of a model server's scoring answer, cheaply."""
+"""Reading a model server's scoring answer into predictions per output, cheaply.
+
+MLflow's scoring server answers `{"predictions": ...}` in the shape of the model's output: a
+list of numbers or labels (one output), a list of records (a DataFrame: one output per
+column), a list of lists (an array: one output per index), or columns of lists.
+"""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 MAX_PARSED_BODY = 1024 * 1024
 """Larger answers are not read for predictions (the histogram is a sample, not a record)."""
 PLAIN_PREFIX, PLAIN_SUFFIX = b'{"predictions": [', b"]}"
+SINGLE_OUTPUT = "predictions"
+"""The output name of a model that answers one value per row."""
+Value = float | str
+Outputs = dict[str, list[Value]]
 
 
-def predictions_of(body: bytes) -> list[float] | None:
-    """Return the numeric predictions of a scoring answer, or None if it has none."""
+def outputs_of(body: bytes) -> Outputs | None:
+    """Return each output's predictions (numbers as floats, labels as text), or None."""
     if len(body) > MAX_PARSED_BODY:
         return None
     if body.startswith(PLAIN_PREFIX) and body.endswith(PLAIN_SUFFIX):
         plain = _plain_numbers(body[len(PLAIN_PREFIX) : -len(PLAIN_SUFFIX)])
         if plain is not None:
-            return plain
+            return {SINGLE_OUTPUT: plain}
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
         return None
-    values = document.get("predictions") if isinstance(document, dict) else None
-    if not isinstance(values, list):
+    found = document.get("predictions") if isinstance(document, dict) else None
+    outputs: Outputs = {}
+    if isinstance(found, dict):  # columns
+        for name, column in found.items():
+            if isinstance(column, list):
+                _add(outputs, str(name), column)
+    elif isinstance(found, list) and found and all(isinstance(row, dict) for row in found):
+        for row in found:
+            for name, value in row.items():
+                _add(outputs, str(name), [value])
+    elif isinstance(found, list) and found and all(isinstance(row, list) for row in found):
+        for row in found:
+            for index, value in enumerate(row):
+                _add(outputs, str(index), [value])
+    elif isinstance(found, list):
+        _add(outputs, SINGLE_OUTPUT, found)
+    return {name: values for name, values in outputs.items() if values} or None
+
+
+def predictions_of(body: bytes) -> list[float] | None:
+    """Return a one-output answer's numbers (what shadow deltas compare), or None."""
+    return single_numbers(outputs_of(body))
+
+
+def single_numbers(outputs: Outputs | None) -> list[float] | None:
+    """Return the numbers of a one-output answer, or None."""
+    if outputs is None or list(outputs) != [SINGLE_OUTPUT]:
         return None
-    numbers = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
-    return [float(v) for v in numbers] if len(numbers) == len(values) else None
+    values = outputs[SINGLE_OUTPUT]
+    numbers = [value for value in values if isinstance(value, float)]
+    return numbers if len(numbers) == len(values) else None
 
 
-def _plain_numbers(listed: bytes) -> list[float] | None:
+def _add(outputs: Outputs, name: str, values: list[Any]) -> None:
+    """Keep numbers and labels; drop nulls, nested values and anything else."""
+    kept = outputs.setdefault(name, [])
+    for value in values:
+        if isinstance(value, bool):
+            kept.append("true" if value else "false")
+        elif isinstance(value, int | float):
+            kept.append(float(value))
+        elif isinstance(value, str):
+            kept.append(value)
+
+
+def label_of(value: Value) -> str:
+    """Name a class: labels as they are, whole numbers without `.0` (0, 1, 2)."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _plain_numbers(listed: bytes) -> list[Value] | None:
     """Read `1.5, 2, NaN` (a model server's usual answer) without a JSON parser; None if unsure.
 
     `float` itself refuses what is not a number (strings, lists, objects, true, null); only the

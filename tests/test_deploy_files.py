@@ -136,6 +136,7 @@ def live(
         "model": "StudentExamPredictor",
         "stable": {"url": stable.url, "version": "1"},
         "canary": {"url": canary.url, "version": "2", "weight": 10},
+        "predictions": {"version": "1", "outputs": {"predictions": {"edges": [40, 60, 80]}}},
     }))  # fmt: skip
     router = subprocess.Popen(
         [sys.executable, "-m", "mlcanary", "router", "--config", str(routing), "--port", str(port)],

@@ -24,13 +24,15 @@ from tests.conftest import TrainedRegistry
 from tests.helpers import free_port
 from tests.servers import start_model_server
 from tests.systems import System, aliases_of, copied_registry, running_system
-from training.dataset import DEFAULT_PATH, FEATURES, TARGET
+from training.dataset import DEFAULT_PATH, FEATURES, TARGET, load_dataset
 from training.pipelines import ModelKind
-from training.settings import RegistrySettings
-from training.train import TrainOptions, train_and_register
+from training.registry import connect, ensure_experiment, register_version
+from training.settings import EXPERIMENT_NAME, RegistrySettings
+from training.train import TrainOptions, serving_requirements, train_and_register, trusted_types
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 HEALTHY, SHIFTED = "3", "4"
+UNIT_SCALE, UNIT_SCALE_SHIFTED, CLASSIFIER, CLASSIFIER_FLIPPED = "5", "6", "7", "8"
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,54 @@ def rollout_registry(
         for row in rows:
             writer.writerow({**row, TARGET: f"{float(row[TARGET]) + 10:.1f}"})
     train_and_register(TrainOptions(kind=ModelKind.linear, data_path=shifted, alias=""), settings)
+    _register_other_models(settings)
     return settings
+
+
+def _register_other_models(settings: RegistrySettings) -> None:
+    """Register v5-v8, models of other kinds than the demo's 0..100 regressors.
+
+    v5 predicts exam score / 100 (0.17..0.51) and v6 the same plus one sd of v5's predictions.
+    v7 is a three-class classifier (score below its 60th percentile, to the 90th, above) and
+    v8 the same with 10% of all rows moved from class 0 to class 2; both are unpruned trees, so
+    on the dataset's rows (the test traffic) they answer their training labels exactly.
+    """
+    import numpy as np
+    from sklearn.linear_model import LinearRegression
+    from sklearn.tree import DecisionTreeClassifier
+
+    frame = load_dataset(DEFAULT_PATH)
+    features, score = frame[list(FEATURES)], frame[TARGET].to_numpy(dtype=float)
+    unit = score / 100
+    sd = float(np.std(LinearRegression().fit(features, unit).predict(features)))
+    low, high = np.quantile(score, [0.6, 0.9])
+    classes = np.where(score < low, 0, np.where(score < high, 1, 2))
+    flipped = classes.copy()
+    zeros = np.flatnonzero(classes == 0)
+    flipped[zeros[: round(0.1 * len(classes))]] = 2
+    for estimator, target in (
+        (LinearRegression(), unit), (LinearRegression(), unit + sd),
+        (DecisionTreeClassifier(random_state=0), classes),
+        (DecisionTreeClassifier(random_state=0), flipped),
+    ):  # fmt: skip
+        _register(settings, estimator.fit(features, target), features)
+
+
+def _register(settings: RegistrySettings, estimator: Any, features: Any) -> None:
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    client = connect(settings)
+    experiment = ensure_experiment(client, EXPERIMENT_NAME, settings.artifact_root)
+    with mlflow.start_run(experiment_id=experiment) as run:
+        info = mlflow.sklearn.log_model(
+            estimator, name="model",
+            signature=infer_signature(features, estimator.predict(features)),
+            input_example=features.head(2), pip_requirements=serving_requirements(),
+            skops_trusted_types=trusted_types(estimator),
+        )  # fmt: skip
+    register_version(client, settings.model_name, info, run.info.run_id, {}, None)
 
 
 @pytest.fixture
@@ -343,3 +392,108 @@ async def test_pause_resume_abort_and_one_rollout_at_a_time(system: System) -> N
     assert "changed my mind" in audit
     code, again = await asyncio.to_thread(system.admin, "POST", "/api/rollout/pause", {})
     assert code == 400 and "no rollout" in again["message"]
+
+
+async def _make_stable(system: System, version: str) -> None:
+    """Deploy `version` and promote it, so that rollouts compare against it."""
+    await _deploy(system, version)
+    code, answer = await asyncio.to_thread(system.admin, "POST", "/api/promote", {})
+    assert code == 200, answer
+
+
+def _judged_predictions(state: dict[str, Any]) -> list[str]:
+    """The prediction gates of the windows in which predictions were counted, in words."""
+    return [
+        f"{entry['weight']:g}%: {gate['gate']} {gate['value']:.3f}/{gate['limit']:g}"
+        f" e={gate['evidence']:.3g}/{gate['needed']:g} ({gate['detail']})"
+        for entry in state["history"] for gate in entry["gates"]
+        if gate["gate"].startswith("prediction_psi") and gate["value"] is not None
+    ]  # fmt: skip
+
+
+async def test_an_identical_twin_is_promoted_over_many_small_windows_three_times(
+    system: System, load: Load
+) -> None:
+    """v3 is a retrained twin of v1 (bit-identical predictions): rolled out in eleven 1 s
+    windows from 5%, then v1 back over v3, then v3 again; never rolled back, and predictions
+    judged in buckets cut from the stable version's own."""
+    steps = "5,10,20,30,40,50,60,70,80,90,100"
+    for version in (HEALTHY, "1", HEALTHY):
+        await _deploy(system, version)
+        code, state = await _rollout(
+            system, "--steps", steps, "--interval", "1s", "--min-requests", "10"
+        )
+        assert code == 0 and state["status"] == "promoted", state
+        assert len(state["history"]) >= 11
+        assert _judged_predictions(state), state["history"]
+    routing = yaml.safe_load((system.state / "routing.yaml").read_text())
+    assert routing["predictions"]["version"] == "1"  # cut from v1 while it was stable
+    assert len(routing["predictions"]["outputs"]["predictions"]["edges"]) >= 5
+    assert set(load.statuses) == {200}
+
+
+async def test_a_zero_to_one_model_shifted_by_one_sd_is_rolled_back(
+    system: System, load: Load
+) -> None:
+    """A model on another scale than the demo's (0.17..0.51) is judged in its own buckets."""
+    await _make_stable(system, UNIT_SCALE)
+    await _deploy(system, UNIT_SCALE_SHIFTED)
+    code, state = await _rollout(
+        system, "--steps", "10,25,50,100", "--interval", "1.5s", "--min-requests", "15"
+    )
+    assert code == 1 and state["status"] == "rolled_back", state
+    assert _failed_gates(state) == {"prediction_psi"}
+    assert max(entry["weight"] for entry in state["history"]) < 50
+    routing = yaml.safe_load((system.state / "routing.yaml").read_text())
+    edges = routing["predictions"]["outputs"]["predictions"]["edges"]
+    assert routing["predictions"]["version"] == UNIT_SCALE and 0.1 < edges[0] < edges[-1] < 0.6
+
+
+async def test_a_three_class_classifier_with_flipped_labels_is_rolled_back(
+    system: System, load: Load
+) -> None:
+    """Class labels are counted one by one; 10% moved from class 0 to 2 is caught.
+
+    Shares (0.6, 0.3, 0.1) against (0.5, 0.3, 0.2) need about 1,000 canary predictions and
+    several times as many of stable's (docs/rollout-statistics.md): 8 s windows give them at
+    this load (~400 requests/s); 2 s windows promoted it, as `rollout plan` would have warned.
+    """
+    await _make_stable(system, CLASSIFIER)
+    await _deploy(system, CLASSIFIER_FLIPPED)
+    code, state = await _rollout(
+        system, "--steps", "10,25,50,100", "--interval", "8s", "--min-requests", "15"
+    )
+    assert code == 1 and state["status"] == "rolled_back", _judged_predictions(state)
+    assert _failed_gates(state) == {"prediction_psi"}
+    routing = yaml.safe_load((system.state / "routing.yaml").read_text())
+    assert routing["predictions"]["outputs"]["predictions"] == {"classes": ["0", "1", "2"]}
+
+
+async def test_the_planner_measures_traffic_and_warns_where_a_plan_falls_short(
+    system: System, load: Load
+) -> None:
+    await _deploy(system, HEALTHY)
+    code, refused = await asyncio.to_thread(
+        system.admin, "POST", "/api/rollout/plan", {"measure_s": 0}
+    )
+    assert code == 400 and "measure_s" in refused["message"]
+    planned = await _cli(
+        system, "rollout", "plan", "--steps", "5,25,50,100", "--interval", "20s",
+        "--measure", "2s", "--json",
+    )  # fmt: skip
+    report = json.loads(planned.stdout)
+    assert report["requests_per_s"] > 0 and report["stable_p99_s"] > 0
+    assert [step["weight"] for step in report["steps"]] == [5, 25, 50, 100]
+    assert {found["fault"] for found in report["detections"]} >= {
+        "5xx 2% against stable's 0.1%", "0..1 model, mean +0.5 sd",
+    }  # fmt: skip
+    assert report["false_rollbacks"] <= 0.01
+    assert planned.returncode == (1 if report["warnings"] else 0)
+    short = await _cli(
+        system, "rollout", "plan", "--steps", "1,100", "--interval", "0.2s",
+        "--min-requests", "100000", "--measure", "1s", "--json",
+    )  # fmt: skip
+    warnings = json.loads(short.stdout)["warnings"]
+    assert short.returncode == 1 and any("under --min-requests 100000" in w for w in warnings)
+    shown = await _cli(system, "rollout", "plan", "--interval", "0.2s", "--measure", "1s")
+    assert "caught before 50%" in shown.stdout and "warning" in shown.stdout

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from controller.errors import ControllerError
 from controller.rollout.gates import quantile
 from controller.rollout.window import Snapshot, add_exposition, take_snapshot, window_between
-from router.config import RoutingConfig, write_routing_file
+from router.config import Predictions, RoutingConfig, write_routing_file
 from router.metrics import RouterMetrics
 from tests.helpers import command_environment, free_port
 from tests.routers import wait_until
@@ -32,7 +32,11 @@ def snapshot_of(*texts: str) -> Snapshot:
 def test_two_routers_are_summed_and_the_window_is_the_difference() -> None:
     routers = [CollectorRegistry(), CollectorRegistry()]
     metrics = [RouterMetrics.create(registry) for registry in routers]
+    spec = Predictions.model_validate({"version": "1", "outputs": {
+        "predictions": {"edges": [40.0, 45.0]}, "label": {"classes": ["a", "b"]},
+    }})  # fmt: skip
     for m in metrics:
+        m.predictions.configure(spec, "1")
         for _ in range(10):
             m.answered("stable", "1", 200, 0.002)
         m.answered("canary", "2", 200, 0.004)
@@ -43,7 +47,7 @@ def test_two_routers_are_summed_and_the_window_is_the_difference() -> None:
         for _ in range(9):
             m.answered("canary", "2", 200, 0.004)
         m.answered("canary", "2", 503, 0.3)
-        m.predicted("canary", [40.0, 41.0])
+        m.predicted("canary", {"predictions": [40.0, 41.0], "label": ["a", "c"]})
         m.shadow_delta.observe(0.5)
     after = snapshot_of(*(generate_latest(r).decode() for r in routers))
     window = window_between(before, after)
@@ -53,8 +57,9 @@ def test_two_routers_are_summed_and_the_window_is_the_difference() -> None:
     assert quantile(0.5, window.canary.latency) == pytest.approx(
         0.003 + 0.001 * 10 / 18
     )  # 18 in (3, 4] ms
-    assert window.canary.predictions["predictions"]["40"] == 2  # 40 from each router
-    assert window.canary.predictions["predictions"]["45"] == 2  # 41 from each router
+    assert window.canary.predictions["predictions"]["40.0"] == 2  # 40 from each router
+    assert window.canary.predictions["predictions"]["45.0"] == 2  # 41 from each router
+    assert window.canary.predictions["label"] == {"a": 2, "b": 0, "other": 2}
     assert (window.shadow_delta_sum, window.shadow_delta_count) == (1.0, 2)
 
 

@@ -37,6 +37,8 @@ class FakeModelServer:
     status: int = 200
     delay: float = 0.0
     seen: list[bytes] = field(default_factory=list)
+    answer: Any = None
+    """A whole scoring answer to give instead of `{"predictions": [prediction]}`."""
     receiving: list[str] = field(default_factory=list)
     """The `X-Client` header of each request whose first body bytes arrived, in that order."""
 
@@ -59,9 +61,8 @@ class FakeModelServer:
         if self.status != 200:
             error = {"error_code": "BAD_REQUEST", "message": f"upstream {self.version} says no"}
             return web.json_response(error, status=self.status)
-        return web.json_response(
-            {"predictions": [self.prediction]}, headers={"X-Model-Version": self.version}
-        )
+        answer = self.answer if self.answer is not None else {"predictions": [self.prediction]}
+        return web.json_response(answer, headers={"X-Model-Version": self.version})
 
     async def ping(self, _request: web.Request) -> web.Response:
         return web.Response(text="\n", status=200 if self.status != 503 else 503)
@@ -407,14 +408,54 @@ async def test_a_slow_canary_never_delays_shadowed_answers(stack: Stack) -> None
     assert stack.value("mlcanary_shadow_requests_total", {"result": "dropped"}) == 50 - 32
 
 
-async def test_prediction_values_are_recorded_per_variant(stack: Stack) -> None:
-    """Each answered prediction lands in its variant's prediction histogram."""
-    await _post(stack, 10, {"X-Force-Variant": "canary"})
-    await _post(stack, 7, {"X-Force-Variant": "stable"})
-    labels = {"variant": "canary"}
-    assert stack.value("mlcanary_prediction_value_count", labels) == 10
-    assert stack.value("mlcanary_prediction_value_sum", labels) == 400.0
-    assert stack.value("mlcanary_prediction_value_count", {"variant": "stable"}) == 7
+async def test_predictions_are_counted_in_the_routing_files_buckets(stack: Stack) -> None:
+    """Nothing is counted until the routing file says how; then each variant in its buckets."""
+    await _post(stack, 3, {"X-Force-Variant": "canary"})
+    assert stack.value("mlcanary_prediction_value_count",
+                       {"variant": "canary", "output": "predictions"}) == 0  # fmt: skip
+    spec = {"version": "1", "outputs": {"predictions": {"edges": [35.0, 45.0]}}}
+    await stack.apply(10, predictions=spec)
+    await _post(stack, 10, {"X-Force-Variant": "canary"})  # 40.0
+    await _post(stack, 7, {"X-Force-Variant": "stable"})  # 30.0
+
+    def bucket(variant: str, le: str) -> float:
+        labels = {"variant": variant, "output": "predictions", "le": le}
+        return stack.value("mlcanary_prediction_value_bucket", labels)
+
+    assert (bucket("canary", "35.0"), bucket("canary", "45.0"), bucket("canary", "+Inf")) == (
+        0, 10, 10,
+    )  # fmt: skip
+    assert (bucket("stable", "35.0"), bucket("stable", "+Inf")) == (7, 7)
+
+
+async def test_each_output_is_counted_and_labels_by_class(stack: Stack) -> None:
+    """A DataFrame answer: a label column counted by class (unlisted: other), a score column
+    in its buckets; and stable's profile shows its labels and deciles, never an answer."""
+    stack.stable.answer = stack.canary.answer = {"predictions": [
+        {"label": "cat", "score": 0.9}, {"label": "eel", "score": 0.2},
+    ]}  # fmt: skip
+    spec = {"version": "1", "outputs": {
+        "label": {"classes": ["cat", "dog"]}, "score": {"edges": [0.5]},
+    }}  # fmt: skip
+    await stack.apply(10, predictions=spec)
+    await _post(stack, 4, {"X-Force-Variant": "canary"})
+    await _post(stack, 60, {"X-Force-Variant": "stable"})
+
+    def label(name: str) -> float:
+        labels = {"variant": "canary", "output": "label", "class": name}
+        return stack.value("mlcanary_prediction_class_total", labels)
+
+    assert (label("cat"), label("dog"), label("other")) == (4, 0, 4)
+    score = {"variant": "canary", "output": "score", "le": "0.5"}
+    assert stack.value("mlcanary_prediction_value_bucket", score) == 4
+    profile = await (await stack.client.get("/predictions-profile")).json()
+    assert profile["stable_version"] == "1"
+    assert profile["outputs"]["label"] == {
+        "rows": 120, "numeric": False, "deciles": [], "labels": {"cat": 60, "eel": 60},
+    }  # fmt: skip
+    score_profile = profile["outputs"]["score"]
+    assert score_profile["numeric"] and score_profile["rows"] == 120
+    assert score_profile["deciles"][0] == 0.2 and score_profile["deciles"][-1] == 0.9
 
 
 async def test_metrics_are_exact_and_pass_promtool(stack: Stack) -> None:
@@ -432,7 +473,6 @@ async def test_metrics_are_exact_and_pass_promtool(stack: Stack) -> None:
         "mlcanary_upstream_healthy", "mlcanary_config_last_reload_successful",
         "mlcanary_config_last_reload_success_timestamp_seconds", "mlcanary_config_reloads_total",
         "mlcanary_shadow_requests_total", "mlcanary_shadow_prediction_delta_bucket",
-        "mlcanary_prediction_value_bucket",
     ):  # fmt: skip
         assert f"\n{name}" in text, name
     assert 'mlcanary_requests_total{code="200",variant="canary",version="2"} 12.0' in text

@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from controller.audit import append_audit
 from controller.changes import Controller
 from controller.errors import ControllerError, InvalidChange
+from controller.predictionbuckets import cut, read_profiles
 from controller.rollout.gates import GateLimits, RolloutEvidence, Verdict, Window, judge
 from controller.rollout.promql import window_from_prometheus
 from controller.rollout.steps import Progress, decide
@@ -271,6 +272,7 @@ class RolloutRunner:
             self.wake.clear()
             await self.wake.wait()
             return
+        await self._cut_prediction_buckets()
         baseline = None if state.plan.prometheus_url else await self._snapshot()
         state.next_judgement_at = time.time() + state.plan.interval_s
         self._save()
@@ -278,7 +280,7 @@ class RolloutRunner:
         if state.status != "running":
             return
         verdict = None
-        window = await self._window(state, baseline)
+        window = await self._window(state.plan, state.plan.interval_s, baseline)
         if window is not None:
             verdict = judge(window, state.plan.limits, state.evidence)
         try:
@@ -288,18 +290,27 @@ class RolloutRunner:
             log.warning("rollout: %s", state.message)
             self._save()
 
-    async def _window(self, state: RolloutState, baseline: Snapshot | None) -> Window | None:
+    async def _window(
+        self, plan: RolloutPlan, seconds: float, baseline: Snapshot | None
+    ) -> Window | None:
         """Return the interval's data, or None if the metrics source could not be read."""
-        if state.plan.prometheus_url:
+        if plan.prometheus_url:
             try:
-                return await window_from_prometheus(
-                    self.session, state.plan.prometheus_url, state.plan.interval_s
-                )
+                return await window_from_prometheus(self.session, plan.prometheus_url, seconds)
             except ControllerError as error:
                 log.warning("rollout: %s", error)
                 return None
         after = await self._snapshot()
         return window_between(baseline, after) if baseline and after else None
+
+    async def measure(self, plan: RolloutPlan, seconds: float) -> Window:
+        """Read `seconds` of traffic as a rollout reads a window (for `rollout plan`)."""
+        baseline = None if plan.prometheus_url else await self._snapshot()
+        await asyncio.sleep(seconds)
+        window = await self._window(plan, seconds, baseline)
+        if window is None:
+            raise ControllerError("the traffic could not be read (see the controller's log)")
+        return window
 
     async def _apply_step_weight(self, state: RolloutState) -> None:
         """Make the routing file show the current step's weight (after a restart, say)."""
@@ -309,6 +320,28 @@ class RolloutRunner:
             await self.controller.set_weight(
                 state.weight, f"rollout of v{state.canary_version}: step {state.step + 1}/{steps}"
             )
+
+    async def _cut_prediction_buckets(self) -> None:
+        """Have the routers count predictions in buckets cut from stable's, if not yet.
+
+        Before a window starts, so that no window is judged on buckets changed within it.
+        Until stable has answered enough, its predictions are not judged (the verdict says so).
+        """
+        config = await self.controller.current()
+        if config.predictions is not None and config.predictions.version == config.stable.version:
+            return
+        try:
+            routers = await self.controller.settings.routers.urls()
+            profiles = await read_profiles(self.session, routers)
+            predictions = cut(profiles, config.stable.version)
+            if predictions is not None:
+                outputs = ", ".join(predictions.outputs)
+                await self.controller.set_prediction_buckets(
+                    predictions, f"prediction buckets cut from v{predictions.version}'s"
+                    f" predictions ({outputs})",
+                )  # fmt: skip
+        except ControllerError as error:
+            log.warning("rollout: prediction buckets not cut yet: %s", error)
 
     async def _snapshot(self) -> Snapshot | None:
         try:

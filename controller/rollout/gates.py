@@ -396,9 +396,7 @@ def categories_of(buckets: Buckets) -> Categories:
     counts: Categories = {}
     previous = 0.0
     for bound, cumulative in buckets:
-        counts["+Inf" if math.isinf(bound) else format(bound, "g")] = max(
-            cumulative - previous, 0.0
-        )
+        counts["+Inf" if math.isinf(bound) else repr(bound)] = max(cumulative - previous, 0.0)
         previous = cumulative
     return counts
 

@@ -14,7 +14,8 @@ import aiohttp
 
 from controller.errors import ControllerError
 from controller.rollout.gates import Buckets, Categories, VariantWindow, Window, categories_of
-from router.metrics import CLASS_SAMPLE, SINGLE_OUTPUT
+from router.metrics import CLASS_SAMPLE
+from router.predictions import SINGLE_OUTPUT
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 

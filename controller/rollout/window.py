@@ -26,7 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from controller.errors import ControllerError
 from controller.rollout.gates import Buckets, VariantWindow, Window, categories_of
-from router.metrics import CLASS_SAMPLE, INSTANCE_SAMPLE, SINGLE_OUTPUT
+from router.metrics import CLASS_SAMPLE, INSTANCE_SAMPLE
+from router.predictions import SINGLE_OUTPUT
 
 VARIANTS = ("stable", "canary")
 K = TypeVar("K")

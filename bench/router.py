@@ -204,6 +204,15 @@ def write_split(stable: Proc, canary: Proc, folder: Path) -> Path:
                 "model": "StudentExamPredictor",
                 "stable": {"url": stable.url, "version": "1"},
                 "canary": {"url": canary.url, "version": "2", "weight": 10},
+                # Counted as in a rollout: ten buckets, as cut at a model's deciles.
+                "predictions": {
+                    "version": "1",
+                    "outputs": {
+                        "predictions": {
+                            "edges": [10.0 * decile for decile in range(1, 10)],
+                        }
+                    },
+                },
             }
         ),
     )

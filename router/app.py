@@ -22,6 +22,7 @@ from router.config import RoutingConfig, Variant, read_routing_file
 from router.health import HealthBoard
 from router.metrics import VARIANTS, RouterMetrics
 from router.policy import Failure, ProxyPolicy, RetryBudget, failure_answer
+from router.predictions import Outputs, single_numbers
 from router.proxy import Answer, exchange, forward_headers
 from router.settings import RouterSettings
 from router.shadow import Shadower
@@ -178,9 +179,9 @@ async def invocations(request: web.Request) -> web.Response:
     response = answer_client(config, routed.variant, routed.outcome)
     version = config.upstream(routed.variant).version
     answered = routed.outcome.body if isinstance(routed.outcome, Answer) else None
-    predictions = app[POLICY].answered(routed.variant, version, response.status, started, answered)
+    outputs = app[POLICY].answered(routed.variant, version, response.status, started, answered)
     if routed.variant == "stable" and response.status == 200:
-        maybe_shadow(app, config, body, headers, predictions)
+        maybe_shadow(app, config, body, headers, outputs)
     return response
 
 
@@ -189,7 +190,7 @@ def maybe_shadow(
     config: RoutingConfig,
     body: bytes,
     headers: CIMultiDict[str],
-    stable_predictions: list[float] | None,
+    stable_outputs: Outputs | None,
 ) -> None:
     """Copy this stable-routed request to the canary for `shadow.percent` of requests."""
     canary = config.canary
@@ -200,7 +201,8 @@ def maybe_shadow(
     session = app[RUNTIME].session
     assert session is not None  # noqa: S101 (opened before the first request)
     app[SHADOW].copy(
-        lambda: exchange(session, canary.url, "/invocations", body, headers), stable_predictions
+        lambda: exchange(session, canary.url, "/invocations", body, headers),
+        single_numbers(stable_outputs),
     )
 
 

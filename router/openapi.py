@@ -156,6 +156,12 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
+            "/predictions-profile": {
+                "get": {
+                    "summary": "Stable's recent predictions per output: deciles and label counts",
+                    "responses": {"200": _json({"type": "object"}, "Profile")},
+                }
+            },
             "/canary-status": {
                 "get": {
                     "summary": "The original app's canary status: both models, the probability",

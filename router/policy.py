@@ -18,7 +18,7 @@ from router.choosing import choose_variant
 from router.config import RoutingConfig, Variant
 from router.health import HealthBoard
 from router.metrics import RouterMetrics
-from router.predictions import outputs_of, single_numbers
+from router.predictions import Outputs, outputs_of
 from router.settings import RouterSettings
 
 RETRYABLE_STATUSES = frozenset({502, 503})
@@ -191,7 +191,7 @@ class ProxyPolicy:
 
     def answered(
         self, variant: Variant, version: str, status: int, started: float, body: bytes | None
-    ) -> list[float] | None:
+    ) -> Outputs | None:
         """Count the client's answer, its latency since `started`, and a 200's predictions.
 
         The predictions are returned, for the shadow comparison.
@@ -201,4 +201,4 @@ class ProxyPolicy:
             return None
         outputs = outputs_of(body)
         self.metrics.predicted(variant, outputs)
-        return single_numbers(outputs)
+        return outputs

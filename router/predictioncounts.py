@@ -75,8 +75,11 @@ class PredictionCounts:
         """Count one answer's predictions; remember stable's for the profile."""
         if variant == "stable":
             self._remember(outputs)
+        plan = self._plan
+        if not plan:
+            return
         for name, values in outputs.items():
-            counting = self._plan.get((variant, name))
+            counting = plan.get((variant, name))
             if counting is None:
                 continue
             histogram = counting.histogram

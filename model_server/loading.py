@@ -140,8 +140,11 @@ def fast_path_for(pyfunc: PyFuncModel) -> FastPath | None:
     sklearn_conf = pyfunc.metadata.flavors.get("sklearn")
     if schema is None or sklearn_conf is None or not schema.has_input_names():
         return None
-    if pyfunc.metadata.flavors.get("python_function", {}).get("loader_module") != "mlflow.sklearn":
+    python_function = pyfunc.metadata.flavors.get("python_function", {})
+    if python_function.get("loader_module") != "mlflow.sklearn":
         return None
+    if python_function.get("predict_fn", "predict") != "predict":
+        return None  # predict_proba, predict_log_proba...: MLflow's path calls that one
     if pyfunc.model_config or (pyfunc.metadata.get_params_schema() is not None):
         return None
     columns = schema.inputs
@@ -193,20 +196,35 @@ def warm(model: LoadedModel) -> LoadedModel:
     status, body, _ = score_with_mlflow(model, model.serving_example, "application/json")
     if status != 200:
         raise ModelLoadError(f"the model fails on its own input example: {body.decode()[:500]}")
-    expected = json.loads(body)["predictions"]
+    answered = json.loads(body)
+    expected = answered.get("predictions") if isinstance(answered, dict) else answered
     fast = model.fast_path
     if fast is not None:
         rows = plain_rows(model.serving_example, fast.feature_names)
-        agrees = rows is not None and _close(fast.predict(rows).tolist(), expected)
+        agrees = rows is not None and same_answer(fast.predict(rows).tolist(), expected)
         if not agrees:
             return replace(model, fast_path=None, warm_up="warm; fast path disagreed, disabled")
-    return replace(model, warm_up=f"warm: predicted {len(expected)} example row(s)")
+    rows_seen = len(expected) if isinstance(expected, list | dict) else 1
+    return replace(model, warm_up=f"warm: predicted {rows_seen} example row(s)")
 
 
-def _close(left: list[Any], right: list[Any]) -> bool:
-    return len(left) == len(right) and all(
-        abs(float(a) - float(b)) <= 1e-9 for a, b in zip(left, right, strict=True)
-    )
+def same_answer(left: Any, right: Any, tolerance: float = 1e-9) -> bool:
+    """Whether two decoded answers match: numbers to `tolerance`, anything else exactly.
+
+    Predictions may be numbers, labels, lists of them (several outputs, probabilities) or
+    records; a comparison must not assume floats (string labels crashed the warm-up).
+    """
+    if isinstance(left, list) and isinstance(right, list):
+        return len(left) == len(right) and all(map(same_answer, left, right))
+    if isinstance(left, dict) and isinstance(right, dict):
+        return left.keys() == right.keys() and all(same_answer(left[k], right[k]) for k in left)
+    numbers = (int, float)
+    if isinstance(left, numbers) and isinstance(right, numbers):
+        if isinstance(left, bool) or isinstance(right, bool):
+            return left is right
+        both_nan = left != left and right != right
+        return both_nan or abs(left - right) <= tolerance
+    return bool(left == right)
 
 
 def _flavor(flavors: dict[str, Any]) -> str:

@@ -22,6 +22,7 @@ from controller.rollout.gates import (
     ordered,
     psi,
     quantile,
+    upper_bound,
 )
 from controller.rollout.steps import Progress, decide
 
@@ -181,6 +182,21 @@ def test_at_full_weight_the_canary_alone_is_judged() -> None:
     judge(Window(variant(500), variant(500)), GateLimits(), evidence)
     verdict = judge(Window(VariantWindow(), variant(1000)), GateLimits(), evidence)
     assert verdict.outcome == "pass"
+
+
+def test_at_full_weight_the_canary_is_held_to_stable_s_earlier_rate() -> None:
+    """No stable traffic at 100%: the canary is tested against an upper bound of stable's
+    share in the windows before (0.1% here), so 3% 5xx fails where 0.1% passes."""
+    verdicts = {}
+    for errors in (60, 2):
+        evidence = RolloutEvidence()
+        for _ in range(3):
+            judge(Window(variant(1000, 1), variant(100)), GateLimits(), evidence)
+        full = judge(Window(VariantWindow(), variant(2000, errors)), GateLimits(), evidence)
+        verdicts[errors] = gate(full.gates, "error_ratio")
+    assert not verdicts[60].passed and verdicts[60].evidence >= verdicts[60].needed
+    assert verdicts[2].passed and verdicts[2].evidence < 1
+    assert upper_bound(0, 3000, 1e-4) == pytest.approx(1 - 1e-4 ** (1 / 3000))
 
 
 def test_a_canary_three_times_slower_fails_on_latency() -> None:

@@ -28,6 +28,11 @@ last) for numbers, or per class label."""
 SLOW_SHARE_FLOOR = 0.01
 """A canary is slow when more than this share of its answers exceed the latency bound: its
 p99 is then above the bound."""
+STABLE_BOUND_SHARE = 0.1
+"""Of a gate comparing the canary with stable, the share of its alpha spent on bounding
+stable's rate from the earlier windows, for windows at 100% (no stable traffic to compare
+with): the canary is then tested against that upper bound, a one-sample test."""
+BOUNDED_GATES = ("error_ratio", "p99_ratio")
 SMOOTHING = 0.5
 """Added to every category's count in the PSI (Jeffreys): an empty bucket in a small sample
 is not a shift."""
@@ -85,7 +90,12 @@ class GateLimits:
         predictions half, split over the model's outputs.
         """
         shares = {"error_rate": 1 / 8, "error_ratio": 1 / 8, "p99_ratio": 1 / 4}
-        return self.false_alarm_rate * shares.get(gate, 1 / (2 * max(outputs, 1)))
+        share = self.false_alarm_rate * shares.get(gate, 1 / (2 * max(outputs, 1)))
+        return share * (1 - STABLE_BOUND_SHARE) if gate in BOUNDED_GATES else share
+
+    def bound_alpha(self, gate: str) -> float:
+        """Return the alpha of the upper bound on stable's rate used at 100% by `gate`."""
+        return self.alpha(gate) / (1 - STABLE_BOUND_SHARE) * STABLE_BOUND_SHARE
 
 
 @dataclass(frozen=True)
@@ -248,11 +258,20 @@ def error_rate_gate(window: Window, limits: GateLimits, evidence: RolloutEvidenc
 
 
 def error_ratio_gate(window: Window, limits: GateLimits, evidence: RolloutEvidence) -> GateResult:
-    """Test the canary's 5xx share against stable's, in the same windows."""
+    """Test the canary's 5xx share against stable's.
+
+    In the same windows while stable has traffic; at 100%, against an upper bound of stable's
+    share in the windows before.
+    """
     canary, stable = window.canary, window.stable
-    share = _share(canary.requests, stable.requests)
-    evidence.error_ratio.add(canary.errors + stable.errors, canary.errors, share)
     tally, needed = evidence.errors, 1 / limits.alpha("error_ratio")
+    if stable.requests > 0:
+        share = _share(canary.requests, stable.requests)
+        evidence.error_ratio.add(canary.errors + stable.errors, canary.errors, share)
+    elif tally.stable_total > 0:
+        bound = upper_bound(tally.stable_events, tally.stable_total,
+                            limits.bound_alpha("error_ratio"))  # fmt: skip
+        evidence.error_ratio.add(canary.requests, canary.errors, bound)
     canary_rate, stable_rate = tally.canary_rate(), tally.stable_rate()
     large = canary_rate > 0 and canary_rate >= limits.min_error_ratio * stable_rate
     shown = evidence.error_ratio.value >= needed and large
@@ -278,10 +297,16 @@ def latency_gate(window: Window, limits: GateLimits, evidence: RolloutEvidence) 
     if bound is not None:
         slow_canary = _above(window.canary.latency, bound)
         slow_stable = _above(window.stable.latency, bound)
-        share = _share(_total(window.canary.latency), _total(window.stable.latency))
-        evidence.latency.add(slow_canary + slow_stable, slow_canary, share)
-        evidence.slow.add(slow_canary, _total(window.canary.latency),
-                          slow_stable, _total(window.stable.latency))  # fmt: skip
+        answered = _total(window.stable.latency)
+        if answered > 0:
+            share = _share(_total(window.canary.latency), answered)
+            evidence.latency.add(slow_canary + slow_stable, slow_canary, share)
+        else:  # at 100%: against an upper bound of stable's share over the bound before
+            before = buckets_of(evidence.stable_latency)
+            slow_before = upper_bound(_above(before, bound), _total(before),
+                                      limits.bound_alpha("p99_ratio"))  # fmt: skip
+            evidence.latency.add(_total(window.canary.latency), slow_canary, slow_before)
+        evidence.slow.add(slow_canary, _total(window.canary.latency), slow_stable, answered)
     for category, count in categories_of(window.stable.latency).items():
         evidence.stable_latency[category] = evidence.stable_latency.get(category, 0.0) + count
     slow = evidence.slow
@@ -449,6 +474,15 @@ def _above(buckets: Buckets, bound: float) -> float:
     """Observations above `bound` (one of the buckets' bounds)."""
     at_or_below = next((count for b, count in buckets if b == bound), _total(buckets))
     return max(_total(buckets) - at_or_below, 0.0)
+
+
+def upper_bound(events: float, total: float, alpha: float) -> float:
+    """Return the Clopper-Pearson upper bound of a rate: above the true one but for `alpha`."""
+    from scipy.stats import beta
+
+    if total <= 0 or events >= total:
+        return 1.0
+    return float(beta.ppf(1 - alpha, events + 1, total - events))
 
 
 def _share(canary: float, stable: float) -> float:

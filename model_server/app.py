@@ -223,6 +223,7 @@ async def metadata(request: web.Request) -> web.Response:
         "load_seconds": round(model.load_seconds, 3),
         "fast_path": model.fast_path is not None,
         "compiled": model.fast_path is not None and model.fast_path.compiled,
+        "path": model.path,
         "warm_up": model.warm_up,
     }
     return json_response(json.dumps(body, default=str))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -63,6 +64,8 @@ class LoadedModel:
     loaded_at: str
     load_seconds: float
     warm_up: str = ""
+    path: str = ""
+    """Which path answers plain JSON rows, and why: shown in `/metadata`."""
 
 
 def resolve(model_uri: str, client: MlflowClient | None = None) -> ResolvedModel:
@@ -106,6 +109,9 @@ def load(resolved: ResolvedModel) -> LoadedModel:
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
 
+    # As `mlflow models serve` does: type-hinted models then take base64 text as bytes and
+    # ISO text as datetimes, and must answer their own input example that way.
+    os.environ["_MLFLOW_IS_IN_SERVING_ENVIRONMENT"] = "true"
     started = time.perf_counter()
     try:
         local = Path(mlflow.artifacts.download_artifacts(resolved.uri))
@@ -115,11 +121,13 @@ def load(resolved: ResolvedModel) -> LoadedModel:
         raise ModelLoadError(f"cannot load {resolved.uri}: {message}") from None
     metadata = pyfunc.metadata
     signature = metadata.signature
+    fast_path, path = fast_path_for(pyfunc)
     loaded = LoadedModel(
         resolved=resolved,
         pyfunc=pyfunc,
         input_schema=metadata.get_input_schema(),
-        fast_path=fast_path_for(pyfunc),
+        fast_path=fast_path,
+        path=path,
         flavor=_flavor(metadata.flavors),
         signature=_signature_json(signature.to_dict()) if signature else None,
         input_example=_input_example(metadata, local),
@@ -130,29 +138,33 @@ def load(resolved: ResolvedModel) -> LoadedModel:
     return warm(loaded)
 
 
-def fast_path_for(pyfunc: PyFuncModel) -> FastPath | None:
-    """Return a fast path when the model is scikit-learn with all-`double` named columns."""
+def fast_path_for(pyfunc: PyFuncModel) -> tuple[FastPath | None, str]:
+    """Return a fast path when the model is scikit-learn with all-`double` named columns.
+
+    Also say which path plain JSON rows will take, and why (MLflow's path unless the fast one
+    computes the same function: the flavor's `predict`, on exactly the signature's columns).
+    """
     import pandas as pd
     from mlflow.types import DataType
     from mlflow.types.schema import ColSpec
 
     schema = pyfunc.metadata.get_input_schema()
-    sklearn_conf = pyfunc.metadata.flavors.get("sklearn")
-    if schema is None or sklearn_conf is None or not schema.has_input_names():
-        return None
     python_function = pyfunc.metadata.flavors.get("python_function", {})
     if python_function.get("loader_module") != "mlflow.sklearn":
-        return None
-    if python_function.get("predict_fn", "predict") != "predict":
-        return None  # predict_proba, predict_log_proba...: MLflow's path calls that one
+        return None, f"MLflow's path: the {_flavor(pyfunc.metadata.flavors)} flavor"
+    if schema is None or not schema.has_input_names():
+        return None, "MLflow's path: the signature names no input columns"
+    predict_fn = python_function.get("predict_fn", "predict")
+    if predict_fn != "predict":
+        return None, f"MLflow's path: the model answers {predict_fn}"
     if pyfunc.model_config or (pyfunc.metadata.get_params_schema() is not None):
-        return None
+        return None, "MLflow's path: the model takes a config or params"
     columns = schema.inputs
     if not all(
         isinstance(column, ColSpec) and column.type == DataType.double and column.required
         for column in columns
     ):
-        return None
+        return None, "MLflow's path: not every input column is a required double"
     names = tuple(str(column.name) for column in columns)
     raw = pyfunc.get_raw_model()
 
@@ -162,8 +174,8 @@ def fast_path_for(pyfunc: PyFuncModel) -> FastPath | None:
 
     compiled = compile_estimator(raw)
     if compiled is not None and agrees_on_probe_rows(compiled, predict, len(names)):
-        return FastPath(names, compiled, compiled=True)
-    return FastPath(names, predict, compiled=False)
+        return FastPath(names, compiled, compiled=True), "fast path: compiled predictor"
+    return FastPath(names, predict, compiled=False), "fast path: scikit-learn's predict"
 
 
 def agrees_on_probe_rows(
@@ -203,7 +215,10 @@ def warm(model: LoadedModel) -> LoadedModel:
         rows = plain_rows(model.serving_example, fast.feature_names)
         agrees = rows is not None and same_answer(fast.predict(rows).tolist(), expected)
         if not agrees:
-            return replace(model, fast_path=None, warm_up="warm; fast path disagreed, disabled")
+            return replace(
+                model, fast_path=None, warm_up="warm; fast path disagreed, disabled",
+                path="MLflow's path: the fast path answered the input example otherwise",
+            )  # fmt: skip
     rows_seen = len(expected) if isinstance(expected, list | dict) else 1
     return replace(model, warm_up=f"warm: predicted {rows_seen} example row(s)")
 

@@ -32,9 +32,6 @@ def serve(settings: ServerSettings) -> int:
     # Loading turns it back on (see model_server.app.load_in_background).
     gc.disable()
     limit_registry_retries()
-    # As `mlflow models serve` does: type-hinted models then take base64 text as bytes and
-    # ISO text as datetimes, and must answer their own input example that way.
-    os.environ["_MLFLOW_IS_IN_SERVING_ENVIRONMENT"] = "true"
     resolved = resolve(settings.model_uri)
     if settings.engine == "mlflow":
         exec_mlflow_engine(settings, resolved)

@@ -229,7 +229,7 @@ def _rollout_view(state: dict[str, Any]) -> Any:
             ", ".join(
                 f"{'ok' if g['passed'] else 'FAIL'} {g['gate']} "
                 f"{'-' if g['value'] is None else format(g['value'], '.3g')}/{g['limit']:g}"
-                + (f" e={g['evidence']:.3g}/{g['needed']:.0f}" if "evidence" in g else "")
+                + (f" e={g['evidence']:.3g}/{g['needed']:.0f}" if g.get("evidence") else "")
                 for g in entry["gates"]
             )
             or entry.get("problem")

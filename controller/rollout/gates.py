@@ -33,6 +33,7 @@ STABLE_BOUND_SHARE = 0.1
 stable's rate from the earlier windows, for windows at 100% (no stable traffic to compare
 with): the canary is then tested against that upper bound, a one-sample test."""
 BOUNDED_GATES = ("error_ratio", "p99_ratio")
+"""The gates that compare the canary with stable, and so spend part of their alpha that way."""
 SMOOTHING = 0.5
 """Added to every category's count in the PSI (Jeffreys): an empty bucket in a small sample
 is not a shift."""
@@ -73,7 +74,7 @@ class GateLimits:
     min_error_ratio: float = 1.5
     """...nor shown above stable's by at least this factor."""
     max_p99_ratio: float = 1.5
-    """Latency bound: this multiple of both variants' p99 in the window..."""
+    """Latency bound: this multiple of stable's p99 in the windows so far..."""
     p99_tolerance_s: float = 0.005
     """...or that p99 plus this many seconds, whichever is later; the canary fails when its
     answers exceed the bound significantly more often than stable's, and its p99 is above it."""
@@ -109,9 +110,9 @@ class GateResult:
     """The floor `value` must reach to fail."""
     passed: bool
     detail: str = ""
-    evidence: float = 1.0
-    """The sequential test's e-value over the rollout so far..."""
-    needed: float = math.inf
+    evidence: float | None = None
+    """The sequential test's e-value over the rollout so far (None: judged per window)..."""
+    needed: float | None = None
     """...and the value at which it rejects (1 / the gate's alpha)."""
 
 

@@ -3,14 +3,17 @@
 The start of issue 14's model zoo. Each kind is saved to a folder (a path URI, which both
 engines serve), with or without an input example, then served by the native engine and by
 `mlflow models serve`; every payload of the kind's matrix must get the same status, content
-type and body (numbers to 1e-9) from both.
+type and body (numbers to 1e-9) from both. In-process, each kind logged with an input example
+(which the warm-up answers and compares the fast path on) must answer byte for byte as MLflow's
+own handler, and `/metadata` must say which path it takes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +22,17 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 
-from model_server.loading import same_answer
+from model_server.app import STATE, create_app
+from model_server.loading import load, resolve, same_answer
+from model_server.scoring import score_with_mlflow
+from model_server.settings import ServerSettings
 from tests.servers import ServerProcess, start_model_server
+
+ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
+JSON = "application/json"
 
 COLUMNS = ["a", "b", "c"]
 BYTES_MODEL = """
@@ -150,6 +161,36 @@ def served(
     finally:
         native.stop()
         reference.stop()
+
+
+PATHS = {
+    "string-labels": "fast path: scikit-learn's predict",
+    "predict-proba": "MLflow's path: the model answers predict_proba",
+    "two-outputs": "fast path: scikit-learn's predict",
+    "type-hinted-bytes": "MLflow's path: the python_function flavor",
+}
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+async def test_each_kind_starts_and_answers_as_mlflow_s_handler(
+    name: str, tmp_path: Path, aiohttp_client: ClientFactory
+) -> None:
+    kind = KINDS[name]
+    kind.save(tmp_path / "model", True)
+    model = load(resolve(str(tmp_path / "model")))
+    assert model.warm_up.startswith("warm"), model.warm_up
+    app = create_app(
+        ServerSettings(model_uri=model.resolved.requested_uri), model.resolved,
+        loader=lambda _resolved: model,
+    )  # fmt: skip
+    client = await aiohttp_client(app)
+    await asyncio.wait_for(app[STATE].settled.wait(), 30)
+    for payload in kind.payloads.values():
+        body = json.dumps(payload).encode()
+        answer = await client.post("/invocations", data=body, headers={"Content-Type": JSON})
+        expected = score_with_mlflow(model, body, JSON)
+        assert (answer.status, await answer.read()) == (expected.status, expected.body)
+    assert (await (await client.get("/metadata")).json())["path"] == PATHS[name]
 
 
 def _answer(server: ServerProcess, body: bytes, content_type: str) -> tuple[int, str, Any]:

@@ -84,6 +84,14 @@ def _two_outputs(folder: Path, example: bool) -> None:
     _sklearn(folder, RandomForestRegressor(n_estimators=5, random_state=0), two, example)
 
 
+def _hist_gradient_boosting(folder: Path, example: bool) -> None:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    frame = _frame()
+    target = frame["a"] * frame["b"] - frame["c"]
+    _sklearn(folder, HistGradientBoostingRegressor(max_iter=20, random_state=0), target, example)
+
+
 def _bytes(folder: Path, example: bool) -> None:
     import mlflow.pyfunc
 
@@ -124,7 +132,11 @@ class Kind:
 KINDS = {
     "string-labels": Kind(_labels, TABULAR),
     "predict-proba": Kind(lambda f, e: _labels(f, e, pyfunc_predict_fn="predict_proba"), TABULAR),
+    "predict-log-proba": Kind(
+        lambda f, e: _labels(f, e, pyfunc_predict_fn="predict_log_proba"), TABULAR
+    ),
     "two-outputs": Kind(_two_outputs, TABULAR),
+    "hist-gradient-boosting": Kind(_hist_gradient_boosting, TABULAR),
     "type-hinted-bytes": Kind(_bytes, BYTES, tabular=False),
 }
 
@@ -166,7 +178,9 @@ def served(
 PATHS = {
     "string-labels": "fast path: scikit-learn's predict",
     "predict-proba": "MLflow's path: the model answers predict_proba",
+    "predict-log-proba": "MLflow's path: the model answers predict_log_proba",
     "two-outputs": "fast path: scikit-learn's predict",
+    "hist-gradient-boosting": "fast path: scikit-learn's predict",
     "type-hinted-bytes": "MLflow's path: the python_function flavor",
 }
 

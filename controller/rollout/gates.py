@@ -162,7 +162,8 @@ class OutputEvidence:
 
     def value(self) -> float:
         """Return the product of the categories' e-values (factors of one likelihood ratio)."""
-        logs = sum(math.log(test.value) for test in self.tests.values() if test.value > 0)
+        values = [test.value for test in self.tests.values()]
+        logs = sum(math.log(value) for value in values if value > 0)
         return math.exp(min(logs, 700.0))
 
 
@@ -294,7 +295,8 @@ def latency_gate(window: Window, limits: GateLimits, evidence: RolloutEvidence) 
     first window only sets the bound.
     """
     needed = 1 / limits.alpha("p99_ratio")
-    bound = latency_bound(buckets_of(evidence.stable_latency), limits)
+    stable_before = buckets_of(evidence.stable_latency)
+    bound = latency_bound(stable_before, limits)
     if bound is not None:
         slow_canary = _above(window.canary.latency, bound)
         slow_stable = _above(window.stable.latency, bound)
@@ -303,8 +305,7 @@ def latency_gate(window: Window, limits: GateLimits, evidence: RolloutEvidence) 
             share = _share(_total(window.canary.latency), answered)
             evidence.latency.add(slow_canary + slow_stable, slow_canary, share)
         else:  # at 100%: against an upper bound of stable's share over the bound before
-            before = buckets_of(evidence.stable_latency)
-            slow_before = upper_bound(_above(before, bound), _total(before),
+            slow_before = upper_bound(_above(stable_before, bound), _total(stable_before),
                                       limits.bound_alpha("p99_ratio"))  # fmt: skip
             evidence.latency.add(_total(window.canary.latency), slow_canary, slow_before)
         evidence.slow.add(slow_canary, _total(window.canary.latency), slow_stable, answered)
@@ -425,6 +426,11 @@ def categories_of(buckets: Buckets) -> Categories:
         counts["+Inf" if math.isinf(bound) else repr(bound)] = max(cumulative - previous, 0.0)
         previous = cumulative
     return counts
+
+
+def sorted_buckets(counts: dict[float, float]) -> Buckets:
+    """Order cumulative counts keyed by upper bound into buckets, +Inf last."""
+    return sorted(counts.items(), key=lambda pair: (math.isinf(pair[0]), pair[0]))
 
 
 def buckets_of(categories: Categories) -> Buckets:

@@ -6,14 +6,20 @@ A query that fails makes the window fail: a source that cannot be read is never 
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from typing import Any
 
 import aiohttp
 
 from controller.errors import ControllerError
-from controller.rollout.gates import Buckets, Categories, VariantWindow, Window, categories_of
+from controller.rollout.gates import (
+    Buckets,
+    Categories,
+    VariantWindow,
+    Window,
+    categories_of,
+    sorted_buckets,
+)
 from router.metrics import CLASS_SAMPLE
 from router.predictions import SINGLE_OUTPUT
 
@@ -64,10 +70,7 @@ async def window_from_prometheus(
         grouped: dict[tuple[str, ...], dict[float, float]] = defaultdict(dict)
         for (*group, le), value in found.items():
             grouped[tuple(group)][float(le)] = value
-        return {
-            group: sorted(values.items(), key=lambda pair: (math.isinf(pair[0]), pair[0]))
-            for group, values in grouped.items()
-        }
+        return {group: sorted_buckets(values) for group, values in grouped.items()}
 
     requests = await by_variant(f"sum by (variant) (increase(mlcanary_requests_total[{span}]))")
     errors = await by_variant(

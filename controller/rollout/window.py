@@ -15,7 +15,6 @@ window is never judged on part of the traffic.
 from __future__ import annotations
 
 import asyncio
-import math
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from controller.errors import ControllerError
-from controller.rollout.gates import Buckets, VariantWindow, Window, categories_of
+from controller.rollout.gates import VariantWindow, Window, categories_of, sorted_buckets
 from router.metrics import CLASS_SAMPLE, INSTANCE_SAMPLE
 from router.predictions import SINGLE_OUTPUT
 
@@ -211,19 +210,15 @@ def _summed(increases: list[VariantTotals]) -> VariantWindow:
         for output, classes in increase.classes.items():
             for label, value in classes.items():
                 total.classes[output][label] += value
-    predictions = {output: categories_of(_sorted(buckets))
+    predictions = {output: categories_of(sorted_buckets(buckets))
                    for output, buckets in total.predictions.items()}  # fmt: skip
     predictions.update((output, dict(classes)) for output, classes in total.classes.items())
     return VariantWindow(
         requests=total.requests,
         errors=total.errors,
-        latency=_sorted(total.latency),
+        latency=sorted_buckets(total.latency),
         predictions={output: counts for output, counts in predictions.items() if counts},
     )
-
-
-def _sorted(buckets: dict[float, float]) -> Buckets:
-    return sorted(buckets.items(), key=lambda pair: (math.isinf(pair[0]), pair[0]))
 
 
 def _delta(before: float, after: float) -> float:

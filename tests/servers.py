@@ -54,10 +54,13 @@ def start_model_server(
     *,
     engine: str = "native",
     extra: tuple[str, ...] = (),
+    environment: dict[str, str] | None = None,
 ) -> ServerProcess:
     """Start `mlcanary serve-model` for `model_uri` on a free port, in its own process group."""
     port = free_port()
-    environment = command_environment(log_path.parent, MLFLOW_TRACKING_URI=tracking_uri)
+    environment = command_environment(
+        log_path.parent, MLFLOW_TRACKING_URI=tracking_uri, **(environment or {})
+    )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         process = subprocess.Popen(

@@ -20,7 +20,8 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from model_server.batching import MicroBatcher
 from model_server.errors import ScoringError, error_body
-from model_server.loading import FastPath, LoadedModel, ModelLoadError, ResolvedModel, load
+from model_server.fastpath import FastPath, answer_body
+from model_server.loading import LoadedModel, ModelLoadError, ResolvedModel, load
 from model_server.metrics import ServerMetrics
 from model_server.parsing import is_plain_json, plain_rows
 from model_server.scoring import JSON, score_with_mlflow
@@ -252,7 +253,7 @@ async def invocations(request: web.Request) -> web.Response:
     body = await request.read()
     fast = model.fast_path
     if fast is not None and is_plain_json(content_type):
-        rows = plain_rows(body, fast.feature_names)
+        rows = plain_rows(body, fast.columns)
         if rows is not None:
             try:
                 predictions = await predict_fast(request.app, fast, rows)
@@ -260,7 +261,7 @@ async def invocations(request: web.Request) -> web.Response:
             except Exception:
                 log.debug("fast path failed; answering through MLflow's path", exc_info=True)
             else:
-                return json_response(json.dumps({"predictions": predictions.tolist()}))
+                return json_response(answer_body(predictions))
     scored = await asyncio.get_running_loop().run_in_executor(
         request.app[EXECUTORS].mlflow, score_with_mlflow, model, body, content_type
     )

@@ -5,16 +5,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model_server.compiled import compile_estimator
+from model_server.fastpath import FastPath, choose_fast_path, flavor_name
 
 if TYPE_CHECKING:
-    import numpy as np
     from mlflow import MlflowClient
     from mlflow.pyfunc import PyFuncModel
     from mlflow.types import Schema
@@ -40,23 +38,12 @@ class ResolvedModel:
 
 
 @dataclass(frozen=True)
-class FastPath:
-    """Predict plain numeric rows straight on the scikit-learn model, skipping pandas parsing."""
-
-    feature_names: tuple[str, ...]
-    predict: Callable[[np.ndarray], np.ndarray]
-    compiled: bool
-    """Whether `predict` is a compiled predictor rather than scikit-learn's own."""
-
-
-@dataclass(frozen=True)
 class LoadedModel:
     """A loaded, warmed model and what `/metadata` reports about it."""
 
     resolved: ResolvedModel
     pyfunc: PyFuncModel
     input_schema: Schema | None
-    fast_path: FastPath | None
     flavor: str
     signature: dict[str, Any] | None
     input_example: Any
@@ -64,6 +51,7 @@ class LoadedModel:
     loaded_at: str
     load_seconds: float
     warm_up: str = ""
+    fast_path: FastPath | None = None
     path: str = ""
     """Which path answers plain JSON rows, and why: shown in `/metadata`."""
 
@@ -121,86 +109,24 @@ def load(resolved: ResolvedModel) -> LoadedModel:
         raise ModelLoadError(f"cannot load {resolved.uri}: {message}") from None
     metadata = pyfunc.metadata
     signature = metadata.signature
-    fast_path, path = fast_path_for(pyfunc)
     loaded = LoadedModel(
         resolved=resolved,
         pyfunc=pyfunc,
         input_schema=metadata.get_input_schema(),
-        fast_path=fast_path,
-        path=path,
-        flavor=_flavor(metadata.flavors),
+        flavor=flavor_name(metadata.flavors),
         signature=_signature_json(signature.to_dict()) if signature else None,
         input_example=_input_example(metadata, local),
         serving_example=_serving_example(metadata, local),
         loaded_at=datetime.now(UTC).isoformat(),
         load_seconds=time.perf_counter() - started,
     )
-    return warm(loaded)
-
-
-def fast_path_for(pyfunc: PyFuncModel) -> tuple[FastPath | None, str]:
-    """Return a fast path when the model is scikit-learn with all-`double` named columns.
-
-    Also say which path plain JSON rows will take, and why (MLflow's path unless the fast one
-    computes the same function: the flavor's `predict`, on exactly the signature's columns).
-    """
-    import pandas as pd
-    from mlflow.types import DataType
-    from mlflow.types.schema import ColSpec
-
-    schema = pyfunc.metadata.get_input_schema()
-    python_function = pyfunc.metadata.flavors.get("python_function", {})
-    if python_function.get("loader_module") != "mlflow.sklearn":
-        return None, f"MLflow's path: the {_flavor(pyfunc.metadata.flavors)} flavor"
-    if schema is None or not schema.has_input_names():
-        return None, "MLflow's path: the signature names no input columns"
-    predict_fn = python_function.get("predict_fn", "predict")
-    if predict_fn != "predict":
-        return None, f"MLflow's path: the model answers {predict_fn}"
-    if pyfunc.model_config or (pyfunc.metadata.get_params_schema() is not None):
-        return None, "MLflow's path: the model takes a config or params"
-    columns = schema.inputs
-    if not all(
-        isinstance(column, ColSpec) and column.type == DataType.double and column.required
-        for column in columns
-    ):
-        return None, "MLflow's path: not every input column is a required double"
-    names = tuple(str(column.name) for column in columns)
-    raw = pyfunc.get_raw_model()
-
-    def predict(rows: np.ndarray) -> np.ndarray:
-        result: np.ndarray = raw.predict(pd.DataFrame(rows, columns=list(names)))
-        return result
-
-    compiled = compile_estimator(raw)
-    if compiled is not None and agrees_on_probe_rows(compiled, predict, len(names)):
-        return FastPath(names, compiled, compiled=True), "fast path: compiled predictor"
-    return FastPath(names, predict, compiled=False), "fast path: scikit-learn's predict"
-
-
-def agrees_on_probe_rows(
-    candidate: Callable[[np.ndarray], np.ndarray],
-    reference: Callable[[np.ndarray], np.ndarray],
-    width: int,
-    tolerance: float = 1e-9,
-) -> bool:
-    """Whether two predictors agree on a spread of made-up rows, to `tolerance`."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    probe = np.vstack([rng.uniform(-1e3, 1e3, (64, width)), rng.uniform(0, 100, (64, width))])
-    try:
-        return bool(np.allclose(candidate(probe), reference(probe), rtol=0, atol=tolerance))
-    except (ValueError, TypeError, ArithmeticError):
-        return False
+    warmed = warm(loaded)
+    fast_path, path = choose_fast_path(warmed)
+    return replace(warmed, fast_path=fast_path, path=path)
 
 
 def warm(model: LoadedModel) -> LoadedModel:
-    """Predict the logged serving example through MLflow's own path, and the fast path too.
-
-    The fast path is dropped (everything goes through MLflow's parser) if its answer differs.
-    """
-    from model_server.parsing import plain_rows
+    """Predict the logged serving example through MLflow's own path; refuse to start if it fails."""
     from model_server.scoring import score_with_mlflow
 
     if model.serving_example is None:
@@ -210,41 +136,8 @@ def warm(model: LoadedModel) -> LoadedModel:
         raise ModelLoadError(f"the model fails on its own input example: {body.decode()[:500]}")
     answered = json.loads(body)
     expected = answered.get("predictions") if isinstance(answered, dict) else answered
-    fast = model.fast_path
-    if fast is not None:
-        rows = plain_rows(model.serving_example, fast.feature_names)
-        agrees = rows is not None and same_answer(fast.predict(rows).tolist(), expected)
-        if not agrees:
-            return replace(
-                model, fast_path=None, warm_up="warm; fast path disagreed, disabled",
-                path="MLflow's path: the fast path answered the input example otherwise",
-            )  # fmt: skip
     rows_seen = len(expected) if isinstance(expected, list | dict) else 1
     return replace(model, warm_up=f"warm: predicted {rows_seen} example row(s)")
-
-
-def same_answer(left: Any, right: Any, tolerance: float = 1e-9) -> bool:
-    """Whether two decoded answers match: numbers to `tolerance`, anything else exactly.
-
-    Predictions may be numbers, labels, lists of them (several outputs, probabilities) or
-    records; a comparison must not assume floats (string labels crashed the warm-up).
-    """
-    if isinstance(left, list) and isinstance(right, list):
-        return len(left) == len(right) and all(map(same_answer, left, right))
-    if isinstance(left, dict) and isinstance(right, dict):
-        return left.keys() == right.keys() and all(same_answer(left[k], right[k]) for k in left)
-    numbers = (int, float)
-    if isinstance(left, numbers) and isinstance(right, numbers):
-        if isinstance(left, bool) or isinstance(right, bool):
-            return left is right
-        both_nan = left != left and right != right
-        return both_nan or abs(left - right) <= tolerance
-    return bool(left == right)
-
-
-def _flavor(flavors: dict[str, Any]) -> str:
-    named = [name for name in flavors if name != "python_function"]
-    return named[0] if named else "python_function"
 
 
 def _signature_json(signature: dict[str, Any]) -> dict[str, Any]:

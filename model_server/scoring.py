@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from model_server.errors import error_body
 
@@ -45,3 +45,22 @@ def score_with_mlflow(model: LoadedModel, body: bytes, content_type: str) -> Sco
     response = answer.response
     encoded = response.encode() if isinstance(response, str) else bytes(response)
     return Scored(answer.status, encoded, answer.mimetype)
+
+
+def same_answer(left: Any, right: Any, tolerance: float = 1e-9) -> bool:
+    """Whether two decoded answers match: numbers to `tolerance`, anything else exactly.
+
+    Predictions may be numbers, labels, lists of them (several outputs, probabilities) or
+    records; a comparison must not assume floats (string labels crashed the warm-up).
+    """
+    if isinstance(left, list) and isinstance(right, list):
+        return len(left) == len(right) and all(map(same_answer, left, right))
+    if isinstance(left, dict) and isinstance(right, dict):
+        return left.keys() == right.keys() and all(same_answer(left[k], right[k]) for k in left)
+    numbers = (int, float)
+    if isinstance(left, numbers) and isinstance(right, numbers):
+        if isinstance(left, bool) or isinstance(right, bool):
+            return left is right
+        both_nan = left != left and right != right
+        return left == right or both_nan or abs(left - right) <= tolerance
+    return bool(left == right)

@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 from aiohttp import web
@@ -17,7 +16,6 @@ from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
 from model_server.app import STATE, create_app
-from model_server.compiled import compile_estimator
 from model_server.loading import LoadedModel, ModelLoadError, ResolvedModel, load, resolve, warm
 from model_server.settings import ServerSettings
 from tests.conftest import TrainedRegistry
@@ -259,33 +257,3 @@ async def test_a_body_over_the_limit_is_413_in_mlflow_shape(
     assert refused.status == 413
     assert (await refused.json())["error_code"] == "REQUEST_LIMIT_EXCEEDED"
     assert (await client.post("/invocations", data=_records([ROW]), headers=_JSON)).status == 200
-
-
-def test_compiled_predictors_equal_scikit_learn() -> None:
-    """Compiled linear, forest and scaler pipelines give scikit-learn's numbers; others none."""
-    from sklearn.ensemble import (
-        ExtraTreesRegressor,
-        GradientBoostingRegressor,
-        RandomForestRegressor,
-    )
-    from sklearn.linear_model import LinearRegression, Ridge
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import MinMaxScaler, StandardScaler
-
-    rng = np.random.default_rng(1)
-    x, y = rng.uniform(0, 100, (300, 4)), rng.uniform(10, 50, 300)
-    probe = rng.uniform(-50, 150, (500, 4))
-    supported = [
-        make_pipeline(StandardScaler(), LinearRegression()),
-        make_pipeline(Ridge()),
-        RandomForestRegressor(n_estimators=20, random_state=0),
-        make_pipeline(StandardScaler(), ExtraTreesRegressor(n_estimators=10, random_state=0)),
-    ]
-    for estimator in supported:
-        estimator.fit(x, y)
-        compiled = compile_estimator(estimator)
-        assert compiled is not None, estimator
-        assert np.allclose(compiled(probe), estimator.predict(probe), rtol=0, atol=1e-9)
-    for estimator in (GradientBoostingRegressor(), make_pipeline(MinMaxScaler(), Ridge())):
-        estimator.fit(x, y)
-        assert compile_estimator(estimator) is None

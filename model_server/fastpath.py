@@ -1,0 +1,202 @@
+"""The fast path: plain JSON rows predicted straight on the model, when that is MLflow's answer.
+
+MLflow's path (parse into pandas, enforce the schema, call the flavor's wrapper, serialize) is
+the reference. A fast path skips all of that for plain rows, so it is taken only when it
+computes the same function: the flavor's own `predict_fn`, on exactly the signature's
+columns, with the answer serialized as MLflow does. Candidates are tried in order (a compiled
+predictor, then the library's own method on the rows) and each is checked at start against
+MLflow's path on the logged input example and on rows drawn from the signature; the first
+that agrees on every row is kept, or none (and `/metadata` says why).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from model_server.compiled import compile_estimator
+from model_server.parsing import ColumnKind, Columns, plain_rows
+from model_server.scoring import JSON, same_answer, score_with_mlflow
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow.pyfunc import PyFuncModel
+
+    from model_server.loading import LoadedModel
+
+log = logging.getLogger("model_server")
+
+Predict = Callable[[np.ndarray], np.ndarray]
+KINDS: dict[str, ColumnKind] = {
+    "double": "number", "long": "integer", "integer": "integer", "string": "text",
+}  # fmt: skip
+"""Signature types a fast path reads. float (float32) is not: MLflow narrows those values."""
+LIBRARY_FLAVORS = {"mlflow.sklearn": "scikit-learn", "mlflow.xgboost": "XGBoost",
+                   "mlflow.lightgbm": "LightGBM"}  # fmt: skip
+DRAWN_ROWS = 64
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """How plain rows are read and predicted, bypassing MLflow's parser."""
+
+    columns: Columns
+    predict: Predict
+    compiled: bool
+    """Whether `predict` is a compiled predictor rather than the library's own method."""
+
+
+def answer_body(predictions: np.ndarray) -> bytes:
+    """Serialize predictions as MLflow does for an array: `{"predictions": [...]}`."""
+    return json.dumps({"predictions": predictions.tolist()}).encode()
+
+
+def choose_fast_path(model: LoadedModel) -> tuple[FastPath | None, str]:
+    """Return the fast path that answers as MLflow's path does, or None; and why."""
+    pyfunc = model.pyfunc
+    found = _columns_and_candidates(pyfunc)
+    if isinstance(found, str):
+        return None, f"MLflow's path: {found}"
+    columns, candidates = found
+    probes = _probe_rows(columns, model)
+    verdict: str | None = "no fast predictor for this model"
+    for how, predict, compiled in candidates:
+        fast = FastPath(columns, predict, compiled)
+        verdict = _disagreement_with_mlflow(fast, model, probes)
+        if verdict is None:
+            return fast, f"fast path: {how}"
+    return None, f"MLflow's path: {verdict}"
+
+
+def _columns_and_candidates(
+    pyfunc: PyFuncModel,
+) -> tuple[Columns, list[tuple[str, Predict, bool]]] | str:
+    """Return the columns plain rows must have and the predictors to try, or why there are none."""
+    from mlflow.types import DataType
+    from mlflow.types.schema import ColSpec
+
+    metadata = pyfunc.metadata
+    python_function = metadata.flavors.get("python_function", {})
+    loader = python_function.get("loader_module")
+    if loader not in LIBRARY_FLAVORS:
+        return f"the {flavor_name(metadata.flavors)} flavor"
+    schema = metadata.get_input_schema()
+    if schema is None or not schema.has_input_names():
+        return "the signature names no input columns"
+    if pyfunc.model_config or metadata.get_params_schema() is not None:
+        return "the model takes a config or params"
+    specs = schema.inputs
+    if not all(isinstance(spec, ColSpec) and spec.required for spec in specs):
+        return "not every input is a required column"
+    kinds = [KINDS.get(spec.type.name) if isinstance(spec.type, DataType) else None
+             for spec in specs]  # fmt: skip
+    if any(kind is None for kind in kinds):
+        return "a column's type is not a number, a whole number or text"
+    columns = Columns(tuple(str(spec.name) for spec in specs), tuple(k for k in kinds if k))
+    method = python_function.get("predict_fn", "predict")
+    raw = pyfunc.get_raw_model()
+    if loader == "mlflow.sklearn":
+        return columns, _sklearn_candidates(raw, method, columns)
+    if method != "predict" or not columns.numeric or not hasattr(raw, "predict"):
+        return f"the model answers {method} or reads text"
+    library = LIBRARY_FLAVORS[loader]
+    if loader == "mlflow.xgboost":
+        return columns, [(f"{library}'s predict", raw.predict, False)]
+
+    # LightGBM's scikit-learn API warns on every array without column names: give it a frame.
+    def framed(rows: np.ndarray) -> np.ndarray:
+        result: np.ndarray = raw.predict(frame_of(rows, columns))
+        return result
+
+    return columns, [(f"{library}'s predict", framed, False)]
+
+
+def _sklearn_candidates(raw: Any, method: str, columns: Columns) -> list[tuple[str, Predict, bool]]:
+    text = frozenset(n for n, k in zip(columns.names, columns.kinds, strict=True) if k == "text")
+    own = getattr(raw, method, None)
+    if own is None:
+        return []
+    candidates: list[tuple[str, Predict, bool]] = []
+    compiled = compile_estimator(raw, method, columns.names, text)
+    if compiled is not None:
+        candidates.append((f"compiled {method}", compiled, True))
+
+    def library(rows: np.ndarray) -> np.ndarray:
+        result: np.ndarray = own(frame_of(rows, columns))
+        return result
+
+    candidates.append((f"scikit-learn's {method}", library, False))
+    return candidates
+
+
+def frame_of(rows: np.ndarray, columns: Columns) -> pd.DataFrame:
+    """Build the data frame MLflow's schema enforcement would hand the model from the rows."""
+    import pandas as pd
+
+    dtypes = {"number": np.float64, "integer": np.int64}
+    return pd.DataFrame({
+        name: rows[:, index].astype(dtypes[kind]) if kind in dtypes else list(rows[:, index])
+        for index, (name, kind) in enumerate(zip(columns.names, columns.kinds, strict=True))
+    })  # fmt: skip
+
+
+def _probe_rows(columns: Columns, model: LoadedModel) -> list[np.ndarray]:
+    """Return the input example's rows, then rows drawn from the signature.
+
+    Numbers are drawn across and well beyond the example's range (or [-1000, 1000] without an
+    example), whole numbers likewise, text from the example's values and strings no model saw.
+    """
+    example = plain_rows(model.serving_example, columns) if model.serving_example else None
+    rng = np.random.default_rng(0)
+    drawn: list[list[Any]] = []
+    for index, kind in enumerate(columns.kinds):
+        seen = list(example[:, index]) if example is not None else []
+        if kind == "text":
+            choices = sorted({str(value) for value in seen} | {"", "unseen-category"})
+            drawn.append([str(value) for value in rng.choice(choices, DRAWN_ROWS)])
+            continue
+        low, high = (min(seen), max(seen)) if seen else (-1000.0, 1000.0)
+        span = max(float(high) - float(low), 1.0)
+        low, high = float(low) - span, float(high) + span
+        if kind == "integer":
+            drawn.append([int(v) for v in rng.integers(int(low), int(high) + 1, DRAWN_ROWS)])
+        else:
+            drawn.append([float(v) for v in rng.uniform(low, high, DRAWN_ROWS)])
+    rows = np.array(list(zip(*drawn, strict=True)), dtype=np.float64 if columns.numeric else object)
+    probes = [rows, rows[:1], rows[1:2]]
+    return [example, *probes] if example is not None else probes
+
+
+def _disagreement_with_mlflow(
+    fast: FastPath, model: LoadedModel, probes: list[np.ndarray]
+) -> str | None:
+    """Say how the fast path differs from MLflow's path on the probes; None if it does not.
+
+    A fast path that raises hands the request to MLflow's path, so refusing is agreement;
+    at least one probe must be answered by both for the fast path to be trusted at all.
+    """
+    compared = 0
+    for rows in probes:
+        body = {"dataframe_split": {"columns": list(fast.columns.names), "data": rows.tolist()}}
+        reference = score_with_mlflow(model, json.dumps(body).encode(), JSON)
+        try:
+            answer = json.loads(answer_body(fast.predict(rows)))
+        # Whatever the fast path raises, the request would go to MLflow's path instead.
+        except Exception:
+            log.debug("the fast path refused a probe", exc_info=True)
+            continue
+        if reference.status != 200 or not same_answer(answer, json.loads(reference.body)):
+            return "the fast path answered otherwise on the example or drawn rows"
+        compared += 1
+    return None if compared else "the fast path refused every example and drawn row"
+
+
+def flavor_name(flavors: dict[str, Any]) -> str:
+    """Name the model's own flavor (`sklearn`, `xgboost`), or `python_function` if none."""
+    named = [name for name in flavors if name != "python_function"]
+    return named[0] if named else "python_function"

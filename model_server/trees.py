@@ -1,0 +1,134 @@
+"""Every tree of an ensemble walked at once, with numpy, instead of one library call per tree.
+
+On one row the cost of a tree ensemble in scikit-learn is its per-call overhead: input
+validation, a thread pool, and a Cython call per tree (a 100-tree forest: about 11 ms for
+`predict_proba`, 19 us per HistGradientBoosting predictor). Here the nodes of all trees are
+laid end to end in flat arrays, and every (row, tree) pair steps down one level per numpy
+operation, so the cost grows with the depth, not the number of trees. The comparisons are the
+libraries' own: scikit-learn's trees compare the row cast to float32 with `<=`,
+HistGradientBoosting's compare float64; NaN takes the node's missing-value branch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class TreeTable:
+    """The nodes of several trees, end to end; a leaf's children are itself."""
+
+    roots: np.ndarray
+    feature: np.ndarray
+    threshold: np.ndarray
+    missing_left: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    is_leaf: np.ndarray
+    value: np.ndarray
+    """Per node, its leaf values flattened: shape (nodes, values per leaf)."""
+    narrow: bool
+    """Whether rows are cast to float32 before comparing, as scikit-learn's trees do."""
+
+    def leaf_values(self, rows: np.ndarray) -> np.ndarray:
+        """Return each tree's leaf values for each row: shape (rows, trees, values per leaf)."""
+        features = rows.astype(np.float32).astype(np.float64) if self.narrow else rows
+        width = features.shape[1]
+        flat = features.ravel()
+        offsets = (np.arange(len(features)) * width)[:, None]
+        node = np.broadcast_to(self.roots, (len(features), len(self.roots)))
+        while not self.is_leaf[node].all():
+            seen = flat[offsets + self.feature[node]]
+            go_left = seen <= self.threshold[node]
+            missing = np.isnan(seen)
+            if missing.any():
+                go_left = np.where(missing, self.missing_left[node], go_left)
+            node = np.where(go_left, self.left[node], self.right[node])
+        values: np.ndarray = self.value[node]
+        return values
+
+
+def sklearn_trees(trees: Sequence[Any]) -> TreeTable:
+    """Lay out scikit-learn `Tree` objects (an estimator's `tree_`) end to end."""
+    parts = []
+    for tree in trees:
+        leaf = tree.children_left == -1
+        missing = getattr(tree, "missing_go_to_left", np.zeros(tree.node_count, np.uint8))
+        parts.append(
+            _Nodes(
+                feature=np.where(leaf, 0, tree.feature),
+                threshold=tree.threshold,
+                missing_left=missing.astype(bool),
+                left=tree.children_left,
+                right=tree.children_right,
+                is_leaf=leaf,
+                value=tree.value.reshape(tree.node_count, -1),
+            )
+        )
+    return _join(parts, narrow=True)
+
+
+def histogram_trees(predictors: Sequence[Any]) -> TreeTable | None:
+    """Lay out HistGradientBoosting's `TreePredictor`s; None if any splits on categories."""
+    parts = []
+    for predictor in predictors:
+        nodes = predictor.nodes
+        if nodes["is_categorical"].any():
+            return None
+        leaf = nodes["is_leaf"].astype(bool)
+        parts.append(
+            _Nodes(
+                feature=np.where(leaf, 0, nodes["feature_idx"]),
+                threshold=nodes["num_threshold"],
+                missing_left=nodes["missing_go_to_left"].astype(bool),
+                left=nodes["left"],
+                right=nodes["right"],
+                is_leaf=leaf,
+                value=nodes["value"].reshape(-1, 1),
+            )
+        )
+    return _join(parts, narrow=False)
+
+
+@dataclass(frozen=True)
+class _Nodes:
+    feature: np.ndarray
+    threshold: np.ndarray
+    missing_left: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    is_leaf: np.ndarray
+    value: np.ndarray
+
+
+def _join(parts: list[_Nodes], narrow: bool) -> TreeTable:
+    sizes = [len(part.feature) for part in parts]
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    own = [np.arange(size, dtype=np.int64) for size in sizes]
+
+    def children(part: _Nodes, side: np.ndarray, index: np.ndarray, start: int) -> np.ndarray:
+        return np.where(part.is_leaf, index, side.astype(np.int64)) + start
+
+    def joined(side: str) -> np.ndarray:
+        return np.concatenate(
+            [
+                children(part, getattr(part, side), index, start)
+                for part, index, start in zip(parts, own, starts, strict=True)
+            ]
+        )
+
+    return TreeTable(
+        roots=starts,
+        feature=np.concatenate([part.feature for part in parts]).astype(np.int64),
+        threshold=np.concatenate([part.threshold for part in parts]).astype(np.float64),
+        missing_left=np.concatenate([part.missing_left for part in parts]),
+        left=joined("left"),
+        right=joined("right"),
+        is_leaf=np.concatenate([part.is_leaf for part in parts]),
+        value=np.concatenate([part.value for part in parts]).astype(np.float64),
+        narrow=narrow,
+    )

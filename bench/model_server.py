@@ -1,11 +1,15 @@
 """Native engine against `mlflow models serve`: the same models, the same load, one run.
 
-Run: .venv/bin/python bench/model_server.py [--duration 5] [--quick]
+Run: .venv/bin/python bench/model_server.py [--duration 5] [--quick | --zoo [KIND ...]]
 Needs wrk (Debian: `apt-get install wrk`). Trains a linear model and a random forest into a
 temporary registry, starts both engines on each, and drives them with wrk (one thread,
 keep-alive) at concurrency 1, 16 and 64 with 1-row and 1,000-row JSON bodies. Prints
 requests/s, p50 and p99 per engine and the native/mlflow ratios; also seconds from process
 start to `/health` 200 and resident memory of each server's process tree.
+
+With `--zoo`, measures every kind of the model zoo (`tests/zoo.py`, or the kinds named)
+instead: one-row bodies at concurrency 16, one engine at a time, and prints a table of
+throughput ratio, p50, start time and memory per kind, with the path the native engine took.
 """
 
 from __future__ import annotations
@@ -20,9 +24,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import requests
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.servers import ServerProcess, start_model_server
+from tests.zoo import KINDS
 from training.pipelines import ModelKind
 from training.settings import RegistrySettings
 from training.train import TrainOptions, train_and_register
@@ -106,13 +113,69 @@ def tree_rss_mib(pid: int) -> float:
     return total / 1024
 
 
+@dataclass(frozen=True)
+class Measured:
+    """One engine serving one zoo kind."""
+
+    load: Load
+    start_seconds: float
+    memory_mib: float
+    path: str
+
+
+def measure_kind(folder: Path, name: str, engine: str, seconds: float) -> Measured:
+    """Serve one saved zoo kind with one engine and drive it with one-row bodies at c=16."""
+    body = folder / f"{name}.json"
+    body.write_bytes(KINDS[name].single_row())
+    script = folder / f"{name}.lua"
+    script.write_text(LUA.format(body=body))
+    tracking = f"sqlite:///{folder / 'unused.db'}"
+    server = start_model_server(str(folder / name), tracking, folder / f"{name}-{engine}.log",
+                                engine=engine)  # fmt: skip
+    try:
+        started = server.wait_healthy()
+        path = ""
+        if engine == "native":
+            path = requests.get(f"{server.url}/metadata", timeout=10).json()["path"]
+        run_wrk(server.url, script, 4, 2)  # warm caches and connections
+        load = run_wrk(server.url, script, 16, seconds)
+        return Measured(load, started, tree_rss_mib(server.process.pid), path)
+    finally:
+        server.stop()
+
+
+def zoo(names: list[str], seconds: float) -> None:
+    """Print the zoo table: every kind on both engines, one-row bodies at c=16."""
+    print(f"{'kind':<24}{'x req/s':>8}{'native':>9}{'mlflow':>9}{'p50 native':>11}"
+          f"{'p50 mlflow':>11}{'start n/m s':>13}{'memory n/m MiB':>16}  path")  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder_name:
+        folder = Path(folder_name)
+        for name in names:
+            KINDS[name].save(folder / name, True)
+            native = measure_kind(folder, name, "native", seconds)
+            mlflow = measure_kind(folder, name, "mlflow", seconds)
+            errors = native.load.errors + mlflow.load.errors
+            print(
+                f"{name:<24}{native.load.rps / mlflow.load.rps:>8.1f}{native.load.rps:>9.0f}"
+                f"{mlflow.load.rps:>9.0f}{native.load.p50_ms:>9.2f}ms{mlflow.load.p50_ms:>9.2f}ms"
+                f"{native.start_seconds:>7.1f}/{mlflow.start_seconds:<5.1f}"
+                f"{native.memory_mib:>9.0f}/{mlflow.memory_mib:<6.0f}  {native.path}"
+                + (f"  ({errors} non-2xx)" if errors else ""),
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--quick", action="store_true", help="linear model, c=1 and 64 only")
+    parser.add_argument("--zoo", nargs="*", metavar="KIND", help="the model zoo's kinds instead")
     arguments = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
+    if arguments.zoo is not None:
+        zoo(arguments.zoo or list(KINDS), arguments.duration)
+        return
     kinds = [ModelKind.linear] if arguments.quick else [ModelKind.linear, ModelKind.random_forest]
     concurrencies = [1, 64] if arguments.quick else [1, 16, 64]
     with tempfile.TemporaryDirectory() as folder_name:

@@ -44,7 +44,18 @@ def score_with_mlflow(model: LoadedModel, body: bytes, content_type: str) -> Sco
         return Scored(400, error_body("BAD_REQUEST", message[:500]).encode(), JSON)
     response = answer.response
     encoded = response.encode() if isinstance(response, str) else bytes(response)
-    return Scored(answer.status, encoded, answer.mimetype)
+    return Scored(answer.status, encoded, _as_sent(answer.mimetype))
+
+
+def _as_sent(mimetype: str) -> str:
+    """Return the Content-Type MLflow's server sends for `mimetype`.
+
+    Its FastAPI (Starlette) `Response` adds `; charset=utf-8` to a `text/` media type that
+    names no charset: MLflow's 415s are `text/plain; charset=utf-8` on the wire.
+    """
+    if mimetype.startswith("text/") and "charset=" not in mimetype:
+        return f"{mimetype}; charset=utf-8"
+    return mimetype
 
 
 def same_answer(left: Any, right: Any, tolerance: float = 1e-9) -> bool:

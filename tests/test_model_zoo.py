@@ -80,9 +80,9 @@ async def test_each_kind_answers_as_mlflow_s_handler(
             "/invocations", data=body, headers={"Content-Type": content_type}
         )
         expected = score_with_mlflow(model, body, content_type)
-        got = (answer.status, answer.headers["Content-Type"], json.loads(await answer.read()))
+        got = answer.status, answer.headers["Content-Type"], await answer.read()
         assert got[:2] == (expected.status, expected.content_type), (payload, got, expected)
-        assert same_answer(got[2], json.loads(expected.body)), (payload, got, expected)
+        assert same_answer(_decoded(got[2]), _decoded(expected.body)), (payload, got, expected)
         assert (answer.status == 200) or not kind.must_answer(payload), (payload, got)
     assert (await (await client.get("/metadata")).json())["path"] == PATHS[name]
 
@@ -131,7 +131,15 @@ def _answer(server: ServerProcess, body: bytes, content_type: str) -> tuple[int,
         f"{server.url}/invocations", data=body, headers={"Content-Type": content_type},
         timeout=60,
     )  # fmt: skip
-    return answer.status_code, answer.headers.get("Content-Type", ""), answer.json()
+    return answer.status_code, answer.headers.get("Content-Type", ""), _decoded(answer.content)
+
+
+def _decoded(body: bytes) -> Any:
+    """A JSON body decoded (MLflow writes NaN and Infinity), else its text (a 415's)."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return body.decode()
 
 
 def test_both_engines_answer_every_payload_alike(served: Served) -> None:

@@ -330,13 +330,15 @@ NUMERIC = {
 GOOD_NUMERIC = {"records", "split", "instances", "columns", "single-row", "params-unasked"}
 MIXED = {
     **_formats(MIXED_ROWS),
+    "single-row": {"dataframe_records": _records(MIXED_ROWS.head(1))},
     "unseen-category": {"dataframe_records": [{**_records(MIXED_ROWS)[0], "colour": "mauve"}]},
     "number-in-a-text": {"dataframe_records": [{**_records(MIXED_ROWS)[0], "size": 3}]},
     "missing-column": {"dataframe_records": [{"a": 1.0, "b": 2.0, "c": 3.0, "size": "M"}]},
 }
-GOOD_MIXED = {"records", "split", "instances", "columns", "unseen-category"}
+GOOD_MIXED = {"records", "split", "instances", "columns", "single-row", "unseen-category"}
 TENSOR = {
     "instances": {"instances": NUMERIC_ROWS.to_numpy().tolist()},
+    "single-row": {"inputs": NUMERIC_ROWS.head(1).to_numpy().tolist()},
     "inputs": {"inputs": NUMERIC_ROWS.to_numpy().tolist()},
     "wrong-width": {"inputs": [[1.0, 2.0]]},
     "records": {"dataframe_records": _records(NUMERIC_ROWS)},
@@ -375,7 +377,12 @@ class Kind:
         if self.csv is not None:
             bodies["csv"] = (self.csv, "text/csv")
         bodies["not-json"] = (b'{"dataframe_records": [', "application/json")
+        bodies["text-plain"] = (bodies["single-row"][0], "text/plain")  # 415
         return bodies
+
+    def single_row(self) -> bytes:
+        """A one-row JSON body of the kind, for the benchmark."""
+        return json.dumps(self.payloads["single-row"]).encode()
 
     def must_answer(self, payload: str) -> bool:
         """Whether the payload is good input for the kind (CSV always is, when asked)."""
@@ -387,7 +394,8 @@ def _numeric(save: Callable[[Path, bool], None]) -> Kind:
 
 
 def _listed(values: list[Any], bad: list[Any]) -> dict[str, Any]:
-    return {"list": {"inputs": values}, "bad-item": {"inputs": bad}}
+    return {"list": {"inputs": values}, "single-row": {"inputs": values[:1]},
+            "bad-item": {"inputs": bad}}  # fmt: skip
 
 
 KINDS: dict[str, Kind] = {
@@ -408,7 +416,7 @@ KINDS: dict[str, Kind] = {
         frozenset(GOOD_NUMERIC | {"params", "params-digits", "params-unknown"}),
         _csv(NUMERIC_ROWS),
     ),
-    "tensor": Kind(_tensor, TENSOR, frozenset({"instances", "inputs"})),
+    "tensor": Kind(_tensor, TENSOR, frozenset({"instances", "inputs", "single-row"})),
     # Without a signature MLflow hands `instances` and `inputs` rows over as columnless data.
     "no-signature": Kind(
         _no_signature,
@@ -417,15 +425,19 @@ KINDS: dict[str, Kind] = {
         _csv(NUMERIC_ROWS),
     ),
     "type-hinted-strings": Kind(
-        _python("strings", ["hello", "zoo"]), _listed(["ab", "c"], [1, 2]), frozenset({"list"})
+        _python("strings", ["hello", "zoo"]),
+        _listed(["ab", "c"], [1, 2]),
+        frozenset({"list", "single-row"}),
     ),
     "type-hinted-bytes": Kind(
-        _python("bytes", [b"abc", b"de"]), _listed(["aGVsbG8=", ""], [1, 2]), frozenset({"list"})
+        _python("bytes", [b"abc", b"de"]),
+        _listed(["aGVsbG8=", ""], [1, 2]),
+        frozenset({"list", "single-row"}),
     ),
     "type-hinted-datetimes": Kind(
         _python("datetimes", ["2026-12-01T10:30:00"]),
         _listed(["2026-12-01T10:30:00", "2024-02-29T23:59:59"], ["not a date"]),
-        frozenset({"list"}),
+        frozenset({"list", "single-row"}),
     ),
     "xgboost": _numeric(_xgboost),
     "lightgbm": _numeric(_lightgbm),

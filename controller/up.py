@@ -160,10 +160,23 @@ def controller_process(settings: RegistrySettings, options: UpOptions) -> ChildP
         "--canary-weight", str(options.canary_percent),
     )  # fmt: skip
     environment = child_environment(
-        {"MLFLOW_TRACKING_URI": settings.tracking_uri, "MLCANARY_HOME": str(options.state)}
-    )
+        {"MLFLOW_TRACKING_URI": served_registry(settings, options),
+         "MLCANARY_HOME": str(options.state)}
+    )  # fmt: skip
     environment.pop("MLFLOW_REGISTRY_URI", None)
     return ChildProcess("controller", argv, options.state / "logs" / "controller.log", environment)
+
+
+def served_registry(settings: RegistrySettings, options: UpOptions) -> str:
+    """Name the registry the running system talks to: the MLflow server over the embedded one.
+
+    Over MLflow's REST API the router, the controller and every model server it starts read
+    versions without opening the sqlite store themselves, which costs each process SQLAlchemy
+    and alembic (about 54 MiB of a model server's memory) and contends for the file's lock.
+    """
+    if settings.embedded:
+        return f"http://{options.mlflow_host}:{options.mlflow_port}"
+    return settings.tracking_uri
 
 
 def router_process(settings: RegistrySettings, options: UpOptions) -> ChildProcess:
@@ -172,15 +185,11 @@ def router_process(settings: RegistrySettings, options: UpOptions) -> ChildProce
         "router", "--config", str(options.state / "routing.yaml"),
         "--host", options.host, "--port", str(options.router_port),
     )  # fmt: skip
-    registry = (
-        f"http://{options.mlflow_host}:{options.mlflow_port}"
-        if settings.embedded
-        else settings.tracking_uri
-    )  # the router reads versions over MLflow's REST API for /model-info
     environment = child_environment(
         {
             "MLCANARY_CONTROLLER_URL": f"http://{options.host}:{options.controller_port}",
-            "MLFLOW_TRACKING_URI": registry,
+            # The router reads versions over MLflow's REST API for /model-info.
+            "MLFLOW_TRACKING_URI": served_registry(settings, options),
         }
     )
     return ChildProcess("router", argv, options.state / "logs" / "router.log", environment)

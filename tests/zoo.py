@@ -271,12 +271,14 @@ def _framed_python(name: str) -> Callable[[Path, bool], None]:
         namespace: dict[str, Any] = {}
         exec(compile(code.read_text(), str(code), "exec"), namespace)  # noqa: S102
         answer = _model_in(namespace).predict(None, frame, params)
+        input_example: Any = None
+        if example:
+            input_example = (frame.head(3), params) if params else frame.head(3)
         with warnings.catch_warnings():  # MLflow's advice to log an example, when there is none
             warnings.filterwarnings("ignore", ".*An input example was not provided")
             mlflow.pyfunc.save_model(
                 folder, python_model=str(code), signature=infer_signature(frame, answer, params),
-                input_example=(frame.head(3), params) if example and params else
-                frame.head(3) if example else None,
+                input_example=input_example,
             )  # fmt: skip
 
     return save

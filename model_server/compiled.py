@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from model_server.trees import TreeTable, histogram_trees, sklearn_trees
+from model_server.trees import histogram_trees, sklearn_trees
 
 Step = Callable[[np.ndarray], np.ndarray]
 METHODS = ("predict", "predict_proba", "predict_log_proba")
@@ -333,4 +333,4 @@ def _refuse_non_finite(rows: np.ndarray) -> None:
         raise ValueError("Input contains NaN, infinity or a value too large for its dtype")
 
 
-__all__ = ["METHODS", "Step", "TreeTable", "compile_estimator"]
+__all__ = ["METHODS", "Step", "compile_estimator"]

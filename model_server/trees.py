@@ -12,17 +12,16 @@ HistGradientBoosting's compare float64; NaN takes the node's missing-value branc
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
 
 
 @dataclass(frozen=True)
-class TreeTable:
-    """The nodes of several trees, end to end; a leaf's children are itself."""
+class Nodes:
+    """Nodes of one tree, or of several end to end; a leaf's children are itself."""
 
-    roots: np.ndarray
     feature: np.ndarray
     threshold: np.ndarray
     missing_left: np.ndarray
@@ -31,6 +30,14 @@ class TreeTable:
     is_leaf: np.ndarray
     value: np.ndarray
     """Per node, its leaf values flattened: shape (nodes, values per leaf)."""
+
+
+@dataclass(frozen=True)
+class TreeTable:
+    """The nodes of several trees, end to end, and where each tree starts."""
+
+    roots: np.ndarray
+    nodes: Nodes
     narrow: bool
     """Whether rows are cast to float32 before comparing, as scikit-learn's trees do."""
 
@@ -40,15 +47,16 @@ class TreeTable:
         width = features.shape[1]
         flat = features.ravel()
         offsets = (np.arange(len(features)) * width)[:, None]
+        nodes = self.nodes
         node = np.broadcast_to(self.roots, (len(features), len(self.roots)))
-        while not self.is_leaf[node].all():
-            seen = flat[offsets + self.feature[node]]
-            go_left = seen <= self.threshold[node]
+        while not nodes.is_leaf[node].all():
+            seen = flat[offsets + nodes.feature[node]]
+            go_left = seen <= nodes.threshold[node]
             missing = np.isnan(seen)
             if missing.any():
-                go_left = np.where(missing, self.missing_left[node], go_left)
-            node = np.where(go_left, self.left[node], self.right[node])
-        values: np.ndarray = self.value[node]
+                go_left = np.where(missing, nodes.missing_left[node], go_left)
+            node = np.where(go_left, nodes.left[node], nodes.right[node])
+        values: np.ndarray = nodes.value[node]
         return values
 
 
@@ -59,7 +67,7 @@ def sklearn_trees(trees: Sequence[Any]) -> TreeTable:
         leaf = tree.children_left == -1
         missing = getattr(tree, "missing_go_to_left", np.zeros(tree.node_count, np.uint8))
         parts.append(
-            _Nodes(
+            Nodes(
                 feature=np.where(leaf, 0, tree.feature),
                 threshold=tree.threshold,
                 missing_left=missing.astype(bool),
@@ -81,7 +89,7 @@ def histogram_trees(predictors: Sequence[Any]) -> TreeTable | None:
             return None
         leaf = nodes["is_leaf"].astype(bool)
         parts.append(
-            _Nodes(
+            Nodes(
                 feature=np.where(leaf, 0, nodes["feature_idx"]),
                 threshold=nodes["num_threshold"],
                 missing_left=nodes["missing_go_to_left"].astype(bool),
@@ -94,41 +102,25 @@ def histogram_trees(predictors: Sequence[Any]) -> TreeTable | None:
     return _join(parts, narrow=False)
 
 
-@dataclass(frozen=True)
-class _Nodes:
-    feature: np.ndarray
-    threshold: np.ndarray
-    missing_left: np.ndarray
-    left: np.ndarray
-    right: np.ndarray
-    is_leaf: np.ndarray
-    value: np.ndarray
-
-
-def _join(parts: list[_Nodes], narrow: bool) -> TreeTable:
+def _join(parts: list[Nodes], narrow: bool) -> TreeTable:
+    """Lay trees end to end: child indices move by the tree's start; leaves point at themselves."""
     sizes = [len(part.feature) for part in parts]
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
-    own = [np.arange(size, dtype=np.int64) for size in sizes]
 
-    def children(part: _Nodes, side: np.ndarray, index: np.ndarray, start: int) -> np.ndarray:
-        return np.where(part.is_leaf, index, side.astype(np.int64)) + start
-
-    def joined(side: str) -> np.ndarray:
-        return np.concatenate(
-            [
-                children(part, getattr(part, side), index, start)
-                for part, index, start in zip(parts, own, starts, strict=True)
-            ]
+    def placed(part: Nodes, start: int) -> Nodes:
+        own = np.arange(len(part.feature), dtype=np.int64)
+        return replace(
+            part,
+            feature=part.feature.astype(np.int64),
+            threshold=part.threshold.astype(np.float64),
+            left=np.where(part.is_leaf, own, part.left.astype(np.int64)) + start,
+            right=np.where(part.is_leaf, own, part.right.astype(np.int64)) + start,
+            value=part.value.astype(np.float64),
         )
 
-    return TreeTable(
-        roots=starts,
-        feature=np.concatenate([part.feature for part in parts]).astype(np.int64),
-        threshold=np.concatenate([part.threshold for part in parts]).astype(np.float64),
-        missing_left=np.concatenate([part.missing_left for part in parts]),
-        left=joined("left"),
-        right=joined("right"),
-        is_leaf=np.concatenate([part.is_leaf for part in parts]),
-        value=np.concatenate([part.value for part in parts]).astype(np.float64),
-        narrow=narrow,
-    )
+    moved = [placed(part, start) for part, start in zip(parts, starts, strict=True)]
+    joined = {
+        field.name: np.concatenate([getattr(part, field.name) for part in moved])
+        for field in fields(Nodes)
+    }
+    return TreeTable(roots=starts, nodes=Nodes(**joined), narrow=narrow)

@@ -1,11 +1,13 @@
 """Native engine against `mlflow models serve`: the same models, the same load, one run.
 
-Run: .venv/bin/python bench/model_server.py [--duration 5] [--quick | --zoo [KIND ...]]
+Run: .venv/bin/python bench/model_server.py [--duration 5] [--quick] [--over-rest]
+     .venv/bin/python bench/model_server.py --zoo [KIND ...]
 Needs wrk (Debian: `apt-get install wrk`). Trains a linear model and a random forest into a
 temporary registry, starts both engines on each, and drives them with wrk (one thread,
 keep-alive) at concurrency 1, 16 and 64 with 1-row and 1,000-row JSON bodies. Prints
 requests/s, p50 and p99 per engine and the native/mlflow ratios; also seconds from process
-start to `/health` 200 and resident memory of each server's process tree.
+start to `/health` 200 and resident memory of each server's process tree. With `--over-rest`
+both engines reach the registry through an MLflow server over it, as under `mlcanary up`.
 
 With `--zoo`, measures every kind of the model zoo (`tests/zoo.py`, or the kinds named)
 instead: one-row bodies at concurrency 16, one engine at a time, and prints a table of
@@ -21,6 +23,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +32,9 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from controller.processes import wait_until_healthy
+from controller.up import MLFLOW_START_SECONDS, UpOptions, mlflow_server
+from tests.helpers import free_port
 from tests.servers import ServerProcess, start_model_server
 from tests.zoo import KINDS
 from training.pipelines import ModelKind
@@ -165,11 +172,29 @@ def zoo(names: list[str], seconds: float) -> None:
             )
 
 
+@contextmanager
+def registry_server(settings: RegistrySettings, state: Path) -> Iterator[str]:
+    """Run `mlcanary up`'s MLflow server over the embedded registry; yield its URL."""
+    options = UpOptions(state=state, mlflow_port=free_port())
+    server = mlflow_server(settings, options)
+    server.start()
+    try:
+        url = f"http://{options.mlflow_host}:{options.mlflow_port}"
+        wait_until_healthy(server, f"{url}/health", MLFLOW_START_SECONDS)
+        yield url
+    finally:
+        server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--quick", action="store_true", help="linear model, c=1 and 64 only")
     parser.add_argument("--zoo", nargs="*", metavar="KIND", help="the model zoo's kinds instead")
+    parser.add_argument(
+        "--over-rest", action="store_true",
+        help="serve through an MLflow server over the registry, as `mlcanary up` does",
+    )  # fmt: skip
     arguments = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
@@ -178,9 +203,12 @@ def main() -> None:
         return
     kinds = [ModelKind.linear] if arguments.quick else [ModelKind.linear, ModelKind.random_forest]
     concurrencies = [1, 64] if arguments.quick else [1, 16, 64]
-    with tempfile.TemporaryDirectory() as folder_name:
+    with tempfile.TemporaryDirectory() as folder_name, ExitStack() as stack:
         folder = Path(folder_name)
         settings = RegistrySettings.embedded_in(folder / "state")
+        tracking = settings.tracking_uri
+        if arguments.over_rest:
+            tracking = stack.enter_context(registry_server(settings, folder / "state"))
         scripts = {}
         for rows in (1, 1000):
             script = folder / f"post-{rows}.lua"
@@ -197,7 +225,7 @@ def main() -> None:
             loads: dict[tuple[str, int, int], Load] = {}
             for engine in ("native", "mlflow"):
                 server = start_model_server(
-                    result.model_uri, settings.tracking_uri, folder / f"{engine}.log", engine=engine
+                    result.model_uri, tracking, folder / f"{engine}.log", engine=engine
                 )
                 servers[engine] = server
                 try:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from model_server.trees import histogram_trees, sklearn_trees
+from model_server.trees import histogram_trees, refuse_non_finite, sklearn_trees
 
 Step = Callable[[np.ndarray], np.ndarray]
 METHODS = ("predict", "predict_proba", "predict_log_proba")
@@ -94,7 +94,7 @@ def _linear(estimator: Any) -> Any:
     intercept = float(estimator.intercept_)
 
     def predict(rows: np.ndarray) -> np.ndarray:
-        _refuse_non_finite(rows)
+        refuse_non_finite(rows)
         result: np.ndarray = rows @ coefficients + intercept
         return result
 
@@ -110,7 +110,7 @@ def _logistic(estimator: Any) -> Any:
     intercept = np.asarray(estimator.intercept_, dtype=np.float64)
 
     def decision_function(rows: np.ndarray) -> np.ndarray:
-        _refuse_non_finite(rows)
+        refuse_non_finite(rows)
         scores: np.ndarray = rows @ coefficients + intercept
         return scores.ravel() if scores.shape[1] == 1 else scores
 
@@ -134,10 +134,8 @@ def _forest(estimator: Any) -> Any:
     table = sklearn_trees([tree.tree_ for tree in estimator.estimators_])
 
     def mean(rows: np.ndarray) -> np.ndarray:
-        _refuse_non_finite(rows.astype(np.float32))
-        # Summed tree by tree in scikit-learn's order, then divided, as it does.
-        total: np.ndarray = np.cumsum(table.leaf_values(rows), axis=1)[:, -1]
-        total /= len(estimator.estimators_)
+        total = _summed_in_order(np.zeros(1), table.leaf_values(rows))
+        total /= len(estimator.estimators_)  # then divided, as scikit-learn does
         return total
 
     if regressor:
@@ -161,13 +159,8 @@ def _gradient_boosting(estimator: Any) -> Any:
     baseline = estimator._raw_predict_init(np.zeros((1, estimator.n_features_in_)))[0]
 
     def raw(rows: np.ndarray) -> np.ndarray:
-        _refuse_non_finite(rows.astype(np.float32))
         leaves = table.leaf_values(rows)[:, :, 0].reshape(len(rows), stages, per_stage)
-        # baseline, then + rate * tree, stage by stage: scikit-learn's order of additions.
-        steps = np.concatenate([np.broadcast_to(baseline, (len(rows), 1, per_stage)),
-                                rate * leaves], axis=1)  # fmt: skip
-        total: np.ndarray = np.cumsum(steps, axis=1)[:, -1]
-        return total
+        return _summed_in_order(baseline, rate * leaves)
 
     if type(estimator) is GradientBoostingRegressor:
         return _with_stage(estimator, predict=lambda rows: raw(rows).ravel())
@@ -188,18 +181,25 @@ def _histogram_boosting(estimator: Any) -> Any:
     table = histogram_trees([p for iteration in estimator._predictors for p in iteration])
     if table is None:
         return None
-    baseline = np.asarray(estimator._baseline_prediction, dtype=np.float64).reshape(1, 1, -1)
+    baseline = np.asarray(estimator._baseline_prediction, dtype=np.float64).ravel()
 
     def raw_predict(rows: np.ndarray) -> np.ndarray:
-        _refuse_non_finite(rows)
         leaves = table.leaf_values(rows)[:, :, 0].reshape(len(rows), -1, per_iteration)
-        steps = np.concatenate(
-            [np.broadcast_to(baseline, (len(rows), 1, per_iteration)), leaves], axis=1
-        )
-        total: np.ndarray = np.cumsum(steps, axis=1)[:, -1]
-        return total
+        return _summed_in_order(baseline, leaves)
 
     return _with_stage(estimator, _raw_predict=raw_predict)
+
+
+def _summed_in_order(start: np.ndarray, terms: np.ndarray) -> np.ndarray:
+    """Sum `start` and `terms` (rows, steps, outputs) step by step: the ensembles' own order.
+
+    scikit-learn adds each tree's (or stage's) values to a running total in turn; floating
+    point addition is not associative, so the same order is what keeps the answers identical.
+    A cumulative sum adds in exactly that order (a plain `sum` would add pairwise).
+    """
+    first = np.broadcast_to(start, (len(terms), 1, terms.shape[2]))
+    total: np.ndarray = np.cumsum(np.concatenate([first, terms], axis=1), axis=1)[:, -1]
+    return total
 
 
 def _compile_transform(step: Any) -> Step | None:
@@ -325,12 +325,6 @@ def _ordinal(encoder: Any) -> Step | None:
         return out
 
     return transform
-
-
-def _refuse_non_finite(rows: np.ndarray) -> None:
-    """Raise as scikit-learn does on NaN or infinity, so the caller falls back to MLflow."""
-    if not np.isfinite(rows).all():
-        raise ValueError("Input contains NaN, infinity or a value too large for its dtype")
 
 
 __all__ = ["METHODS", "Step", "compile_estimator"]

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("model_server")
 
 Predict = Callable[[np.ndarray], np.ndarray]
-KINDS: dict[str, ColumnKind] = {
+SIGNATURE_KINDS: dict[str, ColumnKind] = {
     "double": "number", "long": "integer", "integer": "integer", "string": "text",
 }  # fmt: skip
 """Signature types a fast path reads. float (float32) is not: MLflow narrows those values."""
@@ -63,11 +63,13 @@ def choose_fast_path(model: LoadedModel) -> tuple[FastPath | None, str]:
     if isinstance(found, str):
         return None, f"MLflow's path: {found}"
     columns, candidates = found
-    probes = _probe_rows(columns, model)
-    verdict: str | None = "no fast predictor for this model"
+    if not candidates:
+        return None, "MLflow's path: no fast predictor for this model"
+    probes = [(rows, _mlflow_answer(model, columns, rows)) for rows in _probe_rows(columns, model)]
+    verdict: str | None = None
     for how, predict, compiled in candidates:
         fast = FastPath(columns, predict, compiled)
-        verdict = _disagreement_with_mlflow(fast, model, probes)
+        verdict = _disagreement_with_mlflow(fast, probes)
         if verdict is None:
             return fast, f"fast path: {how}"
     return None, f"MLflow's path: {verdict}"
@@ -93,7 +95,7 @@ def _columns_and_candidates(
     specs = schema.inputs
     if not all(isinstance(spec, ColSpec) and spec.required for spec in specs):
         return "not every input is a required column"
-    kinds = [KINDS.get(spec.type.name) if isinstance(spec.type, DataType) else None
+    kinds = [SIGNATURE_KINDS.get(spec.type.name) if isinstance(spec.type, DataType) else None
              for spec in specs]  # fmt: skip
     if any(kind is None for kind in kinds):
         return "a column's type is not a number, a whole number or text"
@@ -104,34 +106,33 @@ def _columns_and_candidates(
         return columns, _sklearn_candidates(raw, method, columns)
     if method != "predict" or not columns.numeric or not hasattr(raw, "predict"):
         return f"the model answers {method} or reads text"
-    library = LIBRARY_FLAVORS[loader]
+    library = f"{LIBRARY_FLAVORS[loader]}'s predict"
     if loader == "mlflow.xgboost":
-        return columns, [(f"{library}'s predict", raw.predict, False)]
-
+        return columns, [(library, raw.predict, False)]
     # LightGBM's scikit-learn API warns on every array without column names: give it a frame.
-    def framed(rows: np.ndarray) -> np.ndarray:
-        result: np.ndarray = raw.predict(frame_of(rows, columns))
-        return result
-
-    return columns, [(f"{library}'s predict", framed, False)]
+    return columns, [(library, _on_frame(raw.predict, columns), False)]
 
 
 def _sklearn_candidates(raw: Any, method: str, columns: Columns) -> list[tuple[str, Predict, bool]]:
-    text = frozenset(n for n, k in zip(columns.names, columns.kinds, strict=True) if k == "text")
     own = getattr(raw, method, None)
     if own is None:
         return []
     candidates: list[tuple[str, Predict, bool]] = []
-    compiled = compile_estimator(raw, method, columns.names, text)
+    compiled = compile_estimator(raw, method, columns.names, columns.text)
     if compiled is not None:
         candidates.append((f"compiled {method}", compiled, True))
+    candidates.append((f"scikit-learn's {method}", _on_frame(own, columns), False))
+    return candidates
 
-    def library(rows: np.ndarray) -> np.ndarray:
-        result: np.ndarray = own(frame_of(rows, columns))
+
+def _on_frame(method: Callable[[Any], Any], columns: Columns) -> Predict:
+    """Call a library's own method on the data frame MLflow would hand it."""
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        result: np.ndarray = method(frame_of(rows, columns))
         return result
 
-    candidates.append((f"scikit-learn's {method}", library, False))
-    return candidates
+    return predict
 
 
 def frame_of(rows: np.ndarray, columns: Columns) -> pd.DataFrame:
@@ -172,25 +173,28 @@ def _probe_rows(columns: Columns, model: LoadedModel) -> list[np.ndarray]:
     return [example, *probes] if example is not None else probes
 
 
-def _disagreement_with_mlflow(
-    fast: FastPath, model: LoadedModel, probes: list[np.ndarray]
-) -> str | None:
-    """Say how the fast path differs from MLflow's path on the probes; None if it does not.
+def _mlflow_answer(model: LoadedModel, columns: Columns, rows: np.ndarray) -> Any:
+    """Return MLflow's decoded answer to the rows as a `dataframe_split` body, or None."""
+    body = {"dataframe_split": {"columns": list(columns.names), "data": rows.tolist()}}
+    reference = score_with_mlflow(model, json.dumps(body).encode(), JSON)
+    return json.loads(reference.body) if reference.status == 200 else None
+
+
+def _disagreement_with_mlflow(fast: FastPath, probes: list[tuple[np.ndarray, Any]]) -> str | None:
+    """Say how the fast path differs from MLflow's answers to the probes; None if it does not.
 
     A fast path that raises hands the request to MLflow's path, so refusing is agreement;
     at least one probe must be answered by both for the fast path to be trusted at all.
     """
     compared = 0
-    for rows in probes:
-        body = {"dataframe_split": {"columns": list(fast.columns.names), "data": rows.tolist()}}
-        reference = score_with_mlflow(model, json.dumps(body).encode(), JSON)
+    for rows, expected in probes:
         try:
             answer = json.loads(answer_body(fast.predict(rows)))
         # Whatever the fast path raises, the request would go to MLflow's path instead.
         except Exception:
             log.debug("the fast path refused a probe", exc_info=True)
             continue
-        if reference.status != 200 or not same_answer(answer, json.loads(reference.body)):
+        if expected is None or not same_answer(answer, expected):
             return "the fast path answered otherwise on the example or drawn rows"
         compared += 1
     return None if compared else "the fast path refused every example and drawn row"

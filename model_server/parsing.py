@@ -43,6 +43,11 @@ class Columns:
         """Whether every column holds numbers: rows are then a float64 array."""
         return "text" not in self.kinds
 
+    @property
+    def text(self) -> frozenset[str]:
+        """The columns holding strings."""
+        return frozenset(n for n, k in zip(self.names, self.kinds, strict=True) if k == "text")
+
 
 def plain_rows(body: bytes, columns: Columns) -> np.ndarray | None:
     """Return the body's rows in column order, or None if it is not plain.

@@ -6,7 +6,9 @@ validation, a thread pool, and a Cython call per tree (a 100-tree forest: about 
 laid end to end in flat arrays, and every (row, tree) pair steps down one level per numpy
 operation, so the cost grows with the depth, not the number of trees. The comparisons are the
 libraries' own: scikit-learn's trees compare the row cast to float32 with `<=`,
-HistGradientBoosting's compare float64; NaN takes the node's missing-value branch.
+HistGradientBoosting's compare float64. Rows with NaN or infinity (after the cast) are refused,
+as scikit-learn refuses them, and the request goes to MLflow's path: so no missing-value
+branch is ever taken here.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ class Nodes:
 
     feature: np.ndarray
     threshold: np.ndarray
-    missing_left: np.ndarray
     left: np.ndarray
     right: np.ndarray
     is_leaf: np.ndarray
@@ -44,6 +45,7 @@ class TreeTable:
     def leaf_values(self, rows: np.ndarray) -> np.ndarray:
         """Return each tree's leaf values for each row: shape (rows, trees, values per leaf)."""
         features = rows.astype(np.float32).astype(np.float64) if self.narrow else rows
+        refuse_non_finite(features)
         width = features.shape[1]
         flat = features.ravel()
         offsets = (np.arange(len(features)) * width)[:, None]
@@ -52,12 +54,15 @@ class TreeTable:
         while not nodes.is_leaf[node].all():
             seen = flat[offsets + nodes.feature[node]]
             go_left = seen <= nodes.threshold[node]
-            missing = np.isnan(seen)
-            if missing.any():
-                go_left = np.where(missing, nodes.missing_left[node], go_left)
             node = np.where(go_left, nodes.left[node], nodes.right[node])
         values: np.ndarray = nodes.value[node]
         return values
+
+
+def refuse_non_finite(rows: np.ndarray) -> None:
+    """Raise as scikit-learn does on NaN or infinity, so the caller falls back to MLflow."""
+    if not np.isfinite(rows).all():
+        raise ValueError("Input contains NaN, infinity or a value too large for its dtype")
 
 
 def sklearn_trees(trees: Sequence[Any]) -> TreeTable:
@@ -65,12 +70,10 @@ def sklearn_trees(trees: Sequence[Any]) -> TreeTable:
     parts = []
     for tree in trees:
         leaf = tree.children_left == -1
-        missing = getattr(tree, "missing_go_to_left", np.zeros(tree.node_count, np.uint8))
         parts.append(
             Nodes(
                 feature=np.where(leaf, 0, tree.feature),
                 threshold=tree.threshold,
-                missing_left=missing.astype(bool),
                 left=tree.children_left,
                 right=tree.children_right,
                 is_leaf=leaf,
@@ -92,7 +95,6 @@ def histogram_trees(predictors: Sequence[Any]) -> TreeTable | None:
             Nodes(
                 feature=np.where(leaf, 0, nodes["feature_idx"]),
                 threshold=nodes["num_threshold"],
-                missing_left=nodes["missing_go_to_left"].astype(bool),
                 left=nodes["left"],
                 right=nodes["right"],
                 is_leaf=leaf,

@@ -6,7 +6,8 @@ Needs wrk (Debian: `apt-get install wrk`). Trains a linear model and a random fo
 temporary registry, starts both engines on each, and drives them with wrk (one thread,
 keep-alive) at concurrency 1, 16 and 64 with 1-row and 1,000-row JSON bodies. Prints
 requests/s, p50 and p99 per engine and the native/mlflow ratios; also seconds from process
-start to `/health` 200 and resident memory of each server's process tree. With `--over-rest`
+start to `/health` 200 and resident memory of each server's process tree (the native
+engine's once its MLflow worker stopped: `WORKER_IDLE_SECONDS`). With `--over-rest`
 both engines reach the registry through an MLflow server over it, as under `mlcanary up`.
 
 With `--zoo`, measures every kind of the model zoo (`tests/zoo.py`, or the kinds named)
@@ -23,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -41,6 +43,9 @@ from training.pipelines import ModelKind
 from training.settings import RegistrySettings
 from training.train import TrainOptions, train_and_register
 
+WORKER_IDLE_SECONDS = 5
+"""The native engine stops MLflow's worker after this long unused (default 60 s): the plain
+rows of the load never use it, so memory is read once it has stopped (and right after the load)."""
 ROW = {"hours_studied": 6.5, "sleep_hours": 7.0, "attendance_percent": 90.0, "previous_scores": 85}
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -99,6 +104,21 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float) -> Load:
 
 def tree_rss_mib(pid: int) -> float:
     """Resident memory of a process and all its descendants, in MiB."""
+    return sum(_tree_rss_kib(pid).values()) / 1024
+
+
+def idle_tree_rss_mib(pid: int, timeout: float = 120) -> float:
+    """Resident memory of the server's tree once its MLflow worker (if any) stopped, in MiB."""
+    deadline = time.monotonic() + timeout
+    while len(tree := _tree_rss_kib(pid)) > 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"MLflow's worker of {pid} still runs after {timeout} s")
+        time.sleep(0.1)
+    return sum(tree.values()) / 1024
+
+
+def _tree_rss_kib(pid: int) -> dict[int, int]:
+    """VmRSS of a process and each of its descendants, in KiB, by pid."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
@@ -112,12 +132,12 @@ def tree_rss_mib(pid: int) -> float:
         children.setdefault(int(fields[1]), []).append(int(entry.name))
         found = re.search(r"VmRSS:\s+(\d+) kB", status)
         rss[int(entry.name)] = int(found.group(1)) if found else 0
-    total, stack = 0, [pid]
+    tree, stack = {}, [pid]
     while stack:
         current = stack.pop()
-        total += rss.get(current, 0)
+        tree[current] = rss.get(current, 0)
         stack.extend(children.get(current, []))
-    return total / 1024
+    return tree
 
 
 @dataclass(frozen=True)
@@ -127,6 +147,9 @@ class Measured:
     load: Load
     start_seconds: float
     memory_mib: float
+    """After the load; with the native engine, once MLflow's worker (if any) stopped."""
+    busy_memory_mib: float
+    """Right after the load (the native engine's MLflow worker still running)."""
     path: str
 
 
@@ -137,8 +160,9 @@ def measure_kind(folder: Path, name: str, engine: str, seconds: float) -> Measur
     script = folder / f"{name}.lua"
     script.write_text(LUA.format(body=body))
     tracking = f"sqlite:///{folder / 'unused.db'}"
+    extra = ("--mlflow-idle-s", str(WORKER_IDLE_SECONDS)) if engine == "native" else ()
     server = start_model_server(str(folder / name), tracking, folder / f"{name}-{engine}.log",
-                                engine=engine)  # fmt: skip
+                                engine=engine, extra=extra)  # fmt: skip
     try:
         started = server.wait_healthy()
         path = ""
@@ -146,7 +170,8 @@ def measure_kind(folder: Path, name: str, engine: str, seconds: float) -> Measur
             path = requests.get(f"{server.url}/metadata", timeout=10).json()["path"]
         run_wrk(server.url, script, 4, 2)  # warm caches and connections
         load = run_wrk(server.url, script, 16, seconds)
-        return Measured(load, started, tree_rss_mib(server.process.pid), path)
+        busy = tree_rss_mib(server.process.pid)
+        return Measured(load, started, idle_tree_rss_mib(server.process.pid), busy, path)
     finally:
         server.stop()
 
@@ -154,7 +179,8 @@ def measure_kind(folder: Path, name: str, engine: str, seconds: float) -> Measur
 def zoo(names: list[str], seconds: float) -> None:
     """Print the zoo table: every kind on both engines, one-row bodies at c=16."""
     print(f"{'kind':<24}{'x req/s':>8}{'native':>9}{'mlflow':>9}{'p50 native':>11}"
-          f"{'p50 mlflow':>11}{'start n/m s':>13}{'memory n/m MiB':>16}  path")  # fmt: skip
+          f"{'p50 mlflow':>11}{'start n/m s':>13}{'memory n/m MiB':>16}{'busy n':>8}"
+          "  path")  # fmt: skip
     with tempfile.TemporaryDirectory() as folder_name:
         folder = Path(folder_name)
         for name in names:
@@ -166,7 +192,8 @@ def zoo(names: list[str], seconds: float) -> None:
                 f"{name:<24}{native.load.rps / mlflow.load.rps:>8.1f}{native.load.rps:>9.0f}"
                 f"{mlflow.load.rps:>9.0f}{native.load.p50_ms:>9.2f}ms{mlflow.load.p50_ms:>9.2f}ms"
                 f"{native.start_seconds:>7.1f}/{mlflow.start_seconds:<5.1f}"
-                f"{native.memory_mib:>9.0f}/{mlflow.memory_mib:<6.0f}  {native.path}"
+                f"{native.memory_mib:>9.0f}/{mlflow.memory_mib:<6.0f}"
+                f"{native.busy_memory_mib:>8.0f}  {native.path}"
                 + (f"  ({errors} non-2xx)" if errors else ""),
                 flush=True,
             )
@@ -224,9 +251,11 @@ def main() -> None:
             memory: dict[str, float] = {}
             loads: dict[tuple[str, int, int], Load] = {}
             for engine in ("native", "mlflow"):
+                extra = ("--mlflow-idle-s", str(WORKER_IDLE_SECONDS)) if engine == "native" else ()
                 server = start_model_server(
-                    result.model_uri, tracking, folder / f"{engine}.log", engine=engine
-                )
+                    result.model_uri, tracking, folder / f"{engine}.log", engine=engine,
+                    extra=extra,
+                )  # fmt: skip
                 servers[engine] = server
                 try:
                     started[engine] = server.wait_healthy()
@@ -241,7 +270,7 @@ def main() -> None:
                                 f"{load.errors:>8}",
                                 flush=True,
                             )
-                    memory[engine] = tree_rss_mib(server.process.pid)
+                    memory[engine] = idle_tree_rss_mib(server.process.pid)
                 finally:
                     server.stop()
             summary.append((kind, loads, started, memory))

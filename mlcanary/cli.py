@@ -158,6 +158,9 @@ def serve_model(
     ] = 0.0,
     max_batch_rows: Annotated[int, typer.Option(help="Most rows in one predict call.")] = 512,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body, MiB.")] = 64.0,
+    mlflow_idle_s: Annotated[
+        float, typer.Option(help="Stop MLflow's worker process after this long unused, s.")
+    ] = 60.0,
 ) -> None:
     """Serve one model version over MLflow's scoring protocol until SIGTERM or Ctrl-C."""
     from pydantic import ValidationError
@@ -180,6 +183,7 @@ def serve_model(
             batch_window_ms=batch_window_ms,
             max_batch_rows=max_batch_rows,
             max_body_bytes=int(max_body_mb * 1024 * 1024),
+            mlflow_idle_s=mlflow_idle_s,
         )
     except ValidationError as error:
         fail(f"invalid settings: {_problems(error)}", code=2)

@@ -21,15 +21,16 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from model_server.batching import MicroBatcher
 from model_server.errors import ScoringError, error_body
 from model_server.fastpath import FastPath, answer_body
-from model_server.loading import LoadedModel, ModelLoadError, ResolvedModel, load
+from model_server.loading import ModelLoadError, ResolvedModel, load
 from model_server.metrics import ServerMetrics
 from model_server.parsing import is_plain_json, plain_rows
-from model_server.scoring import JSON, score_with_mlflow
+from model_server.scoring import JSON
+from model_server.served import ServedModel, served_in_process
 from model_server.settings import ServerSettings
 
 log = logging.getLogger("model_server")
 
-Loader = Callable[[ResolvedModel], LoadedModel]
+Loader = Callable[[ResolvedModel], ServedModel]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -39,12 +40,12 @@ class ModelState:
 
     resolved: ResolvedModel
     status: Literal["loading", "ready", "failed"] = "loading"
-    model: LoadedModel | None = None
+    model: ServedModel | None = None
     error: str | None = None
     batcher: MicroBatcher | None = None
     settled: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def ready_model(self) -> LoadedModel:
+    def ready_model(self) -> ServedModel:
         """Return the model, or refuse with 503 while it is loading or after it failed."""
         if self.status != "ready" or self.model is None:
             reason = self.error or "the model is still loading"
@@ -72,12 +73,17 @@ EXECUTORS = web.AppKey("executors", Executors)
 LOADER: web.AppKey[Loader] = web.AppKey("loader")
 
 
+def load_in_process(resolved: ResolvedModel) -> ServedModel:
+    """Load the model in this process, MLflow's path included."""
+    return served_in_process(load(resolved))
+
+
 def create_app(
     settings: ServerSettings,
     resolved: ResolvedModel,
     *,
     registry: CollectorRegistry | None = None,
-    loader: Loader = load,
+    loader: Loader = load_in_process,
 ) -> web.Application:
     """Build the app; the model loads in the background once the app starts."""
     registry = registry or CollectorRegistry()
@@ -143,7 +149,8 @@ async def load_in_background(app: web.Application) -> None:
         # collector's full passes, which would otherwise stall requests for ~100 ms.
         gc.freeze()
         metrics.ready.labels(state.resolved.version).set(1)
-        log.info("serving %s (%s); %s", model.resolved.uri, model.flavor, model.warm_up)
+        described = model.description
+        log.info("serving %s (%s); %s", model.resolved.uri, described.flavor, described.warm_up)
     finally:
         gc.enable()  # `serve` turns it off for start-up
         state.settled.set()
@@ -196,7 +203,7 @@ async def health(request: web.Request) -> web.Response:
         "model_uri": state.resolved.uri,
         "name": state.resolved.name,
         "version": state.resolved.version,
-        "warm_up": model.warm_up if model else None,
+        "warm_up": model.description.warm_up if model else None,
         "error": state.error,
     }
     return json_response(json.dumps(body), 200 if state.status == "ready" else 503)
@@ -210,22 +217,23 @@ async def mlflow_version(_request: web.Request) -> web.Response:
 async def metadata(request: web.Request) -> web.Response:
     """Name, resolved version, run, URI, signature, input example, flavor and load time."""
     model = request.app[STATE].ready_model()
-    resolved = model.resolved
+    resolved, described = model.resolved, model.description
     body = {
         "name": resolved.name,
         "version": resolved.version,
         "run_id": resolved.run_id,
         "model_uri": resolved.uri,
         "requested_uri": resolved.requested_uri,
-        "flavor": model.flavor,
-        "signature": model.signature,
-        "input_example": model.input_example,
-        "loaded_at": model.loaded_at,
-        "load_seconds": round(model.load_seconds, 3),
+        "flavor": described.flavor,
+        "signature": described.signature,
+        "input_example": described.input_example,
+        "loaded_at": described.loaded_at,
+        "load_seconds": round(described.load_seconds, 3),
         "fast_path": model.fast_path is not None,
         "compiled": model.fast_path is not None and model.fast_path.compiled,
-        "path": model.path,
-        "warm_up": model.warm_up,
+        "path": described.path,
+        "mlflow_path": model.mlflow.where(),
+        "warm_up": described.warm_up,
     }
     return json_response(json.dumps(body, default=str))
 
@@ -263,7 +271,7 @@ async def invocations(request: web.Request) -> web.Response:
             else:
                 return json_response(answer_body(predictions))
     scored = await asyncio.get_running_loop().run_in_executor(
-        request.app[EXECUTORS].mlflow, score_with_mlflow, model, body, content_type
+        request.app[EXECUTORS].mlflow, model.mlflow.score, body, content_type
     )
     return web.Response(
         body=scored.body, status=scored.status, headers={"Content-Type": scored.content_type}

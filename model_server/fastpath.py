@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("model_server")
 
 Predict = Callable[[np.ndarray], np.ndarray]
+Probes = Sequence[tuple[np.ndarray, Any]]
+"""Rows a fast path is checked on, each with MLflow's decoded answer (None: MLflow refused)."""
 SIGNATURE_KINDS: dict[str, ColumnKind] = {
     "double": "number", "long": "integer", "integer": "integer", "string": "text",
 }  # fmt: skip
@@ -56,23 +58,23 @@ def answer_body(predictions: np.ndarray) -> bytes:
     return json.dumps({"predictions": predictions.tolist()}).encode()
 
 
-def choose_fast_path(model: LoadedModel) -> tuple[FastPath | None, str]:
-    """Return the fast path that answers as MLflow's path does, or None; and why."""
+def choose_fast_path(model: LoadedModel) -> tuple[FastPath | None, str, Probes]:
+    """Return the fast path that answers as MLflow's path does, or None; why; and the probes."""
     pyfunc = model.pyfunc
     found = _columns_and_candidates(pyfunc)
     if isinstance(found, str):
-        return None, f"MLflow's path: {found}"
+        return None, f"MLflow's path: {found}", ()
     columns, candidates = found
     if not candidates:
-        return None, "MLflow's path: no fast predictor for this model"
+        return None, "MLflow's path: no fast predictor for this model", ()
     probes = [(rows, _mlflow_answer(model, columns, rows)) for rows in _probe_rows(columns, model)]
     verdict: str | None = None
     for how, predict, compiled in candidates:
         fast = FastPath(columns, predict, compiled)
-        verdict = _disagreement_with_mlflow(fast, probes)
+        verdict = disagreement_with_mlflow(fast, probes)
         if verdict is None:
-            return fast, f"fast path: {how}"
-    return None, f"MLflow's path: {verdict}"
+            return fast, f"fast path: {how}", probes
+    return None, f"MLflow's path: {verdict}", probes
 
 
 def _columns_and_candidates(
@@ -180,7 +182,7 @@ def _mlflow_answer(model: LoadedModel, columns: Columns, rows: np.ndarray) -> An
     return json.loads(reference.body) if reference.status == 200 else None
 
 
-def _disagreement_with_mlflow(fast: FastPath, probes: list[tuple[np.ndarray, Any]]) -> str | None:
+def disagreement_with_mlflow(fast: FastPath, probes: Probes) -> str | None:
     """Say how the fast path differs from MLflow's answers to the probes; None if it does not.
 
     A fast path that raises hands the request to MLflow's path, so refusing is agreement;

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model_server.fastpath import FastPath, choose_fast_path, flavor_name
+from model_server.fastpath import FastPath, Probes, choose_fast_path, flavor_name
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -38,10 +38,26 @@ class ResolvedModel:
 
 
 @dataclass(frozen=True)
+class Description:
+    """What `/metadata` and `/health` say about a model: plain data, sent between processes."""
+
+    flavor: str
+    signature: dict[str, Any] | None
+    input_example: Any
+    loaded_at: str
+    load_seconds: float
+    warm_up: str
+    path: str
+    """Which path answers plain JSON rows, and why."""
+
+
+@dataclass(frozen=True)
 class LoadedModel:
-    """A loaded, warmed model and what `/metadata` reports about it."""
+    """A model loaded with MLflow, warmed, and the fast path chosen for it."""
 
     resolved: ResolvedModel
+    local: Path
+    """The downloaded model folder."""
     pyfunc: PyFuncModel
     input_schema: Schema | None
     flavor: str
@@ -54,6 +70,8 @@ class LoadedModel:
     fast_path: FastPath | None = None
     path: str = ""
     """Which path answers plain JSON rows, and why: shown in `/metadata`."""
+    probes: Probes = ()
+    """The rows the fast path was checked on, with MLflow's answers."""
 
 
 def resolve(model_uri: str, client: MlflowClient | None = None) -> ResolvedModel:
@@ -91,8 +109,17 @@ def resolve(model_uri: str, client: MlflowClient | None = None) -> ResolvedModel
     return ResolvedModel(model_uri, concrete, found.name, str(found.version), found.run_id)
 
 
-def load(resolved: ResolvedModel) -> LoadedModel:
-    """Download and load the model, then warm it on its logged input example."""
+def load(
+    resolved: ResolvedModel,
+    *,
+    download_to: Path | None = None,
+    local: Path | None = None,
+    choose: bool = True,
+) -> LoadedModel:
+    """Download (unless `local` holds it already) and load the model, then warm it.
+
+    With `choose`, also check the fast path candidates against MLflow's path and keep one.
+    """
     import mlflow.artifacts
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
@@ -102,7 +129,9 @@ def load(resolved: ResolvedModel) -> LoadedModel:
     os.environ["_MLFLOW_IS_IN_SERVING_ENVIRONMENT"] = "true"
     started = time.perf_counter()
     try:
-        local = Path(mlflow.artifacts.download_artifacts(resolved.uri))
+        if local is None:
+            destination = str(download_to) if download_to else None
+            local = Path(mlflow.artifacts.download_artifacts(resolved.uri, dst_path=destination))
         pyfunc = mlflow.pyfunc.load_model(str(local))
     except (MlflowException, OSError) as error:
         message = getattr(error, "message", None) or str(error)
@@ -111,6 +140,7 @@ def load(resolved: ResolvedModel) -> LoadedModel:
     signature = metadata.signature
     loaded = LoadedModel(
         resolved=resolved,
+        local=local,
         pyfunc=pyfunc,
         input_schema=metadata.get_input_schema(),
         flavor=flavor_name(metadata.flavors),
@@ -121,8 +151,23 @@ def load(resolved: ResolvedModel) -> LoadedModel:
         load_seconds=time.perf_counter() - started,
     )
     warmed = warm(loaded)
-    fast_path, path = choose_fast_path(warmed)
-    return replace(warmed, fast_path=fast_path, path=path)
+    if not choose:
+        return warmed
+    fast_path, path, probes = choose_fast_path(warmed)
+    return replace(warmed, fast_path=fast_path, path=path, probes=probes)
+
+
+def describe(model: LoadedModel) -> Description:
+    """Return what the model's server says about it."""
+    return Description(
+        flavor=model.flavor,
+        signature=model.signature,
+        input_example=model.input_example,
+        loaded_at=model.loaded_at,
+        load_seconds=model.load_seconds,
+        warm_up=model.warm_up,
+        path=model.path,
+    )
 
 
 def warm(model: LoadedModel) -> LoadedModel:

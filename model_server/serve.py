@@ -8,12 +8,14 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from aiohttp import web
 
-from model_server.app import STATE, create_app
+from model_server.app import STATE, Loader, create_app
 from model_server.loading import ModelLoadError, ResolvedModel, resolve
+from model_server.mlflow_worker import MlflowWorker
 from model_server.settings import ServerSettings
 
 log = logging.getLogger("model_server")
@@ -32,15 +34,22 @@ def serve(settings: ServerSettings) -> int:
     # Loading turns it back on (see model_server.app.load_in_background).
     gc.disable()
     limit_registry_retries()
-    resolved = resolve(settings.model_uri)
     if settings.engine == "mlflow":
-        exec_mlflow_engine(settings, resolved)
-    return asyncio.run(serve_native(settings, resolved))
+        exec_mlflow_engine(settings, resolve(settings.model_uri))
+    # MLflow loads the model in a worker process (model_server/mlflow_worker.py); this
+    # process imports MLflow only if the model has no compiled fast path.
+    with tempfile.TemporaryDirectory(prefix="mlcanary-model-") as folder:
+        worker = MlflowWorker(Path(folder), settings.mlflow_idle_s)
+        try:
+            resolved = worker.resolve(settings.model_uri)
+            return asyncio.run(serve_native(settings, resolved, worker.load))
+        finally:
+            worker.close()
 
 
-async def serve_native(settings: ServerSettings, resolved: ResolvedModel) -> int:
+async def serve_native(settings: ServerSettings, resolved: ResolvedModel, loader: Loader) -> int:
     """Listen at once (`/health` says 503 while loading), load in the background, serve."""
-    app = create_app(settings, resolved)
+    app = create_app(settings, resolved, loader=loader)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.shutdown_timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)

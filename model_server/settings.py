@@ -30,3 +30,6 @@ class ServerSettings(BaseModel):
     """Largest request body; larger ones get 413."""
     shutdown_timeout_s: float = Field(default=30.0, ge=0.0)
     """How long SIGTERM waits for requests in flight."""
+    mlflow_idle_s: float = Field(default=60.0, ge=0.0)
+    """With a compiled fast path, how long MLflow's worker process (CSV, params, rows the fast
+    path refuses) stays without a request before it is stopped to free its memory."""

@@ -48,7 +48,7 @@ def test_a_compiled_predictor_wrong_only_on_drawn_rows_is_not_taken(
 ) -> None:
     # Right on the example (values under 10), wrong on rows drawn beyond it.
     monkeypatch.setattr(fastpath, "compile_estimator", _wrong_beyond(10.0))
-    fast, path = fastpath.choose_fast_path(labels_model)
+    fast, path, _probes = fastpath.choose_fast_path(labels_model)
     assert path == "fast path: scikit-learn's predict"
     assert fast is not None and not fast.compiled
 
@@ -60,7 +60,7 @@ def test_no_fast_path_when_every_candidate_answers_otherwise(
     # The library's own method, handed the rows in reverse order.
     frame_of = fastpath.frame_of
     monkeypatch.setattr(fastpath, "frame_of", lambda rows, columns: frame_of(rows[::-1], columns))
-    fast, path = fastpath.choose_fast_path(labels_model)
+    fast, path, _probes = fastpath.choose_fast_path(labels_model)
     assert fast is None
     assert path == "MLflow's path: the fast path answered otherwise on the example or drawn rows"
 
@@ -73,7 +73,7 @@ def test_a_candidate_that_refuses_every_row_is_not_taken(
 
     monkeypatch.setattr(fastpath, "compile_estimator", lambda *_args: refuse)
     monkeypatch.setattr(labels_model.pyfunc.get_raw_model(), "predict", refuse)
-    fast, path = fastpath.choose_fast_path(labels_model)
+    fast, path, _probes = fastpath.choose_fast_path(labels_model)
     assert fast is None
     assert path == "MLflow's path: the fast path refused every example and drawn row"
 

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from model_server.app import STATE, create_app
 from model_server.loading import LoadedModel, ModelLoadError, ResolvedModel, load, resolve, warm
+from model_server.served import ServedModel, served_in_process
 from model_server.settings import ServerSettings
 from tests.conftest import TrainedRegistry
 from tests.helpers import point_mlflow_at
@@ -51,7 +52,7 @@ async def _serve(
         ServerSettings(model_uri=model.resolved.requested_uri, **settings),
         model.resolved,
         registry=registry,
-        loader=lambda _resolved: model,
+        loader=lambda _resolved: served_in_process(model),
     )
     client = await aiohttp_client(app)
     await asyncio.wait_for(app[STATE].settled.wait(), 30)
@@ -73,9 +74,9 @@ async def test_health_is_503_until_the_model_answered_its_example(
     """While loading: /ping and /health 503 and scoring refused; after warm-up: 200."""
     release = threading.Event()
 
-    def slow_loader(resolved: ResolvedModel) -> LoadedModel:
+    def slow_loader(resolved: ResolvedModel) -> ServedModel:
         release.wait(30)
-        return champion
+        return served_in_process(champion)
 
     app = create_app(
         ServerSettings(model_uri="models:/StudentExamPredictor@champion"),
@@ -105,7 +106,7 @@ async def test_a_failed_load_is_reported_not_served(
 ) -> None:
     """A load that fails leaves /health at 503 with the reason."""
 
-    def broken(_resolved: ResolvedModel) -> LoadedModel:
+    def broken(_resolved: ResolvedModel) -> ServedModel:
         raise ModelLoadError("cannot load models:/X/1: no such thing")
 
     app = create_app(ServerSettings(model_uri="models:/X/1"), champion.resolved, loader=broken)

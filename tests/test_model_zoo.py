@@ -25,6 +25,7 @@ from aiohttp.test_utils import TestClient
 from model_server.app import STATE, create_app
 from model_server.loading import load, resolve
 from model_server.scoring import same_answer, score_with_mlflow
+from model_server.served import served_in_process
 from model_server.settings import ServerSettings
 from tests.servers import ServerProcess, start_model_server
 from tests.zoo import KINDS, Kind
@@ -71,7 +72,7 @@ async def test_each_kind_answers_as_mlflow_s_handler(
     assert model.warm_up.startswith("warm" if warmed else "no input example"), model.warm_up
     app = create_app(
         ServerSettings(model_uri=model.resolved.requested_uri), model.resolved,
-        loader=lambda _resolved: model,
+        loader=lambda _resolved: served_in_process(model),
     )  # fmt: skip
     client = await aiohttp_client(app)
     await asyncio.wait_for(app[STATE].settled.wait(), 30)

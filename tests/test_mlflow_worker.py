@@ -1,0 +1,141 @@
+"""MLflow's worker process: the serving process holds only the compiled fast path.
+
+Real `mlcanary serve-model` processes on zoo models saved to folders. With a compiled fast
+path, the serving process never maps pandas or pyarrow; MLflow's worker answers what the fast
+path does not (CSV here), is stopped when idle, started again by the next such request (several
+at once start one), and dies with the serving process. Without a compiled fast path the model
+is served in one process, as before.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tests.servers import ServerProcess, start_model_server
+from tests.zoo import KINDS
+
+SHORT_IDLE, NEVER_IDLE = "0.5", "3600"
+ROW = {"a": 1.0, "b": 2.0, "c": 3.0}
+CSV = b"a,b,c\n1.0,2.0,3.0\n"
+
+
+def _post(url: str, body: bytes, content_type: str) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        f"{url}/invocations", data=body, headers={"Content-Type": content_type}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _metadata(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{url}/metadata", timeout=10) as answer:
+        found: dict[str, Any] = json.loads(answer.read())
+        return found
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} within {timeout} s")
+        time.sleep(0.05)
+
+
+@contextmanager
+def _served(folder: Path, kind: str, idle_seconds: str = SHORT_IDLE) -> Iterator[ServerProcess]:
+    KINDS[kind].save(folder / "model", True)
+    server = start_model_server(
+        str(folder / "model"), f"sqlite:///{folder / 'unused.db'}", folder / "server.log",
+        extra=("--mlflow-idle-s", idle_seconds),
+    )  # fmt: skip
+    try:
+        server.wait_healthy()
+        yield server
+    finally:
+        server.stop()
+
+
+def test_the_serving_process_holds_no_pandas_and_the_worker_answers_the_rest(
+    tmp_path: Path,
+) -> None:
+    with _served(tmp_path, "forest-classifier") as server:
+        _holds_no_pandas_and_the_worker_answers_the_rest(server)
+
+
+def _holds_no_pandas_and_the_worker_answers_the_rest(server: ServerProcess) -> None:
+    url, pid = server.url, server.process.pid
+    metadata = _metadata(url)
+    assert metadata["path"] == "fast path: compiled predict"
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    assert "pandas/_libs" not in maps
+    assert "libarrow" not in maps
+    assert "sklearn" in maps  # the compiled path calls scikit-learn's own methods
+    status, fast = _post(url, json.dumps({"dataframe_records": [ROW]}).encode(), "application/json")
+    assert status == 200
+    # Idle: the worker is stopped and no child is left.
+    _wait_for(lambda: not _children(pid), "stopped when idle")
+    assert _metadata(url)["mlflow_path"].startswith("worker process, stopped")
+    # CSV needs MLflow's path: several requests at once start one worker and all are answered.
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: _post(url, CSV, "text/csv"), range(6)))
+    assert answers == [(200, fast)] * 6
+    assert len(_children(pid)) <= 1
+    _wait_for(lambda: not _children(pid), "stopped when idle again")
+
+
+def test_a_killed_worker_is_started_again_and_dies_with_the_server(tmp_path: Path) -> None:
+    with _served(tmp_path, "forest-classifier", NEVER_IDLE) as server:
+        url, pid = server.url, server.process.pid
+        [first] = _children(pid)
+        os.kill(first, signal.SIGKILL)
+        _wait_for(lambda: not _children(pid), "reaped")
+        assert _metadata(url)["mlflow_path"].startswith("worker process, stopped")
+        status, answer = _post(url, CSV, "text/csv")
+        assert status == 200, answer
+        [second] = _children(pid)
+        assert second != first
+        os.kill(pid, signal.SIGKILL)
+        _wait_for(lambda: not _alive(second), "gone with the serving process")
+
+
+def test_a_model_without_a_compiled_path_is_served_in_one_process(tmp_path: Path) -> None:
+    with _served(tmp_path, "params") as server:
+        metadata = _metadata(server.url)
+        assert metadata["mlflow_path"] == "in process"
+        assert metadata["path"] == "MLflow's path: the python_function flavor"
+        _wait_for(lambda: not _children(server.process.pid), "one process")
+        assert _post(server.url, CSV, "text/csv")[0] == 200

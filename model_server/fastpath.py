@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -51,6 +52,9 @@ class FastPath:
     predict: Predict
     compiled: bool
     """Whether `predict` is a compiled predictor rather than the library's own method."""
+    portable: bool
+    """Whether it needs neither MLflow nor pandas (arrays in, arrays out), so that a serving
+    process holding only this can answer plain rows (model_server/mlflow_worker.py)."""
 
 
 def answer_body(predictions: np.ndarray) -> bytes:
@@ -69,17 +73,18 @@ def choose_fast_path(model: LoadedModel) -> tuple[FastPath | None, str, Probes]:
         return None, "MLflow's path: no fast predictor for this model", ()
     probes = [(rows, _mlflow_answer(model, columns, rows)) for rows in _probe_rows(columns, model)]
     verdict: str | None = None
-    for how, predict, compiled in candidates:
-        fast = FastPath(columns, predict, compiled)
+    for how, fast in candidates:
         verdict = disagreement_with_mlflow(fast, probes)
         if verdict is None:
             return fast, f"fast path: {how}", probes
     return None, f"MLflow's path: {verdict}", probes
 
 
-def _columns_and_candidates(
-    pyfunc: PyFuncModel,
-) -> tuple[Columns, list[tuple[str, Predict, bool]]] | str:
+Candidates = list[tuple[str, FastPath]]
+"""Fast paths to try in order, each with how `/metadata` names it."""
+
+
+def _columns_and_candidates(pyfunc: PyFuncModel) -> tuple[Columns, Candidates] | str:
     """Return the columns plain rows must have and the predictors to try, or why there are none."""
     from mlflow.types import DataType
     from mlflow.types.schema import ColSpec
@@ -110,21 +115,39 @@ def _columns_and_candidates(
         return f"the model answers {method} or reads text"
     library = f"{LIBRARY_FLAVORS[loader]}'s predict"
     if loader == "mlflow.xgboost":
-        return columns, [(library, raw.predict, False)]
-    # LightGBM's scikit-learn API warns on every array without column names: give it a frame.
-    return columns, [(library, _on_frame(raw.predict, columns), False)]
+        return columns, [(library, FastPath(columns, raw.predict, False, True))]
+    on_array = FastPath(columns, _on_unnamed_array(raw.predict), False, True)
+    on_frame = FastPath(columns, _on_frame(raw.predict, columns), False, False)
+    return columns, [(library, on_array), (f"{library} on a data frame", on_frame)]
 
 
-def _sklearn_candidates(raw: Any, method: str, columns: Columns) -> list[tuple[str, Predict, bool]]:
+def _sklearn_candidates(raw: Any, method: str, columns: Columns) -> Candidates:
     own = getattr(raw, method, None)
     if own is None:
         return []
-    candidates: list[tuple[str, Predict, bool]] = []
+    candidates: Candidates = []
     compiled = compile_estimator(raw, method, columns.names, columns.text)
     if compiled is not None:
-        candidates.append((f"compiled {method}", compiled, True))
-    candidates.append((f"scikit-learn's {method}", _on_frame(own, columns), False))
+        candidates.append((f"compiled {method}", FastPath(columns, compiled, True, True)))
+    frame = FastPath(columns, _on_frame(own, columns), False, False)
+    candidates.append((f"scikit-learn's {method}", frame))
     return candidates
+
+
+def _on_unnamed_array(method: Callable[[Any], Any]) -> Predict:
+    """Call a library's own method on the rows as an array, without its column-names warning.
+
+    A model fitted on a data frame warns on every array that it has no column names; the
+    columns are the signature's, in its order (the start-up check shows the answers agree).
+    """
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="X does not have valid feature names")
+            result: np.ndarray = method(rows)
+        return result
+
+    return predict
 
 
 def _on_frame(method: Callable[[Any], Any], columns: Columns) -> Predict:

@@ -3,9 +3,10 @@
 The first worker resolves the model URI, downloads, loads and warms the model and checks the
 fast path. Then one of two things happens:
 
-- The fast path is compiled: the worker sends it over (pickled by value), this process checks
-  it again on the same probes, and serves plain rows with it while importing neither MLflow nor
-  pandas (scikit-learn would import pandas; it is kept out, see `keep_out_pandas`). Requests the
+- The fast path is portable (compiled, or XGBoost's or LightGBM's predict on arrays): the
+  worker sends it over (pickled by value), this process checks it again on the same probes,
+  and serves plain rows with it while importing neither MLflow nor pandas (scikit-learn and
+  the boosting libraries would import pandas; it is kept out, see `keep_out_pandas`). Requests the
   fast path does not answer go to the worker; after `idle_seconds` without one it is stopped,
   and the next such request starts another (which loads the downloaded copy: seconds).
 - Otherwise MLflow's path answers most requests anyway: the worker is stopped and the model
@@ -15,6 +16,7 @@ fast path. Then one of two things happens:
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
 import itertools
 import logging
 import pickle
@@ -53,10 +55,21 @@ def keep_out_pandas() -> None:
     """Make pandas and pyarrow unimportable in this process, unless something imported them.
 
     scikit-learn imports pandas (and pandas pyarrow: 64 MiB) only to accept data frames; the
-    fast path hands it arrays. A compiled fast path is checked after this, in this process.
+    fast path hands it arrays. They are made absent, as if not installed: a finder refuses them
+    (a `None` in `sys.modules` would not do: scikit-learn looks modules up there). The fast
+    path is checked again after this, in this process.
     """
-    for name in KEPT_OUT:
-        sys.modules.setdefault(name, None)  # type: ignore[arg-type]
+    if not any(name in sys.modules for name in KEPT_OUT):
+        sys.meta_path.insert(0, _KeptOut())
+
+
+class _KeptOut(importlib.abc.MetaPathFinder):
+    """Refuses to find pandas and pyarrow, as if they were not installed."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+        """Refuse the kept-out packages; leave every other module to the next finder."""
+        if fullname.split(".", 1)[0] in KEPT_OUT:
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
 
 
 class _Process:

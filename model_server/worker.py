@@ -66,7 +66,7 @@ class Ready:
     local: str
     """Where the downloaded model is: a restarted worker loads it from there."""
     fast_path: bytes | None
-    """The chosen compiled fast path, pickled by value (cloudpickle), or None."""
+    """The chosen fast path if portable, pickled by value (cloudpickle), or None."""
     probes: Probes
     """The start-up probes and MLflow's answers, for the serving process to check again."""
 
@@ -142,7 +142,7 @@ def start(order: Start, output: IO[bytes]) -> Any:
         write_frame(output, Failed(str(error)))
         return None
     portable = None
-    if model.fast_path is not None and model.fast_path.compiled:
+    if model.fast_path is not None and model.fast_path.portable:
         import cloudpickle  # type: ignore[import-untyped]
 
         portable = cloudpickle.dumps(model.fast_path)

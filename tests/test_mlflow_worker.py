@@ -20,6 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.servers import ServerProcess, start_model_server
 from tests.zoo import KINDS
 
@@ -89,22 +91,30 @@ def _served(folder: Path, kind: str, idle_seconds: str = SHORT_IDLE) -> Iterator
         server.stop()
 
 
+@pytest.mark.parametrize(
+    ("kind", "path"),
+    [
+        ("forest-classifier", "fast path: compiled predict"),
+        ("xgboost", "fast path: XGBoost's predict"),
+        ("lightgbm", "fast path: LightGBM's predict"),
+    ],
+)
 def test_the_serving_process_holds_no_pandas_and_the_worker_answers_the_rest(
-    tmp_path: Path,
+    kind: str, path: str, tmp_path: Path
 ) -> None:
-    with _served(tmp_path, "forest-classifier") as server:
-        _holds_no_pandas_and_the_worker_answers_the_rest(server)
+    with _served(tmp_path, kind) as server:
+        _holds_no_pandas_and_the_worker_answers_the_rest(server, path)
 
 
-def _holds_no_pandas_and_the_worker_answers_the_rest(server: ServerProcess) -> None:
+def _holds_no_pandas_and_the_worker_answers_the_rest(server: ServerProcess, path: str) -> None:
     url, pid = server.url, server.process.pid
-    metadata = _metadata(url)
-    assert metadata["path"] == "fast path: compiled predict"
+    assert _metadata(url)["path"] == path
     maps = Path(f"/proc/{pid}/maps").read_text()
+    assert "numpy/_core" in maps  # extension modules show here
     assert "pandas/_libs" not in maps
     assert "libarrow" not in maps
-    assert "sklearn" in maps  # the compiled path calls scikit-learn's own methods
-    status, fast = _post(url, json.dumps({"dataframe_records": [ROW]}).encode(), "application/json")
+    row = json.dumps({"dataframe_records": [ROW]}).encode()
+    status, fast = _post(url, row, "application/json")
     assert status == 200
     # Idle: the worker is stopped and no child is left.
     _wait_for(lambda: not _children(pid), "stopped when idle")

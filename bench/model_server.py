@@ -148,8 +148,8 @@ class Measured:
     start_seconds: float
     memory_mib: float
     """After the load; with the native engine, once MLflow's worker (if any) stopped."""
-    busy_memory_mib: float
-    """Right after the load (the native engine's MLflow worker still running)."""
+    start_memory_mib: float
+    """Once `/health` says 200 (the native engine's MLflow worker still running)."""
     path: str
 
 
@@ -165,13 +165,15 @@ def measure_kind(folder: Path, name: str, engine: str, seconds: float) -> Measur
                                 engine=engine, extra=extra)  # fmt: skip
     try:
         started = server.wait_healthy()
+        at_start = tree_rss_mib(server.process.pid)
         path = ""
         if engine == "native":
             path = requests.get(f"{server.url}/metadata", timeout=10).json()["path"]
         run_wrk(server.url, script, 4, 2)  # warm caches and connections
         load = run_wrk(server.url, script, 16, seconds)
-        busy = tree_rss_mib(server.process.pid)
-        return Measured(load, started, idle_tree_rss_mib(server.process.pid), busy, path)
+        after = tree_rss_mib(server.process.pid)
+        settled = idle_tree_rss_mib(server.process.pid) if engine == "native" else after
+        return Measured(load, started, settled, at_start, path)
     finally:
         server.stop()
 
@@ -179,7 +181,7 @@ def measure_kind(folder: Path, name: str, engine: str, seconds: float) -> Measur
 def zoo(names: list[str], seconds: float) -> None:
     """Print the zoo table: every kind on both engines, one-row bodies at c=16."""
     print(f"{'kind':<24}{'x req/s':>8}{'native':>9}{'mlflow':>9}{'p50 native':>11}"
-          f"{'p50 mlflow':>11}{'start n/m s':>13}{'memory n/m MiB':>16}{'busy n':>8}"
+          f"{'p50 mlflow':>11}{'start n/m s':>13}{'memory n/m MiB':>16}{'start n':>8}"
           "  path")  # fmt: skip
     with tempfile.TemporaryDirectory() as folder_name:
         folder = Path(folder_name)
@@ -193,7 +195,7 @@ def zoo(names: list[str], seconds: float) -> None:
                 f"{mlflow.load.rps:>9.0f}{native.load.p50_ms:>9.2f}ms{mlflow.load.p50_ms:>9.2f}ms"
                 f"{native.start_seconds:>7.1f}/{mlflow.start_seconds:<5.1f}"
                 f"{native.memory_mib:>9.0f}/{mlflow.memory_mib:<6.0f}"
-                f"{native.busy_memory_mib:>8.0f}  {native.path}"
+                f"{native.start_memory_mib:>8.0f}  {native.path}"
                 + (f"  ({errors} non-2xx)" if errors else ""),
                 flush=True,
             )
@@ -270,7 +272,11 @@ def main() -> None:
                                 f"{load.errors:>8}",
                                 flush=True,
                             )
-                    memory[engine] = idle_tree_rss_mib(server.process.pid)
+                    memory[engine] = (
+                        idle_tree_rss_mib(server.process.pid)
+                        if engine == "native"
+                        else tree_rss_mib(server.process.pid)
+                    )
                 finally:
                     server.stop()
             summary.append((kind, loads, started, memory))

@@ -132,10 +132,13 @@ def _forest(estimator: Any) -> Any:
     if not regressor and not (classifier and estimator.n_outputs_ == 1):
         return None
     table = sklearn_trees([tree.tree_ for tree in estimator.estimators_])
+    # Closures hold only what they use: a regressor's predictor then carries no estimator, and
+    # the serving process need not import scikit-learn (model_server/mlflow_worker.py).
+    trees = len(estimator.estimators_)
 
     def mean(rows: np.ndarray) -> np.ndarray:
         total = _summed_in_order(np.zeros(1), table.leaf_values(rows))
-        total /= len(estimator.estimators_)  # then divided, as scikit-learn does
+        total /= trees  # then divided, as scikit-learn does
         return total
 
     if regressor:

@@ -115,7 +115,11 @@ def read_frame(stream: IO[bytes]) -> Any:
 
 
 def die_with_parent() -> None:
-    """Ask Linux to kill this process when its parent dies (a SIGKILLed server leaves none)."""
+    """Ask Linux to kill this process when its parent dies (a SIGKILLed server leaves none).
+
+    Linux means the parent *thread*: the serving process starts workers from its main thread
+    and its MLflow threads, which live as long as it serves.
+    """
     if sys.platform == "linux":
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)

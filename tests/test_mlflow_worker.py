@@ -1,10 +1,10 @@
-"""MLflow's worker process: the serving process holds only the compiled fast path.
+"""MLflow's worker process: the serving process holds only the fast path.
 
-Real `mlcanary serve-model` processes on zoo models saved to folders. With a compiled fast
-path, the serving process never maps pandas or pyarrow; MLflow's worker answers what the fast
-path does not (CSV here), is stopped when idle, started again by the next such request (several
-at once start one), and dies with the serving process. Without a compiled fast path the model
-is served in one process, as before.
+Real `mlcanary serve-model` processes on zoo models saved to folders. With a fast path on
+arrays (compiled, XGBoost's, LightGBM's), the serving process never maps pandas or pyarrow;
+MLflow's worker answers what the fast path does not (CSV here), is stopped when idle, started
+again by the next such request (several at once start one), dies with the serving process,
+and a request waiting for it at SIGTERM is still answered. Without a fast path on arrays the model is served in one process, as before.
 """
 
 from __future__ import annotations
@@ -149,3 +149,19 @@ def test_a_model_without_a_compiled_path_is_served_in_one_process(tmp_path: Path
         assert metadata["path"] == "MLflow's path: the python_function flavor"
         _wait_for(lambda: not _children(server.process.pid), "one process")
         assert _post(server.url, CSV, "text/csv")[0] == 200
+
+
+def test_a_request_waiting_for_a_worker_is_answered_through_sigterm(tmp_path: Path) -> None:
+    """SIGTERM while a CSV request waits for MLflow's worker to start: answered, exit 0."""
+    with _served(tmp_path, "forest-classifier") as server:
+        pid = server.process.pid
+        _wait_for(lambda: not _children(pid), "stopped when idle")
+        with ThreadPoolExecutor(1) as pool:
+            answer = pool.submit(_post, server.url, CSV, "text/csv")
+            _wait_for(lambda: bool(_children(pid)), "starting a worker")
+            workers = _children(pid)
+            server.process.send_signal(signal.SIGTERM)
+            status, body = answer.result()
+        assert status == 200, body
+        assert server.process.wait(timeout=60) == 0
+        assert not any(_alive(worker) for worker in workers)

@@ -4,7 +4,8 @@ Real `mlcanary serve-model` processes on zoo models saved to folders. With a fas
 arrays (compiled, XGBoost's, LightGBM's), the serving process never maps pandas or pyarrow;
 MLflow's worker answers what the fast path does not (CSV here), is stopped when idle, started
 again by the next such request (several at once start one), dies with the serving process,
-and a request waiting for it at SIGTERM is still answered. Without a fast path on arrays the model is served in one process, as before.
+and a request waiting for it at SIGTERM is still answered. Without a fast path on arrays the
+model is served in one process, as before.
 """
 
 from __future__ import annotations

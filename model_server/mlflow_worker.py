@@ -19,6 +19,7 @@ import contextlib
 import importlib.abc
 import itertools
 import logging
+import os
 import pickle
 import subprocess
 import sys
@@ -76,8 +77,8 @@ class _Process:
     """One running worker: its pipes, and the requests it has not answered yet."""
 
     def __init__(self, start: Start) -> None:
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "model_server.worker"],
+        self.popen = subprocess.Popen(  # noqa: S603 (this Python, our module, our pid)
+            [sys.executable, "-m", "model_server.worker", str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )

@@ -12,7 +12,7 @@ same user; nothing else can write to the pipes):
 2. then any number of `Score` in and `Scored` out, matched by id, several in flight;
 3. end of input: finish what is in flight and exit.
 
-Run only as `python -m model_server.worker` by the serving process.
+Run only as `python -m model_server.worker PARENT_PID` by the serving process.
 """
 
 from __future__ import annotations
@@ -114,17 +114,20 @@ def read_frame(stream: IO[bytes]) -> Any:
     return pickle.loads(data)  # noqa: S301 (our own parent process, over a private pipe)
 
 
-def die_with_parent() -> None:
+def die_with_parent(parent: int) -> None:
     """Ask Linux to kill this process when its parent dies (a SIGKILLed server leaves none).
 
     Linux means the parent *thread*: the serving process starts workers from its main thread
-    and its MLflow threads, which live as long as it serves.
+    and its MLflow threads, which live as long as it serves. `parent` is the serving process's
+    pid, given on the command line: in a container it is 1, so "my parent is now 1" cannot
+    tell that it died before the request took effect; "my parent is not `parent`" can.
     """
     if sys.platform == "linux":
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() == 1:  # the parent died before the request took effect
-            os._exit(1)
+    if os.getppid() != parent:
+        print("MLflow's worker: the serving process is gone; exiting", file=sys.stderr)
+        os._exit(1)
 
 
 def start(order: Start, output: IO[bytes]) -> Any:
@@ -159,7 +162,7 @@ def main() -> None:
     """Serve one serving process until its end of the pipe closes."""
     from model_server.scoring import score_with_mlflow
 
-    die_with_parent()
+    die_with_parent(int(sys.argv[1]))
     # Stopping is the serving process's to decide: it finishes the requests in flight (some
     # waiting for this process), then closes the pipe. Ctrl-C or a TERM sent to the whole
     # process group must not end this process first.

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: up test install system-deps check format lint types pytest clean
+.PHONY: up test install system-deps check format lint types pytest compose-test clean
 
 up: $(INSTALLED)
 	$(BIN)/mlcanary up
@@ -22,10 +22,15 @@ $(INSTALLED): pyproject.toml | $(BIN)/python
 	touch $@
 
 # Debian tools the tests use: prometheus and promtool (package prometheus) scrape and lint
-# /metrics and check the alert rules; docker-compose checks the compose file (no engine needed).
-# kubectl (with kustomize) builds the Kubernetes manifests; it is on the machine image.
+# /metrics and check the alert rules; docker-compose checks the compose file and, with podman
+# (runc, CNI networking with DNS, debootstrap for the base image), runs the compose stack
+# (tests/test_compose_stack.py). kubectl (with kustomize) builds the Kubernetes manifests; it
+# is on the machine image. Each entry: a command or file, then the package that brings it.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_TOOLS := prometheus:prometheus promtool:prometheus docker-compose:docker-compose
+DEBIAN_TOOLS := prometheus:prometheus promtool:prometheus docker-compose:docker-compose \
+	podman:podman runc:runc debootstrap:debootstrap \
+	/usr/lib/cni/bridge:containernetworking-plugins \
+	/usr/lib/cni/dnsname:golang-github-containernetworking-plugin-dnsname
 system-deps:
 	@missing="$$(for tool in $(DEBIAN_TOOLS); do command -v $${tool%%:*} >/dev/null || echo $${tool#*:}; done | sort -u)"; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -qq && \
@@ -39,6 +44,11 @@ check: $(INSTALLED)
 
 pytest: $(INSTALLED)
 	$(BIN)/pytest
+
+# The compose stack alone: images built on podman, started by docker-compose, checked end to
+# end (part of `make test` too; skipped there, saying why, where podman cannot run).
+compose-test: $(INSTALLED) system-deps
+	$(BIN)/pytest tests/test_compose_stack.py
 
 format: $(INSTALLED)
 	$(BIN)/ruff format .

@@ -13,7 +13,7 @@ import typer
 
 from mlcanary import admin
 from mlcanary.admin import AsJson
-from mlcanary.output import fail, print_fields, print_json, progress, stderr, stdout
+from mlcanary.output import fail, note, print_fields, print_json, progress, stderr, stdout
 from mlcanary.rollout_commands import rollout_app
 from training.dataset import DEFAULT_PATH, DEFAULT_ROWS, DEFAULT_SEED
 from training.errors import TrainingError
@@ -431,16 +431,28 @@ def render_k8s(
 
 
 @app.command()
-def bootstrap(as_json: AsJson = False) -> None:
+def bootstrap(
+    as_json: AsJson = False,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for an MLflow server that cannot be reached.")
+    ] = 0.0,
+) -> None:
     """Train and register a champion and a challenger if the registry has no versions yet."""
+    from mlflow.exceptions import MlflowException
+
     from controller.up import bootstrap_registry
+    from training.registry import wait_until_reachable
     from training.settings import RegistrySettings
 
+    settings = RegistrySettings.from_env()
     try:
+        wait_until_reachable(settings.tracking_uri, wait, note)
         with progress("Checking the registry") as step:
-            trained = bootstrap_registry(RegistrySettings.from_env(), step)
+            trained = bootstrap_registry(settings, step)
     except TrainingError as error:
         fail(str(error))
+    except MlflowException as error:  # e.g. a server that refuses this client (403)
+        fail(f"the MLflow server at {settings.tracking_uri} refused: {error.message}")
     if as_json:
         print_json([{"version": t.version, "alias": t.alias, "uri": t.model_uri} for t in trained])
         return

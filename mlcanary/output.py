@@ -16,9 +16,19 @@ stderr = Console(stderr=True)
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    """Print one error line to stderr and exit with `code`."""
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print one error line to stderr and exit with `code`.
+
+    Messages that come from elsewhere (MLflow's, a server's body) may span lines: they are
+    joined into one, so scripts and container logs see one line per failure.
+    """
+    line = " ".join(message.split())
+    stderr.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def note(message: str) -> None:
+    """Print one line to stderr (never wrapped): something the user should know, not a result."""
+    stderr.print(message, highlight=False, soft_wrap=True, markup=False)
 
 
 def print_json(value: Any) -> None:

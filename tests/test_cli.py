@@ -116,6 +116,19 @@ def test_bad_input_is_one_clear_error_and_changes_nothing(
     assert registry_snapshot(settings) == before
 
 
+def test_bootstrap_says_once_that_it_waits_for_the_registry_then_fails_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """A registry that never comes up: one line when the wait starts, one error line at its end."""
+    uri = f"http://127.0.0.1:{free_port()}"
+    done = run_mlcanary("bootstrap", "--wait", "1", state=tmp_path, MLFLOW_TRACKING_URI=uri)
+    assert done.returncode == 1
+    said = [line for line in done.stderr.splitlines() if uri in line]
+    reason = f"tracking server {uri} cannot be reached: [Errno 111] Connection refused"
+    assert said == [f"{reason}; retrying for up to 1 s", f"error: {reason}"]
+    assert "Traceback" not in done.stderr + done.stdout
+
+
 def _children_of_state(state: Path, *, mentioning: str = "") -> list[int]:
     """Return pids of live processes whose command line or environment names the state folder
     (model servers only have it in their environment), and whose command line has `mentioning`."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
@@ -35,6 +37,29 @@ def check_reachable(tracking_uri: str, timeout: float = REACHABILITY_TIMEOUT_SEC
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise TrainingError(f"tracking server {tracking_uri} cannot be reached: {reason}") from None
+
+
+def wait_until_reachable(
+    tracking_uri: str, seconds: float, say: Callable[[str], None], pause: float = 2.0
+) -> None:
+    """Wait up to `seconds` for an HTTP tracking server to answer; say so once if it does not.
+
+    For a registry that starts beside its client (compose starts them together): the first
+    failure is said in one line, then the check repeats quietly until the deadline.
+    """
+    deadline = time.monotonic() + seconds
+    said = False
+    while True:
+        try:
+            check_reachable(tracking_uri)
+            return
+        except TrainingError as error:
+            if time.monotonic() >= deadline:
+                raise
+            if not said:
+                say(f"{error}; retrying for up to {seconds:.0f} s")
+                said = True
+        time.sleep(pause)
 
 
 def connect(settings: RegistrySettings) -> MlflowClient:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
@@ -83,3 +84,12 @@ def wait_for_ping(url: str, process: subprocess.Popen[str], timeout: float = 60)
         except OSError:
             time.sleep(0.02)
     raise AssertionError(f"{url}/ping did not answer within {timeout} s")
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} within {timeout} s")
+        time.sleep(0.05)

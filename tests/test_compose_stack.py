@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -34,7 +33,7 @@ from tests.containers import (
     kustomize_images,
     unusable,
 )
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until
 
 REASON = unusable()
 pytestmark = [
@@ -46,6 +45,8 @@ pytestmark = [
 PORTS = ("ROUTER", "CONTROLLER", "MLFLOW", "PROMETHEUS", "GRAFANA")
 GRAFANA = "grafana"
 UP_SECONDS = 900
+WAIT_SECONDS = 180
+"""For a condition over the stack (a scrape, a routing file read, a promote) to hold."""
 ROW = {"hours_studied": 6.5, "sleep_hours": 7.0, "attendance_percent": 90.0, "previous_scores": 85}
 
 
@@ -119,7 +120,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         with HealthChecks(podman, project):
             try:
                 stack.compose("up", "-d", "--no-build", *services, timeout=UP_SECONDS)
-                _wait_for(lambda: _get(stack.url("ROUTER") + "/health")[0] == 200, "router healthy")
+                wait_until(_router_healthy(stack), "router healthy", WAIT_SECONDS)
                 yield stack
             finally:
                 subprocess.run(
@@ -127,6 +128,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                      "--remove-orphans"],
                     env=environment, capture_output=True, timeout=300, check=False, cwd=ROOT,
                 )  # fmt: skip
+
+
+def _router_healthy(stack: Stack) -> Callable[[], bool]:
+    return lambda: _get(stack.url("ROUTER") + "/health")[0] == 200
 
 
 def _services() -> Iterator[str]:
@@ -166,14 +171,6 @@ def _decoded(body: bytes) -> Any:
         return body.decode(errors="replace")
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} within {timeout} s")
-        time.sleep(0.2)
-
-
 def test_every_image_compose_and_kubernetes_name_was_built_here(stack: Stack) -> None:
     for image in kustomize_images():
         assert stack.podman.image_exists(docker_reference(image)), image
@@ -208,7 +205,7 @@ def test_predict_and_invocations_through_the_router_reach_both_variants(stack: S
             versions.add(answer.headers["X-Model-Version"])
         return used == {"current", "next"} and versions == {"1", "2"}
 
-    _wait_for(both_seen, "both variants answering")
+    wait_until(both_seen, "both variants answering", WAIT_SECONDS)
 
 
 def test_the_model_servers_report_their_versions_inside_the_network(stack: Stack) -> None:
@@ -233,7 +230,7 @@ def test_prometheus_scrapes_the_router_and_counts_the_canary(stack: Stack) -> No
         result = body["data"]["result"] if status == 200 else []
         return bool(result) and float(result[0]["value"][1]) >= 20
 
-    _wait_for(counted, "the canary's requests counted by Prometheus")
+    wait_until(counted, "the canary's requests counted by Prometheus", WAIT_SECONDS)
     status, body = _get(stack.url("PROMETHEUS") + "/api/v1/targets")
     health = {target["labels"]["job"]: target["health"] for target in body["data"]["activeTargets"]}
     assert health["router"] == "up", body
@@ -250,15 +247,17 @@ def test_the_original_admin_paths_change_weight_and_promote_with_the_token(
     assert _call("POST", router + "/canary-probability", {"probability": 0.3}, wrong)[0] == 403
     status, body = _call("POST", router + "/canary-probability", {"probability": 0.3}, bearer)
     assert status == 200, body
-    _wait_for(
+    wait_until(
         lambda: _get(router + "/canary-status")[1]["canary_probability"] == 0.3,
         "the router following the new weight",
+        WAIT_SECONDS,
     )
     status, body = _call("POST", router + "/accept-next-model", None, bearer)
     assert status == 200, body
-    _wait_for(
+    wait_until(
         lambda: _get(router + "/canary-status")[1]["current_model"]["version"] == "2",
         "the router serving version 2 as stable",
+        WAIT_SECONDS,
     )
 
 

@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import wait_until
 from tests.servers import ServerProcess, start_model_server
 from tests.zoo import KINDS
 
@@ -70,14 +70,6 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} within {timeout} s")
-        time.sleep(0.05)
-
-
 @contextmanager
 def _served(folder: Path, kind: str, idle_seconds: str = SHORT_IDLE) -> Iterator[ServerProcess]:
     KINDS[kind].save(folder / "model", True)
@@ -118,14 +110,14 @@ def _holds_no_pandas_and_the_worker_answers_the_rest(server: ServerProcess, path
     status, fast = _post(url, row, "application/json")
     assert status == 200
     # Idle: the worker is stopped and no child is left.
-    _wait_for(lambda: not _children(pid), "stopped when idle")
+    wait_until(lambda: not _children(pid), "stopped when idle")
     assert _metadata(url)["mlflow_path"].startswith("worker process, stopped")
     # CSV needs MLflow's path: several requests at once start one worker and all are answered.
     with ThreadPoolExecutor(6) as pool:
         answers = list(pool.map(lambda _: _post(url, CSV, "text/csv"), range(6)))
     assert answers == [(200, fast)] * 6
     assert len(_children(pid)) <= 1
-    _wait_for(lambda: not _children(pid), "stopped when idle again")
+    wait_until(lambda: not _children(pid), "stopped when idle again")
 
 
 def test_a_killed_worker_is_started_again_and_dies_with_the_server(tmp_path: Path) -> None:
@@ -133,14 +125,14 @@ def test_a_killed_worker_is_started_again_and_dies_with_the_server(tmp_path: Pat
         url, pid = server.url, server.process.pid
         [first] = _children(pid)
         os.kill(first, signal.SIGKILL)
-        _wait_for(lambda: not _children(pid), "reaped")
+        wait_until(lambda: not _children(pid), "reaped")
         assert _metadata(url)["mlflow_path"].startswith("worker process, stopped")
         status, answer = _post(url, CSV, "text/csv")
         assert status == 200, answer
         [second] = _children(pid)
         assert second != first
         os.kill(pid, signal.SIGKILL)
-        _wait_for(lambda: not _alive(second), "gone with the serving process")
+        wait_until(lambda: not _alive(second), "gone with the serving process")
 
 
 def test_a_model_without_a_compiled_path_is_served_in_one_process(tmp_path: Path) -> None:
@@ -148,7 +140,7 @@ def test_a_model_without_a_compiled_path_is_served_in_one_process(tmp_path: Path
         metadata = _metadata(server.url)
         assert metadata["mlflow_path"] == "in process"
         assert metadata["path"] == "MLflow's path: the python_function flavor"
-        _wait_for(lambda: not _children(server.process.pid), "one process")
+        wait_until(lambda: not _children(server.process.pid), "one process")
         assert _post(server.url, CSV, "text/csv")[0] == 200
 
 
@@ -156,10 +148,10 @@ def test_a_request_waiting_for_a_worker_is_answered_through_sigterm(tmp_path: Pa
     """SIGTERM while a CSV request waits for MLflow's worker to start: answered, exit 0."""
     with _served(tmp_path, "forest-classifier") as server:
         pid = server.process.pid
-        _wait_for(lambda: not _children(pid), "stopped when idle")
+        wait_until(lambda: not _children(pid), "stopped when idle")
         with ThreadPoolExecutor(1) as pool:
             answer = pool.submit(_post, server.url, CSV, "text/csv")
-            _wait_for(lambda: bool(_children(pid)), "starting a worker")
+            wait_until(lambda: bool(_children(pid)), "starting a worker")
             workers = _children(pid)
             server.process.send_signal(signal.SIGTERM)
             status, body = answer.result()

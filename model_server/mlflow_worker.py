@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
@@ -98,7 +99,7 @@ class _Process:
         """Read the next message, or None once the worker's output ended."""
         return read_frame(self.stdout)
 
-    def listen(self, on_exit: Any) -> None:
+    def listen(self, on_exit: Callable[[_Process], None]) -> None:
         """Hand each answer to its caller until the worker's output ends."""
 
         def run() -> None:

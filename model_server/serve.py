@@ -37,7 +37,7 @@ def serve(settings: ServerSettings) -> int:
     if settings.engine == "mlflow":
         exec_mlflow_engine(settings, resolve(settings.model_uri))
     # MLflow loads the model in a worker process (model_server/mlflow_worker.py); this
-    # process imports MLflow only if the model has no compiled fast path.
+    # process imports MLflow only if the model has no fast path that works on arrays.
     with tempfile.TemporaryDirectory(prefix="mlcanary-model-") as folder:
         worker = MlflowWorker(Path(folder), settings.mlflow_idle_s)
         try:

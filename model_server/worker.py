@@ -168,8 +168,11 @@ def main() -> None:
     # process group must not end this process first.
     for stop in (signal.SIGINT, signal.SIGTERM):
         signal.signal(stop, signal.SIG_IGN)
-    source, output = sys.stdin.buffer, sys.stdout.buffer
-    sys.stdout = sys.stderr  # anything a model prints must not corrupt the frames
+    # The frames keep the pipe that was standard output; whatever else writes there (a model's
+    # print, a library's C code: LightGBM logs to it) goes to standard error instead.
+    output = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    source = sys.stdin.buffer
     order = read_frame(source)
     if not isinstance(order, Start):
         sys.exit(2)

@@ -29,6 +29,7 @@ from tests.zoo import KINDS
 SHORT_IDLE, NEVER_IDLE = "0.5", "3600"
 ROW = {"a": 1.0, "b": 2.0, "c": 3.0}
 CSV = b"a,b,c\n1.0,2.0,3.0\n"
+JSON = "application/json"
 
 
 def _post(url: str, body: bytes, content_type: str) -> tuple[int, Any]:
@@ -158,3 +159,43 @@ def test_a_request_waiting_for_a_worker_is_answered_through_sigterm(tmp_path: Pa
         assert status == 200, body
         assert server.process.wait(timeout=60) == 0
         assert not any(_alive(worker) for worker in workers)
+
+
+NOISY_MODEL = """
+import os
+
+import mlflow.pyfunc
+from mlflow.models import set_model
+
+
+class Noisy(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        print("a model's print")
+        os.write(1, b"a library writing to its standard output\\n")
+        return model_input["a"] * 2
+
+
+set_model(Noisy())
+"""
+
+
+def test_a_model_writing_to_standard_output_does_not_break_the_worker(tmp_path: Path) -> None:
+    """The worker's frames travel on what was its standard output: nothing else may write there."""
+    import mlflow.pyfunc
+    import pandas as pd
+
+    code = tmp_path / "noisy.py"
+    code.write_text(NOISY_MODEL)
+    example = pd.DataFrame({"a": [1.0, 2.0]})
+    mlflow.pyfunc.save_model(tmp_path / "model", python_model=str(code), input_example=example)
+    server = start_model_server(
+        str(tmp_path / "model"), f"sqlite:///{tmp_path / 'unused.db'}", tmp_path / "server.log"
+    )
+    try:
+        server.wait_healthy()
+        body = json.dumps({"dataframe_records": [{"a": 4.0}]}).encode()
+        status, answer = _post(server.url, body, JSON)
+        assert (status, answer) == (200, {"predictions": [{"a": 8.0}]})
+    finally:
+        server.stop()
+    assert "a library writing to its standard output" in server.log_path.read_text()

@@ -34,13 +34,13 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from controller.processes import wait_until_healthy
-from controller.up import MLFLOW_START_SECONDS, UpOptions, mlflow_server
+from common.settings import RegistrySettings
+from common.supervision import wait_until_healthy
+from orchestration.up import MLFLOW_START_SECONDS, UpOptions, mlflow_server
 from tests.helpers import free_port
 from tests.servers import ServerProcess, start_model_server
 from tests.zoo import KINDS
 from training.pipelines import ModelKind
-from training.settings import RegistrySettings
 from training.train import TrainOptions, train_and_register
 
 WORKER_IDLE_SECONDS = 5

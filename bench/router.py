@@ -166,8 +166,8 @@ def upstreams(kind: str, folder: Path) -> tuple[Proc, Proc]:
             start([sys.executable, str(here), str(first), "1"], first),
             start([sys.executable, str(here), str(second), "2"], second),
         )
+    from common.settings import RegistrySettings
     from training.pipelines import ModelKind
-    from training.settings import RegistrySettings
     from training.train import TrainOptions, train_and_register
 
     settings = RegistrySettings.embedded_in(folder / "state")

@@ -14,7 +14,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller.changes import Controller
-from controller.errors import ControllerError, InvalidChange
+from controller.errors import ControllerError, InvalidChange, Superseded
 from controller.rollout.engine import RolloutPlan, RolloutRunner
 from controller.rollout.gates import GateLimits
 from controller.rollout.planner import plan_report
@@ -38,7 +38,14 @@ class Change(BaseModel):
     reason: str = Field(default="", max_length=1000)
 
 
-class DeployRequest(Change):
+class LongChange(Change):
+    """A change that may wait for a model server to start."""
+
+    detach: bool = False
+    """Answer 202 as soon as the change is recorded, instead of when it is made."""
+
+
+class DeployRequest(LongChange):
     """Make `version` the canary, on a new local server or the server at `url`."""
 
     version: str = Field(min_length=1, max_length=20, pattern=r"^([0-9]+|latest)$")
@@ -46,7 +53,7 @@ class DeployRequest(Change):
     weight: float = Field(default=0.0, ge=0.0, le=100.0)
 
 
-class WeightRequest(Change):
+class WeightRequest(LongChange):
     """Give the canary `weight` percent of traffic."""
 
     weight: float = Field(ge=0.0, le=100.0)
@@ -116,6 +123,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except InvalidChange as error:
         return error_response(400, "INVALID_PARAMETER_VALUE", str(error))
+    except Superseded as error:
+        return error_response(409, "ABORTED", str(error))
     except (ControllerError, RoutingFileError) as error:
         return error_response(503, "TEMPORARILY_UNAVAILABLE", str(error))
 
@@ -133,6 +142,11 @@ async def body_of(request: web.Request, model: type[BaseModel]) -> Any:
         return model.model_validate(document)
     except ValidationError as error:
         raise InvalidChange(validation_problems(error, "(body)")) from None
+
+
+def _answer(record: dict[str, Any]) -> web.Response:
+    """Answer a change: 200 with its audit record, or 202 when it was only recorded."""
+    return web.json_response(record, status=202 if "accepted" in record else 200)
 
 
 async def ping(_request: web.Request) -> web.Response:
@@ -160,20 +174,23 @@ async def deploy(request: web.Request) -> web.Response:
     """Start or adopt a server for a version and make it the canary."""
     asked: DeployRequest = await body_of(request, DeployRequest)
     controller = request.app[CONTROLLER]
-    record = await controller.deploy(asked.version, asked.url, asked.weight, asked.reason)
-    return web.json_response(record)
+    record = await controller.deploy(
+        asked.version, asked.url, asked.weight, asked.reason, detach=asked.detach
+    )
+    return _answer(record)
 
 
 async def weight(request: web.Request) -> web.Response:
     """Set the canary's share."""
     asked: WeightRequest = await body_of(request, WeightRequest)
-    return web.json_response(await request.app[CONTROLLER].set_weight(asked.weight, asked.reason))
+    controller = request.app[CONTROLLER]
+    return _answer(await controller.set_weight(asked.weight, asked.reason, detach=asked.detach))
 
 
 async def promote(request: web.Request) -> web.Response:
     """Make the canary stable."""
-    asked: Change = await body_of(request, Change)
-    return web.json_response(await request.app[CONTROLLER].promote(asked.reason))
+    asked: LongChange = await body_of(request, LongChange)
+    return _answer(await request.app[CONTROLLER].promote(asked.reason, detach=asked.detach))
 
 
 async def rollback(request: web.Request) -> web.Response:

@@ -1,30 +1,38 @@
-"""Changes to the split, one at a time: validate, write, confirm, move aliases, audit; or undo.
+"""Changes to the split: recorded under a short lock, made one at a time by one reconciler loop.
 
-The routing file is the source of truth. A change writes it atomically, waits until every
-known router reports the new version, moves the registry aliases, then appends the audit
-record. If a step fails, the steps done are undone in reverse, so the routing file and the
-aliases always describe the same split, and the error says what happened.
+A change is validated against the split as it will be once the changes before it are made,
+and recorded in the desired state (`controller.desired`); the caller then waits for the loop,
+which makes each change in order: for a deploy, start (or adopt) and check its server; then
+write the routing file atomically, wait until every known router reports it, move the
+registry aliases, append the audit record; if a step fails, undo the steps done in reverse, so
+the routing file and the aliases always describe the same split.
+
+A rollback always wins at once: it supersedes every change still waiting, stops a deploy's
+server that is still starting (it never had traffic, so there is nothing to look at), and is
+made next, so it never waits behind a model server's start. The rollout engine asks for its
+changes the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from pydantic import ValidationError
 
 from controller.audit import append_audit, read_audit
 from controller.checks import check_server, server_metadata, signature_inputs
-from controller.errors import ControllerError, InvalidChange
+from controller.desired import WINS_AT_ONCE, Change, DesiredState
+from controller.errors import ControllerError, InvalidChange, Superseded
 from controller.registry import Registry, aliases_for
 from controller.routers import RouterDirectory, RouterList, reported_version, wait_for_routers
 from controller.runtime import Runtime
 from controller.stores import RoutingStore
-from router.config import Predictions, RoutingConfig, validation_problems
+from router.config import Predictions, RoutingConfig
 
 log = logging.getLogger("controller")
 
@@ -39,9 +47,14 @@ class ChangeSettings:
     confirm_timeout_s: float = 5.0
     drain_s: float = 1.0
 
+    @property
+    def desired_path(self) -> Path:
+        """Where the changes asked for and not yet made are kept."""
+        return self.audit_path.with_name("desired.json")
+
 
 class Controller:
-    """Applies operator changes to the split, serialized by one lock."""
+    """Records operator changes as desired state and makes them, in order, in one loop."""
 
     def __init__(
         self,
@@ -54,7 +67,27 @@ class Controller:
             settings, runtime, registry, session,
         )  # fmt: skip
         self.lock = asyncio.Lock()
+        """Held only to validate and record a change: never while a change is made."""
+        self.desired = DesiredState.load(settings.desired_path)
+        self.wake = asyncio.Event()
+        self.loop: asyncio.Task[None] | None = None
+        self.starting: asyncio.Task[str] | None = None
+        """The deploy's server start in progress, cancelled by a rollback."""
+        self.committing: Change | None = None
+        """The change being committed: a rollback does not supersede it but follows it."""
+        self.in_progress: tuple[Change, RoutingConfig] | None = None
+        """The change being committed and the split it writes, once that is known."""
         self.background: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        """Start the loop; changes a previous controller left pending are made first."""
+        for change in self.desired.pending:
+            change.outcome = asyncio.get_running_loop().create_future()
+            _quiet(change.outcome)
+            log.info("resuming change %d (%s) left by a previous controller", change.number,
+                     change.describe())  # fmt: skip
+        self.loop = asyncio.get_running_loop().create_task(self._reconcile())
+        self.wake.set()
 
     async def current(self) -> RoutingConfig:
         """Return the split the routing file holds now."""
@@ -82,17 +115,15 @@ class Controller:
             },
             "aliases": aliases,
             "runtime": self.runtime.kind,
+            "pending": [change.to_json() for change in self.desired.pending],
             "recent_changes": read_audit(self.settings.audit_path, last=5),
         }
 
-    async def set_weight(self, weight: float, reason: str) -> dict[str, Any]:
+    async def set_weight(
+        self, weight: float, reason: str, *, detach: bool = False
+    ) -> dict[str, Any]:
         """Set the canary's share of traffic (percent)."""
-        async with self.lock:
-            before = await self.current()
-            if before.canary is None:
-                raise InvalidChange("there is no canary to weight: deploy one first")
-            after = _with(before, canary={**before.canary.model_dump(), "weight": weight})
-            return await self._commit("weight", reason, before, after)
+        return _made(await self._ask("weight", reason, {"weight": weight}, detach))
 
     async def set_prediction_buckets(
         self, predictions: Predictions, reason: str
@@ -101,71 +132,177 @@ class Controller:
 
         Return None when stable changed meanwhile (the buckets would be another model's).
         """
-        async with self.lock:
-            before = await self.current()
-            if before.stable.version != predictions.version:
-                return None
-            after = _with(before, predictions=predictions.model_dump(mode="json"))
-            return await self._commit("prediction-buckets", reason, before, after)
+        arguments = {"predictions": predictions.model_dump(mode="json")}
+        return await self._ask("prediction-buckets", reason, arguments)
 
     async def rollback(self, reason: str) -> dict[str, Any]:
-        """Send the canary no traffic at once (its server is kept for a look)."""
-        async with self.lock:
-            before = await self.current()
-            if before.canary is None:
-                raise InvalidChange("there is no canary to roll back")
-            after = _with(before, canary={**before.canary.model_dump(), "weight": 0.0})
-            return await self._commit("rollback", reason, before, after)
+        """Send the canary no traffic at once, superseding the changes still waiting."""
+        return _made(await self._ask("rollback", reason, {}))
 
-    async def promote(self, reason: str) -> dict[str, Any]:
+    async def promote(self, reason: str, *, detach: bool = False) -> dict[str, Any]:
         """Make the canary stable (no canary after); drain and stop the old stable's server."""
-        async with self.lock:
-            before = await self.current()
-            if before.canary is None:
-                raise InvalidChange("there is no canary to promote")
-            stable = {"url": before.canary.url, "version": before.canary.version}
-            after = _with(before, stable=stable, canary=None)
-            result = await self._commit("promote", reason, before, after)
-            if before.stable.url != after.stable.url:
-                self._later(self._drain_and_retire(before.stable.url))
-            return result
+        return _made(await self._ask("promote", reason, {}, detach))
 
     async def deploy(
-        self, version: str, url: str | None, weight: float, reason: str
+        self, version: str, url: str | None, weight: float, reason: str, *, detach: bool = False
     ) -> dict[str, Any]:
         """Start (or adopt) a server for `version`, check it, and make it the canary."""
+        model = (await self.current()).model
+        if version == "latest":
+            listed = await self.registry.versions()
+            if not listed:
+                raise InvalidChange(f"{model} has no versions in the registry")
+            version = str(listed[-1]["version"])
+        if not await self.registry.exists(version):
+            raise InvalidChange(f"{model} has no version {version} in the registry")
+        arguments = {"version": version, "url": url.rstrip("/") if url else None,
+                     "weight": weight}  # fmt: skip
+        return _made(await self._ask("deploy", reason, arguments, detach))
+
+    async def _ask(
+        self, action: str, reason: str, arguments: dict[str, Any], detach: bool = False
+    ) -> dict[str, Any] | None:
+        """Validate a change against the split to come, record it, and wait until it is made.
+
+        With `detach`, answer as soon as it is recorded: `{"accepted": change}`.
+        """
         async with self.lock:
-            before = await self.current()
-            if version == "latest":
-                listed = await self.registry.versions()
-                if not listed:
-                    raise InvalidChange(f"{before.model} has no versions in the registry")
-                version = str(listed[-1]["version"])
-            if version == before.stable.version:
-                raise InvalidChange(f"version {version} is already stable")
-            _with(before, canary={"url": url or "http://placeholder", "version": version,
-                                  "weight": weight})  # fmt: skip
-            if not await self.registry.exists(version):
-                raise InvalidChange(f"{before.model} has no version {version} in the registry")
-            stable_inputs = signature_inputs(await server_metadata(self.session, before.stable.url))
-            new_url = await self.runtime.provide(self.session, version, url)
+            superseded = self._supersede(action, reason) if action in WINS_AT_ONCE else []
+            projected = await self._projected()
+            asked = Change(self.desired.next_number, action, reason, arguments)
+            asked.target(projected)  # InvalidChange: nothing is recorded
+            if action == "rollback" and projected.canary is None and not superseded:
+                raise InvalidChange("there is no canary to roll back")
+            if superseded:
+                arguments = {**arguments, "superseded": superseded}
+            change = self.desired.add(action, reason, arguments)
+            change.outcome = asyncio.get_running_loop().create_future()
+            await asyncio.to_thread(self.desired.save)
+            self.wake.set()
+        if detach:
+            _quiet(change.outcome)
+            return {"accepted": change.to_json()}
+        # The change stands if the caller goes away: shielded, it is made all the same.
+        return await asyncio.shield(change.outcome)
+
+    def _supersede(self, action: str, reason: str) -> list[str]:
+        """Drop every change still waiting (not one being committed); say what was dropped."""
+        dropped = []
+        for change in list(self.desired.pending):
+            if change is self.committing:
+                continue
+            what = change.describe()
+            if self.starting is not None and change is self.desired.pending[0]:
+                self.starting.cancel()
+                what += " (its model server, still starting, was stopped)"
+            self.desired.pending.remove(change)
+            _settle(change, error=Superseded(
+                f"the {change.describe()} was superseded by a {action}"
+                f"{f' ({reason})' if reason else ''} before it was made"
+            ))  # fmt: skip
+            dropped.append(what)
+        return dropped
+
+    async def _projected(self) -> RoutingConfig:
+        """Return the split as it will be once every pending change is made."""
+        split = await self.current()
+        changes = list(self.desired.pending)
+        if self.in_progress is not None and changes and changes[0] is self.in_progress[0]:
+            split = self.in_progress[1]
+            changes = changes[1:]
+        for change in changes:
+            split = change.target(split)
+        return split
+
+    async def _reconcile(self) -> None:
+        """Make the pending changes one after another, for as long as the controller runs."""
+        while True:
+            if not self.desired.pending:
+                await self.wake.wait()
+                self.wake.clear()
+                continue
+            change = self.desired.pending[0]
             try:
-                await check_server(self.session, new_url, before.model, version, stable_inputs)
-                after = _with(before, canary={"url": new_url, "version": version, "weight": weight})
-                result = await self._commit("deploy", reason, before, after)
-            except BaseException:
-                if url is None:
-                    await self.runtime.retire(new_url)
-                raise
-            old = before.canary
-            if old is not None and old.url != new_url:
-                self._later(self._drain_and_retire(old.url))
-            return result
+                result = await self._make(change)
+            except _Dropped:
+                continue  # superseded while its server started: the superseder settled it
+            except ControllerError as error:
+                self._finish(change, error=error)
+            except Exception as error:  # a bug must not stop the loop: say it, go on
+                log.exception("change %d (%s) failed", change.number, change.describe())
+                self._finish(change, error=ControllerError(
+                    f"{change.describe()} failed unexpectedly: {error!r}"
+                ))  # fmt: skip
+            else:
+                self._finish(change, result=result)
+
+    async def _make(self, change: Change) -> dict[str, Any] | None:
+        """Start and check a deploy's server, then commit the change."""
+        started_url = None
+        if change.action == "deploy":
+            change.stage = "starting a model server"
+            self.starting = asyncio.get_running_loop().create_task(self._prepare_server(change))
+            try:
+                await asyncio.wait({self.starting})
+                if change not in self.desired.pending:  # superseded: the superseder answered
+                    started = not self.starting.cancelled() and not self.starting.exception()
+                    if started and change.arguments.get("url") is None:
+                        await asyncio.shield(self.runtime.retire(self.starting.result()))
+                    raise _Dropped
+                started_url = self.starting.result()
+            finally:
+                self.starting = None
+        change.stage = "committing"
+        self.committing = change  # from here on a rollback waits for it (a second at most)
+        try:
+            before = await self.current()
+            after = change.target(before, started_url)
+            if after == before and change.action == "prediction-buckets":
+                return None
+            self.in_progress = (change, after)
+            result = await self._commit(change, before, after)
+        except BaseException:
+            if started_url is not None and change.arguments.get("url") is None:
+                await asyncio.shield(self.runtime.retire(started_url))
+            raise
+        finally:
+            self.committing, self.in_progress = None, None
+        retired = {before.stable.url} | ({before.canary.url} if before.canary else set())
+        for url in retired - {after.stable.url} - ({after.canary.url} if after.canary else set()):
+            self._later(self._drain_and_retire(url))
+        return result
+
+    async def _prepare_server(self, change: Change) -> str:
+        """Start (or adopt) the deploy's server and check it against stable; return its URL."""
+        version, given = str(change.arguments["version"]), change.arguments.get("url")
+        before = await self.current()
+        stable_inputs = signature_inputs(await server_metadata(self.session, before.stable.url))
+        url = await self.runtime.provide(version, given)
+        try:
+            await check_server(self.session, url, before.model, version, stable_inputs)
+        except BaseException:
+            if given is None:
+                await asyncio.shield(self.runtime.retire(url))
+            raise
+        return url
+
+    def _finish(
+        self,
+        change: Change,
+        result: dict[str, Any] | None = None,
+        error: ControllerError | None = None,
+    ) -> None:
+        """Take a made (or failed) change off the desired state and answer its caller."""
+        if change in self.desired.pending:
+            self.desired.pending.remove(change)
+            self.desired.save()
+        _settle(change, result, error)
 
     async def _commit(
-        self, action: str, reason: str, before: RoutingConfig, after: RoutingConfig
+        self, change: Change, before: RoutingConfig, after: RoutingConfig
     ) -> dict[str, Any]:
         """Write, confirm, move aliases, audit; undo the done steps if one fails."""
+        action = change.action
         version = await self.settings.store.save(after)  # a refusal here changed nothing
         try:
             routers = await self.settings.routers.urls()
@@ -175,23 +312,26 @@ class Controller:
             raise ControllerError(f"{action} failed: {error}; {await self._undo(before)}") from None
         record = {
             "action": action,
-            "reason": reason,
+            "reason": change.reason,
             "before": before.model_dump(mode="json"),
             "after": after.model_dump(mode="json"),
             "config_version": version,
+            "change": change.number,
         }
+        if change.arguments.get("superseded"):
+            record["superseded"] = change.arguments["superseded"]
         try:
             written = await asyncio.to_thread(append_audit, self.settings.audit_path, record)
         except OSError as error:
-            undone = await self._undo(before, aliases_too=True)
+            undone = await self._undo(before)
             raise ControllerError(
                 f"{action} failed: cannot append to the audit log: {error.strerror or error}; "
                 f"{undone}"
             ) from None
-        log.info("%s: %s", action, reason or "(no reason given)")
+        log.info("%s: %s", action, change.reason or "(no reason given)")
         return written
 
-    async def _undo(self, before: RoutingConfig, aliases_too: bool = True) -> str:
+    async def _undo(self, before: RoutingConfig) -> str:
         """Put the previous split back (file, then aliases); say how that went."""
         said = []
         try:
@@ -199,12 +339,11 @@ class Controller:
             said.append("the previous routing file is back")
         except ControllerError as error:
             said.append(f"the previous routing file could not be restored ({error})")
-        if aliases_too:
-            try:
-                await self.registry.set_aliases(_aliases(before))
-                said.append("the aliases are as before")
-            except ControllerError as error:
-                said.append(f"the aliases could not be restored: {error}")
+        try:
+            await self.registry.set_aliases(_aliases(before))
+            said.append("the aliases are as before")
+        except ControllerError as error:
+            said.append(f"the aliases could not be restored: {error}")
         return ", ".join(said)
 
     async def reconcile_aliases(self) -> None:
@@ -225,20 +364,51 @@ class Controller:
             await self.runtime.retire(url)
 
     async def close(self) -> None:
-        """Finish background work (draining servers)."""
+        """Stop the loop and finish background work (draining servers).
+
+        Changes still pending stay recorded: the next controller makes them.
+        """
+        if self.loop is not None:
+            self.loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.loop
+        for change in self.desired.pending:
+            _settle(change, error=ControllerError(
+                f"the controller is stopping: the {change.describe()} is kept and made when it"
+                " starts again"
+            ))  # fmt: skip
         await asyncio.gather(*self.background, return_exceptions=True)
+
+
+class _Dropped(Exception):
+    """The change was superseded while its server was starting."""
+
+
+def _settle(
+    change: Change, result: dict[str, Any] | None = None, error: ControllerError | None = None
+) -> None:
+    """Answer whoever waits for `change` (nobody, after a restart or with --detach)."""
+    outcome = change.outcome
+    if outcome is None or outcome.done():
+        return
+    if error is not None:
+        outcome.set_exception(error)
+        _quiet(outcome)
+    else:
+        outcome.set_result(result)
+
+
+def _quiet(outcome: asyncio.Future[Any]) -> None:
+    """Nobody may ever read this outcome: do not log its error as never retrieved."""
+    outcome.add_done_callback(lambda done: done.cancelled() or done.exception())
+
+
+def _made(result: dict[str, Any] | None) -> dict[str, Any]:
+    """Return the record a made change has (all but prediction buckets always have one)."""
+    if result is None:
+        raise ControllerError("the change had nothing to do")
+    return result
 
 
 def _aliases(config: RoutingConfig) -> Any:
     return aliases_for(config.stable.version, config.canary.version if config.canary else None)
-
-
-def _with(config: RoutingConfig, **changes: Any) -> RoutingConfig:
-    """Return `config` with fields replaced, validated whole (InvalidChange names the field)."""
-    document = {**config.model_dump(mode="json", exclude_none=True), **changes}
-    if document.get("canary") is None:
-        document.pop("canary", None)
-    try:
-        return RoutingConfig.model_validate(document)
-    except ValidationError as error:
-        raise InvalidChange(validation_problems(error)) from None

@@ -7,3 +7,7 @@ class ControllerError(Exception):
 
 class InvalidChange(ControllerError):
     """The change asked for cannot be made as asked (answered 400); nothing was changed."""
+
+
+class Superseded(ControllerError):
+    """A later change (a rollback) replaced this one before it was made (answered 409)."""

@@ -6,9 +6,9 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from common.settings import RegistrySettings
 from controller.errors import ControllerError
 from training.registry import CHALLENGER, CHAMPION, connect, versions_of
-from training.settings import RegistrySettings
 
 
 @dataclass(frozen=True)

@@ -5,44 +5,42 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import signal
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
-
+from common.files import write_atomically
+from common.settings import RegistrySettings
+from common.supervision import (
+    ChildFailed,
+    ChildProcess,
+    ProcessIdentity,
+    child_environment,
+    free_port,
+    restart_delay,
+    stop_groups,
+    wait_until_healthy,
+)
 from controller.errors import ControllerError
-from controller.processes import ChildProcess, child_environment
-from training.settings import RegistrySettings
 
 log = logging.getLogger("controller")
 START_SECONDS = 120.0
-RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
-
-
-def free_port(host: str) -> int:
-    """Return a port on `host` that was free a moment ago."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
 
 
 @dataclass
 class ManagedServer:
     """A model server this controller owns, and how often it has had to restart it.
 
-    `child` is None for a server recovered after a controller restart: it is known by its pid.
+    `child` is None for a server recovered after a controller restart: it is known by its
+    identity (pid and start time) only.
     """
 
     version: str
     url: str
     port: int
     child: ChildProcess | None
-    pid: int | None
+    identity: ProcessIdentity | None
     restarts: int = 0
     next_restart_at: float = 0.0
 
@@ -51,18 +49,23 @@ class ManagedServer:
         """Whether the server's process is alive."""
         if self.child is not None:
             return self.child.running
-        return self.pid is not None and _alive(self.pid)
+        return self.identity is not None and self.identity.alive()
 
     def stop(self) -> None:
-        """Stop it: SIGTERM to its process group, SIGKILL if it lingers."""
+        """Stop its process group (SIGTERM, then SIGKILL if it lingers)."""
         if self.child is not None:
             self.child.stop()
-        elif self.pid is not None:
-            _stop_group(self.pid)
+        elif self.identity is not None:
+            stop_groups([self.identity])
 
     def describe(self) -> dict[str, object]:
         """Return what is saved of it in the state folder."""
-        return {"version": self.version, "url": self.url, "port": self.port, "pid": self.pid}
+        identity = self.identity
+        return {
+            "version": self.version, "url": self.url, "port": self.port,
+            "pid": identity.pid if identity else None,
+            "started": identity.started if identity else None,
+        }  # fmt: skip
 
 
 @dataclass
@@ -76,8 +79,12 @@ class Runtime:
     servers: dict[str, ManagedServer] = field(default_factory=dict)
     """By URL: the servers this controller owns (local runtime)."""
 
-    async def provide(self, session: aiohttp.ClientSession, version: str, url: str | None) -> str:
-        """Return the URL of a healthy server for `version`: `url` if given, else a new child."""
+    async def provide(self, version: str, url: str | None) -> str:
+        """Return the URL of a healthy server for `version`: `url` if given, else a new child.
+
+        Cancelled (a rollback superseded the change that asked for it), the new server is
+        stopped before the cancellation goes on.
+        """
         if url is not None:
             return url.rstrip("/")
         if self.kind != "local":
@@ -88,13 +95,15 @@ class Runtime:
         server_url = f"http://{self.host}:{port}"
         child = self._child(version, port)
         child.start()
-        pid = child.process.pid if child.process else None
-        self.servers[server_url] = ManagedServer(version, server_url, port, child, pid)
+        self.servers[server_url] = ManagedServer(version, server_url, port, child, child.identity)
         self._save()
         try:
-            await wait_healthy(session, child, server_url, START_SECONDS)
-        except ControllerError:
+            await wait_until_healthy(child, f"{server_url}/health", START_SECONDS)
+        except ChildFailed as error:
             await self.retire(server_url)
+            raise ControllerError(str(error)) from None
+        except BaseException:
+            await asyncio.shield(self.retire(server_url))
             raise
         return server_url
 
@@ -109,7 +118,7 @@ class Runtime:
         """Tell whether this controller started the server at `url`."""
         return url in self.servers
 
-    async def supervise(self, session: aiohttp.ClientSession, in_use: set[str]) -> None:
+    def supervise(self, in_use: set[str]) -> None:
         """Restart owned servers in use that died, with backoff (call every second or so)."""
         now = time.monotonic()
         for server in list(self.servers.values()):
@@ -117,26 +126,32 @@ class Runtime:
                 continue
             if server.child is None:
                 server.child = self._child(server.version, server.port)
-            log.warning("%s; restarting it", server.child.exit_description())
-            delay = RESTART_BACKOFF[min(server.restarts, len(RESTART_BACKOFF) - 1)]
+                log.warning("model server v%s (%s) is gone; restarting it", server.version,
+                            server.url)  # fmt: skip
+            else:
+                log.warning("%s; restarting it", server.child.exit_description())
+            server.next_restart_at = now + restart_delay(server.restarts)
             server.restarts += 1
-            server.next_restart_at = now + delay
             server.child.start()
-            server.pid = server.child.process.pid if server.child.process else None
+            server.identity = server.child.identity
             self._save()
 
     def recover(self, in_use: set[str]) -> None:
         """Own again the servers a previous controller left that the split uses; stop the rest.
 
-        Called at start-up, so a controller killed mid-change leaves no server behind.
+        Called at start-up, so a controller killed mid-change leaves no server behind. A
+        recorded process is touched only if it is still the one recorded (pid and start time):
+        a pid since reused by an unrelated process is left alone.
         """
         try:
             saved = json.loads(self._saved_path.read_text())
         except (OSError, ValueError):
             return
         for item in saved if isinstance(saved, list) else []:
+            pid, started = item.get("pid"), item.get("started")
+            identity = ProcessIdentity(pid, started) if pid and started else None
             server = ManagedServer(
-                str(item["version"]), str(item["url"]), int(item["port"]), None, item.get("pid")
+                str(item["version"]), str(item["url"]), int(item["port"]), None, identity
             )
             if not server.running:
                 continue
@@ -153,12 +168,9 @@ class Runtime:
         return self.state / "model-servers.json"
 
     def _save(self) -> None:
-        """Record the owned servers (url, version, pid), so a restarted controller finds them."""
+        """Record the owned servers (url, version, identity), so a restart finds them."""
         described = [server.describe() for server in self.servers.values()]
-        temporary = self._saved_path.with_suffix(".tmp")
-        temporary.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(json.dumps(described, indent=1))
-        os.replace(temporary, self._saved_path)
+        write_atomically(self._saved_path, json.dumps(described, indent=1).encode())
 
     async def stop_all(self) -> None:
         """Stop every owned server."""
@@ -175,53 +187,3 @@ class Runtime:
         environment.pop("MLFLOW_REGISTRY_URI", None)
         log_path = self.state / "logs" / f"model-server-v{version}-{port}.log"
         return ChildProcess(f"model server v{version} (:{port})", argv, log_path, environment)
-
-
-async def wait_healthy(
-    session: aiohttp.ClientSession, child: ChildProcess, url: str, within: float
-) -> None:
-    """Poll `url`/health until 200; raise ControllerError if the child dies or time runs out."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if not child.running:
-            raise ControllerError(f"{child.exit_description()}{_tail(child.log_path)}")
-        try:
-            async with session.get(f"{url}/health", timeout=aiohttp.ClientTimeout(total=2)) as r:
-                if r.status == 200:
-                    return
-        except (aiohttp.ClientError, TimeoutError):
-            pass
-        await asyncio.sleep(0.2)
-    raise ControllerError(f"{child.name} did not become healthy within {within:.0f} s")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _stop_group(pid: int, grace: float = 10.0) -> None:
-    """SIGTERM the process group led by `pid`, then SIGKILL it if still there after `grace`."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            if not _alive(pid):
-                return
-            time.sleep(0.1)
-
-
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        last = path.read_text(errors="replace").strip().splitlines()[-lines:]
-    except OSError:
-        return ""
-    return (": " + " | ".join(line.strip() for line in last)) if last else ""

@@ -14,6 +14,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from common.settings import RegistrySettings
 from controller.api import create_api
 from controller.changes import ChangeSettings, Controller
 from controller.checks import check_server, server_metadata, signature_inputs
@@ -26,7 +27,6 @@ from controller.stores import ConfigMapStore, FileStore, RoutingStore
 from controller.token import read_token, write_fresh_token
 from router.config import RoutingConfig
 from training.registry import CHALLENGER, CHAMPION
-from training.settings import RegistrySettings
 
 log = logging.getLogger("controller")
 
@@ -92,13 +92,13 @@ async def settle_split(
         canary = None
         if options.canary_version is not None:
             canary = await resolve_version(registry, options.canary_version, CHALLENGER)
-        stable_url = await runtime.provide(session, stable, options.stable_url)
+        stable_url = await runtime.provide(stable, options.stable_url)
         document: dict[str, object] = {
             "model": registry.settings.model_name,
             "stable": {"url": stable_url, "version": stable},
         }
         if canary is not None and canary != stable:
-            canary_url = await runtime.provide(session, canary, options.canary_url)
+            canary_url = await runtime.provide(canary, options.canary_url)
             document["canary"] = {
                 "url": canary_url, "version": canary, "weight": options.canary_weight,
             }  # fmt: skip
@@ -138,7 +138,7 @@ async def _adopt_or_start(
     if controller.runtime.kind != "local":
         raise ControllerError(f"{url} does not serve version {version} (static runtime)")
     log.info("starting a model server for version %s (%s is not serving it)", version, url)
-    return await controller.runtime.provide(session, version, None)
+    return await controller.runtime.provide(version, None)
 
 
 async def serve_controller(options: ControllerOptions, registry_settings: RegistrySettings) -> None:
@@ -182,6 +182,7 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
         rollout = RolloutRunner(
             controller, session, options.state / "rollout.json", RolloutMetrics.create(registry)
         )
+        controller.start()
         await rollout.resume_saved()
         api = create_api(controller, token, rollout, registry)
         runner = web.AppRunner(api, access_log=None)
@@ -197,7 +198,7 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
             if runtime.servers:  # owned servers only: no store read each second otherwise
                 config = await controller.current()
                 in_use = {config.stable.url} | ({config.canary.url} if config.canary else set())
-                await runtime.supervise(session, in_use)
+                runtime.supervise(in_use)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
     finally:

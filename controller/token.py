@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hmac
-import os
 import secrets
 from pathlib import Path
+
+from common.files import write_atomically
 
 TOKEN_FILE = "admin-token"  # noqa: S105 (a file name, not a secret)
 
@@ -13,11 +14,7 @@ TOKEN_FILE = "admin-token"  # noqa: S105 (a file name, not a secret)
 def write_fresh_token(path: Path) -> str:
     """Write a new random token to `path`, readable by its owner only; return it."""
     token = secrets.token_urlsafe(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(token + "\n")
+    write_atomically(path, (token + "\n").encode(), mode=0o600)
     return token
 
 

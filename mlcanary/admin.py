@@ -1,7 +1,7 @@
 """The operator's commands against the admin API: status, deploy, weight, promote, rollback.
 
 Also `predict`, which sends sample rows through the router. Registered on the main app by
-`register`; the HTTP work is in controller/client.py.
+`register`; the HTTP work is in orchestration/client.py.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 def admin_call(method: str, path: str, body: dict[str, Any] | None, url: str | None) -> Any:
     """Call the admin API; a failure is one clear line and exit code 1."""
-    from controller.client import AdminClient
+    from common.settings import state_dir
     from controller.errors import ControllerError
-    from training.settings import state_dir
+    from orchestration.client import AdminClient
 
     try:
         return AdminClient.from_env(state_dir(), url).call(method, path, body)

@@ -22,7 +22,7 @@ from training.pipelines import ModelKind
 if TYPE_CHECKING:
     from pydantic import ValidationError
 
-    from controller.up import LocalSystem, UpOptions
+    from orchestration.up import LocalSystem, UpOptions
 
 
 class Loop(StrEnum):
@@ -113,7 +113,7 @@ def train(
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train a model on the dataset, log it to MLflow and register a new version."""
-    from training.settings import RegistrySettings
+    from common.settings import RegistrySettings
     from training.train import TrainOptions, train_and_register
 
     if alias is not None and no_alias:
@@ -165,10 +165,10 @@ def serve_model(
     """Serve one model version over MLflow's scoring protocol until SIGTERM or Ctrl-C."""
     from pydantic import ValidationError
 
+    from common.settings import RegistrySettings
     from model_server.loading import ModelLoadError
     from model_server.serve import serve
     from model_server.settings import ServerSettings
-    from training.settings import RegistrySettings
 
     logging.getLogger("model_server").setLevel(logging.INFO)
     # The same registry `train` uses: the embedded one unless MLFLOW_TRACKING_URI says otherwise.
@@ -363,9 +363,9 @@ def controller(
     """Run the controller: the admin API that deploys, weights, promotes and rolls back."""
     import asyncio
 
+    from common.settings import RegistrySettings, state_dir
     from controller.errors import ControllerError
     from controller.serve import ControllerOptions, serve_controller
-    from training.settings import RegistrySettings, state_dir
 
     logging.getLogger("controller").setLevel(logging.INFO)
     if router_url and router_endpoints:
@@ -417,7 +417,7 @@ def render_k8s(
 ) -> None:
     """Write Kubernetes manifests (a kustomize overlay) for a stable and a canary version."""
     from controller.errors import ControllerError
-    from controller.manifests import Release, render_overlay
+    from orchestration.manifests import Release, render_overlay
 
     model = os.environ.get("DEFAULT_MODEL_NAME") or "StudentExamPredictor"
     release = Release(model, stable, canary, weight, namespace, registry, tag, tracking_uri)
@@ -440,9 +440,9 @@ def bootstrap(
     """Train and register a champion and a challenger if the registry has no versions yet."""
     from mlflow.exceptions import MlflowException
 
-    from controller.up import bootstrap_registry
+    from common.settings import RegistrySettings
+    from orchestration.up import bootstrap_registry
     from training.registry import wait_until_reachable
-    from training.settings import RegistrySettings
 
     settings = RegistrySettings.from_env()
     try:
@@ -473,8 +473,9 @@ def up(
     controller_port: Annotated[int, typer.Option(help="Port of the admin API.")] = 8001,
 ) -> None:
     """Run the whole system locally until Ctrl-C: MLflow, models, controller, router."""
-    from controller.errors import ControllerError
-    from controller.up import (
+    from common.settings import RegistrySettings, state_dir
+    from common.supervision import ChildFailed
+    from orchestration.up import (
         LocalSystem,
         UpOptions,
         run_until_stopped,
@@ -482,7 +483,6 @@ def up(
         start_system,
         terminate_as_interrupt,
     )
-    from training.settings import RegistrySettings, state_dir
 
     options = UpOptions(
         state=state_dir(),
@@ -507,7 +507,7 @@ def up(
             run_until_stopped(system, lambda text: stderr.print(text, highlight=False))
         except KeyboardInterrupt:
             pass
-        except (ControllerError, TrainingError) as error:
+        except (ChildFailed, TrainingError) as error:
             problem = str(error)
         finally:
             with signals_ignored():

@@ -5,15 +5,15 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from common.files import write_atomically
 
 Variant = Literal["stable", "canary"]
 HEADER_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -211,22 +211,7 @@ def write_routing_file(path: Path, config: RoutingConfig) -> str:
     """Write atomically (temp file in the same folder, fsync, rename); return its version."""
     data = render_routing(config)
     parse_routing(data, str(path))  # never write what a router would refuse
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    write_atomically(path, data)
     return content_version(data)
 
 

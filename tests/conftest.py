@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from common.settings import RegistrySettings
 from training.pipelines import ModelKind
-from training.settings import RegistrySettings
 from training.train import TrainOptions, TrainResult, train_and_register
 
 # No test may send mlflow's usage telemetry anywhere; child processes inherit this.

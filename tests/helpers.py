@@ -14,7 +14,7 @@ from pathlib import Path
 import mlflow
 from mlflow import MlflowClient
 
-from training.settings import RegistrySettings
+from common.settings import RegistrySettings
 
 
 def free_port() -> int:

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.settings import RegistrySettings
 from tests.helpers import command_environment, free_port, registry_snapshot, run_mlcanary
-from training.settings import RegistrySettings
 
 
 def copied_registry(source: RegistrySettings, folder: Path) -> RegistrySettings:

@@ -20,6 +20,7 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from common.settings import EXPERIMENT_NAME, RegistrySettings
 from tests.conftest import TrainedRegistry
 from tests.helpers import free_port
 from tests.servers import start_model_server
@@ -27,7 +28,6 @@ from tests.systems import System, aliases_of, copied_registry, running_system
 from training.dataset import DEFAULT_PATH, FEATURES, TARGET, load_dataset
 from training.pipelines import ModelKind
 from training.registry import connect, ensure_experiment, register_version
-from training.settings import EXPERIMENT_NAME, RegistrySettings
 from training.train import TrainOptions, serving_requirements, train_and_register, trusted_types
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import requests
 
+from common.settings import RegistrySettings
 from tests.conftest import TrainedRegistry
 from tests.helpers import free_port, run_mlcanary
 from tests.servers import start_model_server
 from training.pipelines import ModelKind
-from training.settings import RegistrySettings
 from training.train import TrainOptions, train_and_register
 
 ROW = {"hours_studied": 6.5, "sleep_hours": 7.0, "attendance_percent": 90.0, "previous_scores": 85}

@@ -11,13 +11,13 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.types import DataType
 
-from controller.processes import ChildProcess, child_environment, wait_until_healthy
+from common.settings import RegistrySettings
+from common.supervision import ChildProcess, child_environment, wait_until_healthy
 from tests.conftest import TrainedRegistry
 from tests.helpers import free_port, point_mlflow_at, registry_snapshot
 from training.dataset import DEFAULT_PATH, FEATURES, TARGET, load_dataset
 from training.errors import TrainingError
 from training.pipelines import ModelKind
-from training.settings import RegistrySettings
 from training.train import TrainOptions, evaluate, split_dataset, train_and_register
 
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
     from mlflow.models.model import ModelInfo
 
-    from training.settings import RegistrySettings
+    from common.settings import RegistrySettings
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"

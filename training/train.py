@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from common.settings import EXPERIMENT_NAME
 from training.dataset import DEFAULT_PATH, DEFAULT_SEED, FEATURES, TARGET, load_dataset
 from training.errors import TrainingError
 from training.pipelines import ModelKind, build_pipeline, pipeline_params
@@ -20,14 +21,13 @@ from training.registry import (
     register_version,
     versions_of,
 )
-from training.settings import EXPERIMENT_NAME
 
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow.models.model import ModelInfo
     from sklearn.pipeline import Pipeline
 
-    from training.settings import RegistrySettings
+    from common.settings import RegistrySettings
 
 MODEL_ARTIFACT = "model"
 SERVING_REQUIREMENTS = ("mlflow", "scikit-learn", "numpy", "pandas", "scipy", "skops")

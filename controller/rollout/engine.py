@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import aiohttp
 from prometheus_client import CollectorRegistry, Gauge
 
+from common.files import write_atomically
 from controller.audit import append_audit
 from controller.changes import Controller
 from controller.errors import ControllerError, InvalidChange
@@ -404,7 +404,4 @@ class RolloutRunner:
         if state is None:
             return
         self.metrics.show(state.status, state.step + 1)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(json.dumps(state.to_json(), indent=1))
-        os.replace(temporary, self.path)
+        write_atomically(self.path, json.dumps(state.to_json(), indent=1).encode())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import sys
@@ -13,17 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
-from controller.errors import ControllerError
-from controller.processes import (
+from common.settings import RegistrySettings
+from common.supervision import (
+    ChildFailed,
     ChildProcess,
     child_environment,
     ensure_port_free,
+    restart_delay,
     wait_until_healthy,
 )
 from controller.token import TOKEN_FILE, write_fresh_token
 from training.pipelines import ModelKind
 from training.registry import CHALLENGER, CHAMPION, connect, versions_of
-from training.settings import RegistrySettings
 from training.train import TrainOptions, TrainResult, train_and_register
 
 STABLE_KIND = ModelKind.random_forest
@@ -34,7 +36,6 @@ MLFLOW_START_SECONDS = 60.0
 CONTROLLER_START_SECONDS = 180.0
 """The controller starts both model servers (each imports MLflow and loads its model) first."""
 ROUTER_START_SECONDS = 30.0
-RESTART_BACKOFF = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 log = logging.getLogger("controller")
 
 
@@ -121,7 +122,7 @@ def start_system(
         system.children.append(server)
         server.start()
         url = f"http://{options.mlflow_host}:{options.mlflow_port}"
-        wait_until_healthy(server, f"{url}/health", MLFLOW_START_SECONDS)
+        _wait_until_healthy(server, f"{url}/health", MLFLOW_START_SECONDS)
         system.urls["MLflow UI"] = url
     else:
         system.urls["MLflow"] = settings.tracking_uri
@@ -132,18 +133,22 @@ def start_system(
     system.restartable.add(controller.name)
     controller.start()
     controller_url = f"http://{options.host}:{options.controller_port}"
-    wait_until_healthy(controller, f"{controller_url}/ping", CONTROLLER_START_SECONDS)
+    _wait_until_healthy(controller, f"{controller_url}/ping", CONTROLLER_START_SECONDS)
     progress("Starting the router")
     router = router_process(settings, options)
     system.children.append(router)
     system.restartable.add(router.name)
     router.start()
     router_url = f"http://{options.host}:{options.router_port}"
-    wait_until_healthy(router, f"{router_url}/ping", ROUTER_START_SECONDS)
+    _wait_until_healthy(router, f"{router_url}/ping", ROUTER_START_SECONDS)
     system.urls["router (predictions)"] = router_url
     system.urls["API docs"] = f"{router_url}/docs"
     system.urls["controller (admin API)"] = controller_url
     system.urls["admin token"] = str(options.state / TOKEN_FILE)
+
+
+def _wait_until_healthy(child: ChildProcess, url: str, within: float) -> None:
+    asyncio.run(wait_until_healthy(child, url, within))
 
 
 def _mlcanary(*args: str) -> list[str]:
@@ -230,11 +235,10 @@ def run_until_stopped(
         dead = system.first_dead_child()
         if dead is not None:
             if dead.name not in system.restartable:
-                raise ControllerError(dead.exit_description())
+                raise ChildFailed(dead.exit_description())
             now = time.monotonic()
             if dead.name not in due:
-                count = system.restarts.get(dead.name, 0)
-                delay = RESTART_BACKOFF[min(count, len(RESTART_BACKOFF) - 1)]
+                delay = restart_delay(system.restarts.get(dead.name, 0))
                 report(f"{dead.exit_description()}; restarting it in {delay:g} s")
                 due[dead.name] = now + delay
             elif now >= due[dead.name]:

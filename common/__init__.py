@@ -1,0 +1,1 @@
+"""What every part may import: the system's settings and state folder, child processes, files."""

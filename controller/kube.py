@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from common.settings import system_settings
 from controller.errors import ControllerError
 
 
@@ -26,7 +27,7 @@ class KubeApi:
             default_namespace = _service_account_namespace()
         except config.ConfigException:
             # Read KUBECONFIG now: the client reads it once, when it is imported.
-            kubeconfig = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or None
+            kubeconfig = (system_settings().kubeconfig or "").split(os.pathsep)[0] or None
             try:
                 config.load_kube_config(config_file=kubeconfig)
             except (config.ConfigException, OSError) as error:
@@ -54,4 +55,4 @@ def _service_account_namespace() -> str:
     try:
         return Path(path).read_text().strip()
     except OSError:
-        return os.environ.get("POD_NAMESPACE", "default")
+        return system_settings().pod_namespace

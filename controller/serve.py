@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from common.settings import RegistrySettings
+from common.settings import RegistrySettings, system_settings
 from controller.api import create_api
 from controller.changes import ChangeSettings, Controller
 from controller.checks import check_server, server_metadata, signature_inputs
@@ -172,7 +171,7 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
             await controller.reconcile_aliases()
         except ControllerError as error:
             log.warning("aliases not moved: %s", error)
-        token = os.environ.get("MLCANARY_ADMIN_TOKEN") or ""  # e.g. from a Kubernetes Secret
+        token = system_settings().admin_token or ""  # e.g. from a Kubernetes Secret
         if not token:
             try:
                 token = read_token(options.token_path)

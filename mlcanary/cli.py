@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from common.settings import SettingsError, system_settings
 from mlcanary import admin
 from mlcanary.admin import AsJson
 from mlcanary.output import fail, note, print_fields, print_json, progress, stderr, stdout
@@ -67,6 +68,10 @@ def configure(
     # mlflow 3 sends usage telemetry to its makers by default; a local system should not.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     logging.getLogger("alembic").setLevel(level)
+    try:  # once, for every command: a bad setting is the same error whichever command reads it
+        system_settings()
+    except SettingsError as error:
+        fail(str(error), code=2)
 
 
 @app.command("generate-data")
@@ -268,7 +273,7 @@ def router(
                 port=port,
                 total_timeout_s=timeout,
                 max_body_bytes=int(max_body_mb * 1024 * 1024),
-                controller_url=controller_url or os.environ.get("MLCANARY_CONTROLLER_URL") or None,
+                controller_url=controller_url or system_settings().controller_url,
                 drain_timeout_s=drain_timeout,
                 header_timeout_s=header_timeout,
                 keepalive_timeout_s=keepalive_timeout,
@@ -301,15 +306,11 @@ class RuntimeKind(StrEnum):
 
 
 def _canary_percent() -> float:
-    """Return the original `CANARY_PROBABILITY` (0-1) as a percent, 10 by default."""
-    raw = os.environ.get("CANARY_PROBABILITY", "0.1")
+    """Return the original `CANARY_PROBABILITY` (0-1) as a percent; exit 2 if it is bad."""
     try:
-        probability = float(raw)
-    except ValueError:
-        fail(f"CANARY_PROBABILITY must be a number from 0 to 1, got {raw!r}", code=2)
-    if not 0.0 <= probability <= 1.0:
-        fail(f"CANARY_PROBABILITY must be from 0 to 1, got {probability}", code=2)
-    return round(probability * 100, 1)
+        return system_settings().canary_percent()
+    except SettingsError as error:
+        fail(str(error), code=2)
 
 
 @app.command()
@@ -379,7 +380,7 @@ def controller(
         routers=[url.rstrip("/") for url in router_url or []],
         router_endpoints=router_endpoints,
         runtime=runtime.value,
-        stable_version=stable_version or os.environ.get("DEFAULT_MODEL_VERSION") or "latest",
+        stable_version=stable_version or system_settings().model_version,
         canary_version=canary_version,
         canary_weight=_canary_percent() if canary_weight is None else canary_weight,
         confirm_timeout_s=confirm_timeout,
@@ -419,7 +420,7 @@ def render_k8s(
     from controller.errors import ControllerError
     from orchestration.manifests import Release, render_overlay
 
-    model = os.environ.get("DEFAULT_MODEL_NAME") or "StudentExamPredictor"
+    model = system_settings().model_name
     release = Release(model, stable, canary, weight, namespace, registry, tag, tracking_uri)
     try:
         written = render_overlay(release, output)
@@ -492,7 +493,7 @@ def up(
         router_port=port,
         controller_port=controller_port,
         canary_percent=_canary_percent(),
-        stable_version=os.environ.get("DEFAULT_MODEL_VERSION") or "latest",
+        stable_version=system_settings().model_version,
     )
     settings = RegistrySettings.from_env()
     system = LocalSystem()
@@ -528,10 +529,13 @@ def _announce(system: LocalSystem, options: UpOptions) -> None:
             highlight=False,
         )
     print_fields("mlcanary is up", system.urls | {"state": str(options.state)})
+    from orchestration.hints import command_as_typed
+
+    command = command_as_typed()
     stdout.print("Try:", highlight=False)
-    stdout.print("  mlcanary predict --count 20", highlight=False)
-    stdout.print("  mlcanary weight 50 --reason 'looks good'", highlight=False)
-    stdout.print("  mlcanary promote --reason 'better r2'", highlight=False)
+    stdout.print(f"  {command} predict --count 20", highlight=False)
+    stdout.print(f"  {command} weight 50 --reason 'looks good'", highlight=False)
+    stdout.print(f"  {command} promote --reason 'better r2'", highlight=False)
     stdout.print("Press Ctrl-C to stop.")
 
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from common.settings import system_settings
 from controller.errors import ControllerError
 from controller.token import TOKEN_FILE, read_token
+from orchestration.hints import command_as_typed
 
 DEFAULT_CONTROLLER_URL = "http://127.0.0.1:8001"
 CALL_TIMEOUT_SECONDS = 300.0
@@ -28,14 +29,15 @@ class AdminClient:
     @classmethod
     def from_env(cls, state: Path, url: str | None = None) -> AdminClient:
         """Use `MLCANARY_CONTROLLER_URL`, `MLCANARY_ADMIN_TOKEN` (else the state folder's token)."""
-        where = url or os.environ.get("MLCANARY_CONTROLLER_URL") or DEFAULT_CONTROLLER_URL
-        token = os.environ.get("MLCANARY_ADMIN_TOKEN")
+        settings = system_settings()
+        where = url or settings.controller_url or DEFAULT_CONTROLLER_URL
+        token = settings.admin_token
         if not token:
             try:
                 token = read_token(state / TOKEN_FILE)
             except OSError:
                 raise ControllerError(
-                    f"no admin token: set MLCANARY_ADMIN_TOKEN or run `mlcanary up` "
+                    f"no admin token: set MLCANARY_ADMIN_TOKEN or run `{command_as_typed()} up` "
                     f"(it writes {state / TOKEN_FILE})"
                 ) from None
         return cls(where.rstrip("/"), token)

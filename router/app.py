@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +17,7 @@ from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from common.settings import SystemSettings, system_settings
 from router.config import RoutingConfig, Variant, read_routing_file
 from router.health import HealthBoard
 from router.metrics import VARIANTS, RouterMetrics
@@ -42,6 +42,7 @@ class Runtime:
 
 
 SETTINGS = web.AppKey("settings", RouterSettings)
+SYSTEM = web.AppKey("system", SystemSettings)
 TABLE = web.AppKey("table", RoutingTable)
 METRICS = web.AppKey("metrics", RouterMetrics)
 HEALTH = web.AppKey("health", HealthBoard)
@@ -56,12 +57,17 @@ def create_app(
     *,
     registry: CollectorRegistry | None = None,
     rng: random.Random | None = None,
+    system: SystemSettings | None = None,
 ) -> web.Application:
-    """Build the router; raises RoutingFileError if the routing file is invalid."""
+    """Build the router; raises RoutingFileError if the routing file is invalid.
+
+    `system`: the environment's settings (this process's, read once, by default).
+    """
     config, version = read_routing_file(settings.config_path)
     registry = registry or CollectorRegistry()
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[errors_middleware])
     app[SETTINGS] = settings
+    app[SYSTEM] = system or system_settings()
     app[TABLE] = RoutingTable(config, version)
     app[METRICS] = RouterMetrics.create(registry, settings.processes)
     app[HEALTH] = HealthBoard(settings)
@@ -319,7 +325,7 @@ async def health(request: web.Request) -> web.Response:
         "current_model_info": current,
         "next_model_info": model_info(app, config, "canary") if config.canary else current,
         "canary_probability": config.canary_weight / 100,
-        "mlflow_uri": os.environ.get("MLFLOW_TRACKING_URI"),
+        "mlflow_uri": app[SYSTEM].tracking_uri,
         "timestamp": datetime.now(UTC).isoformat(),
         "config_version": table.version,
         "instance_id": app[METRICS].instance_id,

@@ -7,7 +7,6 @@ of equal length for several) and is answered from `/invocations` on the chosen v
 from __future__ import annotations
 
 import json
-import os
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +17,7 @@ from router.app import (
     HEALTH,
     METRICS,
     POLICY,
+    SYSTEM,
     TABLE,
     Routed,
     answer_client,
@@ -122,7 +122,7 @@ async def index(request: web.Request) -> web.Response:
             "current_model": model_info(app, config, "stable"),
             "next_model": model_info(app, config, "canary") if config.canary else None,
             "canary_probability": config.canary_weight / 100,
-            "mlflow_uri": os.environ.get("MLFLOW_TRACKING_URI"),
+            "mlflow_uri": app[SYSTEM].tracking_uri,
             "config_version": app[TABLE].version,
             "requests_by_variant": {
                 variant: _served(app, variant) for variant in ("stable", "canary")

@@ -8,13 +8,13 @@ caller's bearer token, which the controller checks. current = stable, next = can
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from router.app import HEALTH, RUNTIME, SETTINGS, TABLE, error_response
+from common.settings import SettingsError
+from router.app import HEALTH, RUNTIME, SETTINGS, SYSTEM, TABLE, error_response
 from router.original import model_info
 
 FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=300)
@@ -67,7 +67,7 @@ async def model_info_page(request: web.Request) -> web.Response:
 
 async def registry_versions(app: web.Application, model: str) -> tuple[list[str], str | None]:
     """Ask MLflow's REST API (`MLFLOW_TRACKING_URI`, http only) for the model's versions."""
-    tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
+    tracking = app[SYSTEM].tracking_uri or ""
     if not tracking.startswith(("http://", "https://")):
         return [], "MLFLOW_TRACKING_URI is not an MLflow server this router can ask"
     session = app[RUNTIME].session
@@ -139,7 +139,10 @@ async def update_model(request: web.Request) -> web.Response:
             400, "BAD_REQUEST", "model_version must be a version number or 'latest'"
         )
     previous = _infos(request.app)[1] if config.canary else None
-    weight = config.canary.weight if config.canary else _default_percent()
+    try:
+        weight = config.canary.weight if config.canary else request.app[SYSTEM].canary_percent()
+    except SettingsError as error:
+        return error_response(500, "INTERNAL_ERROR", str(error))
     change = {"version": version, "weight": weight, "reason": "POST /update-model"}
     done = await _forward(request, "/api/deploy", change)
     if isinstance(done, web.Response):
@@ -200,15 +203,6 @@ async def canary_probability(request: web.Request) -> web.Response:
             "canary_probability": percent / 100,
         }
     )
-
-
-def _default_percent() -> float:
-    """Return the original `CANARY_PROBABILITY` as a percent (10 if unset or unusable)."""
-    try:
-        probability = float(os.environ.get("CANARY_PROBABILITY", "0.1"))
-    except ValueError:
-        return 10.0
-    return round(probability * 100, 1) if 0 <= probability <= 1 else 10.0
 
 
 def add_routes(app: web.Application) -> None:

@@ -8,12 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from common.settings import RegistrySettings
+from common.settings import RegistrySettings, system_settings
 from training.pipelines import ModelKind
 from training.train import TrainOptions, TrainResult, train_and_register
 
 # No test may send mlflow's usage telemetry anywhere; child processes inherit this.
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
+
+@pytest.fixture(autouse=True)
+def settings_read_afresh() -> None:
+    """Tests that set variables (monkeypatch) get them read: a process reads its settings once."""
+    system_settings.cache_clear()
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -16,8 +17,15 @@ from typing import Any
 
 import pytest
 
+from common.supervision import ensure_port_free
 from tests.conftest import TrainedRegistry
-from tests.helpers import command_environment, free_port, registry_snapshot, run_mlcanary
+from tests.helpers import (
+    command_environment,
+    free_port,
+    registry_snapshot,
+    run_mlcanary,
+    wait_until,
+)
 from training.dataset import COLUMNS
 
 
@@ -275,15 +283,21 @@ def test_up_trains_once_serves_the_ui_and_stops_cleanly(tmp_path: Path) -> None:
     assert _children_of_state(state) == []
     assert serving_after < 90, serving_after
 
+    hint = next(line for line in out.splitlines() if line.endswith(" predict --count 20"))
+    typed = shlex.split(hint.removesuffix(" predict --count 20"))
+    assert subprocess.run([*typed, "--help"], capture_output=True, check=False).returncode == 0
+
     second = RunningUp(state, port)
     try:
         second.wait_until_up()
+        assert "trained" not in "".join(second.lines)  # the registry was reused
+        assert "version: '2'" in (state / "routing.yaml").read_text()  # the promoted split
     finally:
-        code, out, err = second.stop()
-    assert code == 0, err
-    assert "trained" not in out  # the registry was reused, nothing retrained
-    assert "version: '2'" in (state / "routing.yaml").read_text()  # the promoted split is kept
-    assert _children_of_state(state) == []
+        second.process.kill()  # SIGKILL: no clean-up of its own; its guardian stops the rest
+        second.process.communicate(timeout=60)
+    wait_until(lambda: _children_of_state(state) == [], "every child of a SIGKILLed up gone")
+    for taken in (port, second.router_port, second.controller_port):
+        ensure_port_free("127.0.0.1", taken, f"port {taken} after a SIGKILLed up")
 
 
 def test_up_names_a_port_that_is_taken(tmp_path: Path) -> None:

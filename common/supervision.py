@@ -67,7 +67,7 @@ class ProcessIdentity:
     def group_alive(self) -> bool:
         """Whether the process group this process leads still has a running member."""
         return self._group_is_ours() and any(
-            stat.pgid == self.pid and stat.state != "Z" for stat in _all_stats()
+            stat.pgid == self.pid and stat.state != "Z" for stat in process_table()
         )
 
     def signal_group(self, sig: signal.Signals) -> None:
@@ -255,22 +255,28 @@ GUARDIAN = Guardian()
 
 
 @dataclass(frozen=True)
-class _Stat:
-    started: int
-    state: str
+class ProcessStat:
+    """What /proc/PID/stat says of a process that matters here."""
+
+    pid: int
+    parent: int
     pgid: int
+    state: str
+    """`Z` for a zombie: exited, not yet reaped."""
+    started: int
 
 
-def _stat(pid: int) -> _Stat | None:
+def _stat(pid: int) -> ProcessStat | None:
     """Read what /proc/PID/stat says of a process (None if there is no such process)."""
     try:
         raw = (PROC / str(pid) / "stat").read_bytes()
     except OSError:
         return None
-    return _parse_stat(raw)
+    return _parse_stat(pid, raw)
 
 
-def _all_stats() -> list[_Stat]:
+def process_table() -> list[ProcessStat]:
+    """Return every process of the machine, as /proc shows it now."""
     stats = []
     for entry in os.scandir(PROC):
         if entry.name.isdigit():
@@ -280,10 +286,13 @@ def _all_stats() -> list[_Stat]:
     return stats
 
 
-def _parse_stat(raw: bytes) -> _Stat:
+def _parse_stat(pid: int, raw: bytes) -> ProcessStat:
     """Fields after the command name (which may hold spaces and parentheses): see proc(5)."""
     fields = raw[raw.rindex(b")") + 2 :].split()
-    return _Stat(started=int(fields[19]), state=fields[0].decode(), pgid=int(fields[2]))
+    return ProcessStat(
+        pid=pid, parent=int(fields[1]), pgid=int(fields[2]), state=fields[0].decode(),
+        started=int(fields[19]),
+    )  # fmt: skip
 
 
 def _tail(path: Path, lines: int = 5) -> str:

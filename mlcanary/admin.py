@@ -19,6 +19,13 @@ ControllerUrl = Annotated[
 ]
 Reason = Annotated[str, typer.Option(help="Why: recorded in the audit log.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+Detach = Annotated[
+    bool,
+    typer.Option(
+        "--detach",
+        help="Return once the change is recorded; `status` shows it pending until it is made.",
+    ),
+]
 
 
 def admin_call(method: str, path: str, body: dict[str, Any] | None, url: str | None) -> Any:
@@ -34,9 +41,17 @@ def admin_call(method: str, path: str, body: dict[str, Any] | None, url: str | N
 
 
 def show_change(record: dict[str, Any], as_json: bool) -> None:
-    """Print what a change did: before and after, side by side."""
+    """Print what a change did: before and after, side by side (or that it was recorded)."""
     if as_json:
         print_json(record)
+        return
+    if "accepted" in record:
+        change = record["accepted"]
+        stdout.print(
+            f"change {change['number']} ({change['action']}) recorded; "
+            "`status` shows it pending until it is made",
+            highlight=False,
+        )
         return
 
     def split(config: dict[str, Any]) -> str:
@@ -50,6 +65,7 @@ def show_change(record: dict[str, Any], as_json: bool) -> None:
             "before": split(record["before"]),
             "after": split(record["after"]),
             "reason": record.get("reason") or "-",
+            **({"superseded": "; ".join(record["superseded"])} if "superseded" in record else {}),
             "routing file version": record.get("config_version"),
             "at": record.get("time"),
         },
@@ -78,6 +94,10 @@ def status(controller_url: ControllerUrl = None, as_json: AsJson = False) -> Non
             },
         },
     )
+    for change in found.get("pending", []):
+        stdout.print(
+            f"pending  {change['number']} {change['action']}: {change['stage']}", highlight=False
+        )
     for change in found["recent_changes"]:
         stdout.print(
             f"{change['time']}  {change['action']}: {change.get('reason') or '-'}", highlight=False
@@ -93,9 +113,12 @@ def deploy(
     reason: Reason = "",
     controller_url: ControllerUrl = None,
     as_json: AsJson = False,
+    detach: Detach = False,
 ) -> None:
     """Deploy a version as the canary: start (or adopt) its server, check it, weight it."""
-    body: dict[str, Any] = {"version": version, "weight": weight, "reason": reason}
+    body: dict[str, Any] = {
+        "version": version, "weight": weight, "reason": reason, "detach": detach,
+    }  # fmt: skip
     if url:
         body["url"] = url
     show_change(admin_call("POST", "/api/deploy", body, controller_url), as_json)
@@ -106,23 +129,28 @@ def weight(
     reason: Reason = "",
     controller_url: ControllerUrl = None,
     as_json: AsJson = False,
+    detach: Detach = False,
 ) -> None:
-    """Set the canary's share of traffic."""
-    body = {"weight": percent, "reason": reason}
+    """Set the canary's share of traffic (after the changes asked before it are made)."""
+    body = {"weight": percent, "reason": reason, "detach": detach}
     show_change(admin_call("POST", "/api/weight", body, controller_url), as_json)
 
 
 def promote(
-    reason: Reason = "", controller_url: ControllerUrl = None, as_json: AsJson = False
+    reason: Reason = "",
+    controller_url: ControllerUrl = None,
+    as_json: AsJson = False,
+    detach: Detach = False,
 ) -> None:
     """Make the canary stable; the old stable's server is drained and stopped."""
-    show_change(admin_call("POST", "/api/promote", {"reason": reason}, controller_url), as_json)
+    body = {"reason": reason, "detach": detach}
+    show_change(admin_call("POST", "/api/promote", body, controller_url), as_json)
 
 
 def rollback(
     reason: Reason = "", controller_url: ControllerUrl = None, as_json: AsJson = False
 ) -> None:
-    """Send the canary no traffic, at once."""
+    """Send the canary no traffic, at once, superseding changes still waiting (a deploy)."""
     show_change(admin_call("POST", "/api/rollback", {"reason": reason}, controller_url), as_json)
 
 

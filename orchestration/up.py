@@ -128,19 +128,12 @@ def start_system(
         system.urls["MLflow"] = settings.tracking_uri
     write_fresh_token(options.state / TOKEN_FILE)
     progress("Starting the controller and the model servers")
-    controller = controller_process(settings, options)
-    system.children.append(controller)
-    system.restartable.add(controller.name)
-    controller.start()
     controller_url = f"http://{options.host}:{options.controller_port}"
-    _wait_until_healthy(controller, f"{controller_url}/ping", CONTROLLER_START_SECONDS)
+    _start_restartable(system, controller_process(settings, options), controller_url,
+                       CONTROLLER_START_SECONDS)  # fmt: skip
     progress("Starting the router")
-    router = router_process(settings, options)
-    system.children.append(router)
-    system.restartable.add(router.name)
-    router.start()
     router_url = f"http://{options.host}:{options.router_port}"
-    _wait_until_healthy(router, f"{router_url}/ping", ROUTER_START_SECONDS)
+    _start_restartable(system, router_process(settings, options), router_url, ROUTER_START_SECONDS)
     system.urls["router (predictions)"] = router_url
     system.urls["API docs"] = f"{router_url}/docs"
     system.urls["controller (admin API)"] = controller_url
@@ -149,6 +142,14 @@ def start_system(
 
 def _wait_until_healthy(child: ChildProcess, url: str, within: float) -> None:
     asyncio.run(wait_until_healthy(child, url, within))
+
+
+def _start_restartable(system: LocalSystem, child: ChildProcess, url: str, within: float) -> None:
+    """Start a child `up` restarts when it dies; wait until its /ping answers."""
+    system.children.append(child)
+    system.restartable.add(child.name)
+    child.start()
+    _wait_until_healthy(child, f"{url}/ping", within)
 
 
 def _mlcanary(*args: str) -> list[str]:

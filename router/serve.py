@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from common.supervision import GUARDIAN, ProcessIdentity
 from router.app import create_app
 from router.dataplane import DataPlane, Front, start_front
 from router.settings import RouterSettings
@@ -39,10 +40,16 @@ def run_router(
         sys.executable, "-m", "mlcanary", "router", "--settings-json", settings.model_dump_json(),
         "--loop", loop, "--data-plane", data_plane, "--reuse-port",
     ]  # fmt: skip
+    # Each worker leads its own group, announced to the guardian: if this process is SIGKILLed,
+    # the workers (which hold the port too) are stopped with it.
     children = [
-        subprocess.Popen(argv)  # noqa: S603 (our own command, no shell)
+        subprocess.Popen(argv, start_new_session=True)  # noqa: S603 (our own command, no shell)
         for _ in range(workers - 1)
     ]
+    identities = [ProcessIdentity.of(child.pid) for child in children]
+    for identity in identities:
+        if identity is not None:
+            GUARDIAN.announce(identity)
     try:
         _run(serve_router(settings, reuse_port=True, data_plane=data_plane), loop)
     finally:
@@ -50,6 +57,9 @@ def run_router(
             child.send_signal(signal.SIGTERM)
         for child in children:
             child.wait(timeout=settings.drain_timeout_s + 10)
+        for identity in identities:
+            if identity is not None:
+                GUARDIAN.forget(identity)
 
 
 def _run(main: Coroutine[Any, Any, None], loop: str) -> None:

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 
 from common.settings import RegistrySettings
-from common.supervision import ProcessIdentity
+from common.supervision import ProcessIdentity, process_table
 from controller.runtime import Runtime
 from tests.conftest import TrainedRegistry
 from tests.gated_model import register_gated_model
@@ -125,22 +124,18 @@ async def test_a_rollback_wins_over_a_deploy_still_starting_its_server(
 def test_a_controller_killed_mid_reconcile_converges_on_restart(
     system: System, gated: tuple[RegistrySettings, Path, str]
 ) -> None:
-    """Killed while a deploy's server starts (its caller never answered): the deploy's server
-    dies with the controller; the restarted controller makes the recorded deploy, so the
-    split, the aliases and the servers all converge on what was asked."""
+    """A deploy asked with --detach (answered once recorded); the controller is killed while
+    the deploy's server starts: that server dies with the controller; the restarted controller
+    makes the recorded deploy, so the split, the aliases and the servers converge on it."""
     _, hold, slow = gated
-
-    def deploy_and_lose_the_answer() -> None:
-        with contextlib.suppress(OSError):
-            system.admin("POST", "/api/deploy", {"version": slow, "weight": 20})
-
-    asking = threading.Thread(target=deploy_and_lose_the_answer)
-    asking.start()
+    asked = system.cli("deploy", slow, "--weight", "20", "--detach")
+    assert asked.returncode == 0, asked.stderr
+    assert "recorded" in asked.stdout
     wait_until(lambda: _starting(system, slow), "the deploy starting its server", 120)
+    assert "pending  " in system.cli("status").stdout
     old_servers = _owned(system)
     os.killpg(system.processes[0].pid, signal.SIGKILL)
     system.processes[0].wait(timeout=10)
-    asking.join(timeout=30)
     for server in old_servers:  # children die with their parent
         wait_until(lambda s=server: not group_alive(s["pid"]), f"{server['url']} stopped")
     hold.unlink()
@@ -234,12 +229,4 @@ def test_children_and_their_children_die_with_a_killed_parent(tmp_path: Path) ->
 
 def _members(group: int) -> int:
     """Count the running (not zombie) processes of a process group."""
-    count = 0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            count += int(fields[2]) == group and fields[0] != "Z"
-    return count
+    return sum(1 for stat in process_table() if stat.pgid == group and stat.state != "Z")

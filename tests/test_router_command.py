@@ -13,10 +13,11 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from common.supervision import ensure_port_free, process_table
 from controller.errors import ControllerError
 from controller.routers import wait_for_routers
 from router.config import RoutingConfig, write_routing_file
-from tests.helpers import command_environment, free_port, run_mlcanary, wait_for_ping
+from tests.helpers import command_environment, free_port, run_mlcanary, wait_for_ping, wait_until
 
 
 def _config() -> RoutingConfig:
@@ -63,18 +64,13 @@ def test_the_router_serves_without_loading_mlflow(tmp_path: Path) -> None:
     assert "CLEAN" in out
 
 
-def _children(pid: int) -> list[int]:
-    """Pids of the live processes whose parent is `pid`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
-    return found
+def _workers(pid: int) -> list[int]:
+    """Pids of the router processes started by the router `pid` (not its guardian)."""
+    return [
+        stat.pid
+        for stat in process_table()
+        if stat.parent == pid and b"router" in Path(f"/proc/{stat.pid}/cmdline").read_bytes()
+    ]
 
 
 async def test_every_process_of_a_workers_router_must_confirm_a_change(tmp_path: Path) -> None:
@@ -95,7 +91,7 @@ async def test_every_process_of_a_workers_router_must_confirm_a_change(tmp_path:
         async with aiohttp.ClientSession() as session:
             first = write_routing_file(path, _config())  # the same file: both processes have it
             await wait_for_routers(session, [router], first, within=60)  # both are up
-            stopped = _children(process.pid)
+            stopped = _workers(process.pid)
             assert len(stopped) == 1, stopped
             os.kill(stopped[0], signal.SIGSTOP)
             moved = _config().model_copy(update={"model": "Moved"})
@@ -111,3 +107,24 @@ async def test_every_process_of_a_workers_router_must_confirm_a_change(tmp_path:
             os.kill(pid, signal.SIGCONT)
         process.terminate()
         process.wait(timeout=60)
+
+
+def test_the_workers_of_a_sigkilled_router_stop_and_free_the_port(tmp_path: Path) -> None:
+    """SIGKILL gives the router no chance to stop its workers: its guardian does."""
+    path = tmp_path / "routing.yaml"
+    write_routing_file(path, _config())
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mlcanary", "router", "--config", str(path), "--port", str(port),
+         "--workers", "2"],
+        env=command_environment(tmp_path),
+    )  # fmt: skip
+    try:
+        wait_for_ping(f"http://127.0.0.1:{port}", process)
+        wait_until(lambda: len(_workers(process.pid)) == 1, "the second worker started")
+        (worker,) = _workers(process.pid)
+    finally:
+        process.kill()
+        process.wait(timeout=60)
+    wait_until(lambda: not Path(f"/proc/{worker}").exists(), "the worker stopped")
+    ensure_port_free("127.0.0.1", port, "the router's port")

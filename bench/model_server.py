@@ -18,6 +18,7 @@ throughput ratio, p50, start time and memory per kind, with the path the native 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import re
 import shutil
@@ -209,7 +210,7 @@ def registry_server(settings: RegistrySettings, state: Path) -> Iterator[str]:
     server.start()
     try:
         url = f"http://{options.mlflow_host}:{options.mlflow_port}"
-        wait_until_healthy(server, f"{url}/health", MLFLOW_START_SECONDS)
+        asyncio.run(wait_until_healthy(server, f"{url}/health", MLFLOW_START_SECONDS))
         yield url
     finally:
         server.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.request
 
@@ -91,7 +92,7 @@ def test_a_served_model_accepts_whole_and_decimal_numbers(
     )
     server.start()
     try:
-        wait_until_healthy(server, f"http://127.0.0.1:{port}/ping", timeout=90)
+        asyncio.run(wait_until_healthy(server, f"http://127.0.0.1:{port}/ping", 90))
         answers = []
         for previous in (85, 85.0):
             row = {"hours_studied": 6, "sleep_hours": 7.5, "attendance_percent": 90}

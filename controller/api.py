@@ -196,6 +196,7 @@ async def promote(request: web.Request) -> web.Response:
 async def rollback(request: web.Request) -> web.Response:
     """Send the canary no traffic."""
     asked: Change = await body_of(request, Change)
+    await request.app[ROLLOUT].end_for_rollback(asked.reason)
     return web.json_response(await request.app[CONTROLLER].rollback(asked.reason))
 
 

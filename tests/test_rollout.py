@@ -393,6 +393,15 @@ async def test_pause_resume_abort_and_one_rollout_at_a_time(system: System) -> N
     code, again = await asyncio.to_thread(system.admin, "POST", "/api/rollout/pause", {})
     assert code == 400 and "no rollout" in again["message"]
 
+    # A rollback by hand ends a running rollout, which would otherwise raise the weight again.
+    again = await _cli(system, "rollout", "start", "--steps", "10,100", "--interval", "30s",
+                       "--detach")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    rolled_back = await _cli(system, "rollback", "--reason", "by hand")
+    assert rolled_back.returncode == 0, rolled_back.stderr
+    code, state = await asyncio.to_thread(system.admin, "GET", "/api/rollout")
+    assert state["status"] == "aborted" and "by hand" in state["message"], state
+
 
 async def _make_stable(system: System, version: str) -> None:
     """Deploy `version` and promote it, so that rollouts compare against it."""

@@ -222,6 +222,17 @@ class RolloutRunner:
         self._finish(state, "aborted", "aborted by the operator; the canary gets no traffic")
         return state
 
+    async def end_for_rollback(self, reason: str) -> None:
+        """End a running rollout because the operator rolls back; the caller makes the rollback.
+
+        Left running, the rollout would raise the weight again at its next step.
+        """
+        if self.state is None or self.state.status not in ACTIVE:
+            return
+        await self._stop_task()
+        why = f"the operator rolled back: {reason or 'no reason given'}"
+        self._finish(self.state, "aborted", why)
+
     async def close(self) -> None:
         """Stop the loop (the saved state lets the next controller resume)."""
         await self._stop_task()

@@ -17,6 +17,7 @@ from common.supervision import ensure_port_free, process_table
 from controller.errors import ControllerError
 from controller.routers import wait_for_routers
 from router.config import RoutingConfig, write_routing_file
+from router.settings import RouterSettings
 from tests.helpers import command_environment, free_port, run_mlcanary, wait_for_ping, wait_until
 
 
@@ -109,20 +110,35 @@ async def test_every_process_of_a_workers_router_must_confirm_a_change(tmp_path:
         process.wait(timeout=60)
 
 
-def test_the_workers_of_a_sigkilled_router_stop_and_free_the_port(tmp_path: Path) -> None:
-    """SIGKILL gives the router no chance to stop its workers: its guardian does."""
+def test_workers_get_every_setting_and_stop_with_a_sigkilled_router(tmp_path: Path) -> None:
+    """A worker runs with all of its parent's settings (options and environment alike); SIGKILL
+    gives the router no chance to stop its workers: its guardian does, and the port is free."""
     path = tmp_path / "routing.yaml"
     write_routing_file(path, _config())
     port = free_port()
+    options = {
+        "--timeout": "7", "--max-body-mb": "3", "--drain-timeout": "4", "--header-timeout": "5",
+        "--keepalive-timeout": "6", "--body-timeout": "8", "--max-connections": "99",
+        "--upstream-connections": "9", "--upstream-keepalive-timeout": "2",
+    }  # fmt: skip
     process = subprocess.Popen(
         [sys.executable, "-m", "mlcanary", "router", "--config", str(path), "--port", str(port),
-         "--workers", "2"],
-        env=command_environment(tmp_path),
+         "--workers", "2", *(item for pair in options.items() for item in pair)],
+        env=command_environment(tmp_path, MLCANARY_CONTROLLER_URL="http://127.0.0.1:1"),
     )  # fmt: skip
     try:
         wait_for_ping(f"http://127.0.0.1:{port}", process)
         wait_until(lambda: len(_workers(process.pid)) == 1, "the second worker started")
         (worker,) = _workers(process.pid)
+        argv = Path(f"/proc/{worker}/cmdline").read_bytes().decode().split("\0")
+        given = RouterSettings.model_validate_json(argv[argv.index("--settings-json") + 1])
+        expected = RouterSettings(
+            config_path=path, port=port, total_timeout_s=7, max_body_bytes=3 * 1024 * 1024,
+            drain_timeout_s=4, header_timeout_s=5, keepalive_timeout_s=6, body_timeout_s=8,
+            max_connections=99, upstream_connections=9, upstream_keepalive_s=2, processes=2,
+            controller_url="http://127.0.0.1:1",
+        )  # fmt: skip
+        assert given == expected
     finally:
         process.kill()
         process.wait(timeout=60)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from router import requestids as request_ids
 from router.policy import error_body
 from router.wire import JSON_TYPE, response_bytes
 
@@ -52,6 +53,7 @@ class Owed:
     body: bytes
     keep_alive: bool
     http10: bool
+    request_id: bytes
     answer: bytes | None = None
     """Set for an answer the router makes without the plane (an error); the plane's comes later."""
 
@@ -82,6 +84,7 @@ class ClientConnection(asyncio.Protocol):
         """A request's head or body is being received."""
         self.headers_done = False
         self.http10 = False
+        self.request_id = b""
         # The request being received:
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
@@ -154,6 +157,7 @@ class ClientConnection(asyncio.Protocol):
             raise StopParsing
         self.in_request, self.headers_done = True, False
         self.url, self.headers, self.body = b"", [], []
+        self.request_id = b""
         self.body_bytes, self.head_stream = 0, 0
         self.head_from = self.read_before  # the head began in the current read, or later
         if not self.owed:
@@ -186,8 +190,15 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         """Check the head; answer `Expect: 100-continue`; start relaying a large body at once."""
         self.headers_done = True
+        given = None
+        for name, value in self.headers:
+            if len(name) == 12 and name.lower() == request_ids.LOWERED:
+                given = value
+        if given is not None and request_ids.usable(given):
+            self.request_id = given  # a refusal answers with it too
         if not self._head_within_limits():
             raise StopParsing
+        self.request_id = request_ids.settle_request_id(self.headers, given)
         self.http10 = self.parser.get_http_version() == "1.0"
         http11 = not self.http10
         length: int | None = None
@@ -262,7 +273,10 @@ class ClientConnection(asyncio.Protocol):
         if not keep_alive:
             self.stopped = True
         first = not self.owed
-        owed = Owed(method, self.url, self.headers, b"".join(self.body), keep_alive, http10)
+        owed = Owed(
+            method, self.url, self.headers, b"".join(self.body), keep_alive, http10,
+            self.request_id,
+        )  # fmt: skip
         self.owed.append(owed)
         if first:
             self.deadline = math.inf  # the upstream's timeout governs the wait now
@@ -289,11 +303,14 @@ class ClientConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         last = (self.stopped or self.draining) and not self.owed
+        identified = b"X-Request-Id: %s\r\n" % owed.request_id
         if last or not owed.keep_alive:
-            transport.write(with_connection_header(data, b"close"))
+            transport.write(with_head_lines(data, identified + b"Connection: close\r\n"))
             self._linger(transport)
             return
-        transport.write(with_connection_header(data, b"keep-alive") if owed.http10 else data)
+        if owed.http10:
+            identified += b"Connection: keep-alive\r\n"
+        transport.write(with_head_lines(data, identified))
         if self.owed:
             self._serve(self.owed[0])
             return
@@ -332,7 +349,8 @@ class ClientConnection(asyncio.Protocol):
             self.plane.abort_upload(upload)
         answer = response_bytes(status, JSON_TYPE, error_body(error_code, message))
         first = not self.owed
-        owed = Owed(b"", b"", [], b"", keep_alive=False, http10=False, answer=answer)
+        request_id = self.request_id or request_ids.new_request_id()
+        owed = Owed(b"", b"", [], b"", False, False, request_id, answer=answer)
         self.owed.append(owed)
         if first:
             self._answered(owed, answer)
@@ -378,10 +396,10 @@ class ClientConnection(asyncio.Protocol):
             self.transport.close()
 
 
-def with_connection_header(answer: bytes, value: bytes) -> bytes:
-    """Insert `Connection: value` after the status line of a serialized answer."""
+def with_head_lines(answer: bytes, lines: bytes) -> bytes:
+    """Insert header `lines` after the status line of a serialized answer."""
     end = answer.index(b"\r\n") + 2
-    return b"%sConnection: %s\r\n%s" % (answer[:end], value, answer[end:])
+    return b"%s%s%s" % (answer[:end], lines, answer[end:])
 
 
 @dataclass

@@ -27,6 +27,7 @@ from router.app import (
 )
 from router.config import RoutingConfig, Variant
 from router.proxy import Answer, forward_headers
+from router.requestids import new_request_id
 
 EXPECTED = 'expected {"features": {"hours_studied": 6.5, "sleep_hours": 7, ...}}'
 MODEL_USED: dict[Variant, str] = {"stable": "current", "canary": "next"}
@@ -84,7 +85,9 @@ async def predict(request: web.Request) -> web.Response:
     headers["Content-Type"] = "application/json"
     started = time.perf_counter()
     routed = await route(app, config, json.dumps(split).encode(), headers)
-    response = original_answer(app, config, routed, several)
+    # Set by the router's front for every request; absent only when the app is used alone.
+    request_id = request.headers.get("X-Request-Id") or new_request_id().decode()
+    response = original_answer(app, config, routed, several, request_id)
     version = config.upstream(routed.variant).version
     upstream_body = routed.outcome.body if isinstance(routed.outcome, Answer) else None
     app[POLICY].answered(routed.variant, version, response.status, started, upstream_body)
@@ -92,7 +95,7 @@ async def predict(request: web.Request) -> web.Response:
 
 
 def original_answer(
-    app: web.Application, config: RoutingConfig, routed: Routed, several: bool
+    app: web.Application, config: RoutingConfig, routed: Routed, several: bool, request_id: str
 ) -> web.Response:
     """Shape the upstream's answer as the original app did, or pass its error on."""
     outcome = routed.outcome
@@ -104,6 +107,7 @@ def original_answer(
         "model_used": MODEL_USED[routed.variant],
         "model_info": model_info(app, config, routed.variant),
         "prediction_time": datetime.now(UTC).isoformat(),
+        "request_id": request_id,
     }
     response = web.json_response(body)
     tag(response, config, routed.variant)

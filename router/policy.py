@@ -36,6 +36,10 @@ HOP_BY_HOP = frozenset(
 ROUTER_SET = frozenset({b"x-model-variant", b"x-model-version"})
 """Headers only the router sets: a client's or an upstream's copy is dropped."""
 DROPPED = HOP_BY_HOP | ROUTER_SET
+ANSWER_DROPPED = DROPPED | {b"x-request-id"}
+"""From an upstream's answer: the request id is the router's to set (on every answer)."""
+APP_ANSWER_DROPPED = HOP_BY_HOP | {b"x-request-id"}
+"""From the router's own app's answer: its `X-Model-*` are kept; the id is set by the front."""
 
 
 def end_to_end(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from router.policy import DROPPED, HOP_BY_HOP, end_to_end
+from router.policy import ANSWER_DROPPED, APP_ANSWER_DROPPED, DROPPED, end_to_end
 
 STATUS_LINES = {int(s): b"HTTP/1.1 %d %s\r\n" % (s, s.phrase.encode()) for s in HTTPStatus}
 """Every standard status line, with its reason phrase (an upstream's status is passed on)."""
@@ -55,7 +55,7 @@ def response_bytes(
     `from_router`: the answer is the router's own app's, whose `X-Model-*` headers are kept.
     """
     lines = [STATUS_LINES.get(status) or b"HTTP/1.1 %d Status\r\n" % status]
-    header_lines(lines, headers, HOP_BY_HOP if from_router else DROPPED)
+    header_lines(lines, headers, APP_ANSWER_DROPPED if from_router else ANSWER_DROPPED)
     lines.append(extra)
     lines.append(b"Content-Length: %d\r\n\r\n" % len(body))
     if not head_only:

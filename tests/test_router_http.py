@@ -684,3 +684,53 @@ def _raise_open_files(needed: int) -> None:
         if hard != resource.RLIM_INFINITY and hard < needed:
             pytest.fail(f"the test needs {needed} open files; the hard limit is {hard}")
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+# --- request ids --------------------------------------------------------------------------
+
+
+async def test_every_answer_carries_one_request_id(make_router: RouterFactory) -> None:
+    """The client's id if usable, else a new one: on predictions (passed to the model server,
+    whose own copy is dropped), on /predict's body too, on the router's own pages, on a 404 and
+    on a refused request."""
+    upstream = Upstream(answer_headers={"X-Request-Id": "the-upstream-s"})
+    router = await make_router(upstream)
+    reader, writer = await router.connect()
+
+    async def ask(request: bytes) -> Answer:
+        writer.write(request)
+        return await read_answer(reader)
+
+    def sent_id() -> str:
+        """The id the model server got with the last request."""
+        return {k.lower(): v for k, v in upstream.seen[-1][0].items()}["x-request-id"]
+
+    given = await ask(post(extra=b"X-Request-Id: client-id-1\r\n"))
+    assert given.status == 200 and given.header("X-Request-Id") == ["client-id-1"]
+    assert sent_id() == "client-id-1"
+    made = await ask(post())
+    (made_id,) = made.header("X-Request-Id")
+    assert len(made_id) == 32 and sent_id() == made_id
+    replaced = await ask(post(extra=b"X-Request-Id: " + b"x" * 201 + b"\r\n"))
+    (replaced_id,) = replaced.header("X-Request-Id")
+    assert len(replaced_id) == 32 and sent_id() == replaced_id
+    features = json.dumps({"features": {"x": 1.0}}).encode()
+    predicted = await ask(
+        b"POST /predict HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
+        b"X-Request-Id: client-id-2\r\nContent-Length: %d\r\n\r\n%s" % (len(features), features)
+    )
+    assert predicted.status == 200 and predicted.header("X-Request-Id") == ["client-id-2"]
+    assert json.loads(predicted.body)["request_id"] == "client-id-2"
+    for target in (b"/ping", b"/metrics", b"/nowhere"):
+        answer = await ask(b"GET %s HTTP/1.1\r\nHost: r\r\n\r\n" % target)
+        assert len(answer.header("X-Request-Id")) == 1, (target, answer.headers)
+    ids = {made_id, replaced_id}
+    ids |= {
+        (await ask(b"GET /ping HTTP/1.1\r\nHost: r\r\n\r\n")).header("X-Request-Id")[0]
+        for _ in range(20)
+    }
+    assert len(ids) == 22  # each new id is new
+    too_many = b"".join(b"X-H%d: v\r\n" % i for i in range(120))
+    refused = await ask(post(extra=b"X-Request-Id: client-id-3\r\n" + too_many))
+    assert refused.status == 431 and refused.header("X-Request-Id") == ["client-id-3"]
+    writer.close()

@@ -47,6 +47,8 @@ class ControllerOptions:
     canary_version: str | None = None
     """For a new routing file: a number, `challenger`, or none."""
     canary_weight: float = 10.0
+    log_percent: float = 100.0
+    """For a new routing file: the share of answers recorded in the prediction log."""
     stable_url: str | None = None
     """For a new routing file: adopt this server for stable instead of starting one."""
     canary_url: str | None = None
@@ -95,6 +97,7 @@ async def settle_split(
         document: dict[str, object] = {
             "model": registry.settings.model_name,
             "stable": {"url": stable_url, "version": stable},
+            "log": {"percent": options.log_percent},
         }
         if canary is not None and canary != stable:
             canary_url = await runtime.provide(canary, options.canary_url)

@@ -232,6 +232,13 @@ def router(
         float,
         typer.Option(help="On SIGTERM/SIGINT: seconds to answer requests already received."),
     ] = 30.0,
+    prediction_log: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder of the prediction log (the routing file's `log.percent` of answers).",
+            show_default="$MLCANARY_HOME/predictions",
+        ),
+    ] = None,
     header_timeout: Annotated[
         float, typer.Option(help="Seconds a request's line and headers may take to arrive.")
     ] = 10.0,
@@ -274,6 +281,7 @@ def router(
                 total_timeout_s=timeout,
                 max_body_bytes=int(max_body_mb * 1024 * 1024),
                 controller_url=controller_url or system_settings().controller_url,
+                prediction_log=prediction_log or system_settings().state_dir / "predictions",
                 drain_timeout_s=drain_timeout,
                 header_timeout_s=header_timeout,
                 keepalive_timeout_s=keepalive_timeout,
@@ -344,6 +352,12 @@ def controller(
     canary_weight: Annotated[
         float | None, typer.Option(help="For a new routing file: percent (CANARY_PROBABILITY).")
     ] = None,
+    log_percent: Annotated[
+        float,
+        typer.Option(
+            min=0, max=100, help="For a new routing file: percent of answers in the prediction log."
+        ),
+    ] = 100.0,
     confirm_timeout: Annotated[
         float, typer.Option(help="Seconds the routers get to load a change.")
     ] = 5.0,
@@ -383,6 +397,7 @@ def controller(
         stable_version=stable_version or system_settings().model_version,
         canary_version=canary_version,
         canary_weight=_canary_percent() if canary_weight is None else canary_weight,
+        log_percent=log_percent,
         confirm_timeout_s=confirm_timeout,
         stable_url=stable_url,
         canary_url=canary_url,

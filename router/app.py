@@ -22,6 +22,7 @@ from router.config import RoutingConfig, Variant, read_routing_file
 from router.health import HealthBoard
 from router.metrics import VARIANTS, RouterMetrics
 from router.policy import Failure, ProxyPolicy, RetryBudget, failure_answer
+from router.predictionlog import PredictionLog
 from router.predictions import Outputs, single_numbers
 from router.proxy import Answer, exchange, forward_headers
 from router.settings import RouterSettings
@@ -77,7 +78,12 @@ def create_app(
         settings.retry_budget_min_per_s,
         settings.retry_budget_window_s,
     )
-    app[POLICY] = ProxyPolicy(settings, app[METRICS], app[HEALTH], app[RNG], budget)
+    table = app[TABLE]
+    prediction_log = PredictionLog(
+        settings.prediction_log, app[METRICS].instance_id, lambda: table.current.log.percent,
+        app[METRICS].log_records,
+    )  # fmt: skip
+    app[POLICY] = ProxyPolicy(settings, app[METRICS], app[HEALTH], app[RNG], budget, prediction_log)
     app[RUNTIME] = Runtime()
     app[SHADOW] = Shadower(app[METRICS], settings.shadow_max_in_flight)
     show_config(app)
@@ -142,14 +148,18 @@ async def background(app: web.Application) -> AsyncIterator[None]:
         settings.config_path, app[TABLE], reloaded, settings.reload_interval_s
     )
     health = app[HEALTH]
+    prediction_log = app[POLICY].log
+    assert prediction_log is not None  # noqa: S101 (made by create_app)
     runtime.tasks = [
         asyncio.create_task(watcher.run()),
         asyncio.create_task(health.run(runtime.session, lambda: app[TABLE].current, show_health)),
+        asyncio.create_task(prediction_log.run()),
     ]
     yield
     for task in runtime.tasks:
         task.cancel()
     await asyncio.gather(*runtime.tasks, return_exceptions=True)
+    await prediction_log.flush()  # after the front drained: every answer sent is recorded
     await app[SHADOW].close()
     await runtime.session.close()
 
@@ -185,7 +195,10 @@ async def invocations(request: web.Request) -> web.Response:
     response = answer_client(config, routed.variant, routed.outcome)
     version = config.upstream(routed.variant).version
     answered = routed.outcome.body if isinstance(routed.outcome, Answer) else None
-    outputs = app[POLICY].answered(routed.variant, version, response.status, started, answered)
+    logged = (request.headers.get("X-Request-Id", ""), body)
+    outputs = app[POLICY].answered(
+        routed.variant, version, response.status, started, answered, logged
+    )
     if routed.variant == "stable" and response.status == 200:
         maybe_shadow(app, config, body, headers, outputs)
     return response

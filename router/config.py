@@ -74,6 +74,15 @@ class Sticky(BaseModel):
         return header
 
 
+class PredictionLogShare(BaseModel):
+    """Record this share of answered predictions in the prediction log."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    percent: float = Field(default=0.0, ge=0.0, le=100.0)
+    """Percent of answered scoring requests recorded (0: none)."""
+
+
 class Shadow(BaseModel):
     """Copy a share of stable-routed requests to the canary, answering only from stable."""
 
@@ -150,6 +159,8 @@ class RoutingConfig(BaseModel):
     """Honour `X-Force-Variant: stable|canary` on requests."""
     predictions: Predictions | None = None
     """How predictions are counted for the rollout's prediction gate (None: not counted)."""
+    log: PredictionLogShare = PredictionLogShare()
+    """The share of answers recorded in the prediction log (for labels that come later)."""
 
     @property
     def canary_weight(self) -> float:

@@ -293,7 +293,9 @@ class ClientConnection(asyncio.Protocol):
         elif upload is not None:
             self.plane.finish_upload(upload, deliver)
         else:
-            self.plane.handle(owed.method, owed.target, owed.headers, owed.body, deliver)
+            self.plane.handle(
+                owed.method, owed.target, owed.headers, owed.body, deliver, owed.request_id
+            )
 
     def _answered(self, owed: Owed, data: bytes) -> None:
         """Write the answer of the first request owed; serve the next one, or idle, or close."""

@@ -57,6 +57,7 @@ class DataPlane:
         headers: list[tuple[bytes, bytes]],
         body: bytes,
         deliver: Deliver,
+        request_id: bytes = b"",
     ) -> None:
         """Answer one request: `deliver` is called once with the answer's bytes."""
         config = self.table.current
@@ -66,7 +67,7 @@ class DataPlane:
             and target == b"/invocations"
             and config.shadow.percent == 0
         ):
-            Invocation(self, config, deliver).start(headers, body)
+            Invocation(self, config, deliver, request_id).start(headers, body)
             return
         head_only = method == b"HEAD"  # asked of the app as a GET: its answer has a body
         relayed = self._relay_to_app(b"GET" if head_only else method, target, headers, body)
@@ -135,10 +136,16 @@ class Invocation:
     Driven by callbacks from the upstream connection, so a request costs no task or future.
     """
 
-    __slots__ = ("config", "data", "deliver", "plane", "retrying", "started", "variant")
+    __slots__ = (
+        "body", "config", "data", "deliver", "plane", "request_id", "retrying", "started",
+        "variant",
+    )  # fmt: skip
 
-    def __init__(self, plane: DataPlane, config: RoutingConfig, deliver: Deliver) -> None:
+    def __init__(
+        self, plane: DataPlane, config: RoutingConfig, deliver: Deliver, request_id: bytes
+    ) -> None:
         self.plane, self.config, self.deliver = plane, config, deliver
+        self.request_id, self.body = request_id, b""
         self.started = time.perf_counter()
         self.variant: Variant = "stable"
         self.data = b""
@@ -147,6 +154,7 @@ class Invocation:
     def start(self, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """Choose the variant and send the request on."""
         plane, config = self.plane, self.config
+        self.body = body
         self.data = request_bytes(b"POST", b"/invocations", headers, body)
         self._send(plane.policy.choose(config, choice_headers(config, headers)))
 
@@ -182,7 +190,8 @@ class Invocation:
             self.plane.policy.answered(variant, version, status, self.started, None)
             return response_bytes(status, JSON_TYPE, error, tags)
         status, answer_headers, answer = outcome
-        self.plane.policy.answered(variant, version, status, self.started, answer)
+        logged = (self.request_id.decode("latin-1"), self.body)
+        self.plane.policy.answered(variant, version, status, self.started, answer, logged)
         return response_bytes(status, answer_headers, answer, tags)
 
 

@@ -58,6 +58,8 @@ class RouterMetrics:
     reloads: Counter
     shadow_requests: Counter
     shadow_delta: Histogram
+    log_records: Counter
+    """Prediction-log records by result: written, dropped (queue full, disk error)."""
     predictions: PredictionCounts
     """Predictions by output, in buckets or by class, as the routing file says."""
     instance_id: str
@@ -125,6 +127,9 @@ class RouterMetrics:
             reloads=counter("config_reloads", "Routing-file reload attempts.", ["result"]),
             shadow_requests=counter(
                 "shadow_requests", "Shadow copies by outcome.", ["result"]
+            ),
+            log_records=counter(
+                "prediction_log_records", "Prediction-log records by result.", ["result"]
             ),
             shadow_delta=Histogram(
                 "mlcanary_shadow_prediction_delta",

@@ -90,7 +90,10 @@ async def predict(request: web.Request) -> web.Response:
     response = original_answer(app, config, routed, several, request_id)
     version = config.upstream(routed.variant).version
     upstream_body = routed.outcome.body if isinstance(routed.outcome, Answer) else None
-    app[POLICY].answered(routed.variant, version, response.status, started, upstream_body)
+    app[POLICY].answered(
+        routed.variant, version, response.status, started, upstream_body,
+        (request_id, json.dumps(split).encode()),
+    )  # fmt: skip
     return response
 
 

@@ -18,6 +18,7 @@ from router.choosing import choose_variant
 from router.config import RoutingConfig, Variant
 from router.health import HealthBoard
 from router.metrics import RouterMetrics
+from router.predictionlog import PredictionLog
 from router.predictions import Outputs, outputs_of
 from router.settings import RouterSettings
 
@@ -153,6 +154,8 @@ class ProxyPolicy:
     health: HealthBoard
     rng: random.Random
     budget: RetryBudget
+    log: PredictionLog | None = None
+    """Where a share of answered predictions is recorded (see `router.predictionlog`)."""
 
     def choose(self, config: RoutingConfig, headers: Mapping[str, str]) -> Variant:
         """Pick the variant of a new request (and count it toward the retry budget)."""
@@ -194,15 +197,24 @@ class ProxyPolicy:
         return "stable"
 
     def answered(
-        self, variant: Variant, version: str, status: int, started: float, body: bytes | None
+        self,
+        variant: Variant,
+        version: str,
+        status: int,
+        started: float,
+        body: bytes | None,
+        request: tuple[str, bytes] | None = None,
     ) -> Outputs | None:
         """Count the client's answer, its latency since `started`, and a 200's predictions.
 
+        `request`: the request's id and body, to record the answer in the prediction log.
         The predictions are returned, for the shadow comparison.
         """
         self.metrics.answered(variant, version, status, time.perf_counter() - started)
         if status != 200 or not body:
             return None
+        if request is not None and self.log is not None:
+            self.log.record(request[0], variant, version, request[1], body)
         outputs = outputs_of(body)
         self.metrics.predicted(variant, outputs)
         return outputs

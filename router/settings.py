@@ -66,5 +66,7 @@ class RouterSettings(BaseModel):
     processes: int = Field(default=1, ge=1)
     """Router processes sharing the port (`--workers`): each says so in /metrics, so that a
     reader knows how many to find behind the one address."""
+    prediction_log: Path | None = None
+    """The prediction log's folder (none: answers are not recorded, whatever the file says)."""
     controller_url: str | None = None
     """The controller the original admin paths forward changes to (none: they answer 503)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestServer
 
+from common.predictionlog import read_predictions
 from router.config import RoutingConfig, write_routing_file
 from tests.helpers import command_environment, free_port
 from tests.routers import wait_until
@@ -23,16 +24,17 @@ from tests.test_router_http import PLANES, Upstream, closed, post, read_answer
 
 @asynccontextmanager
 async def started_router(
-    tmp_path: Path, upstream_url: str, plane: str, *extra: str
+    tmp_path: Path, upstream_url: str, plane: str, *extra: str, log_percent: float = 0
 ) -> AsyncIterator[tuple[asyncio.subprocess.Process, int]]:
     """Run `mlcanary router` before `upstream_url` until it listens; kill it on the way out."""
     path = tmp_path / "routing.yaml"
     write_routing_file(
         path,
         RoutingConfig.model_validate(
-            {"model": "M", "stable": {"url": upstream_url, "version": "1"}}
+            {"model": "M", "stable": {"url": upstream_url, "version": "1"},
+             "log": {"percent": log_percent}}
         ),
-    )
+    )  # fmt: skip
     port = free_port()
     with (tmp_path / "router.log").open("wb") as log:
         process = await asyncio.create_subprocess_exec(
@@ -127,3 +129,41 @@ async def test_sigterm_gives_up_at_the_drain_timeout(
 def _accepts(port: int) -> bool:
     with socket.socket() as probe:
         return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("plane", PLANES)
+async def test_the_prediction_log_keeps_every_answer_across_a_rolling_restart(
+    plane: str, tmp_path: Path, gated: tuple[Upstream, str]
+) -> None:
+    """Guaranteed: every answer sent before SIGTERM, those answered while draining included,
+    is recorded when the router exits; the next router appends to the same folder."""
+    upstream, url = gated
+    folder = tmp_path / "predictions"
+    options = ("--prediction-log", str(folder))
+    answered: list[str] = []
+    async with started_router(tmp_path, url, plane, *options, log_percent=100) as (process, port):
+        busy = []
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(post())
+            busy.append((asyncio.create_task(read_answer(reader)), writer))
+        await wait_until(lambda: upstream.in_flight == 5, "five requests at the upstream")
+        process.send_signal(signal.SIGTERM)
+        upstream.gate.set()  # type: ignore[union-attr]
+        for task, writer in busy:
+            answer = await task
+            assert answer.status == 200
+            answered += answer.header("X-Request-Id")
+            writer.close()
+        assert await _exited(process) == 0
+    assert sorted(r.request_id for r in read_predictions(folder)) == sorted(answered)
+    async with started_router(tmp_path, url, plane, *options, log_percent=100) as (process, port):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(3):
+            writer.write(post())
+            answered += (await read_answer(reader)).header("X-Request-Id")
+        writer.close()
+        process.send_signal(signal.SIGTERM)
+        assert await _exited(process) == 0
+    assert sorted(r.request_id for r in read_predictions(folder)) == sorted(answered)
+    assert len(answered) == 8

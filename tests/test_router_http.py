@@ -23,6 +23,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
+from common.predictionlog import read_predictions
 from router.app import create_app
 from router.config import RoutingConfig, write_routing_file
 from router.policy import Failure
@@ -110,6 +111,7 @@ async def make_router(
     async def make(
         upstream: Upstream | None = None,
         upstream_runner: dict[str, Any] | None = None,
+        log_percent: float = 0.0,
         **settings: Any,
     ) -> Router:
         upstream = upstream or Upstream()
@@ -120,7 +122,13 @@ async def make_router(
         url = str(server.make_url("")).rstrip("/")
         write_routing_file(
             path,
-            RoutingConfig.model_validate({"model": "M", "stable": {"url": url, "version": "1"}}),
+            RoutingConfig.model_validate(
+                {
+                    "model": "M",
+                    "stable": {"url": url, "version": "1"},
+                    "log": {"percent": log_percent},
+                }
+            ),
         )
         registry = CollectorRegistry()
         app = create_app(
@@ -734,3 +742,33 @@ async def test_every_answer_carries_one_request_id(make_router: RouterFactory) -
     refused = await ask(post(extra=b"X-Request-Id: client-id-3\r\n" + too_many))
     assert refused.status == 431 and refused.header("X-Request-Id") == ["client-id-3"]
     writer.close()
+
+
+async def test_answers_are_recorded_in_the_prediction_log(
+    make_router: RouterFactory, tmp_path: Path
+) -> None:
+    """At `log.percent` 100 every 200 is recorded off the request path: id, variant, version,
+    the inputs as sent and the predictions."""
+    folder = tmp_path / "predictions"
+    router = await make_router(log_percent=100, prediction_log=folder)
+    reader, writer = await router.connect()
+    ids = []
+    for extra in (b"X-Request-Id: first\r\n", b""):
+        writer.write(post(extra=extra))
+        ids += (await read_answer(reader)).header("X-Request-Id")
+    features = json.dumps({"features": {"x": 2.0}}).encode()
+    writer.write(
+        b"POST /predict HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(features), features)
+    )
+    ids += (await read_answer(reader)).header("X-Request-Id")
+    writer.close()
+    await wait_until(lambda: len(list(read_predictions(folder))) >= 3, "three records written")
+    records = list(read_predictions(folder))
+    assert [r.request_id for r in records] == ids and ids[0] == "first"
+    assert {(r.variant, r.version) for r in records} == {("stable", "1")}
+    assert [r.inputs for r in records] == [json.loads(BODY), json.loads(BODY),
+                                           {"dataframe_split": {"columns": ["x"],
+                                                                "data": [[2.0]]}}]  # fmt: skip
+    assert [r.predictions for r in records] == [[1.0]] * 3
+    assert router.value("mlcanary_prediction_log_records_total", {"result": "written"}) == 3

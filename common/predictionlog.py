@@ -1,0 +1,68 @@
+"""The prediction log's format and layout, shared by its writer (the router) and its readers.
+
+Each record is one JSON line: `request_id`, `time` (Unix seconds), `variant`, `version`,
+`inputs` (the request body as sent: its JSON, or its text for CSV) and `predictions` (the
+model server's `predictions`). Files are `<folder>/<YYYY-MM-DD>/<HH>-<router instance>.jsonl`
+(UTC): each router process appends to its own file, so processes never interleave lines, and
+a new file starts every hour. A line torn by a crash is skipped by readers, never fatal.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One logged answer."""
+
+    request_id: str
+    time: float
+    variant: str
+    version: str
+    inputs: Any
+    predictions: Any
+
+    def line(self) -> bytes:
+        """Serialize as one JSON line."""
+        return json.dumps(
+            {"request_id": self.request_id, "time": round(self.time, 6), "variant": self.variant,
+             "version": self.version, "inputs": self.inputs, "predictions": self.predictions},
+            separators=(",", ":"),
+        ).encode() + b"\n"  # fmt: skip
+
+
+def file_for(folder: Path, instance: str, at: float) -> Path:
+    """Return the file a router process `instance` appends a record made `at` to."""
+    stamp = time.gmtime(at)
+    return folder / time.strftime("%Y-%m-%d", stamp) / f"{stamp.tm_hour:02d}-{instance}.jsonl"
+
+
+def read_predictions(folder: Path, since: float = 0.0) -> Iterator[Prediction]:
+    """Yield every record made at or after `since`, file by file (hours in order)."""
+    for day in sorted(path for path in folder.glob("*") if path.is_dir()):
+        if day.name < time.strftime("%Y-%m-%d", time.gmtime(since)):
+            continue
+        for path in sorted(day.glob("*.jsonl")):
+            with path.open("rb") as lines:
+                for line in lines:
+                    record = _parse(line)
+                    if record is not None and record.time >= since:
+                        yield record
+
+
+def _parse(line: bytes) -> Prediction | None:
+    """Return the record on `line`, or None for a torn or foreign one."""
+    try:
+        data = json.loads(line)
+        return Prediction(
+            str(data["request_id"]), float(data["time"]), str(data["variant"]),
+            str(data["version"]), data["inputs"], data["predictions"],
+        )  # fmt: skip
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -194,9 +194,9 @@ def upstreams(kind: str, folder: Path) -> tuple[Proc, Proc]:
     return servers[0], servers[1]
 
 
-def write_split(stable: Proc, canary: Proc, folder: Path) -> Path:
+def write_split(stable: Proc, canary: Proc, folder: Path, log_percent: float = 0) -> Path:
     """Write the routing file every router bench uses: canary at weight 10, as nginx's 9:1."""
-    path = folder / "routing.yaml"
+    path = folder / f"routing-log-{log_percent:g}.yaml"
     write_routing_file(
         path,
         RoutingConfig.model_validate(
@@ -213,6 +213,7 @@ def write_split(stable: Proc, canary: Proc, folder: Path) -> Path:
                         }
                     },
                 },
+                "log": {"percent": log_percent},
             }
         ),
     )
@@ -222,9 +223,10 @@ def write_split(stable: Proc, canary: Proc, folder: Path) -> Path:
 def proxies(
     stable: Proc, canary: Proc, folder: Path, router_workers: int, prototype: bool, plane: str
 ) -> dict[str, Proc]:
-    """Start the router (or the raw-bytes prototype) and nginx in front of the two upstreams."""
+    """Start the router (or the raw-bytes prototype), the router recording every answer in its
+    prediction log, and nginx in front of the two upstreams."""
     path = write_split(stable, canary, folder)
-    router_port, nginx_port = free_port(), free_port()
+    router_port, nginx_port, logged_port = free_port(), free_port(), free_port()
     router_argv = [
         sys.executable,
         "-m",
@@ -238,6 +240,9 @@ def proxies(
     if router_workers > 1:
         router_argv += ["--workers", str(router_workers)]
     router_argv += ["--data-plane", plane]
+    logged_argv = [*router_argv, "--prediction-log", str(folder / "predictions")]
+    logged_argv[logged_argv.index("--config") + 1] = str(write_split(stable, canary, folder, 100))
+    logged_argv[logged_argv.index("--port") + 1] = str(logged_port)
     if prototype:
         here = Path(__file__).resolve().parent / "raw_proxy_prototype.py"
         router_argv = [
@@ -255,11 +260,13 @@ def proxies(
     )
     return {
         "router": start(router_argv, router_port, "/invocations" if prototype else "/ping"),
+        "logged": start(logged_argv, logged_port, "/ping"),
         "nginx": start(["nginx", "-c", str(config), "-p", str(folder)], nginx_port, "/ping"),
     }
 
 
-NAMES = ("direct", "router", "nginx")
+NAMES = ("direct", "router", "logged", "nginx")
+"""`logged`: the router with `log: {percent: 100}`, every answer recorded."""
 
 
 def print_cell(kind: str, proxy: str, connections: int, cell: Cell) -> None:
@@ -288,7 +295,9 @@ def median_cell(cells: list[Cell]) -> Cell:
     )
 
 
-def summarize(kind: str, connections: int, direct: Cell, router: Cell, nginx: Cell) -> None:
+def summarize(
+    kind: str, connections: int, direct: Cell, router: Cell, logged: Cell, nginx: Cell
+) -> None:
     """Print one concurrency's comparison of the router, nginx and no proxy."""
     added = (router.load.p50_ms - direct.load.p50_ms, nginx.load.p50_ms - direct.load.p50_ms)
     print(
@@ -296,7 +305,8 @@ def summarize(kind: str, connections: int, direct: Cell, router: Cell, nginx: Ce
         f" router req/s = {router.load.rps / direct.load.rps:.0%} of direct"
         f" (nginx {nginx.load.rps / direct.load.rps:.0%}); p50 added: router"
         f" {added[0]:+.2f} ms, nginx {added[1]:+.2f} ms; cores busy: direct {direct.busy:.0%},"
-        f" router {router.busy:.0%}, nginx {nginx.busy:.0%}"
+        f" router {router.busy:.0%}, nginx {nginx.busy:.0%}; logging every answer: cpu/req"
+        f" {logged.proxy_ms / router.proxy_ms:.2f}x the router without"
     )
 
 
@@ -334,7 +344,7 @@ def main() -> None:
                 arguments.data_plane,
             )
             results: dict[tuple[str, int], list[Cell]] = {}
-            named = {"direct": None, "router": fronts["router"], "nginx": fronts["nginx"]}
+            named = {"direct": None, **fronts}
             try:
                 for proxy in named.values():
                     run_wrk(proxy.url if proxy else stable.url, script, 8, 2)  # warm up

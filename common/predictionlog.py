@@ -14,7 +14,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -51,12 +54,30 @@ def read_predictions(folder: Path, since: float = 0.0) -> Iterator[Prediction]:
         for path in sorted(day.glob("*.jsonl")):
             with path.open("rb") as lines:
                 for line in lines:
-                    record = _parse(line)
+                    record = parse_line(line)
                     if record is not None and record.time >= since:
                         yield record
 
 
-def _parse(line: bytes) -> Prediction | None:
+def load_predictions(folder: Path, since: float = 0.0) -> pd.DataFrame:
+    """Return the records made at or after `since` as a pandas DataFrame, one row each.
+
+    Inputs and predictions are JSON text; `time` is a UTC timestamp.
+    """
+    import pandas as pd
+
+    rows = [
+        {"request_id": r.request_id, "time": r.time, "variant": r.variant, "version": r.version,
+         "inputs": json.dumps(r.inputs), "predictions": json.dumps(r.predictions)}
+        for r in read_predictions(folder, since)
+    ]  # fmt: skip
+    columns = ["request_id", "time", "variant", "version", "inputs", "predictions"]
+    frame = pd.DataFrame(rows, columns=columns)
+    frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True)
+    return frame
+
+
+def parse_line(line: bytes) -> Prediction | None:
     """Return the record on `line`, or None for a torn or foreign one."""
     try:
         data = json.loads(line)

@@ -14,7 +14,8 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from controller.changes import Controller
-from controller.errors import ControllerError, InvalidChange, Superseded
+from controller.errors import ControllerError, InvalidChange, LabelsRefused, Superseded
+from controller.feedback import LabelBook
 from controller.rollout.engine import RolloutPlan, RolloutRunner
 from controller.rollout.gates import GateLimits
 from controller.rollout.planner import plan_report
@@ -26,6 +27,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CONTROLLER = web.AppKey("controller", Controller)
 ROLLOUT = web.AppKey("rollout", RolloutRunner)
 TOKEN = web.AppKey("token", str)
+LABELS = web.AppKey("labels", LabelBook)
+LABELS_LOCK = web.AppKey("labels_lock", asyncio.Lock)
 QUERY_TOKEN_NAMES = ("token", "access_token", "api_key", "apikey")
 OPEN_PATHS = frozenset({"/ping", "/metrics"})
 
@@ -125,6 +128,8 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(400, "INVALID_PARAMETER_VALUE", str(error))
     except Superseded as error:
         return error_response(409, "ABORTED", str(error))
+    except LabelsRefused as error:
+        return error_response(error.status, error.code, str(error))
     except (ControllerError, RoutingFileError) as error:
         return error_response(503, "TEMPORARILY_UNAVAILABLE", str(error))
 
@@ -155,8 +160,21 @@ async def ping(_request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    """Describe the split, the routers' view, the aliases and the last changes."""
-    return web.json_response(await request.app[CONTROLLER].status())
+    """Describe the split, the routers' view, the aliases, the last changes and the quality."""
+    described = await request.app[CONTROLLER].status()
+    return web.json_response({**described, "quality": request.app[LABELS].report()})
+
+
+async def feedback(request: web.Request) -> web.Response:
+    """Take labels for logged requests: one `{"request_id", "label"}` or a list of them."""
+    raw = await request.read()
+    try:
+        document = json.loads(raw)
+    except ValueError as error:
+        raise InvalidChange(f"the body is not JSON: {error}") from None
+    async with request.app[LABELS_LOCK]:  # one batch at a time: each is kept whole or not at all
+        taken = await asyncio.to_thread(request.app[LABELS].take, document)
+    return web.json_response(taken)
 
 
 async def versions(request: web.Request) -> web.Response:
@@ -244,10 +262,16 @@ async def rollout_resume(request: web.Request) -> web.Response:
 
 
 def create_api(
-    controller: Controller, token: str, rollout: RolloutRunner, registry: CollectorRegistry
+    controller: Controller,
+    token: str,
+    rollout: RolloutRunner,
+    registry: CollectorRegistry,
+    labels: LabelBook,
 ) -> web.Application:
     """Build the admin API over `controller`, guarded by `token`."""
-    app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
+    app = web.Application(middlewares=[guard], client_max_size=16 * 1024 * 1024)
+    app[LABELS] = labels
+    app[LABELS_LOCK] = asyncio.Lock()
     app[CONTROLLER] = controller
     app[ROLLOUT] = rollout
     app[TOKEN] = token
@@ -265,4 +289,5 @@ def create_api(
     app.router.add_post("/api/weight", weight)
     app.router.add_post("/api/promote", promote)
     app.router.add_post("/api/rollback", rollback)
+    app.router.add_post("/api/feedback", feedback)
     return app

@@ -11,3 +11,11 @@ class InvalidChange(ControllerError):
 
 class Superseded(ControllerError):
     """A later change (a rollback) replaced this one before it was made (answered 409)."""
+
+
+class LabelsRefused(ControllerError):
+    """Labels that cannot be taken as sent (answered with `status`); none of them was kept."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code

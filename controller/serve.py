@@ -18,6 +18,7 @@ from controller.api import create_api
 from controller.changes import ChangeSettings, Controller
 from controller.checks import check_server, server_metadata, signature_inputs
 from controller.errors import ControllerError
+from controller.feedback import LabelBook
 from controller.registry import Registry
 from controller.rollout.engine import RolloutMetrics, RolloutRunner
 from controller.routers import EndpointRouters, RouterList
@@ -59,6 +60,9 @@ class ControllerOptions:
     """The ConfigMap's and the router Service's namespace (default: the pod's own, else
     `default`)."""
     confirm_timeout_s: float = 5.0
+    prediction_log: Path | None = None
+    """The routers' prediction log, which labels are joined with (default: the state
+    folder's `predictions`)."""
 
     @property
     def token_path(self) -> Path:
@@ -181,12 +185,16 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
             except OSError:
                 token = write_fresh_token(options.token_path)
         registry = CollectorRegistry()
+        labels = await asyncio.to_thread(
+            LabelBook, options.prediction_log or options.state / "predictions",
+            options.state / "labels.jsonl", registry,
+        )  # fmt: skip
         rollout = RolloutRunner(
             controller, session, options.state / "rollout.json", RolloutMetrics.create(registry)
         )
         controller.start()
         await rollout.resume_saved()
-        api = create_api(controller, token, rollout, registry)
+        api = create_api(controller, token, rollout, registry, labels)
         runner = web.AppRunner(api, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, options.host, options.port, reuse_address=True)

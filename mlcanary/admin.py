@@ -7,6 +7,7 @@ Also `predict`, which sends sample rows through the router. Registered on the ma
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -28,7 +29,7 @@ Detach = Annotated[
 ]
 
 
-def admin_call(method: str, path: str, body: dict[str, Any] | None, url: str | None) -> Any:
+def admin_call(method: str, path: str, body: Any, url: str | None) -> Any:
     """Call the admin API; a failure is one clear line and exit code 1."""
     from common.settings import state_dir
     from controller.errors import ControllerError
@@ -94,6 +95,12 @@ def status(controller_url: ControllerUrl = None, as_json: AsJson = False) -> Non
             },
         },
     )
+    for variant, versions in found.get("quality", {}).items():
+        for version, figures in versions.items():
+            shown = ", ".join(
+                f"{name} {value:.4g}" for name, value in figures.items() if value is not None
+            )
+            stdout.print(f"quality  {variant} v{version}: {shown}", highlight=False)
     for change in found.get("pending", []):
         stdout.print(
             f"pending  {change['number']} {change['action']}: {change['stage']}", highlight=False
@@ -154,6 +161,46 @@ def rollback(
     show_change(admin_call("POST", "/api/rollback", {"reason": reason}, controller_url), as_json)
 
 
+def feedback(
+    labels: Annotated[
+        Path, typer.Argument(help="CSV with request_id and label columns (a label per row).")
+    ],
+    controller_url: ControllerUrl = None,
+    as_json: AsJson = False,
+) -> None:
+    """Send labels for logged requests (late ground truth): all kept, or none, per batch."""
+    import csv
+
+    try:
+        with labels.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as error:
+        fail(f"cannot read {labels}: {error.strerror or error}")
+    if not rows or not {"request_id", "label"} <= set(rows[0]):
+        fail(f"{labels} needs a header with request_id and label columns", code=2)
+    items = [{"request_id": row["request_id"], "label": _label(row["label"])} for row in rows]
+    taken = 0
+    for start in range(0, len(items), FEEDBACK_BATCH):
+        batch = items[start : start + FEEDBACK_BATCH]
+        answer = admin_call("POST", "/api/feedback", batch, controller_url)
+        taken += answer["accepted"]
+    if as_json:
+        print_json({"accepted": taken, "quality": answer["quality"]})
+        return
+    stdout.print(f"{taken} labels taken", highlight=False)
+
+
+FEEDBACK_BATCH = 5000
+
+
+def _label(text: str) -> float | str:
+    """Read a CSV cell as a label: a number when it reads as one, else the text (a class)."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def predict(
     count: Annotated[int, typer.Option(min=1, help="Rows to send.")] = 20,
     user: Annotated[
@@ -193,5 +240,5 @@ def predict(
 
 def register(app: typer.Typer) -> None:
     """Add these commands to the main command line."""
-    for command in (status, deploy, weight, promote, rollback, predict):
+    for command in (status, deploy, weight, promote, rollback, feedback, predict):
         app.command()(command)

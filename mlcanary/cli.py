@@ -358,6 +358,13 @@ def controller(
             min=0, max=100, help="For a new routing file: percent of answers in the prediction log."
         ),
     ] = 100.0,
+    prediction_log: Annotated[
+        Path | None,
+        typer.Option(
+            help="The routers' prediction log, joined with labels.",
+            show_default="$MLCANARY_HOME/predictions",
+        ),
+    ] = None,
     confirm_timeout: Annotated[
         float, typer.Option(help="Seconds the routers get to load a change.")
     ] = 5.0,
@@ -403,6 +410,7 @@ def controller(
         canary_url=canary_url,
         configmap=configmap,
         namespace=namespace,
+        prediction_log=prediction_log,
     )
     try:
         asyncio.run(serve_controller(options, RegistrySettings.from_env()))
@@ -564,3 +572,41 @@ def _problems(error: ValidationError) -> str:
 def main() -> None:
     """Run the command line."""
     app()
+
+
+predictions_app = typer.Typer(help="The prediction log: what the routers answered, by request id.")
+app.add_typer(predictions_app, name="predictions")
+
+
+@predictions_app.command("export")
+def predictions_export(
+    output: Annotated[Path, typer.Argument(help="A .csv or .parquet file to write.")],
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only records from this UTC time on (ISO 8601, e.g. 2026-12-01T10:00)."),
+    ] = None,
+    folder: Annotated[
+        Path | None,
+        typer.Option("--log", help="The log's folder.", show_default="$MLCANARY_HOME/predictions"),
+    ] = None,
+) -> None:
+    """Write the logged predictions (one row per record) to CSV or Parquet."""
+    from datetime import UTC, datetime
+
+    from common.predictionlog import load_predictions
+
+    try:
+        start = datetime.fromisoformat(since).replace(tzinfo=UTC).timestamp() if since else 0.0
+    except ValueError:
+        fail(f"--since must be an ISO 8601 time, got {since!r}", code=2)
+    if output.suffix not in (".csv", ".parquet"):
+        fail(f"{output}: the name must end in .csv or .parquet", code=2)
+    frame = load_predictions(folder or system_settings().state_dir / "predictions", start)
+    try:
+        if output.suffix == ".csv":
+            frame.to_csv(output, index=False)
+        else:
+            frame.to_parquet(output, index=False)
+    except OSError as error:
+        fail(f"cannot write {output}: {error.strerror or error}")
+    stdout.print(f"wrote {len(frame)} records to {output}", highlight=False)

@@ -42,7 +42,7 @@ class AdminClient:
                 ) from None
         return cls(where.rstrip("/"), token)
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    def call(self, method: str, path: str, body: Any = None) -> Any:
         """Send one request; return the JSON answer or raise ControllerError with its message."""
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(  # noqa: S310 (an http URL we were given)

@@ -83,7 +83,7 @@ async def registry_versions(app: web.Application, model: str) -> tuple[list[str]
     return sorted((str(v.get("version")) for v in listed), key=lambda v: int(v)), None
 
 
-async def _forward(request: web.Request, path: str, body: dict[str, Any]) -> web.Response | Any:
+async def _forward(request: web.Request, path: str, body: Any) -> web.Response | Any:
     """POST to the controller with the caller's token; its error answers pass through as-is."""
     if not request.headers.get("Authorization", "").lower().startswith("bearer "):
         return error_response(
@@ -205,6 +205,16 @@ async def canary_probability(request: web.Request) -> web.Response:
     )
 
 
+async def feedback(request: web.Request) -> web.Response:
+    """Answer `POST /feedback`: labels for logged requests, kept by the controller."""
+    try:
+        document = json.loads(await request.read())
+    except ValueError as error:
+        return error_response(400, "BAD_REQUEST", f"the body is not JSON: {error}")
+    done = await _forward(request, "/api/feedback", document)
+    return done if isinstance(done, web.Response) else web.json_response(done)
+
+
 def add_routes(app: web.Application) -> None:
     """Add the original admin paths to the router."""
     app.router.add_get("/canary-status", canary_status)
@@ -212,3 +222,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/update-model", update_model)
     app.router.add_post("/accept-next-model", accept_next_model)
     app.router.add_post("/canary-probability", canary_probability)
+    app.router.add_post("/feedback", feedback)

@@ -72,6 +72,12 @@ class System:
         self.processes[0] = start_mlcanary(self.controller_argv, self.state, log, self.settings)
         wait_for(f"{self.controller_url}/ping", self.processes[0], log)
 
+    def restart_controller_gracefully(self) -> None:
+        """Stop the controller with SIGTERM, then start it again over the same state."""
+        self.processes[0].send_signal(signal.SIGTERM)
+        self.processes[0].wait(timeout=60)
+        self.restart_controller()
+
     @property
     def token(self) -> str:
         return (self.state / "admin-token").read_text().strip()

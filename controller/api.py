@@ -78,6 +78,9 @@ class RolloutRequest(Change):
     max_failed_checks: int = Field(default=2, ge=1)
     max_insufficient_windows: int = Field(default=5, ge=1)
     prometheus_url: str | None = Field(default=None, pattern=r"^https?://[^/?#]+/?$")
+    min_labels: int = Field(default=0, ge=0)
+    label_wait_s: float = Field(default=600.0, ge=0, le=30 * 86_400)
+    max_label_error_ratio: float = Field(default=1.5, ge=1)
 
     def plan(self) -> RolloutPlan:
         """Return the plan this request describes (InvalidChange if it cannot run)."""
@@ -87,11 +90,13 @@ class RolloutRequest(Change):
             max_p99_ratio=self.max_p99_ratio,
             p99_tolerance_s=self.p99_tolerance_s,
             max_psi=self.max_psi, max_shadow_delta=self.max_shadow_delta,
+            min_labels=self.min_labels, max_label_error_ratio=self.max_label_error_ratio,
         )  # fmt: skip
         return RolloutPlan(
             tuple(self.steps), self.interval_s, limits,
             self.max_failed_checks, self.max_insufficient_windows,
             self.prometheus_url.rstrip("/") if self.prometheus_url else None,
+            self.label_wait_s,
         )  # fmt: skip
 
 

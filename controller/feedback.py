@@ -31,6 +31,26 @@ MAX_ITEMS = 10_000
 Label = float | str | bool
 
 
+@dataclass(frozen=True)
+class LabelledRow:
+    """One row's prediction against its label, in the order labels were taken."""
+
+    variant: str
+    version: str
+    error: float
+    """Prediction - label for numbers; for classes 1 when wrong, 0 when right."""
+    classes: bool
+
+    @classmethod
+    def of(cls, variant: str, version: str, predicted: Any, label: Label) -> LabelledRow:
+        """Compare a prediction with its label: numbers when both are, else as classes."""
+        value = _number(predicted)
+        if isinstance(label, bool | str) or value is None:
+            wrong = str(predicted).lower() != str(label).lower()
+            return cls(variant, version, float(wrong), True)
+        return cls(variant, version, value - float(label), False)
+
+
 @dataclass
 class Quality:
     """What the labels say of one variant's version so far."""
@@ -43,22 +63,17 @@ class Quality:
     classified: int = 0
     correct: int = 0
 
-    def add(self, predicted: Any, label: Label) -> None:
-        """Count one row's prediction against its label."""
+    def add(self, row: LabelledRow) -> None:
+        """Count one labelled row."""
         self.labels += 1
-        if isinstance(label, bool | str):
+        if row.classes:
             self.classified += 1
-            self.correct += str(predicted).lower() == str(label).lower()
+            self.correct += row.error == 0
             return
-        value = _number(predicted)
-        if value is None:
-            self.classified += 1
-            return
-        error = value - float(label)
         self.numeric += 1
-        self.absolute += abs(error)
-        self.squared += error * error
-        self.signed += error
+        self.absolute += abs(row.error)
+        self.squared += row.error * row.error
+        self.signed += row.error
 
     def to_json(self) -> dict[str, float | int | None]:
         """Return the figures (None where no label of that kind came)."""
@@ -83,6 +98,9 @@ class LabelBook:
     read_to: dict[Path, int] = field(default_factory=dict)
     labelled: set[str] = field(default_factory=set)
     quality: dict[tuple[str, str], Quality] = field(default_factory=dict)
+    rows: list[LabelledRow] = field(default_factory=list)
+    """Every labelled row, in the order taken (rollouts read the rows taken since they last
+    looked)."""
 
     def __post_init__(self) -> None:
         """Register the gauges and count the labels a previous controller took."""
@@ -172,7 +190,9 @@ class LabelBook:
         rows = _rows(record.predictions)
         labels = label if isinstance(label, list) else [label] * len(rows)
         for predicted, truth in zip(rows, labels, strict=False):
-            quality.add(predicted, truth)
+            row = LabelledRow.of(record.variant, record.version, predicted, truth)
+            quality.add(row)
+            self.rows.append(row)
 
     def _show(self) -> None:
         for (variant, version), quality in self.quality.items():

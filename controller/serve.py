@@ -190,8 +190,9 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
             options.state / "labels.jsonl", registry,
         )  # fmt: skip
         rollout = RolloutRunner(
-            controller, session, options.state / "rollout.json", RolloutMetrics.create(registry)
-        )
+            controller, session, options.state / "rollout.json", RolloutMetrics.create(registry),
+            labels,
+        )  # fmt: skip
         controller.start()
         await rollout.resume_saved()
         api = create_api(controller, token, rollout, registry, labels)

@@ -18,7 +18,7 @@ rollout_app = typer.Typer(
 FINISHED = ("promoted", "rolled_back", "aborted", "idle")
 
 
-def _seconds(text: str) -> float:
+def _seconds(text: str, option: str = "--interval") -> float:
     """Read `90`, `90s`, `2m` or `1h` as seconds."""
     units = {"s": 1, "m": 60, "h": 3600}
     try:
@@ -26,7 +26,7 @@ def _seconds(text: str) -> float:
             return float(text[:-1]) * units[text[-1]]
         return float(text)
     except ValueError:
-        fail(f"--interval must be like 60s, 2m or 1h, got {text!r}", code=2)
+        fail(f"{option} must be like 60s, 2m or 1h, got {text!r}", code=2)
 
 
 def _plan_options(
@@ -61,6 +61,16 @@ def _plan_options(
     prometheus: Annotated[
         str | None, typer.Option(help="Judge windows from this Prometheus (else the routers).")
     ] = None,
+    min_labels: Annotated[
+        int,
+        typer.Option(help="Labelled canary rows each step needs (0: labels not judged)."),
+    ] = 0,
+    label_wait: Annotated[
+        str, typer.Option(help="How long a step waits for them: 10m, 1h...")
+    ] = "10m",
+    max_label_error_ratio: Annotated[
+        float, typer.Option(help="Canary rows bad this many times as often as stable's fail.")
+    ] = 1.5,
 ) -> dict[str, Any]:
     """Return the options of a rollout plan (shared by `start` and `plan`) as the API body."""
     try:
@@ -74,6 +84,8 @@ def _plan_options(
         "p99_tolerance_s": p99_tolerance, "max_psi": max_psi,
         "max_shadow_delta": max_shadow_delta, "max_failed_checks": max_failed_checks,
         "max_insufficient_windows": max_insufficient, "prometheus_url": prometheus,
+        "min_labels": min_labels, "label_wait_s": _seconds(label_wait, "--label-wait"),
+        "max_label_error_ratio": max_label_error_ratio,
     }  # fmt: skip
 
 

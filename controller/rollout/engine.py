@@ -11,7 +11,7 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,18 @@ from common.files import write_atomically
 from controller.audit import append_audit
 from controller.changes import Controller
 from controller.errors import ControllerError, InvalidChange
+from controller.feedback import LabelBook
 from controller.predictionbuckets import cut, read_profiles
-from controller.rollout.gates import GateLimits, RolloutEvidence, Verdict, Window, judge
+from controller.rollout.gates import (
+    GateLimits,
+    LabelledRows,
+    RolloutEvidence,
+    Verdict,
+    Window,
+    judge,
+)
 from controller.rollout.promql import window_from_prometheus
-from controller.rollout.steps import Progress, decide
+from controller.rollout.steps import Progress, decide, wait_for_labels
 from controller.rollout.window import Snapshot, take_snapshot, window_between
 
 log = logging.getLogger("controller")
@@ -51,6 +59,9 @@ class RolloutPlan:
     """Windows in a row with too little traffic that fail the rollout (rolled back)."""
     prometheus_url: str | None = None
     """Read windows from this Prometheus (PromQL) instead of the routers' /metrics."""
+    label_wait_s: float = 600.0
+    """With `limits.min_labels`: how long a step waits for its labels before each window
+    without them is a failed check."""
 
     def __post_init__(self) -> None:
         """Refuse plans that cannot run, naming the field."""
@@ -60,6 +71,8 @@ class RolloutPlan:
             raise InvalidChange("steps: must rise strictly, e.g. 5,10,25,50,100")
         if not 0.2 <= self.interval_s <= 86_400:
             raise InvalidChange("interval_s: must be from 0.2 s to one day")
+        if self.label_wait_s < 0:
+            raise InvalidChange("label_wait_s: must be 0 or more")
         if self.max_failed_checks < 1 or self.max_insufficient_windows < 1:
             raise InvalidChange("max_failed_checks and max_insufficient_windows: at least 1")
 
@@ -80,6 +93,13 @@ class RolloutState:
     message: str = ""
     evidence: RolloutEvidence = field(default_factory=RolloutEvidence)
     """What the gates have accumulated over every window so far."""
+    stable_version: str = ""
+    step_started_at: float = 0.0
+    """Wall-clock time the current step began (its wait for labels counts from it)."""
+    labelled_in_step: int = 0
+    """Canary rows labelled since the current step began."""
+    label_cursor: int = 0
+    """How many of the controller's labelled rows the rollout has read."""
 
     @property
     def weight(self) -> float:
@@ -105,6 +125,7 @@ class RolloutState:
                 max_failed_checks=plan["max_failed_checks"],
                 max_insufficient_windows=plan["max_insufficient_windows"],
                 prometheus_url=plan.get("prometheus_url"),
+                label_wait_s=plan.get("label_wait_s", 600.0),
             ),
             canary_version=data["canary_version"],
             step=data["step"],
@@ -115,6 +136,10 @@ class RolloutState:
             history=data["history"],
             message=data.get("message", ""),
             evidence=RolloutEvidence.from_json(data.get("evidence") or {}),
+            stable_version=data.get("stable_version", ""),
+            step_started_at=data.get("step_started_at", 0.0),
+            labelled_in_step=data.get("labelled_in_step", 0),
+            label_cursor=data.get("label_cursor", 0),
         )
 
 
@@ -137,7 +162,8 @@ class RolloutMetrics:
             status=Gauge("mlcanary_rollout_status", "1 for the rollout's current status.",
                          ["status"], registry=registry),
         )  # fmt: skip
-        for gate in ("error_rate", "error_ratio", "p99_ratio", "prediction_psi", "shadow_delta"):
+        for gate in ("error_rate", "error_ratio", "p99_ratio", "prediction_psi", "shadow_delta",
+                     "label_errors"):  # fmt: skip
             metrics.gate_value.labels(gate)
         metrics.show("idle", 0)
         return metrics
@@ -158,10 +184,13 @@ class RolloutRunner:
         session: aiohttp.ClientSession,
         state_path: Path,
         metrics: RolloutMetrics,
+        labels: LabelBook | None = None,
     ) -> None:
         self.controller, self.session, self.path, self.metrics = (
             controller, session, state_path, metrics,
         )  # fmt: skip
+        self.labels = labels
+        """The labels taken so far, for the labels gate (None: labels are not judged)."""
         self.state: RolloutState | None = None
         self.task: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
@@ -178,7 +207,11 @@ class RolloutRunner:
         config = await self.controller.current()
         if config.canary is None:
             raise InvalidChange("there is no canary to roll out: deploy one first")
-        state = RolloutState(plan, config.canary.version)
+        if plan.limits.min_labels > 0 and self.labels is None:
+            raise InvalidChange("min_labels: this controller takes no labels")
+        state = RolloutState(plan, config.canary.version, stable_version=config.stable.version,
+                             step_started_at=time.time(),
+                             label_cursor=len(self.labels.rows) if self.labels else 0)  # fmt: skip
         await self.controller.set_weight(
             state.weight, f"rollout of v{state.canary_version}: step 1/{len(plan.steps)}"
         )
@@ -293,13 +326,33 @@ class RolloutRunner:
         verdict = None
         window = await self._window(state.plan, state.plan.interval_s, baseline)
         if window is not None:
+            window = replace(window, labels=self._labelled_rows(state))
             verdict = judge(window, state.plan.limits, state.evidence)
+            verdict = wait_for_labels(
+                verdict, state.labelled_in_step, state.plan.limits.min_labels,
+                time.time() - state.step_started_at, state.plan.label_wait_s,
+            )  # fmt: skip
         try:
             await self._decide(state, verdict, "" if verdict else "metrics could not be read")
         except ControllerError as error:  # a change failed and was undone: try next window
             state.message = f"a change failed: {error}"
             log.warning("rollout: %s", state.message)
             self._save()
+
+    def _labelled_rows(self, state: RolloutState) -> LabelledRows:
+        """Return the rows of the rollout's two versions labelled since the last window."""
+        if self.labels is None or state.plan.limits.min_labels <= 0:
+            return LabelledRows()
+        rows = self.labels.rows[state.label_cursor :]
+        state.label_cursor += len(rows)
+        canary = [r for r in rows if r.variant == "canary" and r.version == state.canary_version]
+        stable = [r for r in rows if r.variant == "stable" and r.version == state.stable_version]
+        state.labelled_in_step += len(canary)
+        return LabelledRows(
+            canary=tuple(abs(r.error) for r in canary),
+            stable=tuple(abs(r.error) for r in stable),
+            classes=any(r.classes for r in canary + stable),
+        )
 
     async def _window(
         self, plan: RolloutPlan, seconds: float, baseline: Snapshot | None
@@ -373,6 +426,7 @@ class RolloutRunner:
             "time": time.time(), "step": state.step + 1, "weight": state.weight,
             "outcome": outcome, "gates": gates, "problem": problem,
             "canary_requests": verdict.canary_requests if verdict is not None else None,
+            "labelled": list(verdict.labelled) if verdict is not None else None,
         }  # fmt: skip
         state.history.append(entry)
         await asyncio.to_thread(
@@ -393,6 +447,7 @@ class RolloutRunner:
             await self._roll_back(state, decision.why)
         elif decision.action == "advance":
             state.step = progress.step
+            state.step_started_at, state.labelled_in_step = time.time(), 0
             self._save()  # a controller killed now resumes here and applies this step's weight
             await self.controller.set_weight(
                 state.weight, f"rollout of v{state.canary_version}: step {state.step + 1}/{steps}"

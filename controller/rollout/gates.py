@@ -32,8 +32,13 @@ STABLE_BOUND_SHARE = 0.1
 """Of a gate comparing the canary with stable, the share of its alpha spent on bounding
 stable's rate from the earlier windows, for windows at 100% (no stable traffic to compare
 with): the canary is then tested against that upper bound, a one-sample test."""
-BOUNDED_GATES = ("error_ratio", "p99_ratio")
+BOUNDED_GATES = ("error_ratio", "p99_ratio", "label_errors")
 """The gates that compare the canary with stable, and so spend part of their alpha that way."""
+LABEL_BOUND_QUANTILE = 0.9
+"""Numeric labels: a labelled row is bad when its error exceeds this quantile of stable's
+errors in the windows before (so about 10% of stable's rows are bad by construction)."""
+MIN_BOUND_ROWS = 20
+"""Stable's labelled rows needed before the first bound is cut from them."""
 SMOOTHING = 0.5
 """Added to every category's count in the PSI (Jeffreys): an empty bucket in a small sample
 is not a shift."""
@@ -52,6 +57,19 @@ class VariantWindow:
 
 
 @dataclass(frozen=True)
+class LabelledRows:
+    """Rows of each variant whose labels arrived during a window: each row's error.
+
+    For numbers, |prediction - label|; for classes, 1 for a wrong prediction and 0 for a right
+    one (then `classes` is true).
+    """
+
+    canary: tuple[float, ...] = ()
+    stable: tuple[float, ...] = ()
+    classes: bool = False
+
+
+@dataclass(frozen=True)
 class Window:
     """Both variants over one interval, and the shadow comparisons made in it."""
 
@@ -59,6 +77,7 @@ class Window:
     canary: VariantWindow
     shadow_delta_sum: float = 0.0
     shadow_delta_count: float = 0.0
+    labels: LabelledRows = field(default_factory=LabelledRows)
 
 
 @dataclass(frozen=True)
@@ -83,15 +102,26 @@ class GateLimits:
     shift is also significant."""
     max_shadow_delta: float | None = None
     """Mean absolute shadow delta, when shadowing is on (None: not judged)."""
+    min_labels: int = 0
+    """Labelled canary rows a step needs before it may pass (0: labels are not judged)."""
+    max_label_error_ratio: float = 1.5
+    """The canary fails on labels when its rows are bad (wrong class, or an error above
+    stable's usual) significantly more often than stable's, and at least this many times as
+    often."""
 
     def alpha(self, gate: str, outputs: int = 1) -> float:
         """Return the gate's share of the false-alarm budget (Bonferroni over the gates).
 
         Errors and latency a quarter each (the error quarter split between its two tests),
-        predictions half, split over the model's outputs.
+        predictions half, split over the model's outputs. With labels judged, the labels gate
+        takes half of the predictions' share.
         """
         shares = {"error_rate": 1 / 8, "error_ratio": 1 / 8, "p99_ratio": 1 / 4}
-        share = self.false_alarm_rate * shares.get(gate, 1 / (2 * max(outputs, 1)))
+        labelled = self.min_labels > 0
+        if gate == "label_errors":
+            return self.false_alarm_rate / 4 * (1 - STABLE_BOUND_SHARE)
+        predictions = 1 / (4 if labelled else 2) / max(outputs, 1)
+        share = self.false_alarm_rate * shares.get(gate, predictions)
         return share * (1 - STABLE_BOUND_SHARE) if gate in BOUNDED_GATES else share
 
     def bound_alpha(self, gate: str) -> float:
@@ -121,9 +151,11 @@ class Verdict:
     """The window's outcome: pass, fail, or insufficient data; with every gate's numbers."""
 
     outcome: str
-    """`pass`, `fail` or `insufficient`."""
+    """`pass`, `fail`, `insufficient` (too little traffic) or `waiting` (for labels)."""
     gates: list[GateResult]
     canary_requests: float
+    labelled: tuple[int, int] = (0, 0)
+    """Rows labelled in this window: canary's, stable's."""
 
 
 @dataclass
@@ -179,6 +211,11 @@ class RolloutEvidence:
     stable_latency: Categories = field(default_factory=dict)
     """Stable's latency buckets over the windows so far (the latency bound's source)."""
     outputs: dict[str, OutputEvidence] = field(default_factory=dict)
+    label_errors: Evidence = field(default_factory=Evidence)
+    bad_rows: Tally = field(default_factory=Tally)
+    """Labelled rows found bad, and all labelled rows, per variant."""
+    stable_errors: list[float] = field(default_factory=list)
+    """Stable's labelled errors so far (numbers): the bound's source."""
 
     def to_json(self) -> dict[str, Any]:
         """Return the state as JSON-able data."""
@@ -193,6 +230,8 @@ class RolloutEvidence:
                        "tests": {c: test.to_json() for c, test in output.tests.items()}}
                 for name, output in self.outputs.items()
             },
+            "label_errors": self.label_errors.to_json(), "bad_rows": vars(self.bad_rows),
+            "stable_errors": self.stable_errors,
         }  # fmt: skip
 
     @classmethod
@@ -216,6 +255,9 @@ class RolloutEvidence:
                 )
                 for name, output in data.get("outputs", {}).items()
             },
+            label_errors=Evidence.from_json(data.get("label_errors", []), UP_RATIOS),
+            bad_rows=Tally(**data.get("bad_rows", {})),
+            stable_errors=list(data.get("stable_errors", [])),
         )
 
 
@@ -231,6 +273,8 @@ def judge(window: Window, limits: GateLimits, evidence: RolloutEvidence) -> Verd
         latency_gate(window, limits, evidence),
         *prediction_gates(window, limits, evidence),
     ]
+    if limits.min_labels > 0:
+        gates.append(label_gate(window, limits, evidence))
     if limits.max_shadow_delta is not None and window.shadow_delta_count > 0:
         mean = window.shadow_delta_sum / window.shadow_delta_count
         gates.append(GateResult("shadow_delta", mean, limits.max_shadow_delta,
@@ -241,7 +285,60 @@ def judge(window: Window, limits: GateLimits, evidence: RolloutEvidence) -> Verd
         outcome = "insufficient"
     else:
         outcome = "pass"
-    return Verdict(outcome, gates, window.canary.requests)
+    labelled = (len(window.labels.canary), len(window.labels.stable))
+    return Verdict(outcome, gates, window.canary.requests, labelled)
+
+
+def label_gate(window: Window, limits: GateLimits, evidence: RolloutEvidence) -> GateResult:
+    """Whether the canary's labelled rows are bad more often than stable's.
+
+    A row is bad when its class is wrong, or (numbers) when its error exceeds a bound cut from
+    stable's errors in the windows before: fixed before this window's rows are seen, as the
+    latency bound is. Given the window's labelled rows, the canary's bad count is
+    hypergeometric with the canary's share of the rows when it is no worse; at 100% the
+    canary is tested against an upper bound of stable's bad share before. Rows are tested as
+    they are labelled, whichever window their requests were in.
+    """
+    labels, needed = window.labels, 1 / limits.alpha("label_errors")
+    bound = None
+    if not labels.classes and len(evidence.stable_errors) >= MIN_BOUND_ROWS:
+        bound = _quantile_of(evidence.stable_errors, LABEL_BOUND_QUANTILE)
+    if labels.classes or bound is not None:
+        cut = 0.5 if labels.classes else bound
+        assert cut is not None  # noqa: S101 (one of the two holds)
+        bad_canary = sum(error > cut for error in labels.canary)
+        bad_stable = sum(error > cut for error in labels.stable)
+        if labels.stable:
+            share = _share(len(labels.canary), len(labels.stable))
+            evidence.label_errors.add(bad_canary + bad_stable, bad_canary, share)
+        elif labels.canary and evidence.bad_rows.stable_total > 0:
+            before = evidence.stable_errors if not labels.classes else []
+            bad_before = (sum(error > cut for error in before) if before
+                          else evidence.bad_rows.stable_events)  # fmt: skip
+            total_before = len(before) if before else evidence.bad_rows.stable_total
+            stable_bound = upper_bound(bad_before, total_before,
+                                       limits.bound_alpha("label_errors"))  # fmt: skip
+            evidence.label_errors.add(len(labels.canary), bad_canary, stable_bound)
+        evidence.bad_rows.add(bad_canary, len(labels.canary), bad_stable, len(labels.stable))
+    if not labels.classes:
+        evidence.stable_errors.extend(labels.stable)
+    rows = evidence.bad_rows
+    canary_rate, stable_rate = rows.canary_rate(), rows.stable_rate()
+    large = canary_rate > 0 and canary_rate >= limits.max_label_error_ratio * stable_rate
+    shown = evidence.label_errors.value >= needed and large
+    detail = (
+        f"{rows.canary_total:.0f} canary and {rows.stable_total:.0f} stable rows judged on"
+        f" labels so far, bad: canary {canary_rate:.2%}, stable {stable_rate:.2%}"
+        + (f"; error bound {bound:.4g}" if bound is not None else "")
+    )
+    return GateResult("label_errors", _ratio(canary_rate, stable_rate),
+                      limits.max_label_error_ratio, not shown, detail,
+                      evidence.label_errors.value, needed)  # fmt: skip
+
+
+def _quantile_of(values: list[float], q: float) -> float:
+    ordered_values = sorted(values)
+    return ordered_values[min(int(q * len(ordered_values)), len(ordered_values) - 1)]
 
 
 def error_rate_gate(window: Window, limits: GateLimits, evidence: RolloutEvidence) -> GateResult:

@@ -6,11 +6,11 @@ take exactly the same decisions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from controller.rollout.gates import Verdict
+from controller.rollout.gates import GateResult, Verdict
 
-PER_WINDOW_GATES = ("shadow_delta",)
+PER_WINDOW_GATES = ("shadow_delta", "labels")
 """Gates judged on one window alone: failing one is a failed check, not a verdict on the
 rollout (the sequential gates have already weighed every window when they fail)."""
 
@@ -30,6 +30,26 @@ class Decision:
 
     action: str
     why: str = ""
+
+
+def wait_for_labels(
+    verdict: Verdict, labelled_in_step: int, min_labels: int, waited_s: float, label_wait_s: float
+) -> Verdict:
+    """Hold a passing verdict until the step has `min_labels` labelled canary rows.
+
+    While it has waited less than `label_wait_s`, the verdict becomes `waiting`; past that, a
+    failed check (gate `labels`): a rollout that requires labels never advances without them.
+    """
+    if min_labels <= 0 or verdict.outcome != "pass" or labelled_in_step >= min_labels:
+        return verdict
+    if waited_s < label_wait_s:
+        return replace(verdict, outcome="waiting")
+    missing = GateResult(
+        "labels", float(labelled_in_step), float(min_labels), False,
+        f"{labelled_in_step} labelled canary rows in {waited_s:.0f} s; the step needs"
+        f" {min_labels} within {label_wait_s:.0f} s",
+    )  # fmt: skip
+    return replace(verdict, outcome="fail", gates=[*verdict.gates, missing])
 
 
 def decide(
@@ -52,6 +72,8 @@ def decide(
             return Decision("promote", "all gates passed")
         progress.step += 1
         return Decision("advance")
+    if verdict is not None and verdict.outcome == "waiting":
+        return Decision("hold", "waiting for labels")
     if verdict is not None and verdict.outcome == "insufficient":
         progress.insufficient_in_row += 1
         if progress.insufficient_in_row >= max_insufficient_windows:

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import numpy as np
 import pytest
+from mlflow import MlflowClient
 
 from common.settings import RegistrySettings
 from tests.conftest import TrainedRegistry
@@ -147,6 +148,29 @@ async def test_a_canary_right_in_distribution_but_wrong_per_row_is_caught_by_lab
     assert "label_errors" in state["message"]
     assert any(entry["labelled"][0] > 0 for entry in state["history"])
     assert set(load.statuses) == {200}
+
+    # The verdict is in MLflow: a run with the gates per window, tags, plots; the version
+    # points to it.
+    async def verdict_run() -> str:
+        code, found = await asyncio.to_thread(system.admin, "GET", "/api/rollout")
+        return str(found.get("verdict_run", "")) if code == 200 else ""
+
+    deadline = time.monotonic() + 60
+    while not (run_id := await verdict_run()):
+        assert time.monotonic() < deadline, "the verdict was not written to MLflow"
+        await asyncio.sleep(0.2)
+    client = MlflowClient(system.settings.tracking_uri, system.settings.tracking_uri)
+    run = client.get_run(run_id)
+    assert run.data.tags["mlcanary.verdict"] == "rolled_back"
+    assert "label_errors" in run.data.tags["mlcanary.reason"]
+    assert run.data.tags["mlcanary.canary_version"] == "4"
+    history = client.get_metric_history(run_id, "gate.label_errors.evidence")
+    assert len(history) >= 1 and [m.step for m in history] == sorted(m.step for m in history)
+    artifacts = {item.path for item in client.list_artifacts(run_id)}
+    assert {"rollout.json", "gates.png", "predictions.png"} <= artifacts
+    version = client.get_model_version(system.settings.model_name, "4")
+    assert version.tags["mlcanary.rollout_run_id"] == run_id
+    assert version.tags["mlcanary.rollout_verdict"] == "rolled_back"
 
 
 async def test_a_good_canary_is_promoted_on_its_labels(system: System, load: LabelledLoad) -> None:

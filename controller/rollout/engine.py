@@ -35,6 +35,7 @@ from controller.rollout.gates import (
 from controller.rollout.promql import window_from_prometheus
 from controller.rollout.steps import Progress, decide, wait_for_labels
 from controller.rollout.window import Snapshot, take_snapshot, window_between
+from controller.verdicts import record_verdict
 
 log = logging.getLogger("controller")
 ACTIVE = ("running", "paused")
@@ -100,6 +101,8 @@ class RolloutState:
     """Canary rows labelled since the current step began."""
     label_cursor: int = 0
     """How many of the controller's labelled rows the rollout has read."""
+    verdict_run: str = ""
+    """The MLflow run the finished rollout's verdict was written to."""
 
     @property
     def weight(self) -> float:
@@ -140,6 +143,7 @@ class RolloutState:
             step_started_at=data.get("step_started_at", 0.0),
             labelled_in_step=data.get("labelled_in_step", 0),
             label_cursor=data.get("label_cursor", 0),
+            verdict_run=data.get("verdict_run", ""),
         )
 
 
@@ -191,6 +195,7 @@ class RolloutRunner:
         )  # fmt: skip
         self.labels = labels
         """The labels taken so far, for the labels gate (None: labels are not judged)."""
+        self.recording: set[asyncio.Task[None]] = set()
         self.state: RolloutState | None = None
         self.task: asyncio.Task[None] | None = None
         self.wake = asyncio.Event()
@@ -267,8 +272,12 @@ class RolloutRunner:
         self._finish(self.state, "aborted", why)
 
     async def close(self) -> None:
-        """Stop the loop (the saved state lets the next controller resume)."""
+        """Stop the loop (the saved state lets the next controller resume).
+
+        Verdicts being written to MLflow are finished first.
+        """
         await self._stop_task()
+        await asyncio.gather(*self.recording, return_exceptions=True)
 
     def _active(self) -> RolloutState:
         if self.state is None or self.state.status not in ACTIVE:
@@ -463,6 +472,25 @@ class RolloutRunner:
         state.status, state.message = status, message
         log.info("rollout %s: %s", status, message)
         self._save()
+        task = asyncio.get_running_loop().create_task(self._record_verdict(state))
+        self.recording.add(task)
+        task.add_done_callback(self.recording.discard)
+
+    async def _record_verdict(self, state: RolloutState) -> None:
+        """Write the verdict to MLflow.
+
+        A registry that refuses costs the record, not the rollout: the state file and the
+        audit log have it all the same.
+        """
+        try:
+            state.verdict_run = await asyncio.to_thread(
+                record_verdict, self.controller.registry.settings, state.to_json()
+            )
+        except Exception as error:  # noqa: BLE001 (MLflow raises many kinds)
+            log.warning("rollout: the verdict was not written to MLflow: %s", error)
+            return
+        if self.state is state:
+            self._save()
 
     def _save(self) -> None:
         """Write the state atomically and show it in the metrics."""

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mlcanary.output import fail, print_fields, print_json, stdout
+from mlcanary.output import fail, print_fields, print_json, stderr, stdout
 from training.dataset import DEFAULT_PATH
 
 ControllerUrl = Annotated[
@@ -209,15 +209,46 @@ def predict(
     router_url: Annotated[str, typer.Option("--router", help="Router URL.")] = (
         "http://127.0.0.1:8000"
     ),
+    labels: Annotated[
+        bool,
+        typer.Option(
+            "--labels",
+            help="Then send the rows' true exam scores to /feedback, as ground truth arriving"
+            " late (needs the admin token).",
+        ),
+    ] = False,
+    label_delay: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait before sending the labels.")
+    ] = 2.0,
     as_json: AsJson = False,
 ) -> None:
     """Send sample rows through the router; show the answers and who served them."""
-    from mlcanary.sampling import send_samples
+    from mlcanary.sampling import send_labels, send_samples
 
     try:
         answers = send_samples(router_url.rstrip("/"), DEFAULT_PATH, count, user)
     except OSError as error:
         fail(f"the router at {router_url} cannot be reached: {error}")
+    if labels:
+        import time
+        import urllib.error
+
+        from common.settings import state_dir
+        from controller.errors import ControllerError
+        from orchestration.client import AdminClient, error_message
+
+        try:
+            token = AdminClient.from_env(state_dir()).token
+        except ControllerError as error:
+            fail(str(error))
+        time.sleep(label_delay)  # the exam is marked after the prediction: labels come late
+        try:
+            sent = send_labels(router_url.rstrip("/"), token, answers)
+        except urllib.error.HTTPError as error:
+            fail(f"the labels were not taken: {error_message(error.read(), error.code)}")
+        except OSError as error:
+            fail(f"the labels were not taken: {error}")
+        stderr.print(f"{sent} labels sent to {router_url}/feedback", highlight=False)
     if as_json:
         print_json([asdict(answer) for answer in answers])
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -11,6 +12,9 @@ from itertools import cycle, islice
 from pathlib import Path
 
 FEATURES = ("hours_studied", "sleep_hours", "attendance_percent", "previous_scores")
+LABEL = "exam_score"
+LOGGED_WITHIN_S = 10.0
+"""How long labels are offered again while their predictions are not in the log yet."""
 
 
 @dataclass(frozen=True)
@@ -22,6 +26,9 @@ class SampleAnswer:
     variant: str
     version: str
     status: int
+    request_id: str = ""
+    label: float | None = None
+    """The row's true score, from the dataset (sent later as feedback with `--labels`)."""
 
 
 def send_samples(router: str, dataset: Path, count: int, user: str | None) -> list[SampleAnswer]:
@@ -56,4 +63,35 @@ def _send(router: str, row: dict[str, str], user: str | None) -> SampleAnswer:
         variant=tags.get("X-Model-Variant", "-"),
         version=tags.get("X-Model-Version", "-"),
         status=status,
+        request_id=tags.get("X-Request-Id", ""),
+        label=float(row[LABEL]) if row.get(LABEL) else None,
     )
+
+
+def send_labels(router: str, token: str, answers: list[SampleAnswer]) -> int:
+    """POST the true scores of the answered rows to the router's /feedback; return how many.
+
+    Only answered (200) requests with a label are sent: the others were never logged.
+    """
+    labels = [
+        {"request_id": answer.request_id, "label": answer.label}
+        for answer in answers
+        if answer.status == 200 and answer.request_id and answer.label is not None
+    ]
+    if not labels:
+        return 0
+    request = urllib.request.Request(  # noqa: S310 (the router URL we were given)
+        f"{router}/feedback", data=json.dumps(labels).encode(), method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )  # fmt: skip
+    deadline = time.monotonic() + LOGGED_WITHIN_S
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:  # noqa: S310
+                return int(json.loads(answer.read())["accepted"])
+        except urllib.error.HTTPError as error:
+            # 404: not in the prediction log yet (written every half second); try again.
+            if error.code != 404 or time.monotonic() > deadline:
+                raise
+            error.close()
+        time.sleep(0.25)

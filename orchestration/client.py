@@ -55,7 +55,7 @@ class AdminClient:
             with urllib.request.urlopen(request, timeout=CALL_TIMEOUT_SECONDS) as answer:  # noqa: S310
                 return json.loads(answer.read())
         except urllib.error.HTTPError as error:
-            raise ControllerError(_message(error.read(), error.code)) from None
+            raise ControllerError(error_message(error.read(), error.code)) from None
         except (urllib.error.URLError, OSError) as error:
             reason = getattr(error, "reason", error)
             raise ControllerError(
@@ -63,7 +63,8 @@ class AdminClient:
             ) from None
 
 
-def _message(body: bytes, status: int) -> str:
+def error_message(body: bytes, status: int) -> str:
+    """Say what an error answer in MLflow's shape says, with its status and code."""
     try:
         document = json.loads(body)
         return f"{document['message']} ({status} {document['error_code']})"

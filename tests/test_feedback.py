@@ -99,6 +99,13 @@ def test_labels_join_logged_predictions_and_give_quality_per_variant(
     code, status = system.admin("GET", "/api/status")
     assert status["quality"]["stable"]["1"]["labels"] == 20  # read again from the two logs
 
+    demo = run_mlcanary("predict", "--count", "5", "--router", system.router_url, "--labels",
+                        "--label-delay", "0", state=system.state)  # fmt: skip
+    assert demo.returncode == 0 and "5 labels sent" in demo.stderr, demo.stderr
+    code, status = system.admin("GET", "/api/status")
+    assert status["quality"]["stable"]["1"]["labels"] == 25
+    ids += [r.request_id for r in read_predictions(log)][COUNT:]
+
     exported = tmp_path / "predictions.csv"
     done = run_mlcanary("predictions", "export", str(exported), state=system.state)
     assert done.returncode == 0, done.stderr

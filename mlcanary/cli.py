@@ -115,6 +115,14 @@ def train(
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed for the split and the model.")] = DEFAULT_SEED,
     test_size: Annotated[float, typer.Option(help="Held-out share of rows.")] = 0.2,
+    permute_labels: Annotated[
+        bool,
+        typer.Option(
+            "--permute-labels",
+            help="Train on scores permuted across rows: right in distribution, wrong per row"
+            " (a canary only labels catch).",
+        ),
+    ] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Train a model on the dataset, log it to MLflow and register a new version."""
@@ -124,8 +132,9 @@ def train(
     if alias is not None and no_alias:
         fail("--alias and --no-alias exclude each other", code=2)
     options = TrainOptions(
-        kind=model, data_path=data, seed=seed, test_size=test_size, alias="" if no_alias else alias
-    )
+        kind=model, data_path=data, seed=seed, test_size=test_size,
+        alias="" if no_alias else alias, permute_labels=permute_labels,
+    )  # fmt: skip
     settings = RegistrySettings.from_env(model_name=name)
     try:
         with progress("Starting") as step:

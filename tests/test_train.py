@@ -16,7 +16,7 @@ from common.settings import RegistrySettings
 from common.supervision import ChildProcess, child_environment, wait_until_healthy
 from tests.conftest import TrainedRegistry
 from tests.helpers import free_port, point_mlflow_at, registry_snapshot
-from training.dataset import DEFAULT_PATH, FEATURES, TARGET, load_dataset
+from training.dataset import DEFAULT_PATH, DEFAULT_SEED, FEATURES, TARGET, load_dataset
 from training.errors import TrainingError
 from training.pipelines import ModelKind
 from training.train import TrainOptions, evaluate, split_dataset, train_and_register
@@ -153,3 +153,25 @@ def test_a_failing_alias_leaves_no_version_behind(empty_registry: RegistrySettin
         train_and_register(TrainOptions(kind=ModelKind.linear, alias="v3"), empty_registry)
     after, _ = registry_snapshot(empty_registry)
     assert after == before
+
+
+def test_permuted_labels_give_the_right_distribution_on_the_wrong_rows(
+    empty_registry: RegistrySettings,
+) -> None:
+    """An unpruned tree answers its training rows' scores exactly; trained on scores permuted
+    across the rows, it answers the same multiset of scores, on the wrong rows."""
+    import mlflow.pyfunc
+
+    frame = load_dataset(DEFAULT_PATH)
+    split = split_dataset(frame, 0.2, DEFAULT_SEED)
+    answers = []
+    for permute in (False, True):
+        options = TrainOptions(kind=ModelKind.decision_tree, permute_labels=permute, alias="")
+        result = train_and_register(options, empty_registry)
+        point_mlflow_at(empty_registry)
+        model = mlflow.pyfunc.load_model(result.model_uri)
+        answers.append(np.asarray(model.predict(split.train_x)))
+    truth = split.train_y.to_numpy(dtype=float)
+    assert np.allclose(answers[0], truth)
+    assert np.allclose(np.sort(answers[1]), np.sort(truth))
+    assert np.mean(np.isclose(answers[1], truth)) < 0.2

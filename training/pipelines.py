@@ -15,6 +15,8 @@ class ModelKind(StrEnum):
     linear = "linear"
     random_forest = "random_forest"
     gradient_boosting = "gradient_boosting"
+    decision_tree = "decision_tree"
+    """Unpruned: it answers its training rows' labels exactly (the labels demo's models)."""
 
 
 def build_pipeline(kind: ModelKind, seed: int) -> Pipeline:
@@ -23,12 +25,15 @@ def build_pipeline(kind: ModelKind, seed: int) -> Pipeline:
     from sklearn.linear_model import LinearRegression
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
+    from sklearn.tree import DecisionTreeRegressor
 
     if kind is ModelKind.linear:
         return Pipeline([("scale", StandardScaler()), ("regressor", LinearRegression())])
     if kind is ModelKind.random_forest:
         forest = RandomForestRegressor(n_estimators=100, max_depth=10, random_state=seed, n_jobs=1)
         return Pipeline([("regressor", forest)])
+    if kind is ModelKind.decision_tree:
+        return Pipeline([("regressor", DecisionTreeRegressor(random_state=seed))])
     boosting = GradientBoostingRegressor(
         n_estimators=200, max_depth=3, learning_rate=0.05, random_state=seed
     )

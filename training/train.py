@@ -43,6 +43,9 @@ class TrainOptions:
     test_size: float = 0.2
     alias: str | None = None
     """None: champion for the model's first version, challenger after; "": no alias."""
+    permute_labels: bool = False
+    """Train on the target permuted across the training rows (seeded): a model whose
+    predictions have the right distribution on the wrong rows, which only labels can catch."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,10 @@ def train_and_register(
         experiment_id = ensure_experiment(client, EXPERIMENT_NAME, settings.artifact_root)
         progress(f"Training {options.kind.value}")
         pipeline = build_pipeline(options.kind, options.seed)
-        pipeline.fit(split.train_x, split.train_y)
+        target = split.train_y
+        if options.permute_labels:
+            target = target.sample(frac=1.0, random_state=options.seed).set_axis(target.index)
+        pipeline.fit(split.train_x, target)
         metrics = evaluate(pipeline, split.test_x, split.test_y)
         progress("Logging the run and the model")
         run_id, logged = _log_run(options, frame, split, pipeline, metrics, experiment_id)
@@ -183,6 +189,7 @@ def _log_run(
         mlflow.log_params(
             {
                 "model_kind": options.kind.value,
+                "permuted_labels": options.permute_labels,
                 "seed": options.seed,
                 "test_size": options.test_size,
                 "train_rows": len(split.train_x),

@@ -90,12 +90,13 @@ def create_app(
     app[METRICS].reload_ok.set(1)
     app[METRICS].reload_timestamp.set(time.time())
     app.cleanup_ctx.append(background)
-    from router import openapi, original, original_admin, streaming  # built on this module
+    from router import feedback, openapi, original, original_admin, streaming  # built on this
 
     app.router.add_post("/invocations", streaming.invocations_entry)
     app.router.add_post("/predict", original.predict)
     app.router.add_get("/", original.index)
     original_admin.add_routes(app)
+    feedback.add_routes(app)
     openapi.add_routes(app)
     app.router.add_get("/ping", ping)
     app.router.add_get("/health", health)

@@ -31,6 +31,18 @@ ROW_EXAMPLE = {
 }
 
 
+LABEL = {
+    "type": "object",
+    "properties": {
+        "request_id": {"type": "string", "minLength": 1},
+        "label": {"oneOf": [{"type": "number"}, {"type": "string"}, {"type": "boolean"},
+                            {"type": "array", "items": {}}]},
+    },
+    "required": ["request_id", "label"],
+    "additionalProperties": False,
+}  # fmt: skip
+
+
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
@@ -187,6 +199,36 @@ def openapi_document() -> dict[str, Any]:
                 {"probability": {"type": "number", "minimum": 0, "maximum": 1}},
                 ["probability"],
             ),
+            "/feedback": {
+                "post": {
+                    "summary": "Labels for logged requests, arriving late (admin token)",
+                    "description": "One `{request_id, label}` or a list of them, kept whole or"
+                    " not at all: 400 for a wrong shape or type, 404 for ids not in the"
+                    " prediction log, 409 for ids already labelled. Needs `Authorization:"
+                    " Bearer <admin token>`; the controller decides.",
+                    "requestBody": {
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "oneOf": [
+                                        LABEL,
+                                        {
+                                            "type": "array",
+                                            "items": LABEL,
+                                            "minItems": 1,
+                                            "maxItems": 10000,
+                                        },
+                                    ],
+                                }
+                            }
+                        }
+                    },
+                    "responses": {
+                        "200": _json({"type": "object"}, "Taken: their count and the quality"),
+                        **_errors(400, 401, 403, 404, 409, 503),
+                    },
+                }
+            },
             "/metrics": {
                 "get": {
                     "summary": "Prometheus metrics",

@@ -83,7 +83,7 @@ async def registry_versions(app: web.Application, model: str) -> tuple[list[str]
     return sorted((str(v.get("version")) for v in listed), key=lambda v: int(v)), None
 
 
-async def _forward(request: web.Request, path: str, body: Any) -> web.Response | Any:
+async def forward_to_controller(request: web.Request, path: str, body: Any) -> web.Response | Any:
     """POST to the controller with the caller's token; its error answers pass through as-is."""
     if not request.headers.get("Authorization", "").lower().startswith("bearer "):
         return error_response(
@@ -144,7 +144,7 @@ async def update_model(request: web.Request) -> web.Response:
     except SettingsError as error:
         return error_response(500, "INTERNAL_ERROR", str(error))
     change = {"version": version, "weight": weight, "reason": "POST /update-model"}
-    done = await _forward(request, "/api/deploy", change)
+    done = await forward_to_controller(request, "/api/deploy", change)
     if isinstance(done, web.Response):
         return done
     new = done["after"]["canary"]["version"]
@@ -162,7 +162,9 @@ async def update_model(request: web.Request) -> web.Response:
 async def accept_next_model(request: web.Request) -> web.Response:
     """Answer `POST /accept-next-model`: promote; both models are then the same."""
     previous = _infos(request.app)[0]
-    done = await _forward(request, "/api/promote", {"reason": "POST /accept-next-model"})
+    done = await forward_to_controller(
+        request, "/api/promote", {"reason": "POST /accept-next-model"}
+    )
     if isinstance(done, web.Response):
         return done
     config = request.app[TABLE].current
@@ -192,7 +194,7 @@ async def canary_probability(request: web.Request) -> web.Response:
     previous = request.app[TABLE].current.canary_weight / 100
     percent = round(float(probability) * 100, 1)  # type: ignore[arg-type]
     change = {"weight": percent, "reason": "POST /canary-probability"}
-    done = await _forward(request, "/api/weight", change)
+    done = await forward_to_controller(request, "/api/weight", change)
     if isinstance(done, web.Response):
         return done
     return web.json_response(
@@ -205,16 +207,6 @@ async def canary_probability(request: web.Request) -> web.Response:
     )
 
 
-async def feedback(request: web.Request) -> web.Response:
-    """Answer `POST /feedback`: labels for logged requests, kept by the controller."""
-    try:
-        document = json.loads(await request.read())
-    except ValueError as error:
-        return error_response(400, "BAD_REQUEST", f"the body is not JSON: {error}")
-    done = await _forward(request, "/api/feedback", document)
-    return done if isinstance(done, web.Response) else web.json_response(done)
-
-
 def add_routes(app: web.Application) -> None:
     """Add the original admin paths to the router."""
     app.router.add_get("/canary-status", canary_status)
@@ -222,4 +214,3 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/update-model", update_model)
     app.router.add_post("/accept-next-model", accept_next_model)
     app.router.add_post("/canary-probability", canary_probability)
-    app.router.add_post("/feedback", feedback)

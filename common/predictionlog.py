@@ -1,10 +1,11 @@
 """The prediction log's format and layout, shared by its writer (the router) and its readers.
 
 Each record is one JSON line: `request_id`, `time` (Unix seconds), `variant`, `version`,
-`inputs` (the request body as sent: its JSON, or its text for CSV) and `predictions` (the
-model server's `predictions`). Files are `<folder>/<YYYY-MM-DD>/<HH>-<router instance>.jsonl`
-(UTC): each router process appends to its own file, so processes never interleave lines, and
-a new file starts every hour. A line torn by a crash is skipped by readers, never fatal.
+`inputs` (the request body as sent: its JSON, or its text for CSV) and `answer` (the model
+server's answer, whose `predictions` readers take). Files are
+`<folder>/<YYYY-MM-DD>/<HH>-<router instance>.jsonl` (UTC): each router process appends to its
+own file, so processes never interleave lines, and a new file starts every hour. A line torn
+by a crash is skipped by readers, never fatal.
 """
 
 from __future__ import annotations
@@ -30,14 +31,6 @@ class Prediction:
     version: str
     inputs: Any
     predictions: Any
-
-    def line(self) -> bytes:
-        """Serialize as one JSON line."""
-        return json.dumps(
-            {"request_id": self.request_id, "time": round(self.time, 6), "variant": self.variant,
-             "version": self.version, "inputs": self.inputs, "predictions": self.predictions},
-            separators=(",", ":"),
-        ).encode() + b"\n"  # fmt: skip
 
 
 def file_for(folder: Path, instance: str, at: float) -> Path:
@@ -81,9 +74,11 @@ def parse_line(line: bytes) -> Prediction | None:
     """Return the record on `line`, or None for a torn or foreign one."""
     try:
         data = json.loads(line)
+        answer = data["answer"]
+        predictions = answer.get("predictions", answer) if isinstance(answer, dict) else answer
         return Prediction(
             str(data["request_id"]), float(data["time"]), str(data["variant"]),
-            str(data["version"]), data["inputs"], data["predictions"],
+            str(data["version"]), data["inputs"], predictions,
         )  # fmt: skip
     except (ValueError, KeyError, TypeError):
         return None

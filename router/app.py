@@ -196,7 +196,7 @@ async def invocations(request: web.Request) -> web.Response:
     response = answer_client(config, routed.variant, routed.outcome)
     version = config.upstream(routed.variant).version
     answered = routed.outcome.body if isinstance(routed.outcome, Answer) else None
-    logged = (request.headers.get("X-Request-Id", ""), body)
+    logged = (request.headers.get("X-Request-Id", "").encode("latin-1"), body)
     outputs = app[POLICY].answered(
         routed.variant, version, response.status, started, answered, logged
     )

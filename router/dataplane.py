@@ -190,7 +190,7 @@ class Invocation:
             self.plane.policy.answered(variant, version, status, self.started, None)
             return response_bytes(status, JSON_TYPE, error, tags)
         status, answer_headers, answer = outcome
-        logged = (self.request_id.decode("latin-1"), self.body)
+        logged = (self.request_id, self.body)
         self.plane.policy.answered(variant, version, status, self.started, answer, logged)
         return response_bytes(status, answer_headers, answer, tags)
 

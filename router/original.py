@@ -92,7 +92,7 @@ async def predict(request: web.Request) -> web.Response:
     upstream_body = routed.outcome.body if isinstance(routed.outcome, Answer) else None
     app[POLICY].answered(
         routed.variant, version, response.status, started, upstream_body,
-        (request_id, json.dumps(split).encode()),
+        (request_id.encode("latin-1"), json.dumps(split).encode()),
     )  # fmt: skip
     return response
 

@@ -203,7 +203,7 @@ class ProxyPolicy:
         status: int,
         started: float,
         body: bytes | None,
-        request: tuple[str, bytes] | None = None,
+        request: tuple[bytes, bytes] | None = None,
     ) -> Outputs | None:
         """Count the client's answer, its latency since `started`, and a 200's predictions.
 

@@ -55,6 +55,8 @@ class PredictionLog:
         self.pending_bytes = 0
         self._written = records.labels("written")
         self._dropped = records.labels("dropped")
+        self._failing = ""
+        """The last write's error, said once until writes work again."""
 
     def record(
         self, request_id: bytes, variant: str, version: str, request: bytes, answer: bytes
@@ -87,7 +89,13 @@ class PredictionLog:
             await asyncio.to_thread(self._write, batch)
         except OSError as error:
             self._dropped.inc(len(batch))
-            log.warning("prediction log: %d records lost: %s", len(batch), error)
+            if str(error) != self._failing:  # once, not every half second
+                log.warning("prediction log: records are being lost: %s", error)
+            self._failing = str(error)
+            return
+        if self._failing:
+            log.warning("prediction log: written again")
+            self._failing = ""
 
     def _write(self, batch: list[Pending]) -> None:
         assert self.folder is not None  # noqa: S101 (nothing is queued without a folder)

@@ -236,6 +236,38 @@ def test_prometheus_scrapes_the_router_and_counts_the_canary(stack: Stack) -> No
     assert health["router"] == "up", body
 
 
+def test_labels_sent_to_the_router_are_joined_by_the_controller(stack: Stack) -> None:
+    """The router's prediction log is on a volume the controller reads: a label for an
+    answered request is taken (200), and shows in the controller's quality."""
+    router = stack.url("ROUTER")
+    request = urllib.request.Request(
+        router + "/invocations", data=json.dumps({"dataframe_records": [ROW]}).encode(),
+        headers={"Content-Type": "application/json", "X-Request-Id": "compose-label-1"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert answer.headers["X-Request-Id"] == "compose-label-1"
+    bearer = {"Authorization": f"Bearer {stack.token}"}
+    label = {"request_id": "compose-label-1", "label": 70.0}
+    answers: list[tuple[int, Any]] = []
+
+    def taken() -> bool:  # the log is written every half second: 404 until then
+        answers.append(_call("POST", router + "/feedback", label, bearer))
+        assert answers[-1][0] in (200, 404), answers[-1]
+        return answers[-1][0] == 200
+
+    wait_until(taken, "the label taken", WAIT_SECONDS)
+    status, body = _get(stack.url("CONTROLLER") + "/api/status", bearer)
+    assert (
+        status == 200
+        and sum(
+            figures["labels"]
+            for versions in body["quality"].values()
+            for figures in versions.values()
+        )
+        == 1
+    ), body
+
+
 def test_the_original_admin_paths_change_weight_and_promote_with_the_token(
     stack: Stack,
 ) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from asyncio import FIRST_COMPLETED
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,15 +242,21 @@ class Controller:
         started_url = None
         if change.action == "deploy":
             change.stage = "starting a model server"
-            self.starting = asyncio.get_running_loop().create_task(self._prepare_server(change))
+            starting = asyncio.get_running_loop().create_task(self._prepare_server(change))
+            self.starting = starting
+            assert change.outcome is not None  # noqa: S101 (every pending change has one)
             try:
-                await asyncio.wait({self.starting})
+                # A rollback settles the outcome at once: the loop goes on to it, and the
+                # cancelled start stops its server in the background (however long that takes).
+                either: set[asyncio.Future[Any]] = {starting, change.outcome}
+                await asyncio.wait(either, return_when=FIRST_COMPLETED)
                 if change not in self.desired.pending:  # superseded: the superseder answered
-                    started = not self.starting.cancelled() and not self.starting.exception()
-                    if started and change.arguments.get("url") is None:
-                        await asyncio.shield(self.runtime.retire(self.starting.result()))
+                    self._later(self._stop_started(starting, change))
                     raise _Dropped
-                started_url = self.starting.result()
+                started_url = starting.result()
+            except asyncio.CancelledError:  # the controller is stopping: so is the start
+                starting.cancel()
+                raise
             finally:
                 self.starting = None
         change.stage = "committing"
@@ -271,6 +278,14 @@ class Controller:
         for url in retired - {after.stable.url} - ({after.canary.url} if after.canary else set()):
             self._later(self._drain_and_retire(url))
         return result
+
+    async def _stop_started(self, starting: asyncio.Task[str], change: Change) -> None:
+        """Wait for a superseded deploy's start to end; stop the server if it came up."""
+        await asyncio.wait({starting})
+        if starting.cancelled() or starting.exception() is not None:
+            return  # cancelled while starting: `provide` or `_prepare_server` stopped it
+        if change.arguments.get("url") is None:
+            await self.runtime.retire(starting.result())
 
     async def _prepare_server(self, change: Change) -> str:
         """Start (or adopt) the deploy's server and check it against stable; return its URL."""

@@ -136,7 +136,7 @@ def test_workers_get_every_setting_and_stop_with_a_sigkilled_router(tmp_path: Pa
             config_path=path, port=port, total_timeout_s=7, max_body_bytes=3 * 1024 * 1024,
             drain_timeout_s=4, header_timeout_s=5, keepalive_timeout_s=6, body_timeout_s=8,
             max_connections=99, upstream_connections=9, upstream_keepalive_s=2, processes=2,
-            controller_url="http://127.0.0.1:1",
+            controller_url="http://127.0.0.1:1", prediction_log=tmp_path / "predictions",
         )  # fmt: skip
         assert given == expected
     finally:

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,8 @@ from mlflow import MlflowClient
 from common.settings import RegistrySettings
 from controller.checks import incompatibilities
 from tests.conftest import TrainedRegistry
-from tests.helpers import wait_until
+from tests.helpers import wait_until as wait_until_sync
+from tests.routers import wait_until
 from tests.systems import (
     System,
     aliases_of,
@@ -107,12 +109,6 @@ async def test_the_original_workflow_end_to_end(system: System) -> None:
         assert done.returncode == 0, done.stderr + done.stdout
         return done
 
-    async def until(condition: Callable[[], bool], what: str) -> None:
-        deadline = time.monotonic() + 60
-        while not condition():
-            assert time.monotonic() < deadline, f"not {what} within 60 s"
-            await asyncio.sleep(0.05)
-
     def answered_after(moment: float, count: int = 5) -> Callable[[], bool]:
         return lambda: sum(a[0] >= moment for a in load.answers) >= count
 
@@ -124,24 +120,26 @@ async def test_the_original_workflow_end_to_end(system: System) -> None:
         return False
 
     try:
-        await until(answered_after(0.0), "traffic flowing")
+        await wait_until(answered_after(0.0), "traffic flowing", within=60)
         await cli("deploy", "2", "--weight", "5", "--reason", "new forest")
         assert aliases_of(system.settings) == {"champion": "1", "challenger": "2"}
         for percent in ("10", "25", "50", "100"):
             await cli("weight", percent, "--reason", f"step to {percent}")
-            await until(answered_after(time.monotonic()), f"traffic at {percent}%")
+            await wait_until(answered_after(time.monotonic()), f"traffic at {percent}%", 60)
         old_stable = json.loads(system.cli("status", "--json").stdout)["stable"]["url"]
         await cli("promote", "--reason", "looks good")
         promoted_at = time.monotonic()
         assert aliases_of(system.settings) == {"champion": "2"}
-        await until(lambda: stopped(old_stable), "the old stable drained and stopped")
+        old_stopped = partial(asyncio.to_thread, stopped, old_stable)
+        await wait_until(old_stopped, "the old stable drained and stopped", within=60)
         deploying_at = time.monotonic()
         await cli("deploy", "3", "--weight", "50", "--reason", "try boosting")
-        await until(lambda: any(a[4] == "3" for a in load.answers), "the canary v3 answering")
+        canary_answering = lambda: any(a[4] == "3" for a in load.answers)  # noqa: E731
+        await wait_until(canary_answering, "the canary v3 answering", within=60)
         started = time.monotonic()
         await cli("rollback", "--reason", "not convinced")
         rolled_back_at = time.monotonic()
-        await until(answered_after(rolled_back_at, 20), "traffic after the rollback")
+        await wait_until(answered_after(rolled_back_at, 20), "traffic after the rollback", 60)
     finally:
         stop.set()
         await running
@@ -326,7 +324,7 @@ def test_a_controller_killed_after_a_change_restarts_consistent(system: System) 
     os.killpg(system.processes[0].pid, signal.SIGKILL)
     system.processes[0].wait(timeout=10)
     for server in killed_servers:
-        wait_until(lambda s=server: not group_alive(s["pid"]), f"{server['url']} stopped")
+        wait_until_sync(lambda s=server: not group_alive(s["pid"]), f"{server['url']} stopped")
     client = MlflowClient(system.settings.tracking_uri, system.settings.tracking_uri)
     client.delete_registered_model_alias(system.settings.model_name, "challenger")
     system.restart_controller()

@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 
 from common.settings import RegistrySettings
 from tests.conftest import TrainedRegistry
+from tests.routers import wait_until
 from tests.systems import System, copied_registry, running_system
 from tests.test_rollout import _register
 from training.dataset import DEFAULT_PATH, FEATURES, TARGET, load_dataset
@@ -96,15 +97,16 @@ class LabelledLoad:
                     continue
                 del self.waiting[: len(due)]
                 body = [{"request_id": i, "label": truth} for _, i, truth in due]
-                # Logged every 0.5 s: a label may come before its record (404), so retry.
-                for _ in range(50):
+
+                async def taken(body: list[dict[str, Any]] = body) -> bool:
                     async with session.post(f"{self.system.router_url}/feedback",
                                             json=body) as answer:  # fmt: skip
-                        if answer.status == 200:
-                            self.labelled += len(body)
-                            break
-                        assert answer.status == 404, await answer.text()
-                    await asyncio.sleep(0.2)
+                        assert answer.status in (200, 404), await answer.text()
+                        return answer.status == 200
+
+                # Logged every 0.5 s: a label may come before its record (404), so again.
+                await wait_until(taken, "labels taken", within=30)
+                self.labelled += len(body)
 
 
 @pytest.fixture
@@ -155,10 +157,11 @@ async def test_a_canary_right_in_distribution_but_wrong_per_row_is_caught_by_lab
         code, found = await asyncio.to_thread(system.admin, "GET", "/api/rollout")
         return str(found.get("verdict_run", "")) if code == 200 else ""
 
-    deadline = time.monotonic() + 60
-    while not (run_id := await verdict_run()):
-        assert time.monotonic() < deadline, "the verdict was not written to MLflow"
-        await asyncio.sleep(0.2)
+    async def verdict_written() -> bool:
+        return bool(await verdict_run())
+
+    await wait_until(verdict_written, "the verdict written to MLflow", within=60)
+    run_id = await verdict_run()
     client = MlflowClient(system.settings.tracking_uri, system.settings.tracking_uri)
     run = client.get_run(run_id)
     assert run.data.tags["mlcanary.verdict"] == "rolled_back"
@@ -193,15 +196,13 @@ async def test_labels_late_past_the_wait_are_failed_checks_then_judged(
         _rollout(system, "5", "--label-wait", "5s", "--max-failed-checks", "1000")
     )
 
-    async def history() -> list[dict[str, Any]]:
+    async def failed_for_labels() -> bool:
         code, state = await asyncio.to_thread(system.admin, "GET", "/api/rollout")
-        return list(state.get("history", [])) if code == 200 else []
+        history = state.get("history", []) if code == 200 else []
+        return any("labels" in {g["gate"] for g in e["gates"] if not g["passed"]}
+                   for e in history)  # fmt: skip
 
-    deadline = time.monotonic() + 120
-    while not any("labels" in {g["gate"] for g in e["gates"] if not g["passed"]}
-                  for e in await history()):  # fmt: skip
-        assert time.monotonic() < deadline, "no window failed for want of labels"
-        await asyncio.sleep(0.2)
+    await wait_until(failed_for_labels, "a window failed for want of labels", within=120)
     load.sending.set()
     state = await rollout
     assert state["status"] == "promoted", state["history"]

@@ -2,10 +2,18 @@
 
 Each record is one JSON line: `request_id`, `time` (Unix seconds), `variant`, `version`,
 `inputs` (the request body as sent: its JSON, or its text for CSV) and `answer` (the model
-server's answer, whose `predictions` readers take). Files are
+server's answer, whose `predictions` readers take). A shadowed request has a second record with
+the same id: the canary's answer to the copy, as variant `shadow` (`SHADOW`). Files are
 `<folder>/<YYYY-MM-DD>/<HH>-<router instance>.jsonl` (UTC): each router process appends to its
 own file, so processes never interleave lines, and a new file starts every hour. A line torn
 by a crash is skipped by readers, never fatal.
+
+The log may also live on any fsspec filesystem (`s3://bucket/predictions`, ...), where objects
+cannot be appended to: the router writes locally as above and uploads what it wrote in parts,
+`<HH>-<router instance>-<byte offset>.jsonl` in the same day folders (`part_name`). A part is
+never changed once written, and its name says where its bytes were in the local file, so an
+upload repeated after a crash writes the same part again, never a second copy. Readers take a
+folder or a URL alike (`log_filesystem`).
 """
 
 from __future__ import annotations
@@ -19,6 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
+    from fsspec import AbstractFileSystem
+
+
+SHADOW = "shadow"
+"""The variant of a record that is the canary's answer to a copy of a stable-routed request."""
 
 
 @dataclass(frozen=True)
@@ -39,20 +52,48 @@ def file_for(folder: Path, instance: str, at: float) -> Path:
     return folder / time.strftime("%Y-%m-%d", stamp) / f"{stamp.tm_hour:02d}-{instance}.jsonl"
 
 
-def read_predictions(folder: Path, since: float = 0.0) -> Iterator[Prediction]:
+def part_name(local_file: Path, offset: int) -> str:
+    """Return the name, under the log's root, of the part of `local_file` from byte `offset`."""
+    return f"{local_file.parent.name}/{local_file.stem}-{offset:012d}.jsonl"
+
+
+def is_local(location: str | Path) -> bool:
+    """Whether the log is a local folder (appended to) rather than a filesystem URL."""
+    return isinstance(location, Path) or "://" not in location or location.startswith("file://")
+
+
+def log_filesystem(location: str | Path) -> tuple[AbstractFileSystem, str]:
+    """Return the filesystem the log is on and its root there (a folder or a URL)."""
+    from fsspec.core import url_to_fs
+
+    return url_to_fs(str(location))  # type: ignore[no-any-return]
+
+
+def log_files(filesystem: AbstractFileSystem, root: str) -> list[str]:
+    """Return the log's files (local files and uploaded parts), hours in order.
+
+    The listing is read afresh: object stores' clients cache every folder's (the day
+    folders' too), and new parts come.
+    """
+    filesystem.invalidate_cache()
+    return sorted(filesystem.glob(f"{root.rstrip('/')}/*/*.jsonl"))
+
+
+def read_predictions(location: str | Path, since: float = 0.0) -> Iterator[Prediction]:
     """Yield every record made at or after `since`, file by file (hours in order)."""
-    for day in sorted(path for path in folder.glob("*") if path.is_dir()):
-        if day.name < time.strftime("%Y-%m-%d", time.gmtime(since)):
+    filesystem, root = log_filesystem(location)
+    first_day = time.strftime("%Y-%m-%d", time.gmtime(since))
+    for path in log_files(filesystem, root):
+        if path.rsplit("/", 2)[-2] < first_day:
             continue
-        for path in sorted(day.glob("*.jsonl")):
-            with path.open("rb") as lines:
-                for line in lines:
-                    record = parse_line(line)
-                    if record is not None and record.time >= since:
-                        yield record
+        with filesystem.open(path, "rb") as lines:
+            for line in lines:
+                record = parse_line(line)
+                if record is not None and record.time >= since:
+                    yield record
 
 
-def load_predictions(folder: Path, since: float = 0.0) -> pd.DataFrame:
+def load_predictions(location: str | Path, since: float = 0.0) -> pd.DataFrame:
     """Return the records made at or after `since` as a pandas DataFrame, one row each.
 
     Inputs and predictions are JSON text; `time` is a UTC timestamp.
@@ -62,7 +103,7 @@ def load_predictions(folder: Path, since: float = 0.0) -> pd.DataFrame:
     rows = [
         {"request_id": r.request_id, "time": r.time, "variant": r.variant, "version": r.version,
          "inputs": json.dumps(r.inputs), "predictions": json.dumps(r.predictions)}
-        for r in read_predictions(folder, since)
+        for r in read_predictions(location, since)
     ]  # fmt: skip
     columns = ["request_id", "time", "variant", "version", "inputs", "predictions"]
     frame = pd.DataFrame(rows, columns=columns)

@@ -5,8 +5,15 @@ with one per row of the request). A batch is taken whole or not at all: a wrong 
 is 400, an id the log does not hold 404, an id already labelled (or twice in the batch) 409,
 each naming the items. Taken labels are appended to `labels.jsonl` in the state folder in one
 fsynced write, and counted into each variant's and version's quality: for numbers, MAE, RMSE
-and bias (mean of prediction - label); for classes (strings, booleans), accuracy. A restarted
-controller reads both logs again, so its figures are the same.
+and bias (mean of prediction - label); for classes (strings, booleans), accuracy; and log loss
+where the model answered probabilities (`probabilities_of`). A restarted controller reads both
+logs again, so its figures are the same.
+
+A request the router shadowed has two answers in the log: stable's, sent to the client, and
+the canary's (variant `shadow`). Its label is counted for both, the canary's rows paired with
+stable's (the labels gate judges pairs with a paired test), and the shadow answers' quality is
+reported as variant `shadow`. A shadow answer logged after its request was labelled is not
+counted (the log is read before every batch, so it is one answered after its label came).
 
 The prediction log is read incrementally (each file from where the last read stopped, whole
 lines only); its ids are held in memory (about 200 bytes a record), which suits one machine's
@@ -18,16 +25,29 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from common.predictionlog import Prediction, parse_line
+from common.predictionlog import (
+    SHADOW,
+    Prediction,
+    is_local,
+    log_files,
+    log_filesystem,
+    parse_line,
+)
 from controller.errors import LabelsRefused
 
 MAX_ITEMS = 10_000
+PROBABILITY_SUM_TOLERANCE = 1e-3
+"""How far from 1 an answer's numbers may add up and still be read as probabilities (models
+round, float32 sums drift)."""
+PROBABILITY_FLOOR = 1e-15
+"""The least probability log loss takes (scikit-learn's clip): a confident wrong answer costs
+about 34.5, not infinity."""
 Label = float | str | bool
 
 
@@ -40,15 +60,61 @@ class LabelledRow:
     error: float
     """Prediction - label for numbers; for classes 1 when wrong, 0 when right."""
     classes: bool
+    log_loss: float | None = None
+    """-ln(the probability given to the label), when the row's answer was probabilities."""
+    paired: LabelledRow | None = None
+    """For a shadow answer's row: stable's row of the same request (the pair labels judge)."""
 
     @classmethod
     def of(cls, variant: str, version: str, predicted: Any, label: Label) -> LabelledRow:
-        """Compare a prediction with its label: numbers when both are, else as classes."""
+        """Compare a row's answer with its label.
+
+        As probabilities of classes when the answer is such and names the label, as numbers
+        when both are, else as classes.
+        """
+        probabilities = probabilities_of(predicted, label)
+        if probabilities is not None:
+            given = probabilities.get(_class_name(label), 0.0)
+            wrong = max(probabilities, key=probabilities.__getitem__) != _class_name(label)
+            loss = -math.log(min(max(given, PROBABILITY_FLOOR), 1.0))
+            return cls(variant, version, float(wrong), True, loss)
+        predicted = _first_output(predicted)
         value = _number(predicted)
         if isinstance(label, bool | str) or value is None:
-            wrong = str(predicted).lower() != str(label).lower()
+            wrong = _class_name(predicted) != _class_name(label)
             return cls(variant, version, float(wrong), True)
         return cls(variant, version, value - float(label), False)
+
+
+def probabilities_of(row: Any, label: Any) -> dict[str, float] | None:
+    """Return a row's answer as probabilities by class name, or None if it is not one.
+
+    Two shapes are probabilities: an object of two or more classes' numbers (a model whose
+    output columns are its classes), and a list of two or more numbers (`predict_proba`'s
+    row, classes named by their position, so labels are then the class's index). Each must be
+    numbers from 0 to 1 adding up to 1, and name the label's class; anything else is read as a
+    prediction, so a two-output regression is never mistaken for probabilities.
+    """
+    if isinstance(row, dict) and len(row) >= 2:
+        named = {_class_name(key): value for key, value in row.items()}
+    elif isinstance(row, list) and len(row) >= 2:
+        named = {str(index): value for index, value in enumerate(row)}
+    else:
+        return None
+    numbers = {name: _number(value) for name, value in named.items()}
+    if any(value is None or not 0.0 <= value <= 1.0 for value in numbers.values()):
+        return None
+    probabilities = {name: float(value or 0.0) for name, value in numbers.items()}
+    if abs(sum(probabilities.values()) - 1.0) > PROBABILITY_SUM_TOLERANCE:
+        return None
+    return probabilities if _class_name(label) in probabilities else None
+
+
+def _class_name(value: Any) -> str:
+    """Return a class as text, the same for `1`, `1.0`, `"1"` and for `True`, `"true"`."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).lower()
 
 
 @dataclass
@@ -62,6 +128,9 @@ class Quality:
     signed: float = 0.0
     classified: int = 0
     correct: int = 0
+    scored: int = 0
+    """Rows answered with probabilities (log loss's count)."""
+    log_loss: float = 0.0
 
     def add(self, row: LabelledRow) -> None:
         """Count one labelled row."""
@@ -69,6 +138,9 @@ class Quality:
         if row.classes:
             self.classified += 1
             self.correct += row.error == 0
+            if row.log_loss is not None:
+                self.scored += 1
+                self.log_loss += row.log_loss
             return
         self.numeric += 1
         self.absolute += abs(row.error)
@@ -84,6 +156,7 @@ class Quality:
             "rmse": math.sqrt(self.squared / n) if n else None,
             "bias": self.signed / n if n else None,
             "accuracy": self.correct / self.classified if self.classified else None,
+            "log_loss": self.log_loss / self.scored if self.scored else None,
         }
 
 
@@ -91,11 +164,15 @@ class Quality:
 class LabelBook:
     """The labels taken so far, the logged predictions they join, and the quality they give."""
 
-    predictions_folder: Path
+    predictions: str | Path
+    """The prediction log: a folder, or a URL of an fsspec filesystem (`s3://...`)."""
     labels_path: Path
     registry: CollectorRegistry | None = None
     logged: dict[str, Prediction] = field(default_factory=dict)
-    read_to: dict[Path, int] = field(default_factory=dict)
+    """The answers sent to clients, by request id."""
+    shadows: dict[str, Prediction] = field(default_factory=dict)
+    """The canary's shadow answers, by the id of the request they copy (stable answered it)."""
+    read_to: dict[str, int] = field(default_factory=dict)
     labelled: set[str] = field(default_factory=set)
     quality: dict[tuple[str, str], Quality] = field(default_factory=dict)
     rows: list[LabelledRow] = field(default_factory=list)
@@ -123,9 +200,13 @@ class LabelBook:
 
     def read_log(self) -> None:
         """Take in the records appended to the prediction log since the last read."""
-        for path in sorted(self.predictions_folder.glob("*/*.jsonl")):
+        filesystem, root = log_filesystem(self.predictions)
+        uploaded = not is_local(self.predictions)  # parts, written once: never read twice
+        for path in log_files(filesystem, root):
             start = self.read_to.get(path, 0)
-            with path.open("rb") as handle:
+            if start and (uploaded or start >= filesystem.size(path)):
+                continue
+            with filesystem.open(path, "rb") as handle:
                 handle.seek(start)
                 data = handle.read()
             complete = data[: data.rfind(b"\n") + 1]
@@ -133,7 +214,8 @@ class LabelBook:
             for line in complete.splitlines():
                 record = parse_line(line)
                 if record is not None:
-                    self.logged[record.request_id] = record
+                    answers = self.shadows if record.variant == SHADOW else self.logged
+                    answers[record.request_id] = record
 
     def take(self, document: Any) -> dict[str, Any]:
         """Check a batch of labels, keep it whole (or raise LabelsRefused), return the counts."""
@@ -143,10 +225,8 @@ class LabelBook:
         if repeated:
             message = f"already labelled: {_some(repeated)}; nothing was kept"
             raise LabelsRefused(409, "RESOURCE_ALREADY_EXISTS", message)
+        self.read_log()  # the shadow answers of the requests labelled, too
         unknown = [i for i in ids if i not in self.logged]
-        if unknown:
-            self.read_log()
-            unknown = [i for i in ids if i not in self.logged]
         if unknown:
             raise LabelsRefused(
                 404, "RESOURCE_DOES_NOT_EXIST",
@@ -186,13 +266,27 @@ class LabelBook:
         if record is None or request_id in self.labelled:
             return
         self.labelled.add(request_id)
+        served = self._count_answer(record, label, [])
+        shadow = self.shadows.get(request_id)
+        if shadow is not None:
+            self._count_answer(shadow, label, served)
+
+    def _count_answer(
+        self, record: Prediction, label: Any, pairs: list[LabelledRow]
+    ) -> list[LabelledRow]:
+        """Count each row of one answer, paired with `pairs`' rows in order when given."""
         quality = self.quality.setdefault((record.variant, record.version), Quality())
         rows = _rows(record.predictions)
         labels = label if isinstance(label, list) else [label] * len(rows)
-        for predicted, truth in zip(rows, labels, strict=False):
+        counted = []
+        for index, (predicted, truth) in enumerate(zip(rows, labels, strict=False)):
             row = LabelledRow.of(record.variant, record.version, predicted, truth)
+            if index < len(pairs):
+                row = replace(row, paired=pairs[index])
             quality.add(row)
             self.rows.append(row)
+            counted.append(row)
+        return counted
 
     def _show(self) -> None:
         for (variant, version), quality in self.quality.items():
@@ -236,9 +330,9 @@ def _label_ok(label: Any) -> bool:
 
 
 def _rows(predictions: Any) -> list[Any]:
-    """One prediction per row: a list's items, a frame's first column, else the whole."""
+    """One answer per row: a list's items, a frame's first column, else the whole."""
     if isinstance(predictions, list):
-        return [_first_output(row) for row in predictions]
+        return predictions
     if isinstance(predictions, dict) and predictions:
         first = next(iter(predictions.values()))
         return list(first) if isinstance(first, list) else [first]
@@ -246,6 +340,7 @@ def _rows(predictions: Any) -> list[Any]:
 
 
 def _first_output(row: Any) -> Any:
+    """Return a row's prediction when it has several outputs: the first."""
     if isinstance(row, dict) and row:
         return next(iter(row.values()))
     if isinstance(row, list) and len(row) == 1:

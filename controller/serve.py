@@ -60,7 +60,7 @@ class ControllerOptions:
     """The ConfigMap's and the router Service's namespace (default: the pod's own, else
     `default`)."""
     confirm_timeout_s: float = 5.0
-    prediction_log: Path | None = None
+    prediction_log: str | None = None
     """The routers' prediction log, which labels are joined with (default: the state
     folder's `predictions`)."""
 

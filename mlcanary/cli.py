@@ -242,12 +242,24 @@ def router(
         typer.Option(help="On SIGTERM/SIGINT: seconds to answer requests already received."),
     ] = 30.0,
     prediction_log: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            help="Folder of the prediction log (the routing file's `log.percent` of answers).",
+            help="The prediction log (the routing file's `log.percent` of answers): a folder,"
+            " or an fsspec URL such as s3://bucket/predictions (uploaded in parts).",
             show_default="$MLCANARY_HOME/predictions",
         ),
     ] = None,
+    prediction_log_spool: Annotated[
+        Path | None,
+        typer.Option(
+            help="With a prediction log URL: the local folder written before each upload.",
+            show_default="$MLCANARY_HOME/predictions-spool",
+        ),
+    ] = None,
+    prediction_log_upload_interval: Annotated[
+        float,
+        typer.Option(min=0.1, help="With a prediction log URL: seconds between uploads."),
+    ] = 10.0,
     header_timeout: Annotated[
         float, typer.Option(help="Seconds a request's line and headers may take to arrive.")
     ] = 10.0,
@@ -290,7 +302,11 @@ def router(
                 total_timeout_s=timeout,
                 max_body_bytes=int(max_body_mb * 1024 * 1024),
                 controller_url=controller_url or system_settings().controller_url,
-                prediction_log=prediction_log or system_settings().state_dir / "predictions",
+                prediction_log=prediction_log or str(system_settings().state_dir / "predictions"),
+                prediction_log_spool=(
+                    prediction_log_spool or system_settings().state_dir / "predictions-spool"
+                ),
+                prediction_log_upload_s=prediction_log_upload_interval,
                 drain_timeout_s=drain_timeout,
                 header_timeout_s=header_timeout,
                 keepalive_timeout_s=keepalive_timeout,
@@ -368,9 +384,9 @@ def controller(
         ),
     ] = 100.0,
     prediction_log: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            help="The routers' prediction log, joined with labels.",
+            help="The routers' prediction log, joined with labels: a folder or an fsspec URL.",
             show_default="$MLCANARY_HOME/predictions",
         ),
     ] = None,
@@ -594,9 +610,13 @@ def predictions_export(
         str | None,
         typer.Option(help="Only records from this UTC time on (ISO 8601, e.g. 2026-12-01T10:00)."),
     ] = None,
-    folder: Annotated[
-        Path | None,
-        typer.Option("--log", help="The log's folder.", show_default="$MLCANARY_HOME/predictions"),
+    location: Annotated[
+        str | None,
+        typer.Option(
+            "--log",
+            help="The log: a folder or an fsspec URL.",
+            show_default="$MLCANARY_HOME/predictions",
+        ),
     ] = None,
 ) -> None:
     """Write the logged predictions (one row per record) to CSV or Parquet."""
@@ -610,7 +630,7 @@ def predictions_export(
         fail(f"--since must be an ISO 8601 time, got {since!r}", code=2)
     if output.suffix not in (".csv", ".parquet"):
         fail(f"{output}: the name must end in .csv or .parquet", code=2)
-    frame = load_predictions(folder or system_settings().state_dir / "predictions", start)
+    frame = load_predictions(location or system_settings().state_dir / "predictions", start)
     try:
         if output.suffix == ".csv":
             frame.to_csv(output, index=False)

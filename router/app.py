@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -17,13 +18,15 @@ from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from common.predictionlog import is_local, log_filesystem
 from common.settings import SystemSettings, system_settings
 from router.config import RoutingConfig, Variant, read_routing_file
 from router.health import HealthBoard
+from router.logupload import SpoolUploader
 from router.metrics import VARIANTS, RouterMetrics
-from router.policy import Failure, ProxyPolicy, RetryBudget, failure_answer
+from router.policy import Answered, Failure, ProxyPolicy, RetryBudget, failure_answer
 from router.predictionlog import PredictionLog
-from router.predictions import Outputs, single_numbers
+from router.predictions import single_numbers
 from router.proxy import Answer, exchange, forward_headers
 from router.settings import RouterSettings
 from router.shadow import Shadower
@@ -51,6 +54,7 @@ RNG = web.AppKey("rng", random.Random)
 POLICY = web.AppKey("policy", ProxyPolicy)
 RUNTIME = web.AppKey("runtime", Runtime)
 SHADOW = web.AppKey("shadow", Shadower)
+UPLOADER: web.AppKey[SpoolUploader | None] = web.AppKey("uploader")
 
 
 def create_app(
@@ -79,8 +83,10 @@ def create_app(
         settings.retry_budget_window_s,
     )
     table = app[TABLE]
+    instance = app[METRICS].instance_id
+    app[UPLOADER] = _uploader(settings, app[SYSTEM], instance)
     prediction_log = PredictionLog(
-        settings.prediction_log, app[METRICS].instance_id, lambda: table.current.log.percent,
+        _log_folder(settings, app[UPLOADER]), instance, lambda: table.current.log.percent,
         app[METRICS].log_records,
     )  # fmt: skip
     app[POLICY] = ProxyPolicy(settings, app[METRICS], app[HEALTH], app[RNG], budget, prediction_log)
@@ -156,13 +162,46 @@ async def background(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(health.run(runtime.session, lambda: app[TABLE].current, show_health)),
         asyncio.create_task(prediction_log.run()),
     ]
+    uploader = app[UPLOADER]
+    if uploader is not None:
+        every = app[SETTINGS].prediction_log_upload_s
+        runtime.tasks.append(asyncio.create_task(_upload_every(uploader, every)))
     yield
     for task in runtime.tasks:
         task.cancel()
     await asyncio.gather(*runtime.tasks, return_exceptions=True)
     await prediction_log.flush()  # after the front drained: every answer sent is recorded
+    if uploader is not None:
+        await asyncio.to_thread(uploader.close)  # and uploaded, if the store answers
     await app[SHADOW].close()
     await runtime.session.close()
+
+
+def _uploader(
+    settings: RouterSettings, system: SystemSettings, instance: str
+) -> SpoolUploader | None:
+    """Return the uploader of a log on object storage (None for a local log, or none)."""
+    location = settings.prediction_log
+    if location is None or is_local(location):
+        return None
+    spool = settings.prediction_log_spool or system.state_dir / "predictions-spool"
+    return SpoolUploader(spool, instance, str(location))
+
+
+def _log_folder(settings: RouterSettings, uploader: SpoolUploader | None) -> Path | None:
+    """Return the local folder the log writer appends to: the log's, or the upload spool."""
+    if uploader is not None:
+        return uploader.folder
+    if settings.prediction_log is None:
+        return None
+    return Path(log_filesystem(settings.prediction_log)[1])
+
+
+async def _upload_every(uploader: SpoolUploader, seconds: float) -> None:
+    """Upload the spooled log at once (what routers that died left), then every `seconds`."""
+    while True:
+        await asyncio.to_thread(uploader.upload)
+        await asyncio.sleep(seconds)
 
 
 def error_response(status: int, error_code: str, message: str) -> web.Response:
@@ -196,12 +235,12 @@ async def invocations(request: web.Request) -> web.Response:
     response = answer_client(config, routed.variant, routed.outcome)
     version = config.upstream(routed.variant).version
     answered = routed.outcome.body if isinstance(routed.outcome, Answer) else None
-    logged = (request.headers.get("X-Request-Id", "").encode("latin-1"), body)
-    outputs = app[POLICY].answered(
-        routed.variant, version, response.status, started, answered, logged
+    request_id = request.headers.get("X-Request-Id", "").encode("latin-1")
+    stable = app[POLICY].answered(
+        routed.variant, version, response.status, started, answered, (request_id, body)
     )
     if routed.variant == "stable" and response.status == 200:
-        maybe_shadow(app, config, body, headers, outputs)
+        maybe_shadow(app, config, body, headers, stable, request_id)
     return response
 
 
@@ -210,7 +249,8 @@ def maybe_shadow(
     config: RoutingConfig,
     body: bytes,
     headers: CIMultiDict[str],
-    stable_outputs: Outputs | None,
+    stable: Answered,
+    request_id: bytes,
 ) -> None:
     """Copy this stable-routed request to the canary for `shadow.percent` of requests."""
     canary = config.canary
@@ -220,9 +260,18 @@ def maybe_shadow(
         return
     session = app[RUNTIME].session
     assert session is not None  # noqa: S101 (opened before the first request)
+    prediction_log = app[POLICY].log
+    record = None
+    if stable.logged and prediction_log is not None:
+        version = canary.version
+
+        def record(answer: bytes) -> bool:
+            return prediction_log.record(request_id, "shadow", version, body, answer, draw=False)
+
     app[SHADOW].copy(
         lambda: exchange(session, canary.url, "/invocations", body, headers),
-        single_numbers(stable_outputs),
+        single_numbers(stable.outputs),
+        record,
     )
 
 

@@ -13,6 +13,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from router.choosing import choose_variant
 from router.config import RoutingConfig, Variant
@@ -204,17 +205,28 @@ class ProxyPolicy:
         started: float,
         body: bytes | None,
         request: tuple[bytes, bytes] | None = None,
-    ) -> Outputs | None:
+    ) -> Answered:
         """Count the client's answer, its latency since `started`, and a 200's predictions.
 
         `request`: the request's id and body, to record the answer in the prediction log.
-        The predictions are returned, for the shadow comparison.
+        The predictions, and whether the answer was logged, are returned for the shadow copy.
         """
         self.metrics.answered(variant, version, status, time.perf_counter() - started)
         if status != 200 or not body:
-            return None
+            return NOT_ANSWERED
+        logged = False
         if request is not None and self.log is not None:
-            self.log.record(request[0], variant, version, request[1], body)
+            logged = self.log.record(request[0], variant, version, request[1], body)
         outputs = outputs_of(body)
         self.metrics.predicted(variant, outputs)
-        return outputs
+        return Answered(outputs, logged)
+
+
+class Answered(NamedTuple):
+    """A 200's predictions, and whether the prediction log recorded it."""
+
+    outputs: Outputs | None
+    logged: bool
+
+
+NOT_ANSWERED = Answered(None, False)

@@ -59,20 +59,32 @@ class PredictionLog:
         """The last write's error, said once until writes work again."""
 
     def record(
-        self, request_id: bytes, variant: str, version: str, request: bytes, answer: bytes
-    ) -> None:
-        """Queue one answer, if the share draws it and the queue has room (else count a drop)."""
-        percent = self.percent()
-        if percent <= 0 or self.folder is None:
-            return
-        if percent < 100 and self.rng.random() * 100 >= percent:
-            return
+        self,
+        request_id: bytes,
+        variant: str,
+        version: str,
+        request: bytes,
+        answer: bytes,
+        draw: bool = True,
+    ) -> bool:
+        """Queue one answer if the share draws it and the queue has room; return whether it was.
+
+        `draw` false: record without a draw (a shadow answer goes with the answer it copies).
+        A full queue counts a drop.
+        """
+        if self.folder is None:
+            return False
+        if draw:
+            percent = self.percent()
+            if percent <= 0 or (percent < 100 and self.rng.random() * 100 >= percent):
+                return False
         size = len(request) + len(answer)
         if len(self.pending) >= MAX_PENDING or self.pending_bytes + size > MAX_PENDING_BYTES:
             self._dropped.inc()
-            return
+            return False
         self.pending.append((time.time(), request_id, variant, version, request, answer))
         self.pending_bytes += size
+        return True
 
     async def run(self) -> None:
         """Write what is queued every `FLUSH_S`, until cancelled (then call `flush`)."""

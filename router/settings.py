@@ -66,7 +66,12 @@ class RouterSettings(BaseModel):
     processes: int = Field(default=1, ge=1)
     """Router processes sharing the port (`--workers`): each says so in /metrics, so that a
     reader knows how many to find behind the one address."""
-    prediction_log: Path | None = None
-    """The prediction log's folder (none: answers are not recorded, whatever the file says)."""
+    prediction_log: str | Path | None = None
+    """The prediction log: a folder, or an fsspec URL it is uploaded to in parts (none:
+    answers are not recorded, whatever the routing file says)."""
+    prediction_log_spool: Path | None = None
+    """With a URL: the local folder records are written to before they are uploaded."""
+    prediction_log_upload_s: float = Field(default=10.0, gt=0)
+    """With a URL: how often what was written is uploaded (and so how late labels can join)."""
     controller_url: str | None = None
     """The controller the original admin paths forward changes to (none: they answer 503)."""

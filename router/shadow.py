@@ -2,6 +2,8 @@
 
 The copy runs in the background after the client's answer is decided; it never delays or
 changes that answer. Copies in flight are bounded; past the bound they are dropped and counted.
+When stable's answer was logged, the canary's is logged too, as variant `shadow` under the same
+request id: labels then judge both models on the same rows.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from router.proxy import Answer
 MATCH_TOLERANCE = 1e-9
 
 Send = Callable[[], Awaitable[Answer | Failure]]
+Record = Callable[[bytes], object]
 
 
 @dataclass
@@ -28,18 +31,31 @@ class Shadower:
     limit: int
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
-    def copy(self, send_to_canary: Send, expected: list[float] | None) -> None:
-        """Start a copy unless `limit` are in flight (then count it as dropped)."""
+    def copy(
+        self,
+        send_to_canary: Send,
+        expected: list[float] | None,
+        record: Record | None = None,
+    ) -> None:
+        """Start a copy unless `limit` are in flight (then count it as dropped).
+
+        `record`: called with the canary's 200 body, to log it beside stable's logged answer
+        (labels then judge both models on the same rows).
+        """
         if len(self.tasks) >= self.limit:
             self.metrics.shadow_requests.labels("dropped").inc()
             return
-        task = asyncio.create_task(self._compare(send_to_canary, expected))
+        task = asyncio.create_task(self._compare(send_to_canary, expected, record))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _compare(self, send_to_canary: Send, expected: list[float] | None) -> None:
+    async def _compare(
+        self, send_to_canary: Send, expected: list[float] | None, record: Record | None
+    ) -> None:
         """Compare the canary's predictions with stable's (already parsed) ones."""
         outcome = await send_to_canary()
+        if record is not None and isinstance(outcome, Answer) and outcome.status == 200:
+            record(outcome.body)
         got = predictions_of(outcome.body) if isinstance(outcome, Answer) else None
         if isinstance(outcome, Failure) or outcome.status != 200 or got is None or expected is None:
             self.metrics.shadow_requests.labels("error").inc()

@@ -65,6 +65,7 @@ class System:
     router_url: str
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     controller_argv: list[str] = field(default_factory=list)
+    router_argv: list[str] = field(default_factory=list)
 
     def restart_controller(self) -> None:
         """Start the controller again over the same state (after it was killed)."""
@@ -77,6 +78,12 @@ class System:
         self.processes[0].send_signal(signal.SIGTERM)
         self.processes[0].wait(timeout=60)
         self.restart_controller()
+
+    def restart_router(self) -> None:
+        """Start the router again over the same state and port (after it was stopped)."""
+        log = self.state / "router.log"
+        self.processes[1] = start_mlcanary(self.router_argv, self.state, log, self.settings)
+        wait_for(f"{self.router_url}/ping", self.processes[1], log)
 
     @property
     def token(self) -> str:
@@ -130,9 +137,14 @@ def group_alive(pid: int) -> bool:
 
 @contextmanager
 def running_system(
-    settings: RegistrySettings, tmp_path: Path, stable_version: str = "1"
+    settings: RegistrySettings,
+    tmp_path: Path,
+    stable_version: str = "1",
+    controller_options: tuple[str, ...] = (),
+    router_options: tuple[str, ...] = (),
 ) -> Iterator[System]:
-    """Controller (the given stable, no canary, local runtime) and a router following its file."""
+    """Controller (the given stable, no canary, local runtime) and a router following its file,
+    each with the options given added."""
     state = tmp_path / "state"
     state.mkdir()
     controller_port, router_port = free_port(), free_port()
@@ -141,7 +153,7 @@ def running_system(
     controller_log, router_log = state / "controller.log", state / "router.log"
     controller_argv = [
         "controller", "--config", str(routing), "--port", str(controller_port),
-        "--router", router_url, "--stable-version", stable_version,
+        "--router", router_url, "--stable-version", stable_version, *controller_options,
     ]  # fmt: skip
     controller = start_mlcanary(controller_argv, state, controller_log, settings)
     built = System(state, settings, f"http://127.0.0.1:{controller_port}", router_url)
@@ -149,13 +161,12 @@ def running_system(
     built.processes.append(controller)
     try:
         wait_for(f"{built.controller_url}/ping", controller, controller_log)
-        router = start_mlcanary(
-            ["router", "--config", str(routing), "--port", str(router_port),
-             "--controller", built.controller_url],
-            state, router_log, settings,
-        )  # fmt: skip
-        built.processes.append(router)
-        wait_for(f"{router_url}/ping", router, router_log)
+        built.router_argv = [
+            "router", "--config", str(routing), "--port", str(router_port),
+            "--controller", built.controller_url, *router_options,
+        ]  # fmt: skip
+        built.processes.append(start_mlcanary(built.router_argv, state, router_log, settings))
+        wait_for(f"{router_url}/ping", built.processes[1], router_log)
         yield built
     finally:
         for process in reversed(built.processes):

@@ -366,6 +366,67 @@ def test_the_labels_gate_keeps_its_false_alarm_rate_over_many_looks() -> None:
     assert _labels_false_alarm(4.0, rollouts=200, windows=10, seed=2) == 1.0
 
 
+def _shadowed(rng: random.Random, rows: int, canary_wrong: float, paired: bool) -> Window:
+    """A window of class labels on rows of shared difficulty: stable is wrong on the hardest
+    20%; the canary on the hardest `canary_wrong` share for 80% of rows, at random for the
+    rest (two models of one problem fail on the same rows). Judged `paired` (the canary's
+    answers are shadow copies of stable's requests) or as two samples of other rows."""
+    pairs = []
+    for _ in range(rows):
+        hardness = rng.random()
+        canary_hardness = hardness if rng.random() < 0.8 else rng.random()
+        pairs.append((float(canary_hardness < canary_wrong), float(hardness < 0.2)))
+    if paired:
+        labels = LabelledRows(pairs=tuple(pairs), classes=True)
+    else:
+        stable = tuple(float(rng.random() < 0.2) for _ in range(rows))
+        labels = LabelledRows(canary=tuple(c for c, _ in pairs), stable=stable, classes=True)
+    return Window(stable=VariantWindow(), canary=VariantWindow(), labels=labels)
+
+
+def _caught(canary_wrong: float, paired: bool, rollouts: int, seed: int,
+            false_alarm_rate: float = 0.01, ratio: float = 1.2) -> float:  # fmt: skip
+    """Share of rollouts (10 windows of 50 labelled rows) the labels gate fails."""
+    rng = random.Random(seed)
+    limits = GateLimits(false_alarm_rate=false_alarm_rate, min_labels=1,
+                        max_label_error_ratio=ratio)  # fmt: skip
+    failed = 0
+    for _ in range(rollouts):
+        evidence = RolloutEvidence()
+        for _ in range(10):
+            window = _shadowed(rng, 50, canary_wrong, paired)
+            if not label_gate(window, limits, evidence).passed:
+                failed += 1
+                break
+    return failed / rollouts
+
+
+def test_shadowed_rows_are_judged_paired_keeping_the_false_alarm_rate() -> None:
+    """Paired (McNemar) on shadowed rows: a canary wrong as often as stable fails no more
+    often than the gate's share of the budget over 10 looks (2,000 rollouts, no floor); one
+    wrong 1.5 times as often is caught in nearly every rollout, where the same rows judged as
+    two samples catch it in few: the rows both models get wrong cost no evidence."""
+    alpha = GateLimits(false_alarm_rate=0.2, min_labels=1).alpha("label_errors")
+    rate = _caught(0.2, paired=True, rollouts=2000, seed=1, false_alarm_rate=0.2, ratio=1.0)
+    assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / 2000), (rate, alpha)
+    paired = _caught(0.3, paired=True, rollouts=300, seed=2)
+    unpaired = _caught(0.3, paired=False, rollouts=300, seed=2)
+    assert paired >= 0.95 and unpaired <= 0.5, (paired, unpaired)
+
+
+def test_a_window_of_pairs_counts_for_both_variants() -> None:
+    window = Window(
+        stable=VariantWindow(), canary=VariantWindow(),
+        labels=LabelledRows(pairs=((1.0, 0.0),) * 30 + ((0.0, 0.0),) * 70, classes=True),
+    )  # fmt: skip
+    evidence = RolloutEvidence()
+    verdict = judge(window, GateLimits(min_labels=10), evidence)
+    gate = next(g for g in verdict.gates if g.gate == "label_errors")
+    assert not gate.passed and "100 of them shadowed pairs" in gate.detail
+    assert verdict.labelled == (100, 100)
+    assert RolloutEvidence.from_json(evidence.to_json()).pairs == 100
+
+
 def test_wrong_classes_fail_the_labels_gate_and_the_verdict_counts_rows() -> None:
     limits = GateLimits(min_labels=10)
     evidence = RolloutEvidence()

@@ -120,6 +120,7 @@ def test_workers_get_every_setting_and_stop_with_a_sigkilled_router(tmp_path: Pa
         "--timeout": "7", "--max-body-mb": "3", "--drain-timeout": "4", "--header-timeout": "5",
         "--keepalive-timeout": "6", "--body-timeout": "8", "--max-connections": "99",
         "--upstream-connections": "9", "--upstream-keepalive-timeout": "2",
+        "--prediction-log-upload-interval": "3",
     }  # fmt: skip
     process = subprocess.Popen(
         [sys.executable, "-m", "mlcanary", "router", "--config", str(path), "--port", str(port),
@@ -136,7 +137,8 @@ def test_workers_get_every_setting_and_stop_with_a_sigkilled_router(tmp_path: Pa
             config_path=path, port=port, total_timeout_s=7, max_body_bytes=3 * 1024 * 1024,
             drain_timeout_s=4, header_timeout_s=5, keepalive_timeout_s=6, body_timeout_s=8,
             max_connections=99, upstream_connections=9, upstream_keepalive_s=2, processes=2,
-            controller_url="http://127.0.0.1:1", prediction_log=tmp_path / "predictions",
+            controller_url="http://127.0.0.1:1", prediction_log=str(tmp_path / "predictions"),
+            prediction_log_spool=tmp_path / "predictions-spool", prediction_log_upload_s=3,
         )  # fmt: skip
         assert given == expected
     finally:

@@ -19,6 +19,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Gauge
 
 from common.files import write_atomically
+from common.predictionlog import SHADOW
 from controller.audit import append_audit
 from controller.changes import Controller
 from controller.errors import ControllerError, InvalidChange
@@ -354,13 +355,24 @@ class RolloutRunner:
             return LabelledRows()
         rows = self.labels.rows[state.label_cursor :]
         state.label_cursor += len(rows)
-        canary = [r for r in rows if r.variant == "canary" and r.version == state.canary_version]
-        stable = [r for r in rows if r.variant == "stable" and r.version == state.stable_version]
-        state.labelled_in_step += len(canary)
+        canary_version, stable_version = state.canary_version, state.stable_version
+        canary = [r for r in rows if r.variant == "canary" and r.version == canary_version]
+        pairs = [
+            (r, r.paired) for r in rows
+            if r.variant == SHADOW and r.version == canary_version and r.paired is not None
+            and r.paired.variant == "stable" and r.paired.version == stable_version
+        ]  # fmt: skip
+        paired = {id(stable_row) for _, stable_row in pairs}
+        stable = [
+            r for r in rows
+            if r.variant == "stable" and r.version == stable_version and id(r) not in paired
+        ]  # fmt: skip
+        state.labelled_in_step += len(canary) + len(pairs)
         return LabelledRows(
             canary=tuple(abs(r.error) for r in canary),
             stable=tuple(abs(r.error) for r in stable),
-            classes=any(r.classes for r in canary + stable),
+            classes=any(r.classes for r in [*canary, *stable, *(c for c, _ in pairs)]),
+            pairs=tuple((abs(c.error), abs(s.error)) for c, s in pairs),
         )
 
     async def _window(

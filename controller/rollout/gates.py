@@ -67,6 +67,9 @@ class LabelledRows:
     canary: tuple[float, ...] = ()
     stable: tuple[float, ...] = ()
     classes: bool = False
+    pairs: tuple[tuple[float, float], ...] = ()
+    """Rows both answered, stable to the client and the canary as its shadow: (canary's error,
+    stable's error) on the same row. Not in `canary` or `stable`."""
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,8 @@ class RolloutEvidence:
     """Labelled rows found bad, and all labelled rows, per variant."""
     stable_errors: list[float] = field(default_factory=list)
     """Stable's labelled errors so far (numbers): the bound's source."""
+    pairs: int = 0
+    """Labelled rows both variants answered (shadowed), judged paired."""
 
     def to_json(self) -> dict[str, Any]:
         """Return the state as JSON-able data."""
@@ -231,7 +236,7 @@ class RolloutEvidence:
                 for name, output in self.outputs.items()
             },
             "label_errors": self.label_errors.to_json(), "bad_rows": vars(self.bad_rows),
-            "stable_errors": self.stable_errors,
+            "stable_errors": self.stable_errors, "pairs": self.pairs,
         }  # fmt: skip
 
     @classmethod
@@ -258,6 +263,7 @@ class RolloutEvidence:
             label_errors=Evidence.from_json(data.get("label_errors", []), UP_RATIOS),
             bad_rows=Tally(**data.get("bad_rows", {})),
             stable_errors=list(data.get("stable_errors", [])),
+            pairs=int(data.get("pairs", 0)),
         )
 
 
@@ -285,7 +291,8 @@ def judge(window: Window, limits: GateLimits, evidence: RolloutEvidence) -> Verd
         outcome = "insufficient"
     else:
         outcome = "pass"
-    labelled = (len(window.labels.canary), len(window.labels.stable))
+    paired = len(window.labels.pairs)
+    labelled = (len(window.labels.canary) + paired, len(window.labels.stable) + paired)
     return Verdict(outcome, gates, window.canary.requests, labelled)
 
 
@@ -298,6 +305,11 @@ def label_gate(window: Window, limits: GateLimits, evidence: RolloutEvidence) ->
     hypergeometric with the canary's share of the rows when it is no worse; at 100% the
     canary is tested against an upper bound of stable's bad share before. Rows are tested as
     they are labelled, whichever window their requests were in.
+
+    Shadowed rows, which both models answered, are judged paired (McNemar): of the rows where
+    exactly one of the two is bad, each is the canary's with probability 1/2 when it is no
+    worse, whatever the rows' difficulty, so hard rows both get wrong cost no evidence. Their
+    likelihood ratios join the same evidence (a product of tests each valid under the null).
     """
     labels, needed = window.labels, 1 / limits.alpha("label_errors")
     bound = None
@@ -306,6 +318,9 @@ def label_gate(window: Window, limits: GateLimits, evidence: RolloutEvidence) ->
     if labels.classes or bound is not None:
         cut = 0.5 if labels.classes else bound
         assert cut is not None  # noqa: S101 (one of the two holds)
+        only_canary = sum(c > cut >= s for c, s in labels.pairs)
+        only_stable = sum(s > cut >= c for c, s in labels.pairs)
+        evidence.label_errors.add(only_canary + only_stable, only_canary, 0.5)
         bad_canary = sum(error > cut for error in labels.canary)
         bad_stable = sum(error > cut for error in labels.stable)
         if labels.stable:
@@ -320,15 +335,20 @@ def label_gate(window: Window, limits: GateLimits, evidence: RolloutEvidence) ->
                                        limits.bound_alpha("label_errors"))  # fmt: skip
             evidence.label_errors.add(len(labels.canary), bad_canary, stable_bound)
         evidence.bad_rows.add(bad_canary, len(labels.canary), bad_stable, len(labels.stable))
+        both = sum(c > cut and s > cut for c, s in labels.pairs)
+        paired = len(labels.pairs)
+        evidence.bad_rows.add(only_canary + both, paired, only_stable + both, paired)
+        evidence.pairs += paired
     if not labels.classes:
-        evidence.stable_errors.extend(labels.stable)
+        evidence.stable_errors.extend([*labels.stable, *(s for _, s in labels.pairs)])
     rows = evidence.bad_rows
     canary_rate, stable_rate = rows.canary_rate(), rows.stable_rate()
     large = canary_rate > 0 and canary_rate >= limits.max_label_error_ratio * stable_rate
     shown = evidence.label_errors.value >= needed and large
     detail = (
         f"{rows.canary_total:.0f} canary and {rows.stable_total:.0f} stable rows judged on"
-        f" labels so far, bad: canary {canary_rate:.2%}, stable {stable_rate:.2%}"
+        f" labels so far ({evidence.pairs} of them shadowed pairs), bad: canary"
+        f" {canary_rate:.2%}, stable {stable_rate:.2%}"
         + (f"; error bound {bound:.4g}" if bound is not None else "")
     )
     return GateResult("label_errors", _ratio(canary_rate, stable_rate),

@@ -20,13 +20,14 @@ from controller.rollout.gates import (
     Buckets,
     Categories,
     GateLimits,
+    LabelledRows,
     RolloutEvidence,
     VariantWindow,
     Window,
     categories_of,
     judge,
 )
-from controller.rollout.steps import Progress, decide
+from controller.rollout.steps import Progress, decide, wait_for_labels
 from router.metrics import LATENCY_BUCKETS
 
 P99_Z = 2.3263
@@ -53,6 +54,10 @@ class Behaviour:
     rows_per_request: int = 1
     """Rows per request, all alike (a client's batch of one case): the worst case for the
     independence the tests assume of rows."""
+    label_error_sd: float = 1.0
+    """Labelled rows' errors: |normal(0, this)| (numbers)..."""
+    label_wrong_share: float | None = None
+    """...or, when set, wrong classes with this chance."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,10 @@ class Scenario:
     stable: Behaviour
     canary: Behaviour
     faulty: bool
+    labelled_share: float = 0.0
+    """Share of requests whose label comes back (one window after the request)."""
+    min_labels: int = 0
+    """The rollout's `--min-labels` (0: labels are not judged)."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,7 @@ class Traffic:
     limits: GateLimits = field(default_factory=GateLimits)
     max_failed_checks: int = 2
     max_insufficient_windows: int = 5
+    label_wait_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -94,7 +104,7 @@ def scenarios() -> list[Scenario]:
     """Return the faults of issue 13's targets, and identical twins of each kind of model."""
     scale_0_1 = Behaviour()
     scale_0_100 = Behaviour(prediction_mean=60.0, prediction_sd=15.0)
-    classes = Behaviour(prediction_mean=None, class_shares=(0.6, 0.3, 0.1))
+    classes = Behaviour(prediction_mean=None, class_shares=(0.6, 0.3, 0.1), label_wrong_share=0.1)
     batched = replace(scale_0_1, rows_per_request=10)
     return [
         Scenario("identical twin, 0..100 model", scale_0_100, scale_0_100, faulty=False),
@@ -111,6 +121,17 @@ def scenarios() -> list[Scenario]:
                  replace(scale_0_1, prediction_mean=0.375), faulty=True),
         Scenario("3-class model, 10% of labels flipped (0 to 2)", classes,
                  replace(classes, class_shares=(0.5, 0.3, 0.2)), faulty=True),
+        Scenario("labels on half the requests, errors alike", scale_0_100, scale_0_100,
+                 faulty=False, labelled_share=0.5, min_labels=20),
+        Scenario("labels on half the requests, errors 1.5x (same predictions)", scale_0_100,
+                 replace(scale_0_100, label_error_sd=1.5), faulty=True, labelled_share=0.5,
+                 min_labels=20),
+        Scenario("labels on half the requests, classes wrong 15% against 10%", classes,
+                 replace(classes, label_wrong_share=0.15), faulty=True, labelled_share=0.5,
+                 min_labels=20),
+        Scenario("labels on half the requests, classes wrong 25% against 10%", classes,
+                 replace(classes, label_wrong_share=0.25), faulty=True, labelled_share=0.5,
+                 min_labels=20),
     ]  # fmt: skip
 
 
@@ -152,6 +173,9 @@ def summarize(outcomes: Iterable[Outcome]) -> Summary:
 def _one_rollout(scenario: Scenario, traffic: Traffic, rng: np.random.Generator) -> Outcome:
     edges = _reference_edges(scenario.stable, rng)
     evidence, progress, canary_requests = RolloutEvidence(), Progress(), 0.0
+    limits = replace(traffic.limits, min_labels=scenario.min_labels)
+    arriving = LabelledRows()  # the labels of the window before, due in this one
+    step, windows_in_step, labelled_in_step = progress.step, 0, 0
     for windows in range(1, MAX_WINDOWS + 1):
         weight = traffic.steps[progress.step]
         total = int(rng.poisson(traffic.requests_per_s * traffic.interval_s))
@@ -159,15 +183,44 @@ def _one_rollout(scenario: Scenario, traffic: Traffic, rng: np.random.Generator)
         window = Window(
             stable=_variant_window(scenario.stable, total - to_canary, edges, rng),
             canary=_variant_window(scenario.canary, to_canary, edges, rng),
+            labels=arriving,
         )
+        arriving = _labelled(scenario, to_canary, total - to_canary, rng)
         canary_requests += to_canary
-        verdict = judge(window, traffic.limits, evidence)
+        windows_in_step += 1
+        labelled_in_step += len(window.labels.canary)
+        verdict = wait_for_labels(
+            judge(window, limits, evidence), labelled_in_step, limits.min_labels,
+            windows_in_step * traffic.interval_s, traffic.label_wait_s,
+        )  # fmt: skip
         decision = decide(progress, verdict, len(traffic.steps), traffic.max_failed_checks,
                           traffic.max_insufficient_windows)  # fmt: skip
         if decision.action in ("promote", "roll_back"):
             return Outcome(decision.action == "roll_back", weight, canary_requests, windows,
                            decision.why)  # fmt: skip
+        if progress.step != step:
+            step, windows_in_step, labelled_in_step = progress.step, 0, 0
     return Outcome(False, traffic.steps[progress.step], canary_requests, MAX_WINDOWS, "unended")
+
+
+def _labelled(
+    scenario: Scenario, canary_requests: int, stable_requests: int, rng: np.random.Generator
+) -> LabelledRows:
+    """Draw the labelled rows of a window's requests: each variant's errors."""
+    if scenario.labelled_share <= 0:
+        return LabelledRows()
+
+    def errors(behaviour: Behaviour, requests: int) -> tuple[float, ...]:
+        count = int(rng.binomial(requests, scenario.labelled_share))
+        if behaviour.label_wrong_share is not None:
+            return tuple((rng.random(count) < behaviour.label_wrong_share).astype(float).tolist())
+        return tuple(np.abs(rng.normal(0.0, behaviour.label_error_sd, count)).tolist())
+
+    return LabelledRows(
+        canary=errors(scenario.canary, canary_requests),
+        stable=errors(scenario.stable, stable_requests),
+        classes=scenario.stable.label_wrong_share is not None,
+    )
 
 
 def _reference_edges(stable: Behaviour, rng: np.random.Generator) -> list[float]:

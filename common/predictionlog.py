@@ -1,11 +1,12 @@
 """The prediction log's format and layout, shared by its writer (the router) and its readers.
 
-Each record is one JSON line: `request_id`, `time` (Unix seconds), `variant`, `version`,
-`inputs` (the request body as sent: its JSON, or its text for CSV) and `answer` (the model
-server's answer, whose `predictions` readers take). A shadowed request has a second record with
-the same id: the canary's answer to the copy, as variant `shadow` (`SHADOW`). Files are
-`<folder>/<YYYY-MM-DD>/<HH>-<router instance>.jsonl` (UTC): each router process appends to its
-own file, so processes never interleave lines, and a new file starts every hour. A line torn
+Each record is one JSON line: `request_id`, `time` (Unix seconds, to the millisecond),
+`variant`, `version`, `inputs` (the request body as sent: its JSON, or its text for CSV) and
+`answer` (the model server's answer, whose `predictions` readers take). A shadowed request
+has a second record with the same id: the canary's answer to the copy, as variant `shadow`
+(`SHADOW`). Files are `<folder>/<YYYY-MM-DD>/<HH>-<router instance>.jsonl` (UTC): each router
+process appends to its own file, so processes never interleave lines, and a new file starts
+every hour. A line torn
 by a crash is skipped by readers, never fatal.
 
 The log may also live on any fsspec filesystem (`s3://bucket/predictions`, ...), where objects

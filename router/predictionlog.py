@@ -25,6 +25,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prometheus_client import Counter
@@ -35,7 +36,21 @@ log = logging.getLogger("router")
 FLUSH_S = 0.5
 MAX_PENDING = 100_000
 MAX_PENDING_BYTES = 64 * 1024 * 1024
-Pending = tuple[float, bytes, str, str, bytes, bytes]
+STAMP_S = 0.001
+"""Records' times are written to the millisecond, formatted at most once per millisecond."""
+QUOTE, BACKSLASH, NEWLINE, RETURN = ord('"'), ord("\\"), ord("\n"), ord("\r")
+
+
+@dataclass
+class Pending:
+    """Records queued for the next write: their lines' pieces, in order, and where hours turn."""
+
+    pieces: list[bytes] = field(default_factory=list)
+    """Every queued line as its pieces (joined once, in C, when written)."""
+    hours: list[tuple[int, float]] = field(default_factory=list)
+    """(index in `pieces`, a record's time): where the records of each hour start."""
+    records: int = 0
+    size: int = 0
 
 
 class PredictionLog:
@@ -51,8 +66,13 @@ class PredictionLog:
     ) -> None:
         self.folder, self.instance, self.percent, self.records = folder, instance, percent, records
         self.rng = rng or random.Random()  # noqa: S311 (sampling, not cryptography)
-        self.pending: list[Pending] = []
-        self.pending_bytes = 0
+        self.pending = Pending()
+        self._hour_ends = 0.0
+        """When the hour of the last queued record ends (a record past it starts a file)."""
+        self._stamped_at, self._stamp = 0.0, b""
+        """The last time formatted (records within `STAMP_S` of it share its text)."""
+        self._labels: dict[tuple[str, str], bytes] = {}
+        """The same few (variant, version) pairs' middle of a line, serialized once."""
         self._written = records.labels("written")
         self._dropped = records.labels("dropped")
         self._failing = ""
@@ -70,7 +90,9 @@ class PredictionLog:
         """Queue one answer if the share draws it and the queue has room; return whether it was.
 
         `draw` false: record without a draw (a shadow answer goes with the answer it copies).
-        A full queue counts a drop.
+        A full queue counts a drop. The line is queued as its pieces, the usual cases (an id
+        with nothing to escape, JSON bodies on one line) checked inline: the writer thread then
+        only joins them, in C, and holds the interpreter for a moment per batch.
         """
         if self.folder is None:
             return False
@@ -78,12 +100,34 @@ class PredictionLog:
             percent = self.percent()
             if percent <= 0 or (percent < 100 and self.rng.random() * 100 >= percent):
                 return False
+        pending = self.pending
         size = len(request) + len(answer)
-        if len(self.pending) >= MAX_PENDING or self.pending_bytes + size > MAX_PENDING_BYTES:
+        if pending.records >= MAX_PENDING or pending.size + size > MAX_PENDING_BYTES:
             self._dropped.inc()
             return False
-        self.pending.append((time.time(), request_id, variant, version, request, answer))
-        self.pending_bytes += size
+        at = time.time()
+        if at >= self._hour_ends:
+            pending.hours.append((len(pending.pieces), at))
+            self._hour_ends = at - at % 3600 + 3600
+        if at - self._stamped_at >= STAMP_S:
+            self._stamped_at, self._stamp = at, b"%.3f" % at
+        label = self._labels.get((variant, version))
+        if label is None:
+            label = b',"variant":%s,"version":%s,"inputs":' % (
+                json.dumps(variant).encode(), json.dumps(version).encode()
+            )  # fmt: skip
+            self._labels[(variant, version)] = label
+        # Bytes as ints: `10 in body` is a memchr, six times faster than `b"\n" in body`.
+        if QUOTE in request_id or BACKSLASH in request_id:
+            request_id = json.dumps(request_id.decode("latin-1")).encode()[1:-1]
+        if request[:1] != b"{" or NEWLINE in request or RETURN in request:
+            request = _embedded(request)
+        if answer[:1] != b"{" or NEWLINE in answer or RETURN in answer:
+            answer = _embedded(answer)
+        pending.pieces += (b'{"request_id":"', request_id, b'","time":', self._stamp, label,
+                           request, b',"answer":', answer, b"}\n")  # fmt: skip
+        pending.records += 1
+        pending.size += size
         return True
 
     async def run(self) -> None:
@@ -93,14 +137,14 @@ class PredictionLog:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write everything queued now (in a thread: parsing and fsync stay off the loop)."""
-        if not self.pending:
+        """Write everything queued now (in a thread: the join and fsync stay off the loop)."""
+        if not self.pending.records:
             return
-        batch, self.pending, self.pending_bytes = self.pending, [], 0
+        batch, self.pending, self._hour_ends = self.pending, Pending(), 0.0
         try:
             await asyncio.to_thread(self._write, batch)
         except OSError as error:
-            self._dropped.inc(len(batch))
+            self._dropped.inc(batch.records)
             if str(error) != self._failing:  # once, not every half second
                 log.warning("prediction log: records are being lost: %s", error)
             self._failing = str(error)
@@ -109,42 +153,17 @@ class PredictionLog:
             log.warning("prediction log: written again")
             self._failing = ""
 
-    def _write(self, batch: list[Pending]) -> None:
+    def _write(self, batch: Pending) -> None:
         assert self.folder is not None  # noqa: S101 (nothing is queued without a folder)
-        by_file: dict[Path, list[bytes]] = {}
-        hour = -1.0
-        lines: list[bytes] = []
-        labels: dict[tuple[str, str], bytes] = {}
-        for at, request_id, variant, version, request, answer in batch:
-            if not hour <= at < hour + 3600:
-                hour = at - at % 3600
-                lines = by_file.setdefault(file_for(self.folder, self.instance, at), [])
-            label = labels.get((variant, version))
-            if label is None:  # the same few pairs: serialized once a batch
-                label = b',"variant":%s,"version":%s,"inputs":' % (
-                    json.dumps(variant).encode(),
-                    json.dumps(version).encode(),
-                )
-                labels[(variant, version)] = label
-            # Pieces joined once, as a list: half the cost of formatting each line; the usual
-            # cases (an id with nothing to escape, JSON bodies on one line) checked inline.
-            if b'"' in request_id or b"\\" in request_id:
-                quoted = json.dumps(request_id.decode("latin-1")).encode()
-            else:
-                quoted = b'"%s"' % request_id
-            if request[:1] != b"{" or b"\n" in request or b"\r" in request:
-                request = _embedded(request)
-            if answer[:1] != b"{" or b"\n" in answer or b"\r" in answer:
-                answer = _embedded(answer)
-            lines += (b'{"request_id":', quoted, b',"time":', repr(at).encode(), label, request,
-                      b',"answer":', answer, b"}\n")  # fmt: skip
-        for path, pieces in by_file.items():
+        ends = [index for index, _ in batch.hours[1:]] + [len(batch.pieces)]
+        for (start, at), end in zip(batch.hours, ends, strict=True):
+            path = file_for(self.folder, self.instance, at)
             path.parent.mkdir(parents=True, exist_ok=True)
             with path.open("ab") as handle:
-                handle.write(b"".join(pieces))
+                handle.write(b"".join(batch.pieces[start:end]))
                 handle.flush()
                 os.fsync(handle.fileno())
-        self._written.inc(len(batch))
+        self._written.inc(batch.records)
 
 
 def _embedded(body: bytes) -> bytes:

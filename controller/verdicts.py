@@ -2,9 +2,11 @@
 
 One run in the model's experiment per rollout: every judged window's gate values as metrics
 (`gate.<name>`, and the sequential test's evidence as `gate.<name>.evidence`, the window's
-number as the step), the labelled rows and canary requests per
-window, the outcome and its reason as tags, plots of the gates over the windows and of the
-two variants' prediction distributions as artifacts, with the rollout's whole state (JSON).
+number as the step), the labelled rows and canary requests per window, each variant's 5xx
+share, p50, p99 and quality on labelled rows per window (`canary.p99_s`, ...), the outcome
+and its reason as tags; as artifacts, plots of the gates over the windows, of both variants'
+errors, latency and quality over the windows, and of their prediction distributions, with the
+rollout's whole state (JSON).
 The canary's version gets the tags `mlcanary.rollout_run_id` and `mlcanary.rollout_verdict`,
 so the registry page of a version says why it was promoted or rolled back.
 """
@@ -48,6 +50,10 @@ def record_verdict(settings: RegistrySettings, state: dict[str, Any]) -> str:
                 metrics.append(Metric(key, float(entry[key]), at, index))
         if entry.get("labelled"):
             metrics.append(Metric("labelled_canary_rows", float(entry["labelled"][0]), at, index))
+        for variant, figures in (entry.get("variants") or {}).items():
+            for key, value in figures.items():
+                if value is not None:
+                    metrics.append(Metric(f"{variant}.{key}", float(value), at, index))
     plan = state["plan"]
     params = [Param("steps", ",".join(f"{s:g}" for s in plan["steps"])),
               Param("interval_s", str(plan["interval_s"])),
@@ -102,6 +108,33 @@ def _artifacts(state: dict[str, Any], folder: Path) -> list[Path]:
             axis.set_xlabel("window")
         figure.tight_layout()
         written.append(folder / "gates.png")
+        figure.savefig(written[-1], dpi=90)
+        plt.close(figure)
+    panels = [("error_share", "5xx share"), ("p99_s", "p99 latency (s)"),
+              ("p50_s", "p50 latency (s)"), ("label_error", "labelled rows: wrong share or"
+                                                            " mean |error|")]  # fmt: skip
+    series = {
+        (key, variant): [
+            (index + 1, float(entry["variants"][variant][key]))
+            for index, entry in enumerate(state["history"])
+            if (entry.get("variants") or {}).get(variant, {}).get(key) is not None
+        ]
+        for key, _ in panels for variant in ("stable", "canary")
+    }  # fmt: skip
+    shown = [(key, title) for key, title in panels
+             if series[(key, "stable")] or series[(key, "canary")]]  # fmt: skip
+    if shown:
+        figure, axes = plt.subplots(len(shown), 1, figsize=(7, 2.2 * len(shown)), squeeze=False)
+        for axis, (key, title) in zip(axes[:, 0], shown, strict=True):
+            for variant in ("stable", "canary"):
+                points = series[(key, variant)]
+                axis.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+                          label=variant)  # fmt: skip
+            axis.set_title(f"{title}, per window", fontsize=9)
+            axis.set_xlabel("window")
+            axis.legend(fontsize=8)
+        figure.tight_layout()
+        written.append(folder / "variants.png")
         figure.savefig(written[-1], dpi=90)
         plt.close(figure)
     outputs = state.get("evidence", {}).get("outputs", {})

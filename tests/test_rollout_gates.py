@@ -452,3 +452,18 @@ def test_a_step_waits_for_its_labels_then_fails_checks_without_them() -> None:
     assert progress.insufficient_in_row == 0  # waiting for labels is not too little traffic
     assert decide(progress, late, 5, 2, 5).action == "hold"
     assert decide(progress, late, 5, 2, 5).action == "roll_back"
+
+
+def test_a_verdict_records_what_each_variant_did_in_its_window() -> None:
+    latency = [(0.005, 90.0), (0.01, 99.0), (math.inf, 100.0)]
+    window = Window(
+        stable=VariantWindow(requests=100, errors=1, latency=latency),
+        canary=VariantWindow(requests=50, errors=5, latency=[(0.005, 45.0), (math.inf, 50.0)]),
+        labels=LabelledRows(canary=(2.0, 4.0), stable=(1.0,), pairs=((6.0, 3.0),)),
+    )  # fmt: skip
+    shown = judge(window, GateLimits(), RolloutEvidence()).variants
+    assert shown["stable"]["error_share"] == 0.01 and shown["canary"]["error_share"] == 0.1
+    assert shown["stable"]["p99_s"] == pytest.approx(0.01)
+    assert shown["canary"]["p50_s"] == pytest.approx(0.005 * 25 / 45)  # inside the first bucket
+    assert shown["canary"]["label_error"] == 4.0 and shown["canary"]["labelled"] == 3
+    assert shown["stable"]["label_error"] == 2.0 and shown["stable"]["labelled"] == 2

@@ -24,6 +24,7 @@ from tests.systems import System, copied_registry, running_system
 from tests.test_rollout import _register
 from training.dataset import DEFAULT_PATH, FEATURES, TARGET, load_dataset
 
+VARIANTS = ("canary", "stable")
 LABEL_DELAY_S = 1.0
 """Labels are sent this long after their prediction was answered (the exam is marked later)."""
 
@@ -169,8 +170,13 @@ async def test_a_canary_right_in_distribution_but_wrong_per_row_is_caught_by_lab
     assert run.data.tags["mlcanary.canary_version"] == "4"
     history = client.get_metric_history(run_id, "gate.label_errors.evidence")
     assert len(history) >= 1 and [m.step for m in history] == sorted(m.step for m in history)
+    # Quality over time per variant: the canary's labelled rows are far worse than stable's.
+    quality = {v: client.get_metric_history(run_id, f"{v}.label_error") for v in VARIANTS}
+    assert quality["canary"] and quality["stable"], quality
+    assert max(m.value for m in quality["canary"]) > max(m.value for m in quality["stable"])
+    assert client.get_metric_history(run_id, "canary.p99_s")
     artifacts = {item.path for item in client.list_artifacts(run_id)}
-    assert {"rollout.json", "gates.png", "predictions.png"} <= artifacts
+    assert {"rollout.json", "gates.png", "variants.png", "predictions.png"} <= artifacts
     version = client.get_model_version(system.settings.model_name, "4")
     assert version.tags["mlcanary.rollout_run_id"] == run_id
     assert version.tags["mlcanary.rollout_verdict"] == "rolled_back"

@@ -448,6 +448,7 @@ class RolloutRunner:
             "outcome": outcome, "gates": gates, "problem": problem,
             "canary_requests": verdict.canary_requests if verdict is not None else None,
             "labelled": list(verdict.labelled) if verdict is not None else None,
+            "variants": verdict.variants if verdict is not None else None,
         }  # fmt: skip
         state.history.append(entry)
         await asyncio.to_thread(

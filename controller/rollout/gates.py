@@ -159,6 +159,33 @@ class Verdict:
     canary_requests: float
     labelled: tuple[int, int] = (0, 0)
     """Rows labelled in this window: canary's, stable's."""
+    variants: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    """What each variant did in the window (`summarize_window`), for the verdict's record."""
+
+
+def summarize_window(window: Window) -> dict[str, dict[str, float | None]]:
+    """Return each variant's requests, 5xx share, p50 and p99 (s), and labelled quality.
+
+    Quality: on the rows labelled in the window, the share wrong (classes) or the mean |error|
+    (numbers). What a rollout's record in MLflow plots over its windows.
+    """
+    labels = window.labels
+    labelled = {
+        "canary": [*labels.canary, *(c for c, _ in labels.pairs)],
+        "stable": [*labels.stable, *(s for _, s in labels.pairs)],
+    }
+    shown: dict[str, dict[str, float | None]] = {}
+    for name, variant in (("canary", window.canary), ("stable", window.stable)):
+        errors = labelled[name]
+        shown[name] = {
+            "requests": variant.requests,
+            "error_share": variant.errors / variant.requests if variant.requests else None,
+            "p50_s": quantile(0.5, variant.latency),
+            "p99_s": quantile(0.99, variant.latency),
+            "labelled": float(len(errors)),
+            "label_error": sum(errors) / len(errors) if errors else None,
+        }
+    return shown
 
 
 @dataclass
@@ -293,7 +320,7 @@ def judge(window: Window, limits: GateLimits, evidence: RolloutEvidence) -> Verd
         outcome = "pass"
     paired = len(window.labels.pairs)
     labelled = (len(window.labels.canary) + paired, len(window.labels.stable) + paired)
-    return Verdict(outcome, gates, window.canary.requests, labelled)
+    return Verdict(outcome, gates, window.canary.requests, labelled, summarize_window(window))
 
 
 def label_gate(window: Window, limits: GateLimits, evidence: RolloutEvidence) -> GateResult:

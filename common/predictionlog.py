@@ -63,6 +63,28 @@ def is_local(location: str | Path) -> bool:
     return isinstance(location, Path) or "://" not in location or location.startswith("file://")
 
 
+def check_location(location: str | Path) -> str | Path:
+    """Return `location` if its filesystem can be used here, else raise ValueError saying why.
+
+    Nothing is connected to: only the filesystem's implementation is looked up, so a typo in
+    the scheme or a missing package is said at start, not at the first upload.
+    """
+    if is_local(location):
+        return location
+    from fsspec.registry import get_filesystem_class
+
+    protocol = str(location).split("://", 1)[0]
+    try:
+        get_filesystem_class(protocol)
+    except ImportError as error:
+        raise ValueError(
+            f"{location}: {error} (for S3: pip install 'mlcanary[s3]')"
+        ) from error  # fmt: skip
+    except ValueError as error:
+        raise ValueError(f"{location}: no fsspec filesystem for {protocol}://") from error
+    return location
+
+
 def log_filesystem(location: str | Path) -> tuple[AbstractFileSystem, str]:
     """Return the filesystem the log is on and its root there (a folder or a URL)."""
     from fsspec.core import url_to_fs

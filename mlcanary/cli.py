@@ -338,6 +338,16 @@ class RuntimeKind(StrEnum):
     static = "static"
 
 
+def _usable_log(location: str, option: str) -> str:
+    """Return a prediction log location whose filesystem is usable here; exit 2 if not."""
+    from common.predictionlog import check_location
+
+    try:
+        return str(check_location(location))
+    except ValueError as error:
+        fail(f"{option}: {error}", code=2)
+
+
 def _canary_percent() -> float:
     """Return the original `CANARY_PROBABILITY` (0-1) as a percent; exit 2 if it is bad."""
     try:
@@ -435,7 +445,7 @@ def controller(
         canary_url=canary_url,
         configmap=configmap,
         namespace=namespace,
-        prediction_log=prediction_log,
+        prediction_log=prediction_log and _usable_log(prediction_log, "--prediction-log"),
     )
     try:
         asyncio.run(serve_controller(options, RegistrySettings.from_env()))
@@ -630,7 +640,10 @@ def predictions_export(
         fail(f"--since must be an ISO 8601 time, got {since!r}", code=2)
     if output.suffix not in (".csv", ".parquet"):
         fail(f"{output}: the name must end in .csv or .parquet", code=2)
-    frame = load_predictions(location or system_settings().state_dir / "predictions", start)
+    log = (
+        _usable_log(location, "--log") if location else system_settings().state_dir / "predictions"
+    )
+    frame = load_predictions(log, start)
     try:
         if output.suffix == ".csv":
             frame.to_csv(output, index=False)

@@ -9,6 +9,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 stdout = Console()
@@ -21,7 +22,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
     Messages that come from elsewhere (MLflow's, a server's body) may span lines: they are
     joined into one, so scripts and container logs see one line per failure.
     """
-    line = " ".join(message.split())
+    line = escape(" ".join(message.split()))  # `[3].label`, `mlcanary[s3]` are not markup
     stderr.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from common.predictionlog import check_location
+
+
+def _usable(location: str | Path | None) -> str | Path | None:
+    """Refuse a prediction log URL whose filesystem cannot be used here (said at start)."""
+    return None if location is None else check_location(location)
 
 
 class RouterSettings(BaseModel):
@@ -66,7 +74,7 @@ class RouterSettings(BaseModel):
     processes: int = Field(default=1, ge=1)
     """Router processes sharing the port (`--workers`): each says so in /metrics, so that a
     reader knows how many to find behind the one address."""
-    prediction_log: str | Path | None = None
+    prediction_log: Annotated[str | Path | None, AfterValidator(_usable)] = None
     """The prediction log: a folder, or an fsspec URL it is uploaded to in parts (none:
     answers are not recorded, whatever the routing file says)."""
     prediction_log_spool: Path | None = None

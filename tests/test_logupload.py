@@ -177,3 +177,22 @@ def test_an_upload_repeated_after_a_crash_writes_the_same_part_not_a_copy(tmp_pa
     assert sorted(r.request_id for r in read_predictions(store)) == ["a", "b", "c", "e"]
     uploader.close()
     assert not uploader.folder.exists()
+
+
+def test_a_log_url_this_machine_cannot_use_is_refused_at_start(tmp_path: Path) -> None:
+    """A scheme fsspec does not know, or whose package is not installed, is said before any
+    server starts (exit 2, the option named), for the router, the controller and the export."""
+    routing = tmp_path / "routing.yaml"
+    routing.write_text("stable: {url: 'http://127.0.0.1:1', version: '1'}\n")
+    cases = {
+        ("router", "--config", str(routing), "--port", "0", "--prediction-log", "nosuch://b/p"):
+            "prediction_log: Value error, nosuch://b/p: no fsspec filesystem for nosuch://",
+        ("controller", "--port", "0", "--prediction-log", "oci://bucket/predictions"):
+            "--prediction-log: oci://bucket/predictions: ",
+        ("predictions", "export", str(tmp_path / "out.csv"), "--log", "oci://bucket/p"):
+            "--log: oci://bucket/p: ",
+    }  # fmt: skip
+    for argv, said in cases.items():
+        done = run_mlcanary(*argv, state=tmp_path)
+        assert done.returncode == 2 and said in done.stderr, (argv, done.stderr)
+        assert "Traceback" not in done.stderr

@@ -24,11 +24,13 @@ $(INSTALLED): pyproject.toml | $(BIN)/python
 # Debian tools the tests use: prometheus and promtool (package prometheus) scrape and lint
 # /metrics and check the alert rules; docker-compose checks the compose file and, with podman
 # (runc, CNI networking with DNS, debootstrap for the base image), runs the compose stack
-# (tests/test_compose_stack.py). kubectl (with kustomize) builds the Kubernetes manifests; it
+# (tests/test_compose_stack.py); chromium and its chromedriver run the operator page's browser
+# tests (tests/test_page.py). kubectl (with kustomize) builds the Kubernetes manifests; it
 # is on the machine image. Each entry: a command or file, then the package that brings it.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_TOOLS := prometheus:prometheus promtool:prometheus docker-compose:docker-compose \
 	podman:podman runc:runc debootstrap:debootstrap \
+	chromium:chromium chromedriver:chromium-driver \
 	/usr/lib/cni/bridge:containernetworking-plugins \
 	/usr/lib/cni/dnsname:golang-github-containernetworking-plugin-dnsname
 system-deps:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
@@ -13,13 +14,16 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from controller import page
 from controller.changes import Controller
 from controller.errors import ControllerError, InvalidChange, LabelsRefused, Superseded
 from controller.feedback import LabelBook
+from controller.live import LiveTraffic
 from controller.rollout.engine import RolloutPlan, RolloutRunner
 from controller.rollout.gates import GateLimits
 from controller.rollout.planner import plan_report
 from controller.rollout.simulate import Traffic
+from controller.rollout.window import Snapshot, take_snapshot
 from controller.token import token_matches
 from router.config import RoutingFileError, validation_problems
 
@@ -29,8 +33,9 @@ ROLLOUT = web.AppKey("rollout", RolloutRunner)
 TOKEN = web.AppKey("token", str)
 LABELS = web.AppKey("labels", LabelBook)
 LABELS_LOCK = web.AppKey("labels_lock", asyncio.Lock)
+LIVE = web.AppKey("live", LiveTraffic)
 QUERY_TOKEN_NAMES = ("token", "access_token", "api_key", "apikey")
-OPEN_PATHS = frozenset({"/ping", "/metrics"})
+OPEN_PATHS = frozenset({"/ping", "/metrics", *page.OPEN_PATHS})
 
 
 class Change(BaseModel):
@@ -164,6 +169,17 @@ async def ping(_request: web.Request) -> web.Response:
     return web.Response(text="ok\n")
 
 
+async def overview(request: web.Request) -> web.Response:
+    """Answer what the operator page shows, in one answer, without the token (controller/page)."""
+    app = request.app
+    state = app[ROLLOUT].state
+    return web.json_response({
+        **await app[CONTROLLER].status(), "quality": app[LABELS].report(),
+        "rollout": state.to_json() if state else None, "live": app[LIVE].watch(),
+        "now": time.time(),
+    })  # fmt: skip
+
+
 async def status(request: web.Request) -> web.Response:
     """Describe the split, the routers' view, the aliases, the last changes and the quality."""
     described = await request.app[CONTROLLER].status()
@@ -258,12 +274,14 @@ async def rollout_abort(request: web.Request) -> web.Response:
 
 async def rollout_pause(request: web.Request) -> web.Response:
     """Hold the rollout's weight."""
-    return web.json_response((await request.app[ROLLOUT].pause()).to_json())
+    asked: Change = await body_of(request, Change)
+    return web.json_response((await request.app[ROLLOUT].pause(asked.reason)).to_json())
 
 
 async def rollout_resume(request: web.Request) -> web.Response:
     """Go on with a paused rollout."""
-    return web.json_response((await request.app[ROLLOUT].resume()).to_json())
+    asked: Change = await body_of(request, Change)
+    return web.json_response((await request.app[ROLLOUT].resume(asked.reason)).to_json())
 
 
 def create_api(
@@ -295,4 +313,13 @@ def create_api(
     app.router.add_post("/api/promote", promote)
     app.router.add_post("/api/rollback", rollback)
     app.router.add_post("/api/feedback", feedback)
+    app.router.add_get(page.OVERVIEW_PATH, overview)
+    page.add_page(app)
+    app[LIVE] = LiveTraffic(lambda: _snapshot(controller), controller.ensure_prediction_buckets)
+    app.on_cleanup.append(lambda app: app[LIVE].close())
     return app
+
+
+async def _snapshot(controller: Controller) -> Snapshot:
+    """Read every router's /metrics now (the live traffic the page plots)."""
+    return await take_snapshot(controller.session, await controller.settings.routers.urls())

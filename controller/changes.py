@@ -29,6 +29,7 @@ from controller.audit import append_audit, read_audit
 from controller.checks import check_server, server_metadata, signature_inputs
 from controller.desired import WINS_AT_ONCE, Change, DesiredState
 from controller.errors import ControllerError, InvalidChange, Superseded
+from controller.predictionbuckets import cut, read_profiles
 from controller.registry import Registry, aliases_for
 from controller.routers import RouterDirectory, RouterList, reported_version, wait_for_routers
 from controller.runtime import Runtime
@@ -135,6 +136,28 @@ class Controller:
         """
         arguments = {"predictions": predictions.model_dump(mode="json")}
         return await self._ask("prediction-buckets", reason, arguments)
+
+    async def ensure_prediction_buckets(self) -> None:
+        """Have the routers count predictions in buckets cut from stable's, if not yet.
+
+        For rollouts (before each window) and the operator page (its distribution plot). Until
+        stable has answered enough, nothing is cut: its predictions are not judged, and the
+        verdict says so.
+        """
+        config = await self.current()
+        if config.predictions is not None and config.predictions.version == config.stable.version:
+            return
+        try:
+            routers = await self.settings.routers.urls()
+            predictions = cut(await read_profiles(self.session, routers), config.stable.version)
+            if predictions is not None:
+                outputs = ", ".join(predictions.outputs)
+                await self.set_prediction_buckets(
+                    predictions, f"prediction buckets cut from v{predictions.version}'s"
+                    f" predictions ({outputs})",
+                )  # fmt: skip
+        except ControllerError as error:
+            log.warning("prediction buckets not cut yet: %s", error)
 
     async def rollback(self, reason: str) -> dict[str, Any]:
         """Send the canary no traffic at once, superseding the changes still waiting."""

@@ -261,14 +261,14 @@ def rollout_abort(reason: Reason = "", controller_url: ControllerUrl = None) -> 
 
 
 @rollout_app.command("pause")
-def rollout_pause(controller_url: ControllerUrl = None) -> None:
+def rollout_pause(reason: Reason = "", controller_url: ControllerUrl = None) -> None:
     """Hold the rollout's weight."""
-    admin_call("POST", "/api/rollout/pause", {}, controller_url)
+    admin_call("POST", "/api/rollout/pause", {"reason": reason}, controller_url)
     stdout.print("rollout paused", highlight=False)
 
 
 @rollout_app.command("resume")
-def rollout_resume(controller_url: ControllerUrl = None) -> None:
+def rollout_resume(reason: Reason = "", controller_url: ControllerUrl = None) -> None:
     """Go on with a paused rollout."""
-    admin_call("POST", "/api/rollout/resume", {}, controller_url)
+    admin_call("POST", "/api/rollout/resume", {"reason": reason}, controller_url)
     stdout.print("rollout resumed", highlight=False)

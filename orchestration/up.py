@@ -138,6 +138,8 @@ def start_system(
     system.urls["API docs"] = f"{router_url}/docs"
     system.urls["controller (admin API)"] = controller_url
     system.urls["admin token"] = str(options.state / TOKEN_FILE)
+    # The operator page first: what most people open.
+    system.urls = {"operator page": f"{controller_url}/", **system.urls}
 
 
 def _wait_until_healthy(child: ChildProcess, url: str, within: float) -> None:

@@ -252,6 +252,8 @@ def test_up_trains_once_serves_the_ui_and_stops_cleanly(tmp_path: Path) -> None:
             info = json.loads(answer.read())
         assert info["available_models"][0]["versions"] == ["1", "2"], info
         controller = f"http://127.0.0.1:{first.controller_port}"
+        with urllib.request.urlopen(f"{controller}/", timeout=10) as answer:
+            assert b"<title>mlcanary</title>" in answer.read()  # the operator page
         promoted = run_mlcanary(
             "promote", "--reason", "test", "--controller", controller, state=state
         )
@@ -279,6 +281,9 @@ def test_up_trains_once_serves_the_ui_and_stops_cleanly(tmp_path: Path) -> None:
     assert "trained models:/StudentExamPredictor/1" in out
     assert f"http://127.0.0.1:{port}" in out
     assert "admin token" in out
+    shown = out[out.index("mlcanary is up") :]
+    first_url = next(line for line in shown.splitlines() if "http://" in line)
+    assert "operator page" in first_url and f":{first.controller_port}/" in first_url
     assert "router exited" in err and "restarting it" in err
     assert _children_of_state(state) == []
     assert serving_after < 90, serving_after

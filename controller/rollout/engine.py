@@ -24,7 +24,6 @@ from controller.audit import append_audit
 from controller.changes import Controller
 from controller.errors import ControllerError, InvalidChange
 from controller.feedback import LabelBook
-from controller.predictionbuckets import cut, read_profiles
 from controller.rollout.gates import (
     GateLimits,
     LabelledRows,
@@ -238,20 +237,30 @@ class RolloutRunner:
             log.info("resuming the rollout of v%s at step %d", state.canary_version, state.step + 1)
             self._spawn()
 
-    async def pause(self) -> RolloutState:
-        """Hold the weight where it is until resumed."""
+    async def pause(self, reason: str = "") -> RolloutState:
+        """Hold the weight where it is until resumed (audited with `reason`)."""
         state = self._active()
         state.status = "paused"
+        state.message = f"paused by the operator: {reason or 'no reason given'}"
         self._save()
+        await self._audit("rollout-pause", reason)
         return state
 
-    async def resume(self) -> RolloutState:
-        """Go on from the current step with a fresh window."""
+    async def resume(self, reason: str = "") -> RolloutState:
+        """Go on from the current step with a fresh window (audited with `reason`)."""
         state = self._active()
         state.status = "running"
+        state.message = f"resumed by the operator: {reason or 'no reason given'}"
         self._save()
         self.wake.set()
+        await self._audit("rollout-resume", reason)
         return state
+
+    async def _audit(self, action: str, reason: str) -> None:
+        await asyncio.to_thread(
+            append_audit, self.controller.settings.audit_path,
+            {"action": action, "reason": reason, "before": None, "after": None},
+        )  # fmt: skip
 
     async def abort(self, reason: str = "") -> RolloutState:
         """Stop and roll back at once."""
@@ -326,7 +335,8 @@ class RolloutRunner:
             self.wake.clear()
             await self.wake.wait()
             return
-        await self._cut_prediction_buckets()
+        # Before a window starts, so that no window is judged on buckets changed within it.
+        await self.controller.ensure_prediction_buckets()
         baseline = None if state.plan.prometheus_url else await self._snapshot()
         state.next_judgement_at = time.time() + state.plan.interval_s
         self._save()
@@ -405,28 +415,6 @@ class RolloutRunner:
             await self.controller.set_weight(
                 state.weight, f"rollout of v{state.canary_version}: step {state.step + 1}/{steps}"
             )
-
-    async def _cut_prediction_buckets(self) -> None:
-        """Have the routers count predictions in buckets cut from stable's, if not yet.
-
-        Before a window starts, so that no window is judged on buckets changed within it.
-        Until stable has answered enough, its predictions are not judged (the verdict says so).
-        """
-        config = await self.controller.current()
-        if config.predictions is not None and config.predictions.version == config.stable.version:
-            return
-        try:
-            routers = await self.controller.settings.routers.urls()
-            profiles = await read_profiles(self.session, routers)
-            predictions = cut(profiles, config.stable.version)
-            if predictions is not None:
-                outputs = ", ".join(predictions.outputs)
-                await self.controller.set_prediction_buckets(
-                    predictions, f"prediction buckets cut from v{predictions.version}'s"
-                    f" predictions ({outputs})",
-                )  # fmt: skip
-        except ControllerError as error:
-            log.warning("rollout: prediction buckets not cut yet: %s", error)
 
     async def _snapshot(self) -> Snapshot | None:
         try:

@@ -268,6 +268,17 @@ def test_labels_sent_to_the_router_are_joined_by_the_controller(stack: Stack) ->
     ), body
 
 
+def test_the_controller_image_serves_the_operator_page(stack: Stack) -> None:
+    """The page and its vendored assets are in the installed package (not only a checkout)."""
+    controller = stack.url("CONTROLLER")
+    for path, marker in (("/", b"<title>mlcanary</title>"),
+                         ("/page/chart.umd.min.js", b"Chart.js v4")):  # fmt: skip
+        with urllib.request.urlopen(controller + path, timeout=30) as answer:
+            assert marker in answer.read(), path
+    status, body = _get(controller + "/api/overview")
+    assert status == 200 and body["stable"]["version"], body
+
+
 def test_the_original_admin_paths_change_weight_and_promote_with_the_token(
     stack: Stack,
 ) -> None:

@@ -19,7 +19,7 @@ from controller.changes import Controller
 from controller.errors import ControllerError, InvalidChange, LabelsRefused, Superseded
 from controller.feedback import LabelBook
 from controller.live import LiveTraffic
-from controller.rollout.engine import RolloutPlan, RolloutRunner
+from controller.rollout.engine import ACTIVE, RolloutPlan, RolloutRunner
 from controller.rollout.gates import GateLimits
 from controller.rollout.planner import plan_report
 from controller.rollout.simulate import Traffic
@@ -315,9 +315,19 @@ def create_api(
     app.router.add_post("/api/feedback", feedback)
     app.router.add_get(page.OVERVIEW_PATH, overview)
     page.add_page(app)
-    app[LIVE] = LiveTraffic(lambda: _snapshot(controller), controller.ensure_prediction_buckets)
+    app[LIVE] = LiveTraffic(lambda: _snapshot(controller), lambda: _buckets(controller, rollout))
     app.on_cleanup.append(lambda app: app[LIVE].close())
     return app
+
+
+async def _buckets(controller: Controller, rollout: RolloutRunner) -> None:
+    """Have prediction buckets cut for the page's plot, unless a rollout is running.
+
+    A rollout cuts them itself between windows; a cut within one of its windows would change
+    what the window counts.
+    """
+    if rollout.state is None or rollout.state.status not in ACTIVE:
+        await controller.ensure_prediction_buckets()
 
 
 async def _snapshot(controller: Controller) -> Snapshot:

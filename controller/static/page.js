@@ -119,7 +119,7 @@
   function renderPredictions(byOutput) {
     const outputs = Object.keys(byOutput).sort();
     const select = $("output");
-    if (select.options.length !== outputs.length) {
+    if ([...select.options].map((o) => o.value).join("\n") !== outputs.join("\n")) {
       select.replaceChildren(...outputs.map((name) => new Option(name, name)));
     }
     if (!outputs.includes(output)) {

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 import random
+from dataclasses import replace
 
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
+from controller.feedback import LabelledRow
+from controller.rollout.engine import select_labelled
 from controller.rollout.evidence import BOTH_RATIOS, UP_RATIOS, Evidence, effective
 from controller.rollout.gates import (
     Buckets,
@@ -467,3 +470,19 @@ def test_a_verdict_records_what_each_variant_did_in_its_window() -> None:
     assert shown["canary"]["p50_s"] == pytest.approx(0.005 * 25 / 45)  # inside the first bucket
     assert shown["canary"]["label_error"] == 4.0 and shown["canary"]["labelled"] == 3
     assert shown["stable"]["label_error"] == 2.0 and shown["stable"]["labelled"] == 2
+
+
+def test_a_rollout_judges_shadow_answers_paired_with_stable_rows_of_their_requests() -> None:
+    """Rows as the controller's labels make them: v1 stable, v2 canary, a shadowed request
+    (stable's row and the canary's shadow row, paired), and another version's row left out."""
+    stable_row = LabelledRow.of("stable", "1", 50.0, 52.0)
+    rows = [
+        LabelledRow.of("canary", "2", 40.0, 41.0),
+        stable_row,
+        replace(LabelledRow.of("shadow", "2", 60.0, 52.0), paired=stable_row),
+        LabelledRow.of("stable", "1", 30.0, 30.5),
+        LabelledRow.of("canary", "9", 1.0, 100.0),
+    ]
+    labelled = select_labelled(rows, "2", "1")
+    assert labelled.canary == (1.0,) and labelled.stable == (0.5,)
+    assert labelled.pairs == ((8.0, 2.0),) and not labelled.classes

@@ -23,7 +23,7 @@ from common.predictionlog import SHADOW
 from controller.audit import append_audit
 from controller.changes import Controller
 from controller.errors import ControllerError, InvalidChange
-from controller.feedback import LabelBook
+from controller.feedback import LabelBook, LabelledRow
 from controller.rollout.gates import (
     GateLimits,
     LabelledRows,
@@ -145,6 +145,34 @@ class RolloutState:
             label_cursor=data.get("label_cursor", 0),
             verdict_run=data.get("verdict_run", ""),
         )
+
+
+def select_labelled(
+    rows: list[LabelledRow], canary_version: str, stable_version: str
+) -> LabelledRows:
+    """Return the rollout's two versions' labelled rows, as its labels gate judges them.
+
+    The canary's and stable's answers to clients are two samples; the canary's shadow answers
+    are paired with stable's rows of the same requests (those stable rows are then only in
+    the pairs). Other versions' rows (before a promotion, say) are left out.
+    """
+    canary = [r for r in rows if r.variant == "canary" and r.version == canary_version]
+    pairs = [
+        (r, r.paired) for r in rows
+        if r.variant == SHADOW and r.version == canary_version and r.paired is not None
+        and r.paired.variant == "stable" and r.paired.version == stable_version
+    ]  # fmt: skip
+    paired = {id(stable_row) for _, stable_row in pairs}
+    stable = [
+        r for r in rows
+        if r.variant == "stable" and r.version == stable_version and id(r) not in paired
+    ]  # fmt: skip
+    return LabelledRows(
+        canary=tuple(abs(r.error) for r in canary),
+        stable=tuple(abs(r.error) for r in stable),
+        classes=any(r.classes for r in [*canary, *stable, *(c for c, _ in pairs)]),
+        pairs=tuple((abs(c.error), abs(s.error)) for c, s in pairs),
+    )
 
 
 @dataclass(frozen=True)
@@ -365,25 +393,9 @@ class RolloutRunner:
             return LabelledRows()
         rows = self.labels.rows[state.label_cursor :]
         state.label_cursor += len(rows)
-        canary_version, stable_version = state.canary_version, state.stable_version
-        canary = [r for r in rows if r.variant == "canary" and r.version == canary_version]
-        pairs = [
-            (r, r.paired) for r in rows
-            if r.variant == SHADOW and r.version == canary_version and r.paired is not None
-            and r.paired.variant == "stable" and r.paired.version == stable_version
-        ]  # fmt: skip
-        paired = {id(stable_row) for _, stable_row in pairs}
-        stable = [
-            r for r in rows
-            if r.variant == "stable" and r.version == stable_version and id(r) not in paired
-        ]  # fmt: skip
-        state.labelled_in_step += len(canary) + len(pairs)
-        return LabelledRows(
-            canary=tuple(abs(r.error) for r in canary),
-            stable=tuple(abs(r.error) for r in stable),
-            classes=any(r.classes for r in [*canary, *stable, *(c for c, _ in pairs)]),
-            pairs=tuple((abs(c.error), abs(s.error)) for c, s in pairs),
-        )
+        labelled = select_labelled(rows, state.canary_version, state.stable_version)
+        state.labelled_in_step += len(labelled.canary) + len(labelled.pairs)
+        return labelled
 
     async def _window(
         self, plan: RolloutPlan, seconds: float, baseline: Snapshot | None

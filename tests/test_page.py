@@ -51,6 +51,7 @@ def browser() -> Iterator[WebDriver]:
         pytest.fail("chromium and chromedriver are needed: `make system-deps` installs them")
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for errors
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                      "--disable-gpu", "--window-size=1280,1500"):  # fmt: skip
         options.add_argument(argument)
@@ -142,6 +143,8 @@ def test_the_page_shows_the_split_live_traffic_and_refuses_a_wrong_token(
             "return window.mlcanaryCharts.predictions.data.datasets[1].data.length") > 0,
             "the canary's predictions plotted")  # fmt: skip
     assert set(statuses) == {200}
+    # Nothing went wrong in the page: no script error, nothing the security policy refused.
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
 
     _type(browser, "token", "not-the-token")
     _click(browser, "use-token")

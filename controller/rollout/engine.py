@@ -284,10 +284,11 @@ class RolloutRunner:
         await self._audit("rollout-resume", reason)
         return state
 
-    async def _audit(self, action: str, reason: str) -> None:
+    async def _audit(self, action: str, reason: str, **details: Any) -> None:
+        """Append the rollout's own record to the audit log (no split change: no before/after)."""
         await asyncio.to_thread(
             append_audit, self.controller.settings.audit_path,
-            {"action": action, "reason": reason, "before": None, "after": None},
+            {"action": action, "reason": reason, "before": None, "after": None, **details},
         )  # fmt: skip
 
     async def abort(self, reason: str = "") -> RolloutState:
@@ -451,11 +452,7 @@ class RolloutRunner:
             "variants": verdict.variants if verdict is not None else None,
         }  # fmt: skip
         state.history.append(entry)
-        await asyncio.to_thread(
-            append_audit, self.controller.settings.audit_path,
-            {"action": "rollout-judgement", "reason": f"step {state.step + 1}: {outcome}",
-             "before": None, "after": None, "window": entry},
-        )  # fmt: skip
+        await self._audit("rollout-judgement", f"step {state.step + 1}: {outcome}", window=entry)
         steps = len(state.plan.steps)
         progress = Progress(state.step, state.failed_checks, state.insufficient_in_row)
         decision = decide(progress, verdict, steps, state.plan.max_failed_checks,

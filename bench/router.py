@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.model_server import Load, run_wrk
-from router.config import RoutingConfig, write_routing_file
+from contracts.routing import RoutingConfig, write_routing_file
 from tests.helpers import free_port
 
 ROW = '{"dataframe_split": {"columns": ["hours_studied", "sleep_hours", "attendance_percent", "previous_scores"], "data": [[6.5, 7.0, 90.0, 85]]}}'  # noqa: E501

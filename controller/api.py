@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from contracts.errors import error_response
+from contracts.routing import RoutingFileError, validation_problems
 from controller import page
 from controller.changes import Controller
 from controller.errors import ControllerError, InvalidChange, LabelsRefused, Superseded
@@ -25,7 +27,6 @@ from controller.rollout.planner import plan_report
 from controller.rollout.simulate import Traffic
 from controller.rollout.window import Snapshot, take_snapshot
 from controller.token import token_matches
-from router.config import RoutingFileError, validation_problems
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CONTROLLER = web.AppKey("controller", Controller)
@@ -109,11 +110,6 @@ class PlanRequest(RolloutRequest):
     """A rollout plan to check against `measure_s` seconds of the current traffic."""
 
     measure_s: float = Field(default=10.0, ge=1, le=600)
-
-
-def error_response(status: int, code: str, message: str) -> web.Response:
-    """Answer an error in MLflow's body shape."""
-    return web.json_response({"error_code": code, "message": message}, status=status)
 
 
 @web.middleware

@@ -25,8 +25,9 @@ from typing import Any
 
 import aiohttp
 
+from contracts.routing import Predictions, RoutingConfig
 from controller.audit import append_audit, read_audit
-from controller.checks import check_server, server_metadata, signature_inputs
+from controller.checks import check_server, server_metadata
 from controller.desired import WINS_AT_ONCE, Change, DesiredState
 from controller.errors import ControllerError, InvalidChange, Superseded
 from controller.predictionbuckets import cut, read_profiles
@@ -34,7 +35,6 @@ from controller.registry import Registry, aliases_for
 from controller.routers import RouterDirectory, RouterList, reported_version, wait_for_routers
 from controller.runtime import Runtime
 from controller.stores import RoutingStore
-from router.config import Predictions, RoutingConfig
 
 log = logging.getLogger("controller")
 
@@ -314,7 +314,8 @@ class Controller:
         """Start (or adopt) the deploy's server and check it against stable; return its URL."""
         version, given = str(change.arguments["version"]), change.arguments.get("url")
         before = await self.current()
-        stable_inputs = signature_inputs(await server_metadata(self.session, before.stable.url))
+        stable = await server_metadata(self.session, before.stable.url)
+        stable_inputs = stable.signature_inputs()
         url = await self.runtime.provide(version, given)
         try:
             await check_server(self.session, url, before.model, version, stable_inputs)

@@ -6,35 +6,31 @@ import json
 from typing import Any
 
 import aiohttp
+from pydantic import ValidationError
 
+from contracts.payloads import ModelMetadata
+from contracts.routing import validation_problems
 from controller.errors import ControllerError, InvalidChange
 
 CHECK_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
 ZERO_BY_TYPE: dict[str, Any] = {"string": "", "boolean": False, "binary": ""}
 
 
-async def server_metadata(session: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+async def server_metadata(session: aiohttp.ClientSession, url: str) -> ModelMetadata:
     """Return a model server's /metadata; raise ControllerError if it has none to give."""
     try:
         async with session.get(f"{url}/metadata", timeout=CHECK_TIMEOUT) as answer:
             if answer.status != 200:
                 raise ControllerError(f"{url}/metadata answered {answer.status}")
-            body = await answer.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            body = await answer.read()
+    except (aiohttp.ClientError, TimeoutError) as error:
         reason = str(error) or type(error).__name__
         raise ControllerError(f"{url}/metadata cannot be read: {reason}") from None
-    if not isinstance(body, dict):
-        raise ControllerError(f"{url}/metadata is not a JSON object")
-    return body
-
-
-def signature_inputs(metadata: dict[str, Any]) -> dict[str, str]:
-    """Map each named input column of a server's signature to its type (empty if unsigned)."""
-    signature = metadata.get("signature") or {}
-    inputs = signature.get("inputs") or []
-    return {
-        str(item.get("name")): str(item.get("type")) for item in inputs if isinstance(item, dict)
-    }
+    try:
+        return ModelMetadata.model_validate_json(body)
+    except ValidationError as error:
+        problems = validation_problems(error)
+        raise ControllerError(f"{url}/metadata is not a model server's: {problems}") from None
 
 
 def incompatibilities(stable: dict[str, str], candidate: dict[str, str]) -> list[str]:
@@ -55,15 +51,15 @@ async def check_server(
     model: str,
     version: str,
     stable_inputs: dict[str, str] | None,
-) -> dict[str, Any]:
+) -> ModelMetadata:
     """Raise ControllerError unless `url` serves `model` `version`, compatibly, and answers warm."""
     metadata = await server_metadata(session, url)
-    if str(metadata.get("version")) != version or metadata.get("name") not in (None, model):
+    if metadata.version != version or metadata.name not in (None, model):
         raise InvalidChange(
-            f"{url} serves {metadata.get('name')} version {metadata.get('version')}, "
+            f"{url} serves {metadata.name} version {metadata.version}, "
             f"not {model} version {version}"
         )
-    inputs = signature_inputs(metadata)
+    inputs = metadata.signature_inputs()
     if stable_inputs is not None:
         problems = incompatibilities(stable_inputs, inputs)
         if problems:

@@ -19,8 +19,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from common.files import write_atomically
+from contracts.routing import Predictions, RoutingConfig, validation_problems
 from controller.errors import InvalidChange
-from router.config import Predictions, RoutingConfig, validation_problems
 
 log = logging.getLogger("controller")
 STARTING_URL = "http://starting.invalid"

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
 
 import aiohttp
 
+from contracts.payloads import OutputProfile, PredictionsProfile
+from contracts.routing import MAX_BUCKETS, PredictionOutput, Predictions
 from controller.errors import ControllerError
-from router.config import MAX_BUCKETS, PredictionOutput, Predictions
 
 MIN_ROWS = 50
 """Stable predictions an output needs before its buckets are cut (deciles of fewer are noise)."""
@@ -27,18 +27,19 @@ MAX_WHOLE_NUMBER_CLASSES = 20
 SIGNIFICANT_DIGITS = 6
 
 
-async def read_profiles(session: aiohttp.ClientSession, routers: list[str]) -> list[dict[str, Any]]:
+async def read_profiles(
+    session: aiohttp.ClientSession, routers: list[str]
+) -> list[PredictionsProfile]:
     """Read every router's profile of stable's predictions; ControllerError if one cannot be."""
 
-    async def one(router: str) -> dict[str, Any]:
+    async def one(router: str) -> PredictionsProfile:
         try:
             async with session.get(
                 f"{router}/predictions-profile", timeout=aiohttp.ClientTimeout(total=5)
             ) as answer:
                 if answer.status != 200:
                     raise ControllerError(f"{router}/predictions-profile answered {answer.status}")
-                profile: dict[str, Any] = await answer.json()
-                return profile
+                return PredictionsProfile.model_validate_json(await answer.read())
         except (aiohttp.ClientError, TimeoutError, ValueError) as error:
             reason = str(error) or type(error).__name__
             raise ControllerError(f"{router}/predictions-profile: {reason}") from None
@@ -46,17 +47,17 @@ async def read_profiles(session: aiohttp.ClientSession, routers: list[str]) -> l
     return list(await asyncio.gather(*(one(router) for router in routers)))
 
 
-def cut(profiles: list[dict[str, Any]], stable_version: str) -> Predictions | None:
+def cut(profiles: list[PredictionsProfile], stable_version: str) -> Predictions | None:
     """Return the buckets for stable's outputs, or None while no output has enough rows.
 
     With several routers, each output is cut from the router that saw most of it.
     """
-    best: dict[str, dict[str, Any]] = {}
+    best: dict[str, OutputProfile] = {}
     for profile in profiles:
-        if profile.get("stable_version") != stable_version:
+        if profile.stable_version != stable_version:
             continue
-        for name, output in (profile.get("outputs") or {}).items():
-            if output.get("rows", 0) > best.get(name, {}).get("rows", 0):
+        for name, output in profile.outputs.items():
+            if name not in best or output.rows > best[name].rows:
                 best[name] = output
     outputs = {}
     for name, output in sorted(best.items())[:MAX_BUCKETS]:
@@ -66,19 +67,19 @@ def cut(profiles: list[dict[str, Any]], stable_version: str) -> Predictions | No
     return Predictions(version=stable_version, outputs=outputs) if outputs else None
 
 
-def counting_of(output: dict[str, Any]) -> PredictionOutput | None:
+def counting_of(output: OutputProfile) -> PredictionOutput | None:
     """Decide how one output is counted from its profile; None if it cannot be yet."""
-    if output.get("rows", 0) < MIN_ROWS:
+    if output.rows < MIN_ROWS:
         return None
-    labels: dict[str, int] | None = output.get("labels")
-    if output.get("numeric"):
+    labels = output.labels
+    if output.numeric:
         if (
             labels is not None
             and len(labels) <= MAX_WHOLE_NUMBER_CLASSES
             and all(_whole(label) for label in labels)
         ):
             return PredictionOutput(classes=sorted(labels, key=float))
-        edges = sorted({_rounded(edge) for edge in output.get("deciles", [])})
+        edges = sorted({_rounded(edge) for edge in output.deciles})
         return PredictionOutput(edges=edges) if edges else None
     if labels is None:
         return None  # more distinct labels than can be counted one by one: not judged

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from contracts.payloads import RouterHealth
 from controller.errors import ControllerError
 from controller.kube import KubeApi
 
@@ -93,21 +94,10 @@ async def reported(session: aiohttp.ClientSession, router: str) -> Report:
         async with session.get(
             f"{router}/health", timeout=timeout, headers={"Connection": "close"}
         ) as answer:
-            body = await answer.json(content_type=None)
+            health = RouterHealth.model_validate_json(await answer.read())
     except (aiohttp.ClientError, TimeoutError, ValueError):
         return Report(None, router, 1)
-    if not isinstance(body, dict):
-        return Report(None, router, 1)
-    version, instance, processes = (
-        body.get("config_version"),
-        body.get("instance_id"),
-        body.get("processes"),
-    )
-    return Report(
-        version if isinstance(version, str) else None,
-        instance if isinstance(instance, str) else router,
-        processes if isinstance(processes, int) and processes > 0 else 1,
-    )
+    return Report(health.config_version, health.instance_id, max(1, health.processes))
 
 
 async def reported_version(session: aiohttp.ClientSession, router: str) -> str | None:

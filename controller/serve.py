@@ -14,9 +14,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from common.settings import RegistrySettings, system_settings
+from contracts.routing import RoutingConfig
 from controller.api import create_api
 from controller.changes import ChangeSettings, Controller
-from controller.checks import check_server, server_metadata, signature_inputs
+from controller.checks import check_server, server_metadata
 from controller.errors import ControllerError
 from controller.feedback import LabelBook
 from controller.registry import Registry
@@ -25,7 +26,6 @@ from controller.routers import EndpointRouters, RouterList
 from controller.runtime import Runtime
 from controller.stores import ConfigMapStore, FileStore, RoutingStore
 from controller.token import read_token, write_fresh_token
-from router.config import RoutingConfig
 from training.registry import CHALLENGER, CHAMPION
 
 log = logging.getLogger("controller")
@@ -122,7 +122,7 @@ async def settle_split(
             )
             document["canary"] = {**config.canary.model_dump(), "url": canary_url}
         config = RoutingConfig.model_validate(document)
-    stable_inputs = signature_inputs(await server_metadata(session, config.stable.url))
+    stable_inputs = (await server_metadata(session, config.stable.url)).signature_inputs()
     if config.canary is not None:
         await check_server(
             session, config.canary.url, config.model, config.canary.version, stable_inputs
@@ -137,7 +137,7 @@ async def _adopt_or_start(
     """Keep `url` if it serves `version`; otherwise start a new server (local runtime)."""
     try:
         metadata = await server_metadata(session, url)
-        if str(metadata.get("version")) == version:
+        if metadata.version == version:
             return url
     except ControllerError:
         pass

@@ -11,9 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from controller.errors import ControllerError
-from controller.kube import KubeApi
-from router.config import (
+from contracts.routing import (
     RoutingConfig,
     RoutingFileError,
     content_version,
@@ -22,6 +20,8 @@ from router.config import (
     render_routing,
     write_routing_file,
 )
+from controller.errors import ControllerError
+from controller.kube import KubeApi
 
 CONFIGMAP_KEY = "routing.yaml"
 

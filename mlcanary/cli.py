@@ -285,7 +285,7 @@ def router(
     """Run the router: split traffic between stable and canary as the routing file says."""
     from pydantic import ValidationError
 
-    from router.config import RoutingFileError
+    from contracts.routing import RoutingFileError
     from router.serve import run_router
     from router.settings import RouterSettings
 
@@ -599,7 +599,7 @@ def _announce(system: LocalSystem, options: UpOptions) -> None:
 
 def _problems(error: ValidationError) -> str:
     """Name each invalid setting and why, on one line."""
-    from router.config import validation_problems
+    from contracts.routing import validation_problems
 
     return validation_problems(error)
 

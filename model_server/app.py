@@ -11,15 +11,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
+from contracts.errors import error_body
+from contracts.payloads import ModelMetadata, ModelServerHealth
 from model_server.batching import MicroBatcher
-from model_server.errors import ScoringError, error_body
+from model_server.errors import ScoringError
 from model_server.fastpath import FastPath, answer_body
 from model_server.loading import ModelLoadError, ResolvedModel, load
 from model_server.metrics import ServerMetrics
@@ -198,15 +200,15 @@ async def health(request: web.Request) -> web.Response:
     """Say whether the model answered its input example, and which model it is."""
     state = request.app[STATE]
     model = state.model
-    body: dict[str, Any] = {
-        "status": state.status,
-        "model_uri": state.resolved.uri,
-        "name": state.resolved.name,
-        "version": state.resolved.version,
-        "warm_up": model.description.warm_up if model else None,
-        "error": state.error,
-    }
-    return json_response(json.dumps(body), 200 if state.status == "ready" else 503)
+    body = ModelServerHealth(
+        status=state.status,
+        model_uri=state.resolved.uri,
+        name=state.resolved.name,
+        version=state.resolved.version,
+        warm_up=model.description.warm_up if model else None,
+        error=state.error,
+    )
+    return json_response(body.model_dump_json(), 200 if state.status == "ready" else 503)
 
 
 async def mlflow_version(_request: web.Request) -> web.Response:
@@ -218,24 +220,24 @@ async def metadata(request: web.Request) -> web.Response:
     """Name, resolved version, run, URI, signature, input example, flavor and load time."""
     model = request.app[STATE].ready_model()
     resolved, described = model.resolved, model.description
-    body = {
-        "name": resolved.name,
-        "version": resolved.version,
-        "run_id": resolved.run_id,
-        "model_uri": resolved.uri,
-        "requested_uri": resolved.requested_uri,
-        "flavor": described.flavor,
-        "signature": described.signature,
-        "input_example": described.input_example,
-        "loaded_at": described.loaded_at,
-        "load_seconds": round(described.load_seconds, 3),
-        "fast_path": model.fast_path is not None,
-        "compiled": model.fast_path is not None and model.fast_path.compiled,
-        "path": described.path,
-        "mlflow_path": model.mlflow.where(),
-        "warm_up": described.warm_up,
-    }
-    return json_response(json.dumps(body, default=str))
+    body = ModelMetadata(
+        name=resolved.name,
+        version=resolved.version,
+        run_id=resolved.run_id,
+        model_uri=resolved.uri,
+        requested_uri=resolved.requested_uri,
+        flavor=described.flavor,
+        signature=described.signature,
+        input_example=described.input_example,
+        loaded_at=described.loaded_at,
+        load_seconds=round(described.load_seconds, 3),
+        fast_path=model.fast_path is not None,
+        compiled=model.fast_path is not None and model.fast_path.compiled,
+        path=described.path,
+        mlflow_path=model.mlflow.where(),
+        warm_up=described.warm_up,
+    )
+    return json_response(json.dumps(body.model_dump(), default=str))
 
 
 async def predict_fast(app: web.Application, fast: FastPath, rows: np.ndarray) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from contracts.errors import error_body
 
 
 class ScoringError(Exception):
@@ -14,11 +14,6 @@ class ScoringError(Exception):
         self.status = status
         self.error_code = error_code
 
-    def body(self) -> str:
+    def body(self) -> bytes:
         """Return MLflow's error body: `{"error_code": ..., "message": ...}`."""
         return error_body(self.error_code, self.message)
-
-
-def error_body(error_code: str, message: str) -> str:
-    """Serialize an error the way MLflow's scoring server does."""
-    return json.dumps({"error_code": error_code, "message": message})

@@ -16,19 +16,17 @@ import logging
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from model_server.compiled import compile_estimator
 from model_server.parsing import ColumnKind, Columns, plain_rows
-from model_server.scoring import JSON, same_answer, score_with_mlflow
+from model_server.scoring import JSON, ScorableModel, same_answer, score_with_mlflow
 
 if TYPE_CHECKING:
     import pandas as pd
     from mlflow.pyfunc import PyFuncModel
-
-    from model_server.loading import LoadedModel
 
 log = logging.getLogger("model_server")
 
@@ -57,12 +55,20 @@ class FastPath:
     process holding only this can answer plain rows (model_server/mlflow_worker.py)."""
 
 
+class ProbedModel(ScorableModel, Protocol):
+    """What choosing a fast path needs of a loaded model (`loading.LoadedModel` is one)."""
+
+    @property
+    def serving_example(self) -> bytes | None:
+        """The logged input example as a request body, the first rows probed."""
+
+
 def answer_body(predictions: np.ndarray) -> bytes:
     """Serialize predictions as MLflow does for an array: `{"predictions": [...]}`."""
     return json.dumps({"predictions": predictions.tolist()}).encode()
 
 
-def choose_fast_path(model: LoadedModel) -> tuple[FastPath | None, str, Probes]:
+def choose_fast_path(model: ProbedModel) -> tuple[FastPath | None, str, Probes]:
     """Return the fast path that answers as MLflow's path does, or None; why; and the probes."""
     pyfunc = model.pyfunc
     found = _columns_and_candidates(pyfunc)
@@ -171,7 +177,7 @@ def frame_of(rows: np.ndarray, columns: Columns) -> pd.DataFrame:
     })  # fmt: skip
 
 
-def _probe_rows(columns: Columns, model: LoadedModel) -> list[np.ndarray]:
+def _probe_rows(columns: Columns, model: ProbedModel) -> list[np.ndarray]:
     """Return the input example's rows, then rows drawn from the signature.
 
     Numbers are drawn across and well beyond the example's range (or [-1000, 1000] without an
@@ -198,7 +204,7 @@ def _probe_rows(columns: Columns, model: LoadedModel) -> list[np.ndarray]:
     return [example, *probes] if example is not None else probes
 
 
-def _mlflow_answer(model: LoadedModel, columns: Columns, rows: np.ndarray) -> Any:
+def _mlflow_answer(model: ProbedModel, columns: Columns, rows: np.ndarray) -> Any:
     """Return MLflow's decoded answer to the rows as a `dataframe_split` body, or None."""
     body = {"dataframe_split": {"columns": list(columns.names), "data": rows.tolist()}}
     reference = score_with_mlflow(model, json.dumps(body).encode(), JSON)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from model_server.fastpath import FastPath, Probes, choose_fast_path, flavor_name
+from model_server.scoring import score_with_mlflow
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -172,8 +173,6 @@ def describe(model: LoadedModel) -> Description:
 
 def warm(model: LoadedModel) -> LoadedModel:
     """Predict the logged serving example through MLflow's own path; refuse to start if it fails."""
-    from model_server.scoring import score_with_mlflow
-
     if model.serving_example is None:
         return replace(model, warm_up="no input example was logged; nothing to warm on")
     status, body, _ = score_with_mlflow(model, model.serving_example, "application/json")

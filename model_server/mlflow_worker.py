@@ -31,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
-from model_server.errors import error_body
+from contracts.errors import error_body
 from model_server.fastpath import FastPath, disagreement_with_mlflow
 from model_server.loading import ModelLoadError, ResolvedModel, load
 from model_server.scoring import JSON, Scored
@@ -120,7 +120,7 @@ class _Process:
 
 def unavailable(message: str) -> Scored:
     """Answer 503 in MLflow's error shape: MLflow's path cannot answer now."""
-    return Scored(503, error_body("TEMPORARILY_UNAVAILABLE", message).encode(), JSON)
+    return Scored(503, error_body("TEMPORARILY_UNAVAILABLE", message), JSON)
 
 
 class MlflowWorker:

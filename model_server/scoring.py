@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from model_server.errors import error_body
+from contracts.errors import error_body
 
 if TYPE_CHECKING:
-    from model_server.loading import LoadedModel
+    from mlflow.pyfunc import PyFuncModel
+    from mlflow.types import Schema
 
 JSON = "application/json"
+
+
+class ScorableModel(Protocol):
+    """What MLflow's path needs of a loaded model (`loading.LoadedModel` is one)."""
+
+    @property
+    def pyfunc(self) -> PyFuncModel:
+        """The model as MLflow loaded it."""
+
+    @property
+    def input_schema(self) -> Schema | None:
+        """The signature's inputs, which MLflow enforces on every request."""
 
 
 class Scored(NamedTuple):
@@ -20,7 +33,7 @@ class Scored(NamedTuple):
     content_type: str
 
 
-def score_with_mlflow(model: LoadedModel, body: bytes, content_type: str) -> Scored:
+def score_with_mlflow(model: ScorableModel, body: bytes, content_type: str) -> Scored:
     """Answer a request exactly as `mlflow models serve` does.
 
     Runs MLflow's `invocations` (parsing, schema enforcement, predict, serialization) and
@@ -37,11 +50,11 @@ def score_with_mlflow(model: LoadedModel, body: bytes, content_type: str) -> Sco
         return Scored(error.get_http_status_code(), error.serialize_as_json().encode(), JSON)
     except RecursionError:
         message = "the JSON body is nested too deeply"
-        return Scored(400, error_body("BAD_REQUEST", message).encode(), JSON)
+        return Scored(400, error_body("BAD_REQUEST", message), JSON)
     # MLflow's parsing lets some malformed inputs crash it (a 500 there): it is the input's fault.
     except (TypeError, ValueError, KeyError) as error:
         message = f"the input cannot be read as a data frame: {type(error).__name__}: {error}"
-        return Scored(400, error_body("BAD_REQUEST", message[:500]).encode(), JSON)
+        return Scored(400, error_body("BAD_REQUEST", message[:500]), JSON)
     response = answer.response
     encoded = response.encode() if isinstance(response, str) else bytes(response)
     return Scored(answer.status, encoded, _as_sent(answer.mimetype))

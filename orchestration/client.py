@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from common.settings import system_settings
+from contracts.errors import ErrorBody
 from controller.errors import ControllerError
 from controller.token import TOKEN_FILE, read_token
 from orchestration.hints import command_as_typed
@@ -66,7 +69,7 @@ class AdminClient:
 def error_message(body: bytes, status: int) -> str:
     """Say what an error answer in MLflow's shape says, with its status and code."""
     try:
-        document = json.loads(body)
-        return f"{document['message']} ({status} {document['error_code']})"
-    except (ValueError, KeyError, TypeError):
+        error = ErrorBody.model_validate_json(body)
+        return f"{error.message} ({status} {error.error_code})"
+    except ValidationError:
         return f"the controller answered {status}: {body[:200].decode(errors='replace')}"

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from contracts.routing import RoutingConfig, render_routing
 from controller.errors import ControllerError
-from router.config import RoutingConfig, render_routing
 
 BASE = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes" / "base"
 

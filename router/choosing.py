@@ -7,7 +7,7 @@ import random
 from collections.abc import Mapping
 from typing import Protocol
 
-from router.config import RoutingConfig, Variant
+from contracts.routing import RoutingConfig, Variant
 
 BUCKETS = 10_000
 FORCE_HEADER = "X-Force-Variant"

@@ -13,22 +13,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from router.app import POLICY, SETTINGS, TABLE
+from contracts.errors import error_body
+from contracts.routing import RoutingConfig, Variant
 from router.choosing import FORCE_HEADER
-from router.config import RoutingConfig, Variant
-from router.connection import ClientConnection, Connections
-from router.policy import Failure, error_body, failure_answer
+from router.connection import ClientConnection, Connections, Deliver
+from router.policy import Failure, failure_answer
 from router.rawpool import Pools, Reply, exchange, exchange_raw, spawn_then
 from router.rawupload import StreamedUpload
+from router.state import POLICY, SETTINGS, TABLE
 from router.wire import JSON_TYPE, request_bytes, response_bytes, upload_head
 
 log = logging.getLogger("router")
-Deliver = Callable[[bytes], None]
 
 
 @dataclass

@@ -11,7 +11,7 @@ import json
 
 from aiohttp import web
 
-from router.app import error_response
+from contracts.errors import error_response
 from router.original_admin import forward_to_controller
 
 

@@ -7,11 +7,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 
-from router.config import RoutingConfig, Variant
+from contracts.payloads import ModelMetadata
+from contracts.routing import RoutingConfig, Variant
 from router.settings import RouterSettings
 
 log = logging.getLogger("router")
@@ -89,7 +89,7 @@ class HealthBoard:
 
     settings: RouterSettings
     by_url: dict[str, UpstreamHealth] = field(default_factory=dict)
-    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metadata: dict[str, ModelMetadata] = field(default_factory=dict)
     """Each upstream's /metadata (native model servers), fetched once it answers /ping."""
     _last: VariantHealth | None = None
 
@@ -150,7 +150,7 @@ class HealthBoard:
         try:
             async with session.get(f"{url}/metadata", timeout=limits) as answer:
                 if answer.status == 200:
-                    self.metadata[url] = await answer.json(content_type=None)
+                    self.metadata[url] = ModelMetadata.model_validate_json(await answer.read())
         except (aiohttp.ClientError, TimeoutError, ValueError):
             return  # not a native model server, or not now: model info goes without load time
 

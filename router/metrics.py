@@ -10,27 +10,32 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-from router.config import Variant
+from contracts.metrics import (
+    CONFIG_RELOAD_OK,
+    CONFIG_RELOAD_TIMESTAMP,
+    CONFIG_RELOADS,
+    DELTA_BUCKETS,
+    FAILOVERS,
+    LATENCY_BUCKETS,
+    PREDICTION_CLASS,
+    PREDICTION_LOG_RECORDS,
+    PREDICTION_VALUE,
+    REQUEST_DURATION,
+    REQUESTS,
+    ROUTER_INSTANCE,
+    SHADOW_DELTA,
+    SHADOW_REQUESTS,
+    SHADOW_RESULTS,
+    UPSTREAM_ERROR_REASONS,
+    UPSTREAM_ERRORS,
+    UPSTREAM_HEALTHY,
+    VARIANT_WEIGHT,
+    VARIANTS,
+    Family,
+)
 from router.plainmetrics import CounterChild, HistogramChild, PlainCounter, PlainHistogram
 from router.predictioncounts import PredictionCounts
 from router.predictions import Outputs
-
-VARIANTS: tuple[Variant, ...] = ("stable", "canary")
-LATENCY_BUCKETS = (
-    0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
-    0.25, 0.5, 1, 2.5, 5, 10,
-)  # fmt: skip
-"""Fine below 20 ms, where a model server answers: the rollout's p99 gate reads these."""
-CLASS_METRIC = "mlcanary_prediction_class"
-CLASS_SAMPLE = f"{CLASS_METRIC}_total"
-"""Predictions counted by class label: labels `variant`, `output`, `class`."""
-DELTA_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25)
-UPSTREAM_ERROR_REASONS = ("connect", "reset", "timeout", "status_5xx")
-INSTANCE_METRIC = "mlcanary_router_instance"
-"""An info metric naming the router process: its counters start from zero with it."""
-INSTANCE_SAMPLE = f"{INSTANCE_METRIC}_info"
-"""Its sample's name in the exposition, with the labels `instance_id` and `processes` (how many
-router processes share the port, each to be read)."""
 
 
 def new_instance_id() -> str:
@@ -45,7 +50,10 @@ def new_instance_id() -> str:
 
 @dataclass(frozen=True)
 class RouterMetrics:
-    """Every metric of DESIGN §3; those recorded per request are lock-free (plainmetrics)."""
+    """Every metric of the router, as `contracts.metrics` names them.
+
+    Those recorded per request are lock-free (plainmetrics).
+    """
 
     requests: PlainCounter
     duration: PlainHistogram
@@ -94,61 +102,38 @@ class RouterMetrics:
         `processes`: how many router processes share this one's port (`--workers`).
         """
 
-        def counter(name: str, doc: str, labels: list[str]) -> Counter:
-            return Counter(f"mlcanary_{name}", doc, labels, registry=registry)
+        def counter(family: Family) -> Counter:
+            return Counter(family.name, family.help, family.labels, registry=registry)
 
-        def gauge(name: str, doc: str, labels: list[str] | None = None) -> Gauge:
-            return Gauge(f"mlcanary_{name}", doc, labels or [], registry=registry)
+        def gauge(family: Family) -> Gauge:
+            return Gauge(family.name, family.help, family.labels, registry=registry)
+
+        def plain_counter(family: Family) -> PlainCounter:
+            return PlainCounter(family.name, family.help, list(family.labels), registry)
+
+        def plain_histogram(family: Family, buckets: tuple[float, ...]) -> PlainHistogram:
+            return PlainHistogram(family.name, family.help, list(family.labels), buckets, registry)
 
         metrics = cls(
-            requests=PlainCounter(
-                "mlcanary_requests", "Proxied requests by variant, version and status.",
-                ["variant", "version", "code"], registry,
-            ),
-            duration=PlainHistogram(
-                "mlcanary_request_duration_seconds", "Time to answer a proxied request.",
-                ["variant", "version"], LATENCY_BUCKETS, registry,
-            ),
-            upstream_errors=counter(
-                "upstream_errors", "Failed upstream exchanges by reason.", ["variant", "reason"]
-            ),
-            failovers=counter(
-                "failovers", "Requests retried on stable after the canary failed.",
-                ["from_variant"],
-            ),
-            weight=gauge("variant_weight", "Percent of traffic per variant.", ["variant"]),
-            healthy=gauge("upstream_healthy", "1 while the variant takes traffic.", ["variant"]),
-            reload_ok=gauge(
-                "config_last_reload_successful", "1 if the last routing-file reload worked."
-            ),
-            reload_timestamp=gauge(
-                "config_last_reload_success_timestamp_seconds", "When a routing file last loaded."
-            ),
-            reloads=counter("config_reloads", "Routing-file reload attempts.", ["result"]),
-            shadow_requests=counter(
-                "shadow_requests", "Shadow copies by outcome.", ["result"]
-            ),
-            log_records=counter(
-                "prediction_log_records", "Prediction-log records by result.", ["result"]
-            ),
+            requests=plain_counter(REQUESTS),
+            duration=plain_histogram(REQUEST_DURATION, LATENCY_BUCKETS),
+            upstream_errors=counter(UPSTREAM_ERRORS),
+            failovers=counter(FAILOVERS),
+            weight=gauge(VARIANT_WEIGHT),
+            healthy=gauge(UPSTREAM_HEALTHY),
+            reload_ok=gauge(CONFIG_RELOAD_OK),
+            reload_timestamp=gauge(CONFIG_RELOAD_TIMESTAMP),
+            reloads=counter(CONFIG_RELOADS),
+            shadow_requests=counter(SHADOW_REQUESTS),
+            log_records=counter(PREDICTION_LOG_RECORDS),
             shadow_delta=Histogram(
-                "mlcanary_shadow_prediction_delta",
-                "Absolute difference between canary and stable predictions on shadowed rows.",
-                buckets=DELTA_BUCKETS, registry=registry,
+                SHADOW_DELTA.name, SHADOW_DELTA.help, buckets=DELTA_BUCKETS, registry=registry
             ),
             predictions=PredictionCounts(
-                PlainHistogram(
-                    "mlcanary_prediction_value",
-                    "Numeric predictions by variant and output, in buckets cut from the model's.",
-                    ["variant", "output"], (), registry,
-                ),
-                PlainCounter(
-                    CLASS_METRIC, "Predicted class labels by variant and output.",
-                    ["variant", "output", "class"], registry,
-                ),
+                plain_histogram(PREDICTION_VALUE, ()), plain_counter(PREDICTION_CLASS)
             ),
             instance_id=new_instance_id(),
-        )  # fmt: skip
+        )
         for variant in VARIANTS:
             metrics.weight.labels(variant)
             metrics.healthy.labels(variant).set(1)
@@ -157,8 +142,8 @@ class RouterMetrics:
                 metrics.upstream_errors.labels(variant, reason)
         for result in ("success", "failure"):
             metrics.reloads.labels(result)
-        for result in ("match", "mismatch", "error", "dropped"):
+        for result in SHADOW_RESULTS:
             metrics.shadow_requests.labels(result)
-        instance = Info(INSTANCE_METRIC, "This router process.", registry=registry)
+        instance = Info(ROUTER_INSTANCE.name, ROUTER_INSTANCE.help, registry=registry)
         instance.info({"instance_id": metrics.instance_id, "processes": str(processes)})
         return metrics

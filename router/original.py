@@ -13,21 +13,13 @@ from typing import Any
 
 from aiohttp import web
 
-from router.app import (
-    HEALTH,
-    METRICS,
-    POLICY,
-    SYSTEM,
-    TABLE,
-    Routed,
-    answer_client,
-    error_response,
-    route,
-    tag,
-)
-from router.config import RoutingConfig, Variant
+from contracts.errors import error_response
+from contracts.routing import RoutingConfig, Variant
 from router.proxy import Answer, forward_headers
 from router.requestids import new_request_id
+from router.scoring import Routed, answer_client, route, tag
+from router.state import HEALTH, METRICS, POLICY, SYSTEM, TABLE
+from router.status import model_info
 
 EXPECTED = 'expected {"features": {"hours_studied": 6.5, "sleep_hours": 7, ...}}'
 MODEL_USED: dict[Variant, str] = {"stable": "current", "canary": "next"}
@@ -58,18 +50,6 @@ def split_from_features(document: Any) -> tuple[dict[str, Any], bool]:
     else:
         rows = [values]
     return {"dataframe_split": {"columns": columns, "data": rows}}, several
-
-
-def model_info(app: web.Application, config: RoutingConfig, variant: Variant) -> dict[str, Any]:
-    """Return the original's model info object for a variant: name, version, loaded_at, uri."""
-    upstream = config.upstream(variant)
-    metadata = app[HEALTH].metadata.get(upstream.url, {})
-    return {
-        "name": config.model,
-        "version": upstream.version,
-        "loaded_at": metadata.get("loaded_at"),
-        "uri": f"models:/{config.model}/{upstream.version}",
-    }
 
 
 async def predict(request: web.Request) -> web.Response:

@@ -14,8 +14,9 @@ import aiohttp
 from aiohttp import web
 
 from common.settings import SettingsError
-from router.app import HEALTH, RUNTIME, SETTINGS, SYSTEM, TABLE, error_response
-from router.original import model_info
+from contracts.errors import error_response
+from router.state import HEALTH, RUNTIME, SETTINGS, SYSTEM, TABLE
+from router.status import model_info
 
 FORWARD_TIMEOUT = aiohttp.ClientTimeout(total=300)
 """A deploy starts and checks a model server before it answers."""

@@ -8,15 +8,15 @@ outcome gets the same answer whichever path carried it.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from contracts.errors import error_body
+from contracts.routing import RoutingConfig, Variant
 from router.choosing import choose_variant
-from router.config import RoutingConfig, Variant
 from router.health import HealthBoard
 from router.metrics import RouterMetrics
 from router.predictionlog import PredictionLog
@@ -76,11 +76,6 @@ class Failure:
 
 Outcome = int | Failure
 """What an upstream exchange came to: the status it answered, or why it did not."""
-
-
-def error_body(error_code: str, message: str) -> bytes:
-    """Word a router-made error in MLflow's body shape."""
-    return json.dumps({"error_code": error_code, "message": message}).encode()
 
 
 def failure_answer(variant: Variant, failure: Failure) -> tuple[int, bytes]:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any
 
-from router.config import Predictions
+from contracts.payloads import OutputProfile
+from contracts.routing import Predictions
 from router.plainmetrics import CounterChild, HistogramChild, PlainCounter, PlainHistogram
 from router.predictions import Outputs, Value, label_of
 
@@ -101,21 +101,21 @@ class PredictionCounts:
                 recent = self._recent[name] = deque(maxlen=PROFILE_ROWS)
             recent.extend(values)
 
-    def profile(self) -> dict[str, Any]:
+    def profile(self) -> dict[str, OutputProfile]:
         """Summarize stable's recent predictions per output: deciles, or labels and counts."""
-        summary: dict[str, Any] = {}
+        summary: dict[str, OutputProfile] = {}
         for name, recent in self._recent.items():
             values = list(recent)
             numbers = sorted(v for v in values if isinstance(v, float) and math.isfinite(v))
             labels = Counter(label_of(value) for value in values)
-            summary[name] = {
-                "rows": len(values),
-                "numeric": len(numbers) == len(values) and bool(numbers),
-                "deciles": [_quantile(numbers, q / 10) for q in range(1, 10)] if numbers else [],
-                "labels": dict(labels.most_common(PROFILE_LABELS))
+            summary[name] = OutputProfile(
+                rows=len(values),
+                numeric=len(numbers) == len(values) and bool(numbers),
+                deciles=[_quantile(numbers, q / 10) for q in range(1, 10)] if numbers else [],
+                labels=dict(labels.most_common(PROFILE_LABELS))
                 if len(labels) <= PROFILE_LABELS
                 else None,
-            }
+            )
         return summary
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from contracts.metrics import SINGLE_OUTPUT
+
 MAX_PARSED_BODY = 1024 * 1024
 """Larger answers are not read for predictions (the histogram is a sample, not a record)."""
 PLAIN_PREFIX, PLAIN_SUFFIX = b'{"predictions": [', b"]}"
-SINGLE_OUTPUT = "predictions"
-"""The output name of a model that answers one value per row."""
 Value = float | str
 Outputs = dict[str, list[Value]]
 

@@ -10,10 +10,12 @@ import time
 
 from aiohttp import web
 
-from router.app import POLICY, RUNTIME, SETTINGS, TABLE, error_response, invocations, tag
-from router.config import RoutingConfig, Variant
+from contracts.errors import error_response
+from contracts.routing import RoutingConfig, Variant
 from router.policy import Failure, end_to_end, failure_answer
 from router.proxy import FAILURES, decoded, failure_of, forward_headers
+from router.scoring import invocations, tag
+from router.state import POLICY, RUNTIME, SETTINGS, TABLE
 
 CHUNK_BYTES = 64 * 1024
 

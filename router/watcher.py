@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from router.config import RoutingConfig, RoutingFileError, content_version, parse_routing
+from contracts.routing import RoutingConfig, RoutingFileError, content_version, parse_routing
 
 log = logging.getLogger("router")
 

@@ -20,18 +20,18 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from controller.errors import ControllerError
-from controller.rollout.window import take_snapshot
-from controller.routers import EndpointRouters, wait_for_routers
-from controller.stores import CONFIGMAP_KEY, ConfigMapStore
-from router.app import create_app
-from router.config import (
+from contracts.routing import (
     RoutingConfig,
     content_version,
     parse_routing,
     render_routing,
     write_routing_file,
 )
+from controller.errors import ControllerError
+from controller.rollout.window import take_snapshot
+from controller.routers import EndpointRouters, wait_for_routers
+from controller.stores import CONFIGMAP_KEY, ConfigMapStore
+from router.app import create_app
 from router.settings import RouterSettings
 from tests.routers import running_front
 

@@ -19,9 +19,9 @@ import aiohttp
 import pytest
 import yaml
 
+from contracts.routing import RoutingConfig, write_routing_file
 from controller.rollout.gates import Window
 from controller.rollout.promql import window_from_prometheus
-from router.config import RoutingConfig, write_routing_file
 from tests.conftest import TrainedRegistry
 from tests.helpers import command_environment, free_port
 from tests.servers import ServerProcess, start_model_server

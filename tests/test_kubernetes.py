@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from router.config import parse_routing
+from contracts.routing import parse_routing
 from tests.helpers import run_mlcanary
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,9 +7,11 @@ import json
 import pytest
 from pydantic import ValidationError
 
+from contracts.metrics import SINGLE_OUTPUT
+from contracts.payloads import PredictionsProfile
+from contracts.routing import PredictionOutput
 from controller.predictionbuckets import MIN_ROWS, cut
-from router.config import PredictionOutput
-from router.predictions import SINGLE_OUTPUT, outputs_of, predictions_of
+from router.predictions import outputs_of, predictions_of
 
 
 @pytest.mark.parametrize(
@@ -46,8 +48,9 @@ def test_the_plain_fast_path_and_the_parser_agree() -> None:
     assert predictions_of(json.dumps({"predictions": [{"a": 1}]}).encode()) is None
 
 
-def profile(version: str = "1", **outputs: dict[str, object]) -> dict[str, object]:
-    return {"instance_id": "r1", "stable_version": version, "outputs": outputs}
+def profile(version: str = "1", **outputs: dict[str, object]) -> PredictionsProfile:
+    document = {"instance_id": "r1", "stable_version": version, "outputs": outputs}
+    return PredictionsProfile.model_validate(document)
 
 
 def numeric(

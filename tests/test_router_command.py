@@ -14,9 +14,9 @@ import aiohttp
 import pytest
 
 from common.supervision import ensure_port_free, process_table
+from contracts.routing import RoutingConfig, write_routing_file
 from controller.errors import ControllerError
 from controller.routers import wait_for_routers
-from router.config import RoutingConfig, write_routing_file
 from router.settings import RouterSettings
 from tests.helpers import command_environment, free_port, run_mlcanary, wait_for_ping, wait_until
 

@@ -16,7 +16,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from common.predictionlog import read_predictions
-from router.config import RoutingConfig, write_routing_file
+from contracts.routing import RoutingConfig, write_routing_file
 from tests.helpers import command_environment, free_port
 from tests.routers import wait_until
 from tests.test_router_http import PLANES, Upstream, closed, post, read_answer

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from contracts.routing import RoutingConfig, write_routing_file
 from router.app import create_app
-from router.config import RoutingConfig, write_routing_file
 from router.settings import RouterSettings
 from tests.conftest import TrainedRegistry
 from tests.routers import running_front, wait_until

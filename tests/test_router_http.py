@@ -24,8 +24,8 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from common.predictionlog import read_predictions
+from contracts.routing import RoutingConfig, write_routing_file
 from router.app import create_app
-from router.config import RoutingConfig, write_routing_file
 from router.policy import Failure
 from router.rawpool import UpstreamPool, exchange_raw
 from router.settings import RouterSettings

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from router.choosing import choose_variant, sticky_bucket
-from router.config import (
+from contracts.routing import (
     RoutingConfig,
     RoutingFileError,
     parse_routing,
     read_routing_file,
     write_routing_file,
 )
+from router.choosing import choose_variant, sticky_bucket
 from router.watcher import RoutingFileWatcher, RoutingTable
 
 GOOD = """\

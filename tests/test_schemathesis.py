@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from router.config import RoutingConfig, write_routing_file
+from contracts.routing import RoutingConfig, write_routing_file
 from tests.conftest import TrainedRegistry
 from tests.helpers import command_environment, free_port
 from tests.servers import ServerProcess, start_model_server

@@ -11,6 +11,14 @@ from typing import Any
 
 import aiohttp
 
+from contracts.metrics import (
+    PREDICTION_CLASS,
+    PREDICTION_VALUE,
+    REQUEST_DURATION,
+    REQUESTS,
+    SHADOW_DELTA,
+    SINGLE_OUTPUT,
+)
 from controller.errors import ControllerError
 from controller.rollout.gates import (
     Buckets,
@@ -20,8 +28,6 @@ from controller.rollout.gates import (
     categories_of,
     sorted_buckets,
 )
-from router.metrics import CLASS_SAMPLE
-from router.predictions import SINGLE_OUTPUT
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 
@@ -72,23 +78,21 @@ async def window_from_prometheus(
             grouped[tuple(group)][float(le)] = value
         return {group: sorted_buckets(values) for group, values in grouped.items()}
 
-    requests = await by_variant(f"sum by (variant) (increase(mlcanary_requests_total[{span}]))")
+    requests = await by_variant(f"sum by (variant) (increase({REQUESTS.total}[{span}]))")
     errors = await by_variant(
-        f'sum by (variant) (increase(mlcanary_requests_total{{code=~"5.."}}[{span}]))'
+        f'sum by (variant) (increase({REQUESTS.total}{{code=~"5.."}}[{span}]))'
     )
-    latency = buckets(await by_labels("mlcanary_request_duration_seconds_bucket", "variant", "le"))
+    latency = buckets(await by_labels(REQUEST_DURATION.bucket, "variant", "le"))
     predictions: dict[str, dict[str, Categories]] = defaultdict(dict)
-    numeric = await by_labels("mlcanary_prediction_value_bucket", "variant", "output", "le")
+    numeric = await by_labels(PREDICTION_VALUE.bucket, "variant", "output", "le")
     for (name, output), cumulative in buckets(numeric).items():
         predictions[name][output] = categories_of(cumulative)
     for (name, output, label), count in (
-        await by_labels(CLASS_SAMPLE, "variant", "output", "class")
+        await by_labels(PREDICTION_CLASS.total, "variant", "output", "class")
     ).items():
         predictions[name].setdefault(output, {})[label] = count
-    shadow = await by_variant(f"sum(increase(mlcanary_shadow_prediction_delta_sum[{span}]))")
-    shadow_count = await by_variant(
-        f"sum(increase(mlcanary_shadow_prediction_delta_count[{span}]))"
-    )
+    shadow = await by_variant(f"sum(increase({SHADOW_DELTA.sum}[{span}]))")
+    shadow_count = await by_variant(f"sum(increase({SHADOW_DELTA.count}[{span}]))")
 
     def variant(name: str) -> VariantWindow:
         return VariantWindow(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from contracts.metrics import LATENCY_BUCKETS
 from controller.rollout.gates import (
     Buckets,
     Categories,
@@ -28,7 +29,6 @@ from controller.rollout.gates import (
     judge,
 )
 from controller.rollout.steps import Progress, decide, wait_for_labels
-from router.metrics import LATENCY_BUCKETS
 
 P99_Z = 2.3263
 """The standard normal's 99th percentile: a log-normal's p99 is median * exp(P99_Z * sigma)."""

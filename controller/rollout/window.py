@@ -23,10 +23,17 @@ from typing import TypeVar
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from contracts.metrics import (
+    PREDICTION_CLASS,
+    PREDICTION_VALUE,
+    REQUEST_DURATION,
+    REQUESTS,
+    ROUTER_INSTANCE_SAMPLE,
+    SHADOW_DELTA,
+    SINGLE_OUTPUT,
+)
 from controller.errors import ControllerError
 from controller.rollout.gates import VariantWindow, Window, categories_of, sorted_buckets
-from router.metrics import CLASS_SAMPLE, INSTANCE_SAMPLE
-from router.predictions import SINGLE_OUTPUT
 
 VARIANTS = ("stable", "canary")
 K = TypeVar("K")
@@ -78,23 +85,23 @@ def add_exposition(snapshot: Snapshot, text: str, source: str = "") -> tuple[str
         for sample in family.samples:
             variant = sample.labels.get("variant")
             totals = counts.variants.get(variant) if variant else None
-            if sample.name == "mlcanary_requests_total" and totals is not None:
+            if sample.name == REQUESTS.total and totals is not None:
                 totals.requests += sample.value
                 if sample.labels.get("code", "").startswith("5"):
                     totals.errors += sample.value
-            elif sample.name == "mlcanary_request_duration_seconds_bucket" and totals is not None:
+            elif sample.name == REQUEST_DURATION.bucket and totals is not None:
                 totals.latency[float(sample.labels["le"])] += sample.value
-            elif sample.name == "mlcanary_prediction_value_bucket" and totals is not None:
+            elif sample.name == PREDICTION_VALUE.bucket and totals is not None:
                 output = sample.labels.get("output", SINGLE_OUTPUT)
                 totals.predictions[output][float(sample.labels["le"])] += sample.value
-            elif sample.name == CLASS_SAMPLE and totals is not None:
+            elif sample.name == PREDICTION_CLASS.total and totals is not None:
                 output = sample.labels.get("output", SINGLE_OUTPUT)
                 totals.classes[output][sample.labels.get("class", "")] += sample.value
-            elif sample.name == "mlcanary_shadow_prediction_delta_sum":
+            elif sample.name == SHADOW_DELTA.sum:
                 counts.shadow_delta_sum += sample.value
-            elif sample.name == "mlcanary_shadow_prediction_delta_count":
+            elif sample.name == SHADOW_DELTA.count:
                 counts.shadow_delta_count += sample.value
-            elif sample.name == INSTANCE_SAMPLE:
+            elif sample.name == ROUTER_INSTANCE_SAMPLE:
                 instance = sample.labels.get("instance_id") or source
                 processes = int(sample.labels.get("processes") or 1)
     snapshot.instances[instance] = counts

@@ -5,7 +5,7 @@ then drive http://127.0.0.1:PORT/invocations with wrk. It parses requests with h
 picks stable or canary (90/10), relays over pooled raw keep-alive upstream connections and adds
 the X-Model-* headers; it has none of the router's failover, health, metrics or limits. On this
 machine it spent 0.033-0.061 ms of CPU per request (nginx: 0.016-0.023 ms), against the
-aiohttp router's 0.25-0.50 ms; see docs/benchmarks.md. router/dataplane.py grew out of it;
+aiohttp router's 0.25-0.50 ms; see docs/benchmarks.md. router/plane/dataplane.py grew out of it;
 this bare version stays as the yardstick of what the mechanism itself costs.
 """
 

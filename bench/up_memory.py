@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.helpers import free_port
 from tests.test_cli import RunningUp
 
-WATCHED = ("serve-model", " controller --config", "model_server.worker")
+WATCHED = ("serve-model", " controller --config", "model_server.worker.process")
 WORKER_TIMEOUT_SECONDS = 300
 
 
@@ -56,7 +56,7 @@ def main() -> None:
             up.wait_until_up()
             show("once up serves:", resident())
             deadline = time.monotonic() + WORKER_TIMEOUT_SECONDS
-            while any("model_server.worker" in name for name, _ in resident()):
+            while any("model_server.worker.process" in name for name, _ in resident()):
                 if time.monotonic() > deadline:
                     sys.exit(f"MLflow workers still run after {WORKER_TIMEOUT_SECONDS} s")
                 time.sleep(1)

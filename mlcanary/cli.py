@@ -180,7 +180,7 @@ def serve_model(
     from pydantic import ValidationError
 
     from common.settings import RegistrySettings
-    from model_server.loading import ModelLoadError
+    from model_server.model.loading import ModelLoadError
     from model_server.serve import serve
     from model_server.settings import ServerSettings
 

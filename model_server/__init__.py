@@ -1,1 +1,1 @@
-"""Serves exactly one model version over MLflow's scoring protocol (built in a later issue)."""
+"""The model server: exactly one model version over MLflow's scoring protocol, immutable."""

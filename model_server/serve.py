@@ -13,10 +13,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from model_server.app import STATE, Loader, create_app
-from model_server.loading import ModelLoadError, ResolvedModel, resolve
-from model_server.mlflow_worker import MlflowWorker
+from model_server.http.app import STATE, Loader, create_app
+from model_server.model.loading import ModelLoadError, ResolvedModel, resolve
 from model_server.settings import ServerSettings
+from model_server.worker.handle import MlflowWorker
 
 log = logging.getLogger("model_server")
 
@@ -31,12 +31,12 @@ def limit_registry_retries() -> None:
 def serve(settings: ServerSettings) -> int:
     """Serve until SIGTERM or Ctrl-C; return the exit code. Raises ModelLoadError early."""
     # Start-up imports allocate millions of objects; the collector only slows them down.
-    # Loading turns it back on (see model_server.app.load_in_background).
+    # Loading turns it back on (see model_server.http.app.load_in_background).
     gc.disable()
     limit_registry_retries()
     if settings.engine == "mlflow":
         exec_mlflow_engine(settings, resolve(settings.model_uri))
-    # MLflow loads the model in a worker process (model_server/mlflow_worker.py); this
+    # MLflow loads the model in a worker process (model_server/worker/handle.py); this
     # process imports MLflow only if the model has no fast path that works on arrays.
     with tempfile.TemporaryDirectory(prefix="mlcanary-model-") as folder:
         worker = MlflowWorker(Path(folder), settings.mlflow_idle_s)

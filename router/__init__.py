@@ -1,1 +1,1 @@
-"""Data plane: the weighted, sticky, health-aware reverse proxy (built in a later issue)."""
+"""The router: the weighted, sticky, health-aware reverse proxy in front of the model servers."""

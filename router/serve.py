@@ -15,9 +15,9 @@ from typing import Any
 from aiohttp import web
 
 from common.supervision import GUARDIAN, ProcessIdentity
-from router.app import create_app
-from router.dataplane import DataPlane, Front, start_front
+from router.plane.dataplane import DataPlane, Front, start_front
 from router.settings import RouterSettings
+from router.web.app import create_app
 
 log = logging.getLogger("router")
 
@@ -83,7 +83,7 @@ async def running_router(
 ) -> AsyncIterator[Front]:
     """Serve `app` behind the public front on `host:port`; drain and stop both on exit.
 
-    The aiohttp app listens on a free loopback port behind the front (see `router.dataplane`),
+    The aiohttp app listens on a free loopback port behind the front (see `router.plane.dataplane`),
     and stays up until the front has answered every request it received.
     """
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=drain_timeout)

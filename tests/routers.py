@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 
-from router.dataplane import Front
+from router.plane.dataplane import Front
 from router.serve import running_router
 
 

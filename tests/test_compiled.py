@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from model_server.compiled import METHODS, compile_estimator
+from model_server.fastpath.compiled import METHODS, compile_estimator
 from tests.zoo import NUMBERS, TEXTS, mixed_frame, numeric_frame
 
 

@@ -31,8 +31,8 @@ from controller.errors import ControllerError
 from controller.rollout.window import take_snapshot
 from controller.routers import EndpointRouters, wait_for_routers
 from controller.stores import CONFIGMAP_KEY, ConfigMapStore
-from router.app import create_app
 from router.settings import RouterSettings
+from router.web.app import create_app
 from tests.routers import running_front
 
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model_server import fastpath
-from model_server.loading import LoadedModel, load, resolve
-from model_server.parsing import Columns, plain_rows
+from model_server.fastpath import choose as fastpath
+from model_server.fastpath.parsing import Columns, plain_rows
+from model_server.model.loading import LoadedModel, load, resolve
 from tests.zoo import KINDS
 
 

@@ -166,4 +166,4 @@ def test_the_rules_cover_every_part_and_the_reader_sees_imports() -> None:
     assert packages == set(PARTS)
     assert "contracts.routing" in imports_of("controller")
     assert "common.settings" in imports_of("router")
-    assert import_graph(ROOT, PARTS)["router.metrics"] >= {"contracts.metrics"}
+    assert import_graph(ROOT, PARTS)["router.telemetry.metrics"] >= {"contracts.metrics"}

@@ -17,7 +17,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from common.predictionlog import file_for, read_predictions
-from router.logupload import SpoolUploader
+from router.predictionlog.upload import SpoolUploader
 from tests.conftest import TrainedRegistry
 from tests.helpers import run_mlcanary, wait_until
 from tests.systems import System, call_json, copied_registry, running_system

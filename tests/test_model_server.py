@@ -15,9 +15,16 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from model_server.app import STATE, create_app
-from model_server.loading import LoadedModel, ModelLoadError, ResolvedModel, load, resolve, warm
-from model_server.served import ServedModel, served_in_process
+from model_server.http.app import STATE, create_app
+from model_server.model.loading import (
+    LoadedModel,
+    ModelLoadError,
+    ResolvedModel,
+    load,
+    resolve,
+    warm,
+)
+from model_server.model.served import ServedModel, served_in_process
 from model_server.settings import ServerSettings
 from tests.conftest import TrainedRegistry
 from tests.helpers import point_mlflow_at

@@ -22,10 +22,10 @@ import requests
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from model_server.app import STATE, create_app
-from model_server.loading import load, resolve
-from model_server.scoring import same_answer, score_with_mlflow
-from model_server.served import served_in_process
+from model_server.http.app import STATE, create_app
+from model_server.model.loading import load, resolve
+from model_server.model.scoring import same_answer, score_with_mlflow
+from model_server.model.served import served_in_process
 from model_server.settings import ServerSettings
 from tests.servers import ServerProcess, start_model_server
 from tests.zoo import KINDS, Kind

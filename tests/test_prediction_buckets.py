@@ -11,7 +11,7 @@ from contracts.metrics import SINGLE_OUTPUT
 from contracts.payloads import PredictionsProfile
 from contracts.routing import PredictionOutput
 from controller.predictionbuckets import MIN_ROWS, cut
-from router.predictions import outputs_of, predictions_of
+from router.telemetry.predictions import outputs_of, predictions_of
 
 
 @pytest.mark.parametrize(

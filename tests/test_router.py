@@ -18,9 +18,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from contracts.routing import RoutingConfig, content_version, write_routing_file
-from router.app import create_app
 from router.settings import RouterSettings
-from router.state import HEALTH, SHADOW, TABLE
+from router.web.app import create_app
+from router.web.state import HEALTH, SHADOW, TABLE
 from tests.routers import running_front, wait_until
 
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]

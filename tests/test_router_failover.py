@@ -15,8 +15,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from contracts.routing import RoutingConfig, write_routing_file
-from router.app import create_app
 from router.settings import RouterSettings
+from router.web.app import create_app
 from tests.conftest import TrainedRegistry
 from tests.routers import running_front, wait_until
 from tests.servers import ServerProcess, start_model_server

@@ -25,10 +25,10 @@ from prometheus_client import CollectorRegistry
 
 from common.predictionlog import read_predictions
 from contracts.routing import RoutingConfig, write_routing_file
-from router.app import create_app
-from router.policy import Failure
-from router.rawpool import UpstreamPool, exchange_raw
+from router.plane.pool import UpstreamPool, exchange_raw
+from router.proxy.policy import Failure
 from router.settings import RouterSettings
+from router.web.app import create_app
 from tests.routers import running_front, wait_until
 
 BODY = json.dumps({"dataframe_records": [{"x": 1.0}]}).encode()
@@ -764,6 +764,10 @@ async def test_answers_are_recorded_in_the_prediction_log(
     ids += (await read_answer(reader)).header("X-Request-Id")
     writer.close()
     await wait_until(lambda: len(list(read_predictions(folder))) >= 3, "three records written")
+    # The writer thread counts a batch once it is on disk: a reader may see the file first.
+    written = {"result": "written"}
+    await wait_until(lambda: router.value("mlcanary_prediction_log_records_total", written) >= 3,
+                     "three records counted")  # fmt: skip
     records = list(read_predictions(folder))
     assert [r.request_id for r in records] == ids and ids[0] == "first"
     assert {(r.variant, r.version) for r in records} == {("stable", "1")}

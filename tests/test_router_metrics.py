@@ -9,8 +9,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from router.plainmetrics import PlainCounter, PlainHistogram
-from router.predictions import predictions_of
+from router.telemetry.plainmetrics import PlainCounter, PlainHistogram
+from router.telemetry.predictions import predictions_of
 
 BUCKETS = (0.5, 1, 2.5)
 VALUES = (0.1, 0.5, 0.50001, 1, 2.4, 2.5, 3, 1e9, -4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from router.policy import RetryBudget
+from router.proxy.policy import RetryBudget
 
 
 @dataclass

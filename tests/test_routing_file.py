@@ -17,8 +17,8 @@ from contracts.routing import (
     read_routing_file,
     write_routing_file,
 )
-from router.choosing import choose_variant, sticky_bucket
-from router.watcher import RoutingFileWatcher, RoutingTable
+from router.routing.choosing import choose_variant, sticky_bucket
+from router.routing.watcher import RoutingFileWatcher, RoutingTable
 
 GOOD = """\
 model: StudentExamPredictor
@@ -137,7 +137,7 @@ def test_sticky_buckets_are_pinned_in_every_process() -> None:
     """Fixed keys land in fixed buckets, here and in processes with other hash seeds."""
     keys = list(PINNED_BUCKETS)
     code = (
-        "import sys; from router.choosing import sticky_bucket; "
+        "import sys; from router.routing.choosing import sticky_bucket; "
         "print(','.join(str(sticky_bucket(k)) for k in sys.argv[1:]))"
     )
     outputs = {

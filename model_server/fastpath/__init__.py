@@ -1,0 +1,1 @@
+"""The fast path: plain rows parsed straight to arrays, predicted on the raw or compiled model."""

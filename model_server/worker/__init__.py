@@ -1,0 +1,1 @@
+"""MLflow's path in a child process, so that the serving process need not hold MLflow."""

@@ -1,0 +1,517 @@
+"""A client connection's whole life on the router's port, as uvicorn and nginx handle one.
+
+`ClientConnection` owns one connection from accept to close: it parses requests with httptools,
+checks the limits while parsing (head size and header count: 431; declared or received body over
+the limit: 413; Host missing or doubled on HTTP/1.1: 400), passes one request at a time to the
+data plane (pipelined ones wait, reading paused), and writes every answer, error answers
+included, in request order. After a request that does not keep the connection alive, or after
+an error that leaves the stream unframed, further bytes are ignored and the connection closes
+after the answers owed.
+
+`Connections` tracks every open connection: it refuses connections beyond the limit, closes
+those past their header, body or keep-alive deadline (checked by one periodic sweep rather
+than a timer per request), and drains them on shutdown: idle ones close at once, busy ones
+after their last answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Protocol, cast
+
+import httptools
+
+from contracts.errors import error_body
+from router.plane.wire import JSON_TYPE, response_bytes
+from router.proxy import requestids as request_ids
+
+if TYPE_CHECKING:
+    from router.plane.upload import StreamedUpload
+    from router.settings import RouterSettings
+
+Deliver = Callable[[bytes], None]
+"""Called once with the bytes of a request's whole answer."""
+
+
+class Plane(Protocol):
+    """What a connection hands its requests to (`dataplane.DataPlane`), seen from the connection.
+
+    A protocol, so that the connection (which the plane creates) need not import the plane.
+    """
+
+    settings: RouterSettings
+
+    def handle(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        deliver: Deliver,
+        request_id: bytes = b"",
+    ) -> None:
+        """Answer one request: `deliver` is called once with the answer's bytes."""
+
+    def start_upload(
+        self,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        length: int | None,
+        client: asyncio.Transport,
+    ) -> StreamedUpload:
+        """Begin relaying a request whose body is still arriving."""
+
+    def feed_upload(self, upload: StreamedUpload, piece: bytes) -> None:
+        """Pass on a piece of an upload's body."""
+
+    def finish_upload(self, upload: StreamedUpload, deliver: Deliver) -> None:
+        """Deliver the answer to an upload once its body is complete."""
+
+    def abort_upload(self, upload: StreamedUpload) -> None:
+        """Drop an upload."""
+
+
+LINGER_S = 5.0
+"""How long a closing connection keeps reading what its client still sends (nginx: 5 s)."""
+
+
+class StopParsing(Exception):
+    """Raised from a parser callback to stop reading this connection's stream."""
+
+
+@dataclass(slots=True)
+class Owed:
+    """One answer owed to the client, in request order."""
+
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    keep_alive: bool
+    http10: bool
+    request_id: bytes
+    answer: bytes | None = None
+    """Set for an answer the router makes without the plane (an error); the plane's comes later."""
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client connection: parse, check limits, serve one request at a time, answer in order."""
+
+    def __init__(self, plane: Plane, connections: Connections) -> None:
+        self.plane, self.connections = plane, connections
+        self.settings = settings = plane.settings
+        # Limits read per request, held as plain attributes (the hot path):
+        self.max_head_bytes = settings.max_head_bytes
+        self.max_headers = settings.max_headers
+        self.max_body_bytes = settings.max_body_bytes
+        self.parser = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.owed: deque[Owed] = deque()
+        """Requests received and not yet answered; the first is at the upstream."""
+        self.deadline = math.inf
+        """When the connection is closed unless something happens (loop time)."""
+        self.stopped = False
+        """No more requests are read: the last one closes the connection, or was malformed."""
+        self.draining = False
+        self.paused = False
+        """Reading is paused while pipelined requests wait their turn."""
+        self.refused = False
+        self.in_request = False
+        """A request's head or body is being received."""
+        self.headers_done = False
+        self.http10 = False
+        self.request_id = b""
+        # The request being received:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.body_bytes = 0
+        self.read_total = 0
+        """Bytes read from the client so far."""
+        self.read_before = 0
+        """Bytes read before the current read."""
+        self.head_from = 0
+        """`read_before` when the current request began: its head is no larger than what was
+        read since."""
+        self.head_stream = 0
+        """Bytes of reads that fell wholly inside the head: a header that never ends shows here."""
+        self.upload: StreamedUpload | None = None
+        self.upgrade_body_left = -1
+        """Bytes of an Upgrade request's body still to come (llhttp leaves them to us)."""
+        self.upgrade_method = b""
+        self.upgrade_keep_alive = False
+
+    # --- connection events -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Take the connection unless the router holds its limit of them already."""
+        self.transport = cast(asyncio.Transport, transport)  # TCP (asyncio's or uvloop's)
+        if not self.connections.admit(self):
+            self.transport.close()
+            return
+        self.deadline = self.connections.now + self.settings.header_timeout_s
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Forget the connection; drop a body still being relayed."""
+        self.connections.forget(self)
+        self.stopped = True
+        upload, self.upload = self.upload, None
+        if upload is not None:
+            self.plane.abort_upload(upload)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser; an Upgrade request's body is read here, past the parser."""
+        if self.stopped:
+            return  # after a closing request, or a malformed one: nothing more is read
+        if self.upgrade_body_left >= 0:
+            data = self._take_upgrade_body(data)
+            if not data:
+                return
+        size = len(data)
+        self.read_before = self.read_total
+        self.read_total += size
+        if self.in_request and not self.headers_done:
+            self.head_stream += size
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._after_upgrade_head(data[upgrade.args[0] :])
+        except httptools.HttpParserCallbackError as error:
+            if not isinstance(error.__context__, StopParsing):
+                raise
+        except httptools.HttpParserError as error:
+            self._refuse(400, "BAD_REQUEST", f"malformed HTTP request: {error}")
+            return
+        if self.in_request and not self.headers_done and self.head_stream > self.max_head_bytes:
+            self._refuse(431, "REQUEST_LIMIT_EXCEEDED", self._head_too_large())
+
+    # --- parser callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        """Start a request: its head must be complete within the header timeout."""
+        if self.stopped:
+            raise StopParsing
+        self.in_request, self.headers_done = True, False
+        self.url, self.headers, self.body = b"", [], []
+        self.request_id = b""
+        self.body_bytes, self.head_stream = 0, 0
+        self.head_from = self.read_before  # the head began in the current read, or later
+        if not self.owed:
+            self.deadline = self.connections.now + self.settings.header_timeout_s
+
+    def on_url(self, url: bytes) -> None:
+        """Collect the target."""
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Collect a header (the limits are checked once the head is complete)."""
+        self.headers.append((name, value))
+
+    def _head_within_limits(self) -> bool:
+        """Check the complete head's size and header count; refuse it with 431 if over.
+
+        The head cannot be larger than what was read since the read it began in: only when that
+        bound passes the limit is the head measured exactly.
+        """
+        if len(self.headers) > self.max_headers:
+            self._refuse(431, "REQUEST_LIMIT_EXCEEDED", f"more than {self.max_headers} headers")
+            return False
+        if self.read_total - self.head_from > self.max_head_bytes:
+            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+            if size > self.max_head_bytes:
+                self._refuse(431, "REQUEST_LIMIT_EXCEEDED", self._head_too_large())
+                return False
+        return True
+
+    def on_headers_complete(self) -> None:
+        """Check the head; answer `Expect: 100-continue`; start relaying a large body at once."""
+        self.headers_done = True
+        given = None
+        for name, value in self.headers:
+            if len(name) == 12 and name.lower() == request_ids.LOWERED:
+                given = value
+        if given is not None and request_ids.usable(given):
+            self.request_id = given  # a refusal answers with it too
+        if not self._head_within_limits():
+            raise StopParsing
+        self.request_id = request_ids.settle_request_id(self.headers, given)
+        self.http10 = self.parser.get_http_version() == "1.0"
+        http11 = not self.http10
+        length: int | None = None
+        chunked = continue_expected = upgrade = False
+        hosts = 0
+        for name, value in self.headers:
+            lowered = name.lower()
+            if lowered == b"host":
+                hosts += 1
+            elif lowered == b"content-length":
+                length = int(value)  # httptools has checked it is a number, and only one
+            elif lowered == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+            elif lowered == b"expect":
+                continue_expected = value.lower() == b"100-continue"
+            elif lowered == b"upgrade":
+                upgrade = True
+        if http11 and hosts != 1:
+            message = "HTTP/1.1 requests need exactly one Host header"
+            self._refuse(400, "BAD_REQUEST", f"{message}, got {hosts}")
+            raise StopParsing
+        limit = self.max_body_bytes
+        if length is not None and length > limit:
+            message = f"body of {length} bytes exceeds the limit of {limit}"
+            self._refuse(413, "REQUEST_LIMIT_EXCEEDED", message)
+            raise StopParsing
+        if upgrade and self.parser.should_upgrade():
+            if chunked:
+                message = "Upgrade is not supported, and a chunked body with it cannot be read"
+                self._refuse(501, "NOT_IMPLEMENTED", message)
+                raise StopParsing
+            self.upgrade_body_left = length or 0
+            self.upgrade_method = self.parser.get_method()
+            self.upgrade_keep_alive = self.parser.should_keep_alive()
+            return
+        if length or chunked:
+            self.deadline = self.connections.now + self.settings.body_timeout_s
+        if continue_expected and http11 and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        streamed = chunked or (length is not None and length > self.settings.stream_above_bytes)
+        if streamed and not self.owed and self.transport is not None:
+            # Nothing ahead of it at the upstreams: the body goes on as it arrives.
+            method = self.parser.get_method()
+            self.upload = self.plane.start_upload(
+                method, self.url, self.headers, length, self.transport
+            )
+
+    def on_body(self, body: bytes) -> None:
+        """Collect a piece of the body, or pass it on when it is being relayed."""
+        self.body_bytes += len(body)
+        if self.body_bytes > self.max_body_bytes:
+            limit = self.max_body_bytes
+            self._refuse(413, "REQUEST_LIMIT_EXCEEDED", f"body exceeds the limit of {limit}")
+            raise StopParsing
+        self.deadline = self.connections.now + self.settings.body_timeout_s
+        if self.upload is not None:
+            self.plane.feed_upload(self.upload, body)
+        else:
+            self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        """Queue the request; serve it now if nothing is ahead of it."""
+        if self.upgrade_body_left >= 0:
+            return  # served once its body is read (see `_take_upgrade_body`)
+        parser = self.parser
+        self._received(parser.get_method(), parser.should_keep_alive(), self.http10)
+
+    # --- requests and answers ----------------------------------------------------------------
+
+    def _received(self, method: bytes, keep_alive: bool, http10: bool) -> None:
+        self.in_request = False
+        if not keep_alive:
+            self.stopped = True
+        first = not self.owed
+        owed = Owed(
+            method, self.url, self.headers, b"".join(self.body), keep_alive, http10,
+            self.request_id,
+        )  # fmt: skip
+        self.owed.append(owed)
+        if first:
+            self.deadline = math.inf  # the upstream's timeout governs the wait now
+            self._serve(owed)
+        elif self.transport is not None:
+            self.paused = True  # pipelined: read more once the queue drains
+            self.transport.pause_reading()
+
+    def _serve(self, owed: Owed) -> None:
+        deliver = partial(self._answered, owed)
+        upload, self.upload = self.upload, None
+        if owed.answer is not None:
+            deliver(owed.answer)
+        elif upload is not None:
+            self.plane.finish_upload(upload, deliver)
+        else:
+            self.plane.handle(
+                owed.method, owed.target, owed.headers, owed.body, deliver, owed.request_id
+            )
+
+    def _answered(self, owed: Owed, data: bytes) -> None:
+        """Write the answer of the first request owed; serve the next one, or idle, or close."""
+        owed.answer = data
+        self.owed.popleft()  # one request is served at a time: `owed` is the first
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        last = (self.stopped or self.draining) and not self.owed
+        identified = b"X-Request-Id: %s\r\n" % owed.request_id
+        if last or not owed.keep_alive:
+            transport.write(with_head_lines(data, identified + b"Connection: close\r\n"))
+            self._linger(transport)
+            return
+        if owed.http10:
+            identified += b"Connection: keep-alive\r\n"
+        transport.write(with_head_lines(data, identified))
+        if self.owed:
+            self._serve(self.owed[0])
+            return
+        now = self.connections.now
+        if self.in_request:
+            self.deadline = now + self.settings.header_timeout_s
+        else:
+            self.deadline = now + self.settings.keepalive_timeout_s
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Close after the last answer as nginx does (lingering close).
+
+        Send FIN, then read and drop what the client still sends until it closes or `LINGER_S`
+        passes: closing with unread bytes would send a reset, and the client could lose the
+        answer it was owed.
+        """
+        self.stopped = True
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        transport.resume_reading()
+        self.deadline = self.connections.now + LINGER_S
+
+    def _refuse(self, status: int, error_code: str, message: str) -> None:
+        """Answer an unusable request in its turn, then close: the stream is not framed now."""
+        if self.refused:
+            return
+        self.stopped = self.refused = True
+        self.in_request = False
+        upload, self.upload = self.upload, None
+        if upload is not None:
+            self.plane.abort_upload(upload)
+        answer = response_bytes(status, JSON_TYPE, error_body(error_code, message))
+        first = not self.owed
+        request_id = self.request_id or request_ids.new_request_id()
+        owed = Owed(b"", b"", [], b"", False, False, request_id, answer=answer)
+        self.owed.append(owed)
+        if first:
+            self._answered(owed, answer)
+
+    # --- Upgrade: served as a plain request ---------------------------------------------------
+
+    def _after_upgrade_head(self, rest: bytes) -> None:
+        self.parser = httptools.HttpRequestParser(self)  # llhttp stops at an upgrade: start anew
+        rest = self._take_upgrade_body(rest)
+        if rest:
+            self.data_received(rest)
+
+    def _take_upgrade_body(self, data: bytes) -> bytes:
+        """Read the Upgrade request's body by its length; return the bytes after it."""
+        piece, rest = data[: self.upgrade_body_left], data[self.upgrade_body_left :]
+        if piece:
+            self.body.append(piece)
+            self.upgrade_body_left -= len(piece)
+        if self.upgrade_body_left == 0:
+            self.upgrade_body_left = -1
+            self._received(self.upgrade_method, self.upgrade_keep_alive, http10=False)
+        return rest
+
+    # --- limits and lifecycle ----------------------------------------------------------------
+
+    def _head_too_large(self) -> str:
+        return f"request line and headers exceed {self.settings.max_head_bytes} bytes"
+
+    def idle(self) -> bool:
+        """No answer is owed and no request is half received."""
+        return not self.owed and not self.in_request
+
+    def expire(self, now: float) -> None:
+        """Close the connection if it is past its deadline with no answer owed."""
+        if now >= self.deadline and not self.owed and self.transport is not None:
+            self.transport.close()
+
+    def drain(self) -> None:
+        """Close now if idle; otherwise after the answers owed (no further request is read)."""
+        self.draining = True
+        receiving_body = self.in_request and self.headers_done
+        if not self.owed and not receiving_body and self.transport is not None:
+            self.transport.close()
+
+
+def with_head_lines(answer: bytes, lines: bytes) -> bytes:
+    """Insert header `lines` after the status line of a serialized answer."""
+    end = answer.index(b"\r\n") + 2
+    return b"%s%s%s" % (answer[:end], lines, answer[end:])
+
+
+@dataclass
+class Connections:
+    """Every open client connection: the limit, the timeout sweep, and the drain on shutdown."""
+
+    settings: RouterSettings
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
+    open: set[ClientConnection] = field(default_factory=set)
+    now: float = 0.0
+    """The loop's time at the last sweep: deadlines are set from it (no clock call per
+    request), so they hold to within one sweep interval."""
+    _empty: asyncio.Event = field(default_factory=asyncio.Event)
+    _sweeper: asyncio.Task[None] | None = None
+
+    def admit(self, connection: ClientConnection) -> bool:
+        """Track a new connection, unless the limit is reached (then it is to be closed)."""
+        if len(self.open) >= self.settings.max_connections:
+            return False
+        self.open.add(connection)
+        self._empty.clear()
+        if self._sweeper is None:
+            self.now = self.loop.time()
+            self._sweeper = self.loop.create_task(self._sweep())
+        return True
+
+    def forget(self, connection: ClientConnection) -> None:
+        """Stop tracking a closed connection."""
+        self.open.discard(connection)
+        if not self.open:
+            self._empty.set()
+
+    def sweep_interval(self) -> float:
+        """Return a quarter of the shortest timeout (50 ms to 1 s): deadlines fire that late."""
+        settings = self.settings
+        shortest = min(
+            settings.header_timeout_s, settings.keepalive_timeout_s, settings.body_timeout_s
+        )
+        return min(1.0, max(0.05, shortest / 4))
+
+    async def _sweep(self) -> None:
+        interval = self.sweep_interval()
+        while True:
+            await asyncio.sleep(interval)
+            now = self.now = self.loop.time()
+            for connection in list(self.open):
+                connection.expire(now)
+
+    async def drain(self, within: float) -> int:
+        """Close idle connections, let busy ones answer what they owe, abort the rest.
+
+        Busy connections get `within` seconds; return how many had to be aborted then.
+        """
+        for connection in list(self.open):
+            connection.drain()
+        if self.open:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._empty.wait(), within)
+        left = list(self.open)
+        for connection in left:
+            if connection.transport is not None:
+                connection.transport.abort()
+        return len(left)
+
+    async def close(self) -> None:
+        """Stop the sweep."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: up test install system-deps check format lint types pytest compose-test clean
+.PHONY: up test test-fast install system-deps check format lint types pytest compose-test clean
 
 up: $(INSTALLED)
 	$(BIN)/mlcanary up
@@ -44,8 +44,15 @@ check: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# Every test, its files spread over the cores (pytest-xdist; a file stays on one worker, so that
+# its module fixtures start once). PYTEST_WORKERS=0 runs them in this one process.
+PYTEST_WORKERS ?= auto
 pytest: $(INSTALLED)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
+
+# The quick loop while changing code: lint, types, and every test not marked slow.
+test-fast: $(INSTALLED) check
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow"
 
 # The compose stack alone: images built on podman, started by docker-compose, checked end to
 # end (part of `make test` too; skipped there, saying why, where podman cannot run).

@@ -1,12 +1,14 @@
-"""Shared fixtures: one real sqlite registry, trained once per session."""
+"""Shared fixtures: one real sqlite registry, trained once per run (whatever the workers)."""
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from common.settings import RegistrySettings, system_settings
 from training.pipelines import ModelKind
@@ -34,12 +36,28 @@ class TrainedRegistry:
 
 @pytest.fixture(scope="session")
 def trained_registry(tmp_path_factory: pytest.TempPathFactory) -> TrainedRegistry:
-    """Train and register two versions once; tests must not change this registry."""
-    state = tmp_path_factory.mktemp("registry")
-    settings = RegistrySettings.embedded_in(state)
-    champion = train_and_register(TrainOptions(kind=ModelKind.linear), settings)
-    challenger = train_and_register(TrainOptions(kind=ModelKind.random_forest), settings)
-    return TrainedRegistry(state, settings, champion, challenger)
+    """Train and register two versions once; tests must not change this registry.
+
+    Under pytest-xdist every worker is a session of its own: the first to get here trains into
+    the run's shared temp folder, under a file lock, and the others read what it recorded.
+    """
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # this run's folder, above every worker's own
+    state, record = shared / "trained-registry", shared / "trained-registry.json"
+    with FileLock(shared / "trained-registry.lock"):
+        if not record.exists():
+            settings = RegistrySettings.embedded_in(state)
+            results = [
+                train_and_register(TrainOptions(kind=kind), settings)
+                for kind in (ModelKind.linear, ModelKind.random_forest)
+            ]
+            record.write_text(json.dumps([asdict(result) for result in results]))
+    champion, challenger = (
+        TrainResult(**{**fields, "kind": ModelKind(fields["kind"])})
+        for fields in json.loads(record.read_text())
+    )
+    return TrainedRegistry(state, RegistrySettings.embedded_in(state), champion, challenger)
 
 
 @pytest.fixture

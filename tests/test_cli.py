@@ -28,6 +28,8 @@ from tests.helpers import (
 )
 from training.dataset import COLUMNS
 
+pytestmark = pytest.mark.slow  # real MLflow, model servers or whole systems
+
 
 def test_help_reads_well_and_imports_no_mlflow() -> None:
     """`--help` lists the commands; loading the command line imports no mlflow, sklearn, numpy."""

@@ -37,6 +37,7 @@ from tests.helpers import free_port, wait_until
 
 REASON = unusable()
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(REASON is not None, reason=f"compose test skipped: {REASON}"),
     # The first test's fixture builds the images and starts the stack (minutes).
     pytest.mark.timeout(1800),

@@ -16,6 +16,8 @@ import requests
 from tests.conftest import TrainedRegistry
 from tests.servers import ServerProcess, start_model_server
 
+pytestmark = pytest.mark.slow  # real MLflow, model servers or whole systems
+
 ROW = {"hours_studied": 6.5, "sleep_hours": 7.0, "attendance_percent": 90.0, "previous_scores": 85}
 ROWS = [
     {**ROW, "hours_studied": float(hours), "previous_scores": 40 + 5 * hours}

@@ -38,6 +38,8 @@ from tests.systems import (
 from training.pipelines import ModelKind
 from training.train import TrainOptions, train_and_register
 
+pytestmark = pytest.mark.slow  # real MLflow, model servers or whole systems
+
 ROW = {"hours_studied": 6.5, "sleep_hours": 7.0, "attendance_percent": 90.0, "previous_scores": 85}
 BODY = json.dumps({"dataframe_records": [ROW]}).encode()
 ADMIN_ROUTES = [

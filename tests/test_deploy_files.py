@@ -26,6 +26,8 @@ from tests.conftest import TrainedRegistry
 from tests.helpers import command_environment, free_port
 from tests.servers import ServerProcess, start_model_server
 
+pytestmark = pytest.mark.slow  # real MLflow, model servers or whole systems
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"

@@ -26,6 +26,8 @@ from training.dataset import DEFAULT_PATH, FEATURES, TARGET, load_dataset
 from training.registry import connect, ensure_experiment, register_version
 from training.train import serving_requirements, trusted_types
 
+pytestmark = pytest.mark.slow  # real MLflow, model servers or whole systems
+
 COUNT = 20
 
 

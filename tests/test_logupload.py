@@ -23,6 +23,8 @@ from tests.helpers import run_mlcanary, wait_until
 from tests.systems import System, call_json, copied_registry, running_system
 from training.dataset import DEFAULT_PATH, FEATURES, load_dataset
 
+pytestmark = pytest.mark.slow  # real MLflow, model servers or whole systems
+
 BUCKET_URL = "s3://mlcanary-test/predictions"
 COUNT = 12
 

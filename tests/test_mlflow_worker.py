@@ -26,6 +26,8 @@ from tests.helpers import wait_until
 from tests.servers import ServerProcess, start_model_server
 from tests.zoo import KINDS
 
+pytestmark = pytest.mark.slow  # real MLflow, model servers or whole systems
+
 SHORT_IDLE, NEVER_IDLE = "0.5", "3600"
 ROW = {"a": 1.0, "b": 2.0, "c": 3.0}
 CSV = b"a,b,c\n1.0,2.0,3.0\n"

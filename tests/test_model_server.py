@@ -29,6 +29,8 @@ from model_server.settings import ServerSettings
 from tests.conftest import TrainedRegistry
 from tests.helpers import point_mlflow_at
 
+pytestmark = pytest.mark.slow  # real MLflow, model servers or whole systems
+
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 ROW = {"hours_studied": 6.5, "sleep_hours": 7.0, "attendance_percent": 90.0, "previous_scores": 85}
 FEATURES = list(ROW)

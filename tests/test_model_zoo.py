@@ -30,6 +30,8 @@ from model_server.settings import ServerSettings
 from tests.servers import ServerProcess, start_model_server
 from tests.zoo import KINDS, Kind
 
+pytestmark = pytest.mark.slow  # real MLflow, model servers or whole systems
+
 ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 
 PATHS = {

@@ -20,6 +20,8 @@ from tests.helpers import wait_until
 from tests.systems import System, call_json, copied_registry, running_system
 from training.dataset import DEFAULT_PATH, FEATURES, load_dataset
 
+pytestmark = pytest.mark.slow  # real MLflow, model servers or whole systems
+
 if TYPE_CHECKING:  # selenium itself is imported when a test runs
     from selenium.webdriver.remote.webdriver import WebDriver
 

@@ -25,6 +25,8 @@ from tests.helpers import wait_until
 from tests.systems import System, aliases_of, copied_registry, group_alive, running_system
 from tests.test_controller import Load
 
+pytestmark = pytest.mark.slow  # real MLflow, model servers or whole systems
+
 CLIENTS = 8
 
 
@@ -199,6 +201,7 @@ PARENT = """
 import sys, time
 from pathlib import Path
 from common.supervision import ChildProcess
+
 child = ChildProcess("sleeper", ["sh", "-c", "sleep 600 & sleep 600"], Path(sys.argv[1]))
 child.start()
 print(child.process.pid, flush=True)

@@ -30,6 +30,8 @@ from training.pipelines import ModelKind
 from training.registry import connect, ensure_experiment, register_version
 from training.train import TrainOptions, serving_requirements, train_and_register, trusted_types
 
+pytestmark = pytest.mark.slow  # real MLflow, model servers or whole systems
+
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 HEALTHY, SHIFTED = "3", "4"
 UNIT_SCALE, UNIT_SCALE_SHIFTED, CLASSIFIER, CLASSIFIER_FLIPPED = "5", "6", "7", "8"

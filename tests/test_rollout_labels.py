@@ -24,6 +24,8 @@ from tests.systems import System, copied_registry, running_system
 from tests.test_rollout import _register
 from training.dataset import DEFAULT_PATH, FEATURES, TARGET, load_dataset
 
+pytestmark = pytest.mark.slow  # real MLflow, model servers or whole systems
+
 VARIANTS = ("canary", "stable")
 LABEL_DELAY_S = 1.0
 """Labels are sent this long after their prediction was answered (the exam is marked later)."""

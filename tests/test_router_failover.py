@@ -22,6 +22,8 @@ from tests.routers import running_front, wait_until
 from tests.servers import ServerProcess, start_model_server
 from tests.test_router_http import PLANES, post, read_answer
 
+pytestmark = pytest.mark.slow  # real MLflow, model servers or whole systems
+
 ROW = {"hours_studied": 6.5, "sleep_hours": 7.0, "attendance_percent": 90.0, "previous_scores": 85}
 BODY = json.dumps({"dataframe_records": [ROW]}).encode()
 CLIENTS = 64

@@ -16,6 +16,8 @@ from tests.conftest import TrainedRegistry
 from tests.helpers import command_environment, free_port
 from tests.servers import ServerProcess, start_model_server
 
+pytestmark = pytest.mark.slow  # real MLflow, model servers or whole systems
+
 # What the router promises: no 5xx of its own, statuses, content types, headers and bodies as
 # its spec says. Whether a generated row is accepted is the model server's business (MLflow's
 # schema enforcement), so the data-acceptance checks are not the router's to pass.

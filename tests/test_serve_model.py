@@ -16,6 +16,8 @@ from tests.servers import start_model_server
 from training.pipelines import ModelKind
 from training.train import TrainOptions, train_and_register
 
+pytestmark = pytest.mark.slow  # real MLflow, model servers or whole systems
+
 ROW = {"hours_studied": 6.5, "sleep_hours": 7.0, "attendance_percent": 90.0, "previous_scores": 85}
 
 

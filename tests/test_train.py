@@ -21,6 +21,8 @@ from training.errors import TrainingError
 from training.pipelines import ModelKind
 from training.train import TrainOptions, evaluate, split_dataset, train_and_register
 
+pytestmark = pytest.mark.slow  # real MLflow, model servers or whole systems
+
 
 def test_registered_model_reproduces_its_logged_metrics(trained_registry: TrainedRegistry) -> None:
     """Loaded back from the registry, each version scores the held-out rows as logged."""

@@ -17,7 +17,7 @@ counted (the log is read before every batch, so it is one answered after its lab
 
 The prediction log is read incrementally (each file from where the last read stopped, whole
 lines only); its ids are held in memory (about 200 bytes a record), which suits one machine's
-log: the note on issue 17 says what is left for larger ones.
+log (docs/architecture.md, "Limits", says what is left for larger ones).
 """
 
 from __future__ import annotations

@@ -77,8 +77,8 @@ class Snapshot:
 def add_exposition(snapshot: Snapshot, text: str, source: str = "") -> tuple[str, int]:
     """Add one router's /metrics text to the snapshot, under the process's instance id.
 
-    Return that id and how many processes share the router's port. A router that names no
-    instance (an older release) is keyed by `source`, its address, as one process.
+    Return that id and how many processes share the router's port. A text that names no
+    instance is keyed by `source`, its address, as one process.
     """
     counts, instance, processes = Counts(), source, 1
     for family in text_string_to_metric_families(text):

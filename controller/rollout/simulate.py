@@ -101,8 +101,7 @@ class Outcome:
 
 
 def scenarios() -> list[Scenario]:
-    """Return the faults the judge must catch (docs/rollout-statistics.md), and identical twins
-    of each kind of model."""
+    """Return the faults the judge must catch, and identical twins of each kind of model."""
     scale_0_1 = Behaviour()
     scale_0_100 = Behaviour(prediction_mean=60.0, prediction_sd=15.0)
     classes = Behaviour(prediction_mean=None, class_shares=(0.6, 0.3, 0.1), label_wrong_share=0.1)

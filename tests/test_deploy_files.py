@@ -23,7 +23,7 @@ from contracts.routing import RoutingConfig, write_routing_file
 from controller.rollout.gates import Window
 from controller.rollout.promql import window_from_prometheus
 from tests.conftest import TrainedRegistry
-from tests.helpers import command_environment, free_port
+from tests.helpers import command_environment, free_port, wait_for_url, wait_until
 from tests.servers import ServerProcess, start_model_server
 
 pytestmark = pytest.mark.slow  # real MLflow, model servers or whole systems
@@ -155,24 +155,13 @@ def live(
         stable.wait_healthy()
         canary.wait_healthy()
         url = f"http://127.0.0.1:{port}"
-        _wait(f"{url}/health")
+        wait_for_url(f"{url}/health")
         yield Live(stable, canary, url)
     finally:
         router.terminate()
         router.wait(timeout=30)
         stable.stop()
         canary.stop()
-
-
-def _wait(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            assert time.monotonic() < deadline, f"{url} did not answer"
-            time.sleep(0.2)
 
 
 def _names(url: str) -> set[str]:
@@ -250,13 +239,18 @@ def test_a_real_prometheus_scrapes_the_counts_that_were_sent(live: Live, tmp_pat
             except OSError:
                 continue
         # A rollout reads its windows from this Prometheus the same way: `increase` over
-        # the window, which Prometheus extrapolates a little to the window's edges.
-        time.sleep(5)  # scraped for longer than the window, so extrapolation stays small
+        # the window, which Prometheus extrapolates a little to the window's edges: scraped
+        # all through the window (a sample each second), the extrapolation stays small.
+        covered = 'count_over_time(mlcanary_requests_total{job="router",code="200"}[8s])'
+        wait_until(lambda: min(_query(url, covered).values(), default=0) >= 7,
+                   "the router scraped all through a window")  # fmt: skip
         for _ in range(20):
             _post(live.router_url, "stable")
         for _ in range(10):
             _post(live.router_url, "canary")
-        time.sleep(3)
+        after = {"stable": expected["stable"] + 20, "canary": expected["canary"] + 10}
+        counts = 'sum by (variant) (mlcanary_requests_total{job="router"})'
+        wait_until(lambda: _query(url, counts) == after, "the new requests scraped")
         window = asyncio.run(_prometheus_window(url, 8))
         assert 18 <= window.stable.requests <= 28, window.stable  # 20 sent, extrapolated
         assert 9 <= window.canary.requests <= 14, window.canary  # 10 sent

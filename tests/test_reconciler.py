@@ -72,8 +72,8 @@ async def test_a_rollback_wins_over_a_deploy_still_starting_its_server(
     system: System, gated: tuple[RegistrySettings, Path, str]
 ) -> None:
     """Canary v2 at 50 % under load; a deploy of a slow model starts; a rollback comes: the
-    canary gets no new request within a second, no request fails, the deploy's caller gets 409
-    and its server is stopped, and the audit log says what was superseded."""
+    canary gets no request sent after the rollback is answered, no request fails, the deploy's
+    caller gets 409 and its server is stopped, and the audit log says what was superseded."""
     _, _, slow = gated
     code, answer = system.admin("POST", "/api/deploy", {"version": "2", "weight": 50})
     assert code == 200, answer
@@ -105,11 +105,11 @@ async def test_a_rollback_wins_over_a_deploy_still_starting_its_server(
         await asyncio.gather(*running)
     answers = [a for load in loads for a in load.answers]
     assert {a[2] for a in answers} == {200}, "a request failed"
-    last_canary = max(a[0] for a in answers if a[3] == "canary")
-    effective_s = last_canary - asked_at
-    print(f"rollback: answered in {answered_at - asked_at:.3f} s, canary's last request sent "
-          f"{effective_s:.3f} s after it was asked, {len(answers)} requests")  # fmt: skip
-    assert effective_s < 1.0, effective_s
+    # In effect at once, whatever the clock: answered while the deploy is still held in its
+    # server's start (it cannot load until the test lets it), and no request sent after the
+    # answer reached the canary (the controller answers once every router follows the file).
+    assert not any(a[3] == "canary" for a in answers if a[0] >= answered_at)
+    assert any(a[3] == "canary" for a in answers if a[0] < asked_at)
     assert deploy_code == 409 and deploy_answer["error_code"] == "ABORTED", deploy_answer
     assert f"deploy of v{slow}" in deploy_answer["message"]
     assert rolled_back["after"]["canary"] == {**rolled_back["before"]["canary"], "weight": 0.0}

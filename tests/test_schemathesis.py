@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 
 from contracts.routing import RoutingConfig, write_routing_file
 from tests.conftest import TrainedRegistry
-from tests.helpers import command_environment, free_port
+from tests.helpers import command_environment, free_port, wait_for_url
 from tests.servers import ServerProcess, start_model_server
 
 pytestmark = pytest.mark.slow  # real MLflow, model servers or whole systems
@@ -66,14 +64,7 @@ def router_url(
         for server in servers:
             server.wait_healthy()
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                time.sleep(0.2)
+        wait_for_url(f"{url}/health", process=router)
         yield url
     finally:
         router.terminate()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ import requests
 
 from common.settings import RegistrySettings
 from tests.conftest import TrainedRegistry
-from tests.helpers import free_port, run_mlcanary
+from tests.helpers import connections_to, free_port, run_mlcanary, wait_until
 from tests.servers import start_model_server
 from training.pipelines import ModelKind
 from training.train import TrainOptions, train_and_register
@@ -71,15 +70,12 @@ def test_a_bad_uri_is_a_clear_error_within_seconds(
         if registry == "sqlite"
         else f"http://127.0.0.1:{free_port()}"
     )
-    started = time.monotonic()
-    done = run_mlcanary(
+    done = run_mlcanary(  # a hang fails at run_mlcanary's deadline
         "serve-model", uri, "--port", str(free_port()), state=tmp_path, MLFLOW_TRACKING_URI=tracking
     )
-    took = time.monotonic() - started
     assert done.returncode == 1, done.stderr
     assert expected.lower() in done.stderr.lower()
     assert "Traceback" not in done.stderr
-    assert took < 30
 
 
 def test_invalid_settings_name_the_field(tmp_path: Path) -> None:
@@ -119,7 +115,8 @@ def test_sigterm_finishes_the_requests_in_flight(
     senders = [threading.Thread(target=send) for _ in range(4)]
     for sender in senders:
         sender.start()
-    time.sleep(0.5)
+    port = int(server.url.rsplit(":", 1)[1])
+    wait_until(lambda: connections_to(port) >= len(senders), "every request sent")
     code = server.stop(timeout=120)
     for sender in senders:
         sender.join(timeout=120)

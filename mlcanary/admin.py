@@ -48,7 +48,7 @@ def show_change(record: dict[str, Any], as_json: bool) -> None:
         return
     if "accepted" in record:
         change = record["accepted"]
-        stdout.print(
+        stdout().print(
             f"change {change['number']} ({change['action']}) recorded; "
             "`status` shows it pending until it is made",
             highlight=False,
@@ -100,13 +100,13 @@ def status(controller_url: ControllerUrl = None, as_json: AsJson = False) -> Non
             shown = ", ".join(
                 f"{name} {value:.4g}" for name, value in figures.items() if value is not None
             )
-            stdout.print(f"quality  {variant} v{version}: {shown}", highlight=False)
+            stdout().print(f"quality  {variant} v{version}: {shown}", highlight=False)
     for change in found.get("pending", []):
-        stdout.print(
+        stdout().print(
             f"pending  {change['number']} {change['action']}: {change['stage']}", highlight=False
         )
     for change in found["recent_changes"]:
-        stdout.print(
+        stdout().print(
             f"{change['time']}  {change['action']}: {change.get('reason') or '-'}", highlight=False
         )
 
@@ -187,7 +187,7 @@ def feedback(
     if as_json:
         print_json({"accepted": taken, "quality": answer["quality"]})
         return
-    stdout.print(f"{taken} labels taken", highlight=False)
+    stdout().print(f"{taken} labels taken", highlight=False)
 
 
 FEEDBACK_BATCH = 5000
@@ -248,7 +248,7 @@ def predict(
             fail(f"the labels were not taken: {error_message(error.read(), error.code)}")
         except OSError as error:
             fail(f"the labels were not taken: {error}")
-        stderr.print(f"{sent} labels sent to {router_url}/feedback", highlight=False)
+        stderr().print(f"{sent} labels sent to {router_url}/feedback", highlight=False)
     if as_json:
         print_json([asdict(answer) for answer in answers])
         return
@@ -261,7 +261,7 @@ def predict(
         table.add_row(
             answer.student, answer.prediction, answer.variant, answer.version, str(answer.status)
         )
-    stdout.print(table)
+    stdout().print(table)
     served: dict[str, int] = {}
     for answer in answers:
         key = f"{answer.variant} v{answer.version}"

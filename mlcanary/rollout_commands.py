@@ -14,6 +14,7 @@ from mlcanary.output import fail, print_json, stdout
 rollout_app = typer.Typer(
     help="Automated rollouts: weights raised step by step while the gates pass.",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 FINISHED = ("promoted", "rolled_back", "aborted", "idle")
 
@@ -117,7 +118,7 @@ def rollout_start(
     """Roll the canary out: exits 0 once promoted, 1 if rolled back."""
     state = admin_call("POST", "/api/rollout", {**body, "reason": reason}, controller_url)
     if detach:
-        print_json(state) if as_json else stdout.print("rollout started", highlight=False)
+        print_json(state) if as_json else stdout().print("rollout started", highlight=False)
         return
     _follow(controller_url, as_json)
 
@@ -140,7 +141,7 @@ def rollout_plan(
     if as_json:
         print_json(report)
     else:
-        stdout.print(_plan_view(report))
+        stdout().print(_plan_view(report))
     raise typer.Exit(1 if report["warnings"] else 0)
 
 
@@ -194,7 +195,7 @@ def rollout_watch(
     """Show the rollout live: step, weight, next judgement, each gate against its limit."""
     if once:
         state = admin_call("GET", "/api/rollout", None, controller_url)
-        print_json(state) if as_json else stdout.print(_rollout_view(state))
+        print_json(state) if as_json else stdout().print(_rollout_view(state))
         raise typer.Exit(0 if state["status"] != "rolled_back" else 1)
     _follow(controller_url, as_json)
 
@@ -206,7 +207,7 @@ def _follow(controller_url: str | None, as_json: bool) -> None:
     from rich.live import Live
 
     state = admin_call("GET", "/api/rollout", None, controller_url)
-    with Live(_rollout_view(state), console=stdout, refresh_per_second=2) as live:
+    with Live(_rollout_view(state), console=stdout(), refresh_per_second=2) as live:
         while state["status"] not in FINISHED:
             time.sleep(0.5)
             state = admin_call("GET", "/api/rollout", None, controller_url)
@@ -257,18 +258,18 @@ def _rollout_view(state: dict[str, Any]) -> Any:
 def rollout_abort(reason: Reason = "", controller_url: ControllerUrl = None) -> None:
     """Stop the rollout and send the canary no traffic, at once."""
     state = admin_call("POST", "/api/rollout/abort", {"reason": reason}, controller_url)
-    stdout.print(f"rollout {state['status']}: {state['message']}", highlight=False)
+    stdout().print(f"rollout {state['status']}: {state['message']}", highlight=False)
 
 
 @rollout_app.command("pause")
 def rollout_pause(reason: Reason = "", controller_url: ControllerUrl = None) -> None:
     """Hold the rollout's weight."""
     admin_call("POST", "/api/rollout/pause", {"reason": reason}, controller_url)
-    stdout.print("rollout paused", highlight=False)
+    stdout().print("rollout paused", highlight=False)
 
 
 @rollout_app.command("resume")
 def rollout_resume(reason: Reason = "", controller_url: ControllerUrl = None) -> None:
     """Go on with a paused rollout."""
     admin_call("POST", "/api/rollout/resume", {"reason": reason}, controller_url)
-    stdout.print("rollout resumed", highlight=False)
+    stdout().print("rollout resumed", highlight=False)

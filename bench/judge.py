@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from controller.rollout.gates import GateLimits
+from controller.rollout.judgement import GateLimits
 from controller.rollout.simulate import Traffic, scenarios, simulate, summarize
 
 

@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -149,17 +150,13 @@ class ChildProcess:
         """Start the child and announce its group to this process's guardian."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(  # noqa: S603 (argv is built by us, no shell)
+            self.process, self.identity = start_announced(
                 self.argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.environment,
-                start_new_session=True,
             )
-        # Unreaped, an exited child is a zombie whose start time can still be read.
-        self.identity = ProcessIdentity.of(self.process.pid) or ProcessIdentity(self.process.pid, 0)
-        GUARDIAN.announce(self.identity)
 
     @property
     def running(self) -> bool:
@@ -175,9 +172,48 @@ class ChildProcess:
         """Stop the child's whole group (SIGTERM, then SIGKILL after `grace`), and reap it."""
         if self.process is None or self.identity is None:
             return
-        stop_groups([self.identity], grace)
-        self.process.wait(timeout=STOP_GRACE_SECONDS)
-        GUARDIAN.forget(self.identity)
+        stop_announced([(self.process, self.identity)], grace)
+
+
+def stop_requested() -> asyncio.Event:
+    """Return an event set when this process gets SIGTERM or SIGINT (Ctrl-C).
+
+    Every long-running part (router, model server, controller) stops on it in the same way:
+    stop accepting, finish what was received, exit 0.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def start_announced(
+    argv: list[str], **options: Any
+) -> tuple[subprocess.Popen[bytes], ProcessIdentity]:
+    """Start `argv` leading a process group of its own, announced to the guardian.
+
+    `options` go to Popen. If this process dies, even by SIGKILL, the guardian stops the group;
+    `stop_announced` stops it here and tells the guardian.
+    """
+    process = subprocess.Popen(argv, start_new_session=True, **options)  # noqa: S603 (no shell)
+    # Unreaped, an exited child is a zombie whose start time can still be read.
+    identity = ProcessIdentity.of(process.pid) or ProcessIdentity(process.pid, 0)
+    GUARDIAN.announce(identity)
+    return process, identity
+
+
+def stop_announced(
+    children: list[tuple[subprocess.Popen[Any], ProcessIdentity]], grace: float
+) -> None:
+    """Stop announced children's groups (SIGTERM, SIGKILL after `grace`); reap them.
+
+    The one way a parent stops the processes it started: the guardian is told of each.
+    """
+    stop_groups([identity for _, identity in children], grace)
+    for process, identity in children:
+        process.wait(timeout=STOP_GRACE_SECONDS)
+        GUARDIAN.forget(identity)
 
 
 async def wait_until_healthy(child: ChildProcess, url: str, within: float) -> None:

@@ -7,9 +7,12 @@ an MLflow client's error handling works against any of them.
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-from aiohttp import web
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 JSON = "application/json"
 
@@ -31,7 +34,12 @@ def error_body(error_code: str, message: str) -> bytes:
 
 
 def error_response(status: int, error_code: str, message: str) -> web.Response:
-    """Answer an error of our own in MLflow's body shape."""
+    """Answer an error of our own in MLflow's body shape.
+
+    aiohttp is imported here, not at the top: the CLI reads `ErrorBody` without loading it.
+    """
+    from aiohttp import web
+
     return web.Response(
         status=status, body=error_body(error_code, message), headers={"Content-Type": JSON}
     )

@@ -21,10 +21,11 @@ from controller.changes import Controller
 from controller.errors import ControllerError, InvalidChange, LabelsRefused, Superseded
 from controller.feedback import LabelBook
 from controller.live import LiveTraffic
-from controller.rollout.engine import ACTIVE, RolloutPlan, RolloutRunner
-from controller.rollout.gates import GateLimits
+from controller.rollout.engine import RolloutRunner
+from controller.rollout.judgement import GateLimits
 from controller.rollout.planner import plan_report
 from controller.rollout.simulate import Traffic
+from controller.rollout.state import ACTIVE, RolloutPlan
 from controller.rollout.window import Snapshot, take_snapshot
 from controller.token import token_matches
 
@@ -68,25 +69,30 @@ class WeightRequest(LongChange):
     weight: float = Field(ge=0.0, le=100.0)
 
 
+PLAN, LIMITS = RolloutPlan(), GateLimits()
+"""The rollout's defaults, stated once (RolloutPlan, GateLimits): a request leaves out what it
+keeps."""
+
+
 class RolloutRequest(Change):
     """Roll the canary out over `steps` (percent), judging each `interval_s` window."""
 
-    steps: list[float] = Field(default=[5, 10, 25, 50, 100], min_length=1, max_length=50)
-    interval_s: float = Field(default=60.0, ge=0.2, le=86_400)
-    min_requests: int = Field(default=50, ge=1)
-    max_error_rate: float = Field(default=0.01, ge=0, le=1)
-    false_alarm_rate: float = Field(default=0.01, gt=0, lt=1)
-    min_error_ratio: float = Field(default=1.5, ge=1)
-    max_p99_ratio: float = Field(default=1.5, ge=1)
-    p99_tolerance_s: float = Field(default=0.005, ge=0)
-    max_psi: float = Field(default=0.05, ge=0)
-    max_shadow_delta: float | None = Field(default=None, ge=0)
-    max_failed_checks: int = Field(default=2, ge=1)
-    max_insufficient_windows: int = Field(default=5, ge=1)
+    steps: list[float] = Field(default=list(PLAN.steps), min_length=1, max_length=50)
+    interval_s: float = Field(default=PLAN.interval_s, ge=0.2, le=86_400)
+    min_requests: int = Field(default=LIMITS.min_requests, ge=1)
+    max_error_rate: float = Field(default=LIMITS.max_error_rate, ge=0, le=1)
+    false_alarm_rate: float = Field(default=LIMITS.false_alarm_rate, gt=0, lt=1)
+    min_error_ratio: float = Field(default=LIMITS.min_error_ratio, ge=1)
+    max_p99_ratio: float = Field(default=LIMITS.max_p99_ratio, ge=1)
+    p99_tolerance_s: float = Field(default=LIMITS.p99_tolerance_s, ge=0)
+    max_psi: float = Field(default=LIMITS.max_psi, ge=0)
+    max_shadow_delta: float | None = Field(default=LIMITS.max_shadow_delta, ge=0)
+    max_failed_checks: int = Field(default=PLAN.max_failed_checks, ge=1)
+    max_insufficient_windows: int = Field(default=PLAN.max_insufficient_windows, ge=1)
     prometheus_url: str | None = Field(default=None, pattern=r"^https?://[^/?#]+/?$")
-    min_labels: int = Field(default=0, ge=0)
-    label_wait_s: float = Field(default=600.0, ge=0, le=30 * 86_400)
-    max_label_error_ratio: float = Field(default=1.5, ge=1)
+    min_labels: int = Field(default=LIMITS.min_labels, ge=0)
+    label_wait_s: float = Field(default=PLAN.label_wait_s, ge=0, le=30 * 86_400)
+    max_label_error_ratio: float = Field(default=LIMITS.max_label_error_ratio, ge=1)
 
     def plan(self) -> RolloutPlan:
         """Return the plan this request describes (InvalidChange if it cannot run)."""

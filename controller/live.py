@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.errors import ControllerError
-from controller.rollout.gates import Categories, summarize_window
+from controller.rollout.gates import summarize_window
+from controller.rollout.judgement import Categories
 from controller.rollout.window import Snapshot, window_between
 
 log = logging.getLogger("controller")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from common.settings import RegistrySettings, system_settings
+from common.supervision import stop_requested
 from contracts.routing import RoutingConfig
 from controller.api import create_api
 from controller.changes import ChangeSettings, Controller
@@ -201,10 +201,7 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
         site = web.TCPSite(runner, options.host, options.port, reuse_address=True)
         await site.start()
         print(f"controller listening on http://{options.host}:{options.port}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_requested()
         while not stop.is_set():
             if runtime.servers:  # owned servers only: no store read each second otherwise
                 config = await controller.current()

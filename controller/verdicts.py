@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from common.settings import EXPERIMENT_NAME, RegistrySettings
-from controller.rollout.gates import ordered
+from controller.rollout.histograms import ordered
 from training.registry import connect, ensure_experiment
 
 log = logging.getLogger("controller")

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from controller.rollout.judgement import GateLimits
+from controller.rollout.state import RolloutPlan
 from mlcanary.admin import AsJson, ControllerUrl, Reason, admin_call
 from mlcanary.output import fail, print_json, stdout
 
@@ -17,6 +19,9 @@ rollout_app = typer.Typer(
     rich_markup_mode=None,
 )
 FINISHED = ("promoted", "rolled_back", "aborted", "idle")
+PLAN, LIMITS = RolloutPlan(), GateLimits()
+"""The defaults the controller applies, shown in --help (stated once, in the controller)."""
+STEPS = ",".join(f"{step:g}" for step in PLAN.steps)
 
 
 def _seconds(text: str, option: str = "--interval") -> float:
@@ -31,47 +36,53 @@ def _seconds(text: str, option: str = "--interval") -> float:
 
 
 def _plan_options(
-    steps: Annotated[str, typer.Option(help="Canary percents, in order.")] = "5,10,25,50,100",
+    steps: Annotated[str, typer.Option(help="Canary percents, in order.")] = STEPS,
     interval: Annotated[
         str, typer.Option(help="Window judged after each step: 60s, 2m...")
-    ] = "60s",
-    min_requests: Annotated[int, typer.Option(help="Canary requests a window needs.")] = 50,
+    ] = f"{PLAN.interval_s:g}s",
+    min_requests: Annotated[
+        int, typer.Option(help="Canary requests a window needs.")
+    ] = LIMITS.min_requests,
     false_alarm_rate: Annotated[
         float, typer.Option(help="Chance a canary as good as stable is rolled back.")
-    ] = 0.01,
-    max_error_rate: Annotated[float, typer.Option(help="Canary 5xx share at most.")] = 0.01,
+    ] = LIMITS.false_alarm_rate,
+    max_error_rate: Annotated[
+        float, typer.Option(help="Canary 5xx share at most.")
+    ] = LIMITS.max_error_rate,
     min_error_ratio: Annotated[
         float, typer.Option(help="Canary 5xx share this many times stable's fails.")
-    ] = 1.5,
+    ] = LIMITS.min_error_ratio,
     max_p99_ratio: Annotated[
         float, typer.Option(help="Latency bound: this many times the p99...")
-    ] = 1.5,
+    ] = LIMITS.max_p99_ratio,
     p99_tolerance: Annotated[
         float, typer.Option(help="...or the p99 plus this many seconds, the later.")
-    ] = 0.005,
+    ] = LIMITS.p99_tolerance_s,
     max_psi: Annotated[
         float, typer.Option(help="Smallest prediction shift (PSI) that fails.")
-    ] = 0.05,
+    ] = LIMITS.max_psi,
     max_shadow_delta: Annotated[
         float | None, typer.Option(help="Mean |shadow delta| at most (when shadowing).")
     ] = None,
-    max_failed_checks: Annotated[int, typer.Option(help="Unreadable windows that roll back.")] = 2,
+    max_failed_checks: Annotated[
+        int, typer.Option(help="Unreadable windows that roll back.")
+    ] = PLAN.max_failed_checks,
     max_insufficient: Annotated[
         int, typer.Option(help="Windows in a row without enough traffic that fail it.")
-    ] = 5,
+    ] = PLAN.max_insufficient_windows,
     prometheus: Annotated[
         str | None, typer.Option(help="Judge windows from this Prometheus (else the routers).")
     ] = None,
     min_labels: Annotated[
         int,
         typer.Option(help="Labelled canary rows each step needs (0: labels not judged)."),
-    ] = 0,
+    ] = LIMITS.min_labels,
     label_wait: Annotated[
         str, typer.Option(help="How long a step waits for them: 10m, 1h...")
-    ] = "10m",
+    ] = f"{PLAN.label_wait_s:g}s",
     max_label_error_ratio: Annotated[
         float, typer.Option(help="Canary rows bad this many times as often as stable's fail.")
-    ] = 1.5,
+    ] = LIMITS.max_label_error_ratio,
 ) -> dict[str, Any]:
     """Return the options of a rollout plan (shared by `start` and `plan`) as the API body."""
     try:

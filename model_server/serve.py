@@ -6,13 +6,13 @@ import asyncio
 import gc
 import logging
 import os
-import signal
 import sys
 import tempfile
 from pathlib import Path
 
 from aiohttp import web
 
+from common.supervision import stop_requested
 from model_server.http.app import STATE, Loader, create_app
 from model_server.model.loading import ModelLoadError, ResolvedModel, resolve
 from model_server.settings import ServerSettings
@@ -56,10 +56,7 @@ async def serve_native(settings: ServerSettings, resolved: ResolvedModel, loader
     await site.start()
     host, port = runner.addresses[0][:2]
     print(f"listening on http://{host}:{port} for {resolved.uri}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_requested()
     state = app[STATE]
     settled = asyncio.create_task(state.settled.wait())
     stopping = asyncio.create_task(stop.wait())

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
@@ -14,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from common.supervision import GUARDIAN, ProcessIdentity
+from common.supervision import start_announced, stop_announced, stop_requested
 from router.plane.dataplane import DataPlane, Front, start_front
 from router.settings import RouterSettings
 from router.web.app import create_app
@@ -42,24 +40,11 @@ def run_router(
     ]  # fmt: skip
     # Each worker leads its own group, announced to the guardian: if this process is SIGKILLed,
     # the workers (which hold the port too) are stopped with it.
-    children = [
-        subprocess.Popen(argv, start_new_session=True)  # noqa: S603 (our own command, no shell)
-        for _ in range(workers - 1)
-    ]
-    identities = [ProcessIdentity.of(child.pid) for child in children]
-    for identity in identities:
-        if identity is not None:
-            GUARDIAN.announce(identity)
+    children = [start_announced(argv) for _ in range(workers - 1)]
     try:
         _run(serve_router(settings, reuse_port=True, data_plane=data_plane), loop)
-    finally:
-        for child in children:
-            child.send_signal(signal.SIGTERM)
-        for child in children:
-            child.wait(timeout=settings.drain_timeout_s + 10)
-        for identity in identities:
-            if identity is not None:
-                GUARDIAN.forget(identity)
+    finally:  # each worker drains as this one did; past that, it is killed
+        stop_announced(children, grace=settings.drain_timeout_s + 10)
 
 
 def _run(main: Coroutine[Any, Any, None], loop: str) -> None:
@@ -122,9 +107,6 @@ async def serve_router(
         gc.freeze()  # what start-up built stays: later collections need not walk it
         listening = f"http://{settings.host}:{front.port}"
         print(f"router listening on {listening}, following {settings.config_path}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_requested()
         await stop.wait()
         log.info("draining: answering requests received (up to %s s)", settings.drain_timeout_s)

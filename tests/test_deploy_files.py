@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from contracts.routing import RoutingConfig, write_routing_file
-from controller.rollout.gates import Window
+from controller.rollout.judgement import Window
 from controller.rollout.promql import window_from_prometheus
 from tests.conftest import TrainedRegistry
 from tests.helpers import command_environment, free_port, wait_for_url, wait_until

@@ -10,26 +10,19 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
 from controller.feedback import LabelledRow
-from controller.rollout.engine import select_labelled
-from controller.rollout.evidence import BOTH_RATIOS, UP_RATIOS, Evidence, effective
-from controller.rollout.gates import (
+from controller.rollout.evidence import BOTH_RATIOS, UP_RATIOS, Evidence, RolloutEvidence, effective
+from controller.rollout.gates import judge, label_gate, latency_bound
+from controller.rollout.histograms import categories_of, ordered, psi, quantile, upper_bound
+from controller.rollout.judgement import (
     Buckets,
     Categories,
     GateLimits,
     LabelledRows,
-    RolloutEvidence,
     VariantWindow,
     Verdict,
     Window,
-    categories_of,
-    judge,
-    label_gate,
-    latency_bound,
-    ordered,
-    psi,
-    quantile,
-    upper_bound,
 )
+from controller.rollout.state import select_labelled
 from controller.rollout.steps import Progress, decide, wait_for_labels
 
 LATENCY_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, math.inf)

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from contracts.routing import Predictions, RoutingConfig, write_routing_file
 from controller.errors import ControllerError
-from controller.rollout.gates import quantile
+from controller.rollout.histograms import quantile
 from controller.rollout.window import Snapshot, add_exposition, take_snapshot, window_between
 from router.telemetry.metrics import RouterMetrics
 from tests.helpers import command_environment, free_port

@@ -24,6 +24,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from controller.rollout.judgement import Categories
 
 UP_RATIOS = (1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0, 100.0)
 """The alternatives mixed, as multiples of the null's per-request rate: from the smallest
@@ -88,3 +91,109 @@ def effective(count: float, rows_per_request: float) -> float:
     all alike), which keeps the false-alarm bound whatever the clients send.
     """
     return count / rows_per_request if rows_per_request > 1 else count
+
+
+@dataclass
+class Tally:
+    """Events and totals per variant since the rollout began (for the size of a difference)."""
+
+    canary_events: float = 0.0
+    canary_total: float = 0.0
+    stable_events: float = 0.0
+    stable_total: float = 0.0
+
+    def add(self, canary_events: float, canary_total: float,
+            stable_events: float, stable_total: float) -> None:  # fmt: skip
+        """Count one window."""
+        self.canary_events += canary_events
+        self.canary_total += canary_total
+        self.stable_events += stable_events
+        self.stable_total += stable_total
+
+    def canary_rate(self) -> float:
+        """Return the canary's share of events (0 before it has any traffic)."""
+        return self.canary_events / self.canary_total if self.canary_total else 0.0
+
+    def stable_rate(self) -> float:
+        """Return stable's share of events (0 before it has any traffic)."""
+        return self.stable_events / self.stable_total if self.stable_total else 0.0
+
+
+@dataclass
+class OutputEvidence:
+    """One model output's prediction counts so far and the test of each category."""
+
+    canary: Categories = field(default_factory=dict)
+    stable: Categories = field(default_factory=dict)
+    tests: dict[str, Evidence] = field(default_factory=dict)
+
+    def value(self) -> float:
+        """Return the product of the categories' e-values (factors of one likelihood ratio)."""
+        values = [test.value for test in self.tests.values()]
+        logs = sum(math.log(value) for value in values if value > 0)
+        return math.exp(min(logs, 700.0))
+
+
+@dataclass
+class RolloutEvidence:
+    """Everything the gates have accumulated since the rollout began (saved with its state)."""
+
+    error_rate: Evidence = field(default_factory=Evidence)
+    error_ratio: Evidence = field(default_factory=Evidence)
+    latency: Evidence = field(default_factory=Evidence)
+    errors: Tally = field(default_factory=Tally)
+    slow: Tally = field(default_factory=Tally)
+    stable_latency: Categories = field(default_factory=dict)
+    """Stable's latency buckets over the windows so far (the latency bound's source)."""
+    outputs: dict[str, OutputEvidence] = field(default_factory=dict)
+    label_errors: Evidence = field(default_factory=Evidence)
+    bad_rows: Tally = field(default_factory=Tally)
+    """Labelled rows found bad, and all labelled rows, per variant."""
+    stable_errors: list[float] = field(default_factory=list)
+    """Stable's labelled errors so far (numbers): the bound's source."""
+    pairs: int = 0
+    """Labelled rows both variants answered (shadowed), judged paired."""
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the state as JSON-able data."""
+        return {
+            "error_rate": self.error_rate.to_json(),
+            "error_ratio": self.error_ratio.to_json(),
+            "latency": self.latency.to_json(),
+            "errors": vars(self.errors), "slow": vars(self.slow),
+            "stable_latency": self.stable_latency,
+            "outputs": {
+                name: {"canary": output.canary, "stable": output.stable,
+                       "tests": {c: test.to_json() for c, test in output.tests.items()}}
+                for name, output in self.outputs.items()
+            },
+            "label_errors": self.label_errors.to_json(), "bad_rows": vars(self.bad_rows),
+            "stable_errors": self.stable_errors, "pairs": self.pairs,
+        }  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RolloutEvidence:
+        """Rebuild what `to_json` saved (missing parts start afresh)."""
+        return cls(
+            error_rate=Evidence.from_json(data.get("error_rate", []), UP_RATIOS),
+            error_ratio=Evidence.from_json(data.get("error_ratio", []), UP_RATIOS),
+            latency=Evidence.from_json(data.get("latency", []), UP_RATIOS),
+            errors=Tally(**data.get("errors", {})),
+            slow=Tally(**data.get("slow", {})),
+            stable_latency=dict(data.get("stable_latency", {})),
+            outputs={
+                name: OutputEvidence(
+                    dict(output["canary"]),
+                    dict(output["stable"]),
+                    {
+                        c: Evidence.from_json(logs, BOTH_RATIOS)
+                        for c, logs in output["tests"].items()
+                    },
+                )
+                for name, output in data.get("outputs", {}).items()
+            },
+            label_errors=Evidence.from_json(data.get("label_errors", []), UP_RATIOS),
+            bad_rows=Tally(**data.get("bad_rows", {})),
+            stable_errors=list(data.get("stable_errors", [])),
+            pairs=int(data.get("pairs", 0)),
+        )

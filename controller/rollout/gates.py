@@ -14,153 +14,48 @@ decision can be replayed from the audit log.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
 
-from controller.rollout.evidence import BOTH_RATIOS, UP_RATIOS, Evidence, effective
+from controller.rollout.evidence import (
+    BOTH_RATIOS,
+    Evidence,
+    OutputEvidence,
+    RolloutEvidence,
+    effective,
+)
+from controller.rollout.histograms import (
+    _above,
+    _quantile_of,
+    _ratio,
+    _share,
+    _total,
+    buckets_of,
+    categories_of,
+    ordered,
+    psi,
+    quantile,
+    upper_bound,
+)
+from controller.rollout.judgement import (
+    Buckets,
+    Categories,
+    GateLimits,
+    GateResult,
+    Verdict,
+    Window,
+)
 
-Buckets = list[tuple[float, float]]
-"""Cumulative histogram buckets: (upper bound, observations at or below it), +Inf last."""
-Categories = dict[str, float]
-"""One output's predictions as counts: per histogram bucket (named by its upper bound, `+Inf`
-last) for numbers, or per class label."""
 SLOW_SHARE_FLOOR = 0.01
 """A canary is slow when more than this share of its answers exceed the latency bound: its
 p99 is then above the bound."""
-STABLE_BOUND_SHARE = 0.1
-"""Of a gate comparing the canary with stable, the share of its alpha spent on bounding
-stable's rate from the earlier windows, for windows at 100% (no stable traffic to compare
-with): the canary is then tested against that upper bound, a one-sample test."""
-BOUNDED_GATES = ("error_ratio", "p99_ratio", "label_errors")
-"""The gates that compare the canary with stable, and so spend part of their alpha that way."""
+
+
 LABEL_BOUND_QUANTILE = 0.9
 """Numeric labels: a labelled row is bad when its error exceeds this quantile of stable's
 errors in the windows before (so about 10% of stable's rows are bad by construction)."""
+
+
 MIN_BOUND_ROWS = 20
 """Stable's labelled rows needed before the first bound is cut from them."""
-SMOOTHING = 0.5
-"""Added to every category's count in the PSI (Jeffreys): an empty bucket in a small sample
-is not a shift."""
-
-
-@dataclass(frozen=True)
-class VariantWindow:
-    """What one variant did during a window."""
-
-    requests: float = 0.0
-    errors: float = 0.0
-    """Answers with a 5xx status."""
-    latency: Buckets = field(default_factory=list)
-    predictions: dict[str, Categories] = field(default_factory=dict)
-    """By model output (a column name, or `predictions` for a single output)."""
-
-
-@dataclass(frozen=True)
-class LabelledRows:
-    """Rows of each variant whose labels arrived during a window: each row's error.
-
-    For numbers, |prediction - label|; for classes, 1 for a wrong prediction and 0 for a right
-    one (then `classes` is true).
-    """
-
-    canary: tuple[float, ...] = ()
-    stable: tuple[float, ...] = ()
-    classes: bool = False
-    pairs: tuple[tuple[float, float], ...] = ()
-    """Rows both answered, stable to the client and the canary as its shadow: (canary's error,
-    stable's error) on the same row. Not in `canary` or `stable`."""
-
-
-@dataclass(frozen=True)
-class Window:
-    """Both variants over one interval, and the shadow comparisons made in it."""
-
-    stable: VariantWindow
-    canary: VariantWindow
-    shadow_delta_sum: float = 0.0
-    shadow_delta_count: float = 0.0
-    labels: LabelledRows = field(default_factory=LabelledRows)
-
-
-@dataclass(frozen=True)
-class GateLimits:
-    """What a canary must keep to pass (defaults documented in the README)."""
-
-    min_requests: int = 50
-    """Canary requests a window needs to pass (fewer: insufficient, the weight holds)."""
-    false_alarm_rate: float = 0.01
-    """Chance that a canary no worse than stable is rolled back, over the whole rollout."""
-    max_error_rate: float = 0.01
-    """The canary's 5xx share must not be shown above this, whatever stable's is..."""
-    min_error_ratio: float = 1.5
-    """...nor shown above stable's by at least this factor."""
-    max_p99_ratio: float = 1.5
-    """Latency bound: this multiple of stable's p99 in the windows so far..."""
-    p99_tolerance_s: float = 0.005
-    """...or that p99 plus this many seconds, whichever is later; the canary fails when its
-    answers exceed the bound significantly more often than stable's, and its p99 is above it."""
-    max_psi: float = 0.05
-    """Predictions: smallest shift (population stability index) that fails a canary, when the
-    shift is also significant."""
-    max_shadow_delta: float | None = None
-    """Mean absolute shadow delta, when shadowing is on (None: not judged)."""
-    min_labels: int = 0
-    """Labelled canary rows a step needs before it may pass (0: labels are not judged)."""
-    max_label_error_ratio: float = 1.5
-    """The canary fails on labels when its rows are bad (wrong class, or an error above
-    stable's usual) significantly more often than stable's, and at least this many times as
-    often."""
-
-    def alpha(self, gate: str, outputs: int = 1) -> float:
-        """Return the gate's share of the false-alarm budget (Bonferroni over the gates).
-
-        Errors and latency a quarter each (the error quarter split between its two tests),
-        predictions half, split over the model's outputs. With labels judged, the labels gate
-        takes half of the predictions' share.
-        """
-        shares = {"error_rate": 1 / 8, "error_ratio": 1 / 8, "p99_ratio": 1 / 4}
-        labelled = self.min_labels > 0
-        if gate == "label_errors":
-            return self.false_alarm_rate / 4 * (1 - STABLE_BOUND_SHARE)
-        predictions = 1 / (4 if labelled else 2) / max(outputs, 1)
-        share = self.false_alarm_rate * shares.get(gate, predictions)
-        return share * (1 - STABLE_BOUND_SHARE) if gate in BOUNDED_GATES else share
-
-    def bound_alpha(self, gate: str) -> float:
-        """Return the alpha of the upper bound on stable's rate used at 100% by `gate`."""
-        return self.alpha(gate) / (1 - STABLE_BOUND_SHARE) * STABLE_BOUND_SHARE
-
-
-@dataclass(frozen=True)
-class GateResult:
-    """One gate: the difference seen so far against its floor, and the evidence for it."""
-
-    gate: str
-    value: float | None
-    """The difference so far (the gate's own measure; None before there is data)."""
-    limit: float
-    """The floor `value` must reach to fail."""
-    passed: bool
-    detail: str = ""
-    evidence: float | None = None
-    """The sequential test's e-value over the rollout so far (None: judged per window)..."""
-    needed: float | None = None
-    """...and the value at which it rejects (1 / the gate's alpha)."""
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The window's outcome: pass, fail, or insufficient data; with every gate's numbers."""
-
-    outcome: str
-    """`pass`, `fail`, `insufficient` (too little traffic) or `waiting` (for labels)."""
-    gates: list[GateResult]
-    canary_requests: float
-    labelled: tuple[int, int] = (0, 0)
-    """Rows labelled in this window: canary's, stable's."""
-    variants: dict[str, dict[str, float | None]] = field(default_factory=dict)
-    """What each variant did in the window (`summarize_window`), for the verdict's record."""
 
 
 def summarize_window(window: Window) -> dict[str, dict[str, float | None]]:
@@ -186,112 +81,6 @@ def summarize_window(window: Window) -> dict[str, dict[str, float | None]]:
             "label_error": sum(errors) / len(errors) if errors else None,
         }
     return shown
-
-
-@dataclass
-class Tally:
-    """Events and totals per variant since the rollout began (for the size of a difference)."""
-
-    canary_events: float = 0.0
-    canary_total: float = 0.0
-    stable_events: float = 0.0
-    stable_total: float = 0.0
-
-    def add(self, canary_events: float, canary_total: float,
-            stable_events: float, stable_total: float) -> None:  # fmt: skip
-        """Count one window."""
-        self.canary_events += canary_events
-        self.canary_total += canary_total
-        self.stable_events += stable_events
-        self.stable_total += stable_total
-
-    def canary_rate(self) -> float:
-        """Return the canary's share of events (0 before it has any traffic)."""
-        return self.canary_events / self.canary_total if self.canary_total else 0.0
-
-    def stable_rate(self) -> float:
-        """Return stable's share of events (0 before it has any traffic)."""
-        return self.stable_events / self.stable_total if self.stable_total else 0.0
-
-
-@dataclass
-class OutputEvidence:
-    """One model output's prediction counts so far and the test of each category."""
-
-    canary: Categories = field(default_factory=dict)
-    stable: Categories = field(default_factory=dict)
-    tests: dict[str, Evidence] = field(default_factory=dict)
-
-    def value(self) -> float:
-        """Return the product of the categories' e-values (factors of one likelihood ratio)."""
-        values = [test.value for test in self.tests.values()]
-        logs = sum(math.log(value) for value in values if value > 0)
-        return math.exp(min(logs, 700.0))
-
-
-@dataclass
-class RolloutEvidence:
-    """Everything the gates have accumulated since the rollout began (saved with its state)."""
-
-    error_rate: Evidence = field(default_factory=Evidence)
-    error_ratio: Evidence = field(default_factory=Evidence)
-    latency: Evidence = field(default_factory=Evidence)
-    errors: Tally = field(default_factory=Tally)
-    slow: Tally = field(default_factory=Tally)
-    stable_latency: Categories = field(default_factory=dict)
-    """Stable's latency buckets over the windows so far (the latency bound's source)."""
-    outputs: dict[str, OutputEvidence] = field(default_factory=dict)
-    label_errors: Evidence = field(default_factory=Evidence)
-    bad_rows: Tally = field(default_factory=Tally)
-    """Labelled rows found bad, and all labelled rows, per variant."""
-    stable_errors: list[float] = field(default_factory=list)
-    """Stable's labelled errors so far (numbers): the bound's source."""
-    pairs: int = 0
-    """Labelled rows both variants answered (shadowed), judged paired."""
-
-    def to_json(self) -> dict[str, Any]:
-        """Return the state as JSON-able data."""
-        return {
-            "error_rate": self.error_rate.to_json(),
-            "error_ratio": self.error_ratio.to_json(),
-            "latency": self.latency.to_json(),
-            "errors": vars(self.errors), "slow": vars(self.slow),
-            "stable_latency": self.stable_latency,
-            "outputs": {
-                name: {"canary": output.canary, "stable": output.stable,
-                       "tests": {c: test.to_json() for c, test in output.tests.items()}}
-                for name, output in self.outputs.items()
-            },
-            "label_errors": self.label_errors.to_json(), "bad_rows": vars(self.bad_rows),
-            "stable_errors": self.stable_errors, "pairs": self.pairs,
-        }  # fmt: skip
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> RolloutEvidence:
-        """Rebuild what `to_json` saved (missing parts start afresh)."""
-        return cls(
-            error_rate=Evidence.from_json(data.get("error_rate", []), UP_RATIOS),
-            error_ratio=Evidence.from_json(data.get("error_ratio", []), UP_RATIOS),
-            latency=Evidence.from_json(data.get("latency", []), UP_RATIOS),
-            errors=Tally(**data.get("errors", {})),
-            slow=Tally(**data.get("slow", {})),
-            stable_latency=dict(data.get("stable_latency", {})),
-            outputs={
-                name: OutputEvidence(
-                    dict(output["canary"]),
-                    dict(output["stable"]),
-                    {
-                        c: Evidence.from_json(logs, BOTH_RATIOS)
-                        for c, logs in output["tests"].items()
-                    },
-                )
-                for name, output in data.get("outputs", {}).items()
-            },
-            label_errors=Evidence.from_json(data.get("label_errors", []), UP_RATIOS),
-            bad_rows=Tally(**data.get("bad_rows", {})),
-            stable_errors=list(data.get("stable_errors", [])),
-            pairs=int(data.get("pairs", 0)),
-        )
 
 
 def judge(window: Window, limits: GateLimits, evidence: RolloutEvidence) -> Verdict:
@@ -381,11 +170,6 @@ def label_gate(window: Window, limits: GateLimits, evidence: RolloutEvidence) ->
     return GateResult("label_errors", _ratio(canary_rate, stable_rate),
                       limits.max_label_error_ratio, not shown, detail,
                       evidence.label_errors.value, needed)  # fmt: skip
-
-
-def _quantile_of(values: list[float], q: float) -> float:
-    ordered_values = sorted(values)
-    return ordered_values[min(int(q * len(ordered_values)), len(ordered_values) - 1)]
 
 
 def error_rate_gate(window: Window, limits: GateLimits, evidence: RolloutEvidence) -> GateResult:
@@ -539,18 +323,6 @@ def _add_categories(output: OutputEvidence, canary: Categories, stable: Categori
         remaining -= events
 
 
-def ordered(categories: Iterable[str]) -> list[str]:
-    """Buckets by their bound (`+Inf` last), then class labels in text order."""
-
-    def key(category: str) -> tuple[int, float, str]:
-        try:
-            return (0, float(category), "")
-        except ValueError:
-            return (1, 0.0, category)
-
-    return sorted(categories, key=key)
-
-
 def _rows_per_request(window: Window) -> float:
     """Mean predictions per request (batches), over both variants, of the first output."""
     names = sorted(window.canary.predictions.keys() | window.stable.predictions.keys())
@@ -560,86 +332,3 @@ def _rows_per_request(window: Window) -> float:
     rows = sum(sum(v.predictions.get(names[0], {}).values())
                for v in (window.canary, window.stable))  # fmt: skip
     return max(rows / requests, 1.0)
-
-
-def categories_of(buckets: Buckets) -> Categories:
-    """Turn cumulative histogram buckets into per-bucket counts, named by upper bound."""
-    counts: Categories = {}
-    previous = 0.0
-    for bound, cumulative in buckets:
-        counts["+Inf" if math.isinf(bound) else repr(bound)] = max(cumulative - previous, 0.0)
-        previous = cumulative
-    return counts
-
-
-def sorted_buckets(counts: dict[float, float]) -> Buckets:
-    """Order cumulative counts keyed by upper bound into buckets, +Inf last."""
-    return sorted(counts.items(), key=lambda pair: (math.isinf(pair[0]), pair[0]))
-
-
-def buckets_of(categories: Categories) -> Buckets:
-    """Turn per-bucket counts named by upper bound back into cumulative buckets."""
-    running, buckets = 0.0, []
-    for name in ordered(categories):
-        running += categories[name]
-        buckets.append((math.inf if name == "+Inf" else float(name), running))
-    return buckets
-
-
-def psi(expected: Categories, actual: Categories) -> float | None:
-    """Return the population stability index of two count tables (smoothed), or None."""
-    names = expected.keys() | actual.keys()
-    total_e, total_a = sum(expected.values()), sum(actual.values())
-    if total_e <= 0 or total_a <= 0:
-        return None
-    smoothed = SMOOTHING * len(names)
-    value = 0.0
-    for name in names:
-        e = (expected.get(name, 0.0) + SMOOTHING) / (total_e + smoothed)
-        a = (actual.get(name, 0.0) + SMOOTHING) / (total_a + smoothed)
-        value += (a - e) * math.log(a / e)
-    return value
-
-
-def quantile(q: float, buckets: Buckets) -> float | None:
-    """Return the q-quantile of cumulative buckets, interpolated in a bucket (as PromQL does)."""
-    if not buckets or buckets[-1][1] <= 0:
-        return None
-    rank = q * buckets[-1][1]
-    lower_bound, lower_count = 0.0, 0.0
-    for bound, count in buckets:
-        if count >= rank:
-            if math.isinf(bound):
-                return lower_bound
-            share = (rank - lower_count) / (count - lower_count) if count > lower_count else 1.0
-            return lower_bound + (bound - lower_bound) * share
-        lower_bound, lower_count = bound, count
-    return lower_bound
-
-
-def _total(buckets: Buckets) -> float:
-    return buckets[-1][1] if buckets else 0.0
-
-
-def _above(buckets: Buckets, bound: float) -> float:
-    """Observations above `bound` (one of the buckets' bounds)."""
-    at_or_below = next((count for b, count in buckets if b == bound), _total(buckets))
-    return max(_total(buckets) - at_or_below, 0.0)
-
-
-def upper_bound(events: float, total: float, alpha: float) -> float:
-    """Return the Clopper-Pearson upper bound of a rate: above the true one but for `alpha`."""
-    from scipy.stats import beta
-
-    if total <= 0 or events >= total:
-        return 1.0
-    return float(beta.ppf(1 - alpha, events + 1, total - events))
-
-
-def _share(canary: float, stable: float) -> float:
-    return canary / (canary + stable) if canary + stable > 0 else 0.0
-
-
-def _ratio(canary: float, stable: float) -> float | None:
-    """Return canary / stable; None when stable's is 0 (the detail says both)."""
-    return canary / stable if stable > 0 else None

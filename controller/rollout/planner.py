@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from controller.rollout.gates import Window, quantile
+from controller.rollout.histograms import quantile
+from controller.rollout.judgement import Window
 from controller.rollout.simulate import (
     Behaviour,
     Scenario,

@@ -20,14 +20,8 @@ from contracts.metrics import (
     SINGLE_OUTPUT,
 )
 from controller.errors import ControllerError
-from controller.rollout.gates import (
-    Buckets,
-    Categories,
-    VariantWindow,
-    Window,
-    categories_of,
-    sorted_buckets,
-)
+from controller.rollout.histograms import categories_of, sorted_buckets
+from controller.rollout.judgement import Buckets, Categories, VariantWindow, Window
 
 TIMEOUT = aiohttp.ClientTimeout(total=10)
 

@@ -17,17 +17,18 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from contracts.metrics import LATENCY_BUCKETS
-from controller.rollout.gates import (
+from controller.rollout.evidence import RolloutEvidence
+from controller.rollout.gates import judge
+from controller.rollout.histograms import categories_of
+from controller.rollout.judgement import (
     Buckets,
     Categories,
     GateLimits,
     LabelledRows,
-    RolloutEvidence,
     VariantWindow,
     Window,
-    categories_of,
-    judge,
 )
+from controller.rollout.state import RolloutPlan
 from controller.rollout.steps import Progress, decide, wait_for_labels
 
 P99_Z = 2.3263
@@ -79,12 +80,12 @@ class Traffic:
     """Requests per second reaching the routers, and the rollout's plan."""
 
     requests_per_s: float = 20.0
-    steps: tuple[float, ...] = (5.0, 10.0, 25.0, 50.0, 100.0)
-    interval_s: float = 60.0
+    steps: tuple[float, ...] = RolloutPlan.steps
+    interval_s: float = RolloutPlan.interval_s
     limits: GateLimits = field(default_factory=GateLimits)
-    max_failed_checks: int = 2
-    max_insufficient_windows: int = 5
-    label_wait_s: float = 600.0
+    max_failed_checks: int = RolloutPlan.max_failed_checks
+    max_insufficient_windows: int = RolloutPlan.max_insufficient_windows
+    label_wait_s: float = RolloutPlan.label_wait_s
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from controller.rollout.gates import GateResult, Verdict
+from controller.rollout.judgement import GateResult, Verdict
 
 PER_WINDOW_GATES = ("shadow_delta", "labels")
 """Gates judged on one window alone: failing one is a failed check, not a verdict on the

@@ -33,7 +33,8 @@ from contracts.metrics import (
     SINGLE_OUTPUT,
 )
 from controller.errors import ControllerError
-from controller.rollout.gates import VariantWindow, Window, categories_of, sorted_buckets
+from controller.rollout.histograms import categories_of, sorted_buckets
+from controller.rollout.judgement import VariantWindow, Window
 
 VARIANTS = ("stable", "canary")
 K = TypeVar("K")

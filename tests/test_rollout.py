@@ -434,7 +434,8 @@ async def test_an_identical_twin_is_promoted_over_many_small_windows_three_times
         code, state = await _rollout(
             system, "--steps", steps, "--interval", "1s", "--min-requests", "10"
         )
-        assert code == 0 and state["status"] == "promoted", state
+        why = (state.get("message"), state.get("history", [])[-2:])
+        assert code == 0 and state["status"] == "promoted", why
         assert len(state["history"]) >= 11
         assert _judged_predictions(state), state["history"]
     routing = yaml.safe_load((system.state / "routing.yaml").read_text())

@@ -20,63 +20,20 @@ import asyncio
 import contextlib
 import math
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
 from contracts.errors import error_body
+from router.plane.handler import Plane
 from router.plane.wire import JSON_TYPE, response_bytes
 from router.proxy import requestids as request_ids
 
 if TYPE_CHECKING:
     from router.plane.upload import StreamedUpload
     from router.settings import RouterSettings
-
-Deliver = Callable[[bytes], None]
-"""Called once with the bytes of a request's whole answer."""
-
-
-class Plane(Protocol):
-    """What a connection hands its requests to (`dataplane.DataPlane`), seen from the connection.
-
-    A protocol, so that the connection (which the plane creates) need not import the plane.
-    """
-
-    settings: RouterSettings
-
-    def handle(
-        self,
-        method: bytes,
-        target: bytes,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        deliver: Deliver,
-        request_id: bytes = b"",
-    ) -> None:
-        """Answer one request: `deliver` is called once with the answer's bytes."""
-
-    def start_upload(
-        self,
-        method: bytes,
-        target: bytes,
-        headers: list[tuple[bytes, bytes]],
-        length: int | None,
-        client: asyncio.Transport,
-    ) -> StreamedUpload:
-        """Begin relaying a request whose body is still arriving."""
-
-    def feed_upload(self, upload: StreamedUpload, piece: bytes) -> None:
-        """Pass on a piece of an upload's body."""
-
-    def finish_upload(self, upload: StreamedUpload, deliver: Deliver) -> None:
-        """Deliver the answer to an upload once its body is complete."""
-
-    def abort_upload(self, upload: StreamedUpload) -> None:
-        """Drop an upload."""
-
 
 LINGER_S = 5.0
 """How long a closing connection keeps reading what its client still sends (nginx: 5 s)."""

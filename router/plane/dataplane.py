@@ -19,7 +19,8 @@ from aiohttp import web
 
 from contracts.errors import error_body
 from contracts.routing import RoutingConfig, Variant
-from router.plane.connection import ClientConnection, Connections, Deliver
+from router.plane.connection import ClientConnection, Connections
+from router.plane.handler import Deliver
 from router.plane.pool import Pools, Reply, exchange, exchange_raw, spawn_then
 from router.plane.upload import StreamedUpload
 from router.plane.wire import JSON_TYPE, request_bytes, response_bytes, upload_head

@@ -18,6 +18,7 @@ import pytest
 from mlflow import MlflowClient
 
 from common.settings import RegistrySettings
+from controller.feedback import MAX_ITEMS
 from tests.conftest import TrainedRegistry
 from tests.routers import wait_until
 from tests.systems import System, copied_registry, running_system
@@ -96,6 +97,8 @@ class LabelledLoad:
                 if not self.sending.is_set():
                     continue
                 due = [w for w in self.waiting if w[0] <= time.monotonic() - LABEL_DELAY_S]
+                # A batch at most as large as /feedback takes (labels held back pile up).
+                due = due[:MAX_ITEMS]
                 if not due:
                     continue
                 del self.waiting[: len(due)]

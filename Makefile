@@ -48,7 +48,8 @@ check: $(INSTALLED)
 # its module fixtures start once). PYTEST_WORKERS=0 runs them in this one process.
 PYTEST_WORKERS ?= auto
 pytest: $(INSTALLED)
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not alone"
+	$(BIN)/pytest -m alone
 
 # The quick loop while changing code: lint, types, and every test not marked slow.
 test-fast: $(INSTALLED) check

@@ -110,16 +110,6 @@ def wait_for_ping(url: str, process: subprocess.Popen[str], timeout: float = 60)
     wait_for_url(f"{url}/ping", process=process, timeout=timeout)
 
 
-def connections_to(port: int) -> int:
-    """Count the established TCP connections to `port` on this machine (IPv4 loopback)."""
-    count = 0
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        local, _remote, state = line.split()[1:4]
-        if state == "01" and int(local.split(":")[1], 16) == port:  # 01: ESTABLISHED
-            count += 1
-    return count
-
-
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
     """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -77,7 +77,19 @@ SHADOW_DELTA = Family(
 )  # fmt: skip
 DELTA_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 25)
 
+FORCED_REQUESTS = Family(
+    "mlcanary_forced_requests", ("variant", "version", "code"),
+    "Requests an operator forced to a variant (X-Force-Variant with the force token): never"
+    " judged.",
+)  # fmt: skip
+"""A family apart from `REQUESTS`, so that no query (the gates', an alert, a dashboard's) can
+count an operator's probes as live traffic by leaving out a label."""
+
 # The router's, per event.
+FORCE_REFUSED = Family(
+    "mlcanary_force_refused", ("reason",),
+    "X-Force-Variant not honoured (routed by the split instead), by reason.",
+)  # fmt: skip
 UPSTREAM_ERRORS = Family(
     "mlcanary_upstream_errors", ("variant", "reason"), "Failed upstream exchanges by reason."
 )

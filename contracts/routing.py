@@ -155,8 +155,12 @@ class RoutingConfig(BaseModel):
     """Optional sticky routing by a header's value."""
     shadow: Shadow = Shadow()
     """Optional shadow traffic to the canary."""
-    force_header: bool = True
-    """Honour `X-Force-Variant: stable|canary` on requests."""
+    force_header: bool = False
+    """Honour `X-Force-Variant: stable|canary` on requests that carry the router's force token
+    (`X-Force-Token`); forced requests are counted apart and never judged."""
+    force_zero_weight: bool = False
+    """Let a forced request reach a canary at weight 0 (to smoke-test it before it takes any
+    live traffic)."""
     predictions: Predictions | None = None
     """How predictions are counted for the rollout's prediction gate (None: not counted)."""
     log: PredictionLogShare = PredictionLogShare()

@@ -178,7 +178,7 @@ def router(
     settings_json: Annotated[str | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Run the router: split traffic between stable and canary as the routing file says."""
-    from pydantic import ValidationError
+    from pydantic import SecretStr, ValidationError
 
     from contracts.routing import RoutingFileError
     from router.serve import run_router
@@ -210,6 +210,11 @@ def router(
                 upstream_keepalive_s=upstream_keepalive_timeout,
             )
         )
+        # Never on a command line (a worker's included): each process reads it from its
+        # environment.
+        force_token = system_settings().force_token
+        if force_token:
+            settings = settings.model_copy(update={"force_token": SecretStr(force_token)})
         run_router(
             settings,
             workers=workers,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr
 
 from common.predictionlog import check_location
 
@@ -83,3 +83,6 @@ class RouterSettings(BaseModel):
     """With a URL: how often what was written is uploaded (and so how late labels can join)."""
     controller_url: str | None = None
     """The controller the original admin paths forward changes to (none: they answer 503)."""
+    force_token: SecretStr | None = Field(default=None, exclude=True)
+    """The token a request must carry (`X-Force-Token`) for `X-Force-Variant` to be honoured
+    (from `MLCANARY_FORCE_TOKEN`; never dumped, so never on a worker's command line)."""

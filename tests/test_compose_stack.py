@@ -217,21 +217,28 @@ def test_the_model_servers_report_their_versions_inside_the_network(stack: Stack
         assert metadata["path"].startswith("fast path")
 
 
-def test_prometheus_scrapes_the_router_and_counts_the_canary(stack: Stack) -> None:
+def test_prometheus_scrapes_the_router_and_no_client_forces_the_canary(stack: Stack) -> None:
+    """Forcing is off unless the operator turns it on: a client's X-Force-Variant is refused
+    (routed by the split, counted), and Prometheus sees both counts."""
     router = stack.url("ROUTER")
     for _ in range(20):
         forced = {"X-Force-Variant": "canary"}
         status, _body = _call("POST", router + "/predict", {"features": ROW}, forced)
         assert status == 200
-    query = 'sum(mlcanary_requests_total{variant="canary"})'
-    address = stack.url("PROMETHEUS") + "/api/v1/query?query=" + urllib.request.quote(query)
 
-    def counted() -> bool:
-        status, body = _get(address)
-        result = body["data"]["result"] if status == 200 else []
-        return bool(result) and float(result[0]["value"][1]) >= 20
+    def counted(query: str) -> Callable[[], bool]:
+        address = stack.url("PROMETHEUS") + "/api/v1/query?query=" + urllib.request.quote(query)
 
-    wait_until(counted, "the canary's requests counted by Prometheus", WAIT_SECONDS)
+        def enough() -> bool:
+            status, body = _get(address)
+            result = body["data"]["result"] if status == 200 else []
+            return bool(result) and float(result[0]["value"][1]) >= 20
+
+        return enough
+
+    wait_until(counted("sum(mlcanary_requests_total)"), "the requests counted", WAIT_SECONDS)
+    refused = 'sum(mlcanary_force_refused_total{reason="disabled"})'
+    wait_until(counted(refused), "the refused forces counted", WAIT_SECONDS)
     status, body = _get(stack.url("PROMETHEUS") + "/api/v1/targets")
     health = {target["labels"]["job"]: target["health"] for target in body["data"]["activeTargets"]}
     assert health["router"] == "up", body

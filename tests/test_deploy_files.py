@@ -129,6 +129,17 @@ class Live:
     stable: ServerProcess
     canary: ServerProcess
     router_url: str
+    routing: Path
+    """The routing file the router follows (tests move the weight to choose a variant)."""
+
+    def split(self, canary_weight: float) -> RoutingConfig:
+        """The split of the two model servers at `canary_weight`."""
+        return RoutingConfig.model_validate({
+            "model": "StudentExamPredictor",
+            "stable": {"url": self.stable.url, "version": "1"},
+            "canary": {"url": self.canary.url, "version": "2", "weight": canary_weight},
+            "predictions": {"version": "1", "outputs": {"predictions": {"edges": [40, 60, 80]}}},
+        })  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -141,12 +152,7 @@ def live(
     canary = start_model_server(trained_registry.challenger.model_uri, tracking, folder / "v2.log")
     port = free_port()
     routing = folder / "routing.yaml"
-    write_routing_file(routing, RoutingConfig.model_validate({
-        "model": "StudentExamPredictor",
-        "stable": {"url": stable.url, "version": "1"},
-        "canary": {"url": canary.url, "version": "2", "weight": 10},
-        "predictions": {"version": "1", "outputs": {"predictions": {"edges": [40, 60, 80]}}},
-    }))  # fmt: skip
+    write_routing_file(routing, Live(stable, canary, "", routing).split(10))
     router = subprocess.Popen(
         [sys.executable, "-m", "mlcanary", "router", "--config", str(routing), "--port", str(port)],
         env=command_environment(folder), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -156,7 +162,7 @@ def live(
         canary.wait_healthy()
         url = f"http://127.0.0.1:{port}"
         wait_for_url(f"{url}/health")
-        yield Live(stable, canary, url)
+        yield Live(stable, canary, url, routing)
     finally:
         router.terminate()
         router.wait(timeout=30)
@@ -180,13 +186,24 @@ def test_every_metric_the_dashboard_queries_is_exported(live: Live) -> None:
     assert {re.sub(r"_(bucket|sum|count)$", "", name) for name in alerts} <= exported
 
 
-def _post(url: str, variant: str) -> None:
-    request = urllib.request.Request(
-        f"{url}/invocations", data=ROW, method="POST",
-        headers={"Content-Type": "application/json", "X-Force-Variant": variant},
-    )  # fmt: skip
-    with urllib.request.urlopen(request, timeout=10) as answer:
-        assert answer.status == 200
+def _post(live: Live, variant: str, count: int) -> None:
+    """Send `count` requests of live traffic that the split gives to `variant`: at weight 100
+    or 0 (a forced request would be an operator's, counted apart)."""
+    version = write_routing_file(live.routing, live.split(100 if variant == "canary" else 0))
+
+    def loaded() -> bool:
+        with urllib.request.urlopen(f"{live.router_url}/health", timeout=10) as answer:
+            return bool(json.loads(answer.read())["config_version"] == version)
+
+    wait_until(loaded, f"the router follows the split for {variant}")
+    for _ in range(count):
+        request = urllib.request.Request(
+            f"{live.router_url}/invocations", data=ROW, method="POST",
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200
+            assert answer.headers["X-Model-Variant"] == variant
 
 
 def _query(prometheus: str, expression: str) -> dict[str, float]:
@@ -214,10 +231,8 @@ def test_a_real_prometheus_scrapes_the_counts_that_were_sent(live: Live, tmp_pat
     }  # fmt: skip
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     before = _query_router_counts(live.router_url)
-    for _ in range(7):
-        _post(live.router_url, "stable")
-    for _ in range(3):
-        _post(live.router_url, "canary")
+    _post(live, "stable", 7)
+    _post(live, "canary", 3)
     port = free_port()
     server = subprocess.Popen(
         [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
@@ -244,10 +259,8 @@ def test_a_real_prometheus_scrapes_the_counts_that_were_sent(live: Live, tmp_pat
         covered = 'count_over_time(mlcanary_requests_total{job="router",code="200"}[8s])'
         wait_until(lambda: min(_query(url, covered).values(), default=0) >= 7,
                    "the router scraped all through a window")  # fmt: skip
-        for _ in range(20):
-            _post(live.router_url, "stable")
-        for _ in range(10):
-            _post(live.router_url, "canary")
+        _post(live, "stable", 20)
+        _post(live, "canary", 10)
         after = {"stable": expected["stable"] + 20, "canary": expected["canary"] + 10}
         counts = 'sum by (variant) (mlcanary_requests_total{job="router"})'
         wait_until(lambda: _query(url, counts) == after, "the new requests scraped")

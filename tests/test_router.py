@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
+from pydantic import SecretStr
 
 from contracts.routing import RoutingConfig, content_version, write_routing_file
 from router.settings import RouterSettings
@@ -28,6 +29,12 @@ ClientFactory = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
 ServerFactory = Callable[[web.Application], Awaitable[TestServer]]
 BODY = json.dumps({"dataframe_records": [{"hours_studied": 6.5}]}).encode()
 JSON = {"Content-Type": "application/json"}
+FORCE_TOKEN = "force-token-of-the-tests"  # noqa: S105 (a test's own)
+
+
+def forced(variant: str) -> dict[str, str]:
+    """The headers of a request an operator forces to `variant`."""
+    return {"X-Force-Variant": variant, "X-Force-Token": FORCE_TOKEN}
 
 
 @dataclass
@@ -43,6 +50,8 @@ class FakeModelServer:
     """A whole scoring answer to give instead of `{"predictions": [prediction]}`."""
     receiving: list[str] = field(default_factory=list)
     """The `X-Client` header of each request whose first body bytes arrived, in that order."""
+    headers: list[dict[str, str]] = field(default_factory=list)
+    """Each request's headers, in the order they came."""
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -51,6 +60,7 @@ class FakeModelServer:
         return app
 
     async def invocations(self, request: web.Request) -> web.Response:
+        self.headers.append(dict(request.headers))
         pieces = []
         async for piece in request.content.iter_any():
             if not pieces:
@@ -95,6 +105,10 @@ class Stack:
         labels = {"variant": variant, "version": version, "code": code}
         return self.registry.get_sample_value("mlcanary_requests_total", labels) or 0.0
 
+    def forced_count(self, variant: str, version: str, code: str = "200") -> float:
+        labels = {"variant": variant, "version": version, "code": code}
+        return self.registry.get_sample_value("mlcanary_forced_requests_total", labels) or 0.0
+
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         return self.registry.get_sample_value(name, labels or {}) or 0.0
 
@@ -108,6 +122,7 @@ def routing(servers: dict[str, TestServer], weight: float, **extra: Any) -> Rout
             "model": "StudentExamPredictor",
             "stable": {"url": url("stable"), "version": "1"},
             "canary": {"url": url("canary"), "version": "2", "weight": weight},
+            "force_header": True,
             **extra,
         }
     )
@@ -151,6 +166,7 @@ async def stack(
         total_timeout_s=1.0,
         max_body_bytes=64 * 1024,
         stream_above_bytes=4096,
+        force_token=SecretStr(FORCE_TOKEN),
     )
     overrides = request.node.get_closest_marker("router_settings")
     if overrides is not None:
@@ -188,16 +204,63 @@ async def test_the_split_is_exactly_the_seeded_draws(stack: Stack) -> None:
     assert len(stack.canary.seen) == expected
 
 
+async def test_no_client_reaches_a_canary_at_weight_0(stack: Stack) -> None:
+    """Forcing takes the force token (never passed on to a model server) and, at weight 0, the
+    file's leave; refused forces are routed by the split and counted by reason."""
+    await stack.apply(0)
+    (anonymous,) = await _post(stack, 1, {"X-Force-Variant": "canary"})
+    (guessed,) = await _post(stack, 1, {"X-Force-Variant": "canary", "X-Force-Token": "guess"})
+    (operator,) = await _post(stack, 1, forced("canary"))
+    variants = [a.headers["X-Model-Variant"] for a in (anonymous, guessed, operator)]
+    assert variants == ["stable"] * 3
+    assert stack.canary.seen == []
+
+    def refused(reason: str) -> float:
+        return stack.value("mlcanary_force_refused_total", {"reason": reason})
+
+    assert (refused("token"), refused("weight_zero"), refused("disabled")) == (2, 1, 0)
+    await stack.apply(0, force_zero_weight=True)
+    (allowed,) = await _post(stack, 1, forced("canary"))
+    assert allowed.headers["X-Model-Variant"] == "canary"
+    assert all("X-Force-Token" not in headers for headers in stack.canary.headers)
+    assert all("X-Force-Token" not in headers for headers in stack.stable.headers)
+    await stack.apply(10, force_header=False)
+    await _post(stack, 1, forced("canary"))
+    assert refused("disabled") == 1
+
+
+async def test_forced_requests_are_not_in_the_gates_evidence(stack: Stack) -> None:
+    """What the rollout reads of /metrics counts live traffic only: forced requests are in a
+    family of their own, their predictions not counted."""
+    from controller.rollout.window import Snapshot, add_exposition, window_between
+
+    spec = {"version": "1", "outputs": {"predictions": {"edges": [35.0]}}}
+    await stack.apply(0, predictions=spec, force_zero_weight=True)
+    before = Snapshot()
+    add_exposition(before, await (await stack.client.get("/metrics")).text())
+    stack.canary.status = 500
+    answers = await _post(stack, 20, forced("canary"))
+    assert {answer.headers["X-Model-Variant"] for answer in answers} == {"canary"}
+    await _post(stack, 5)
+    after = Snapshot()
+    add_exposition(after, await (await stack.client.get("/metrics")).text())
+    window = window_between(before, after)
+    assert (window.canary.requests, window.canary.errors) == (0, 0)
+    assert sum(window.canary.predictions["predictions"].values()) == 0
+    assert window.stable.requests == 5
+    assert stack.forced_count("canary", "2", "500") == 20
+
+
 async def test_answers_pass_through_unchanged_and_tagged(stack: Stack) -> None:
     """Body and status come back as the upstream sent them, with variant and version added."""
-    (answer,) = await _post(stack, 1, {"X-Force-Variant": "canary"})
+    (answer,) = await _post(stack, 1, forced("canary"))
     assert answer.status == 200
     assert await answer.json() == {"predictions": [40.0]}
     assert answer.headers["X-Model-Variant"] == "canary"
     assert answer.headers["X-Model-Version"] == "2"
     assert stack.canary.seen == [BODY]
     stack.stable.status = 400
-    (refused,) = await _post(stack, 1, {"X-Force-Variant": "stable"})
+    (refused,) = await _post(stack, 1, forced("stable"))
     assert refused.status == 400
     assert (await refused.json())["message"] == "upstream 1 says no"
     assert refused.headers["X-Model-Version"] == "1"
@@ -220,7 +283,7 @@ async def test_a_dead_canary_costs_the_client_nothing(stack: Stack) -> None:
 async def test_a_canary_answering_503_is_retried_on_stable(stack: Stack) -> None:
     """A 502/503 from the canary never reaches the client while the budget allows a retry."""
     stack.canary.status = 503
-    (answer,) = await _post(stack, 1, {"X-Force-Variant": "canary"})
+    (answer,) = await _post(stack, 1, forced("canary"))
     assert answer.status == 200
     assert answer.headers["X-Model-Variant"] == "stable"
     assert stack.value("mlcanary_failovers_total", {"from_variant": "canary"}) == 1
@@ -240,7 +303,7 @@ async def test_stable_down_is_a_prompt_error_in_mlflow_shape(stack: Stack) -> No
 async def test_a_slow_upstream_is_a_504(stack: Stack) -> None:
     """An upstream slower than the total timeout gives 504 DEADLINE_EXCEEDED."""
     stack.stable.delay = 2.0
-    (answer,) = await _post(stack, 1, {"X-Force-Variant": "stable"})
+    (answer,) = await _post(stack, 1, forced("stable"))
     assert answer.status == 504
     assert answer.reason == "Gateway Timeout"
     assert (await answer.json())["error_code"] == "DEADLINE_EXCEEDED"
@@ -311,10 +374,11 @@ async def test_predict_keeps_the_original_shape(stack: Stack) -> None:
     assert sent == {
         "dataframe_split": {"columns": list(features), "data": [list(features.values())]}
     }
-    forced = await stack.client.post(
-        "/predict", json={"features": features}, headers={"X-Force-Variant": "canary"}
+    await stack.apply(0, force_zero_weight=True)
+    to_canary = await stack.client.post(
+        "/predict", json={"features": features}, headers=forced("canary")
     )
-    assert (await forced.json())["model_used"] == "next"
+    assert (await to_canary.json())["model_used"] == "next"
 
 
 @pytest.mark.parametrize(
@@ -416,13 +480,16 @@ async def test_a_slow_canary_never_delays_shadowed_answers(stack: Stack) -> None
 
 async def test_predictions_are_counted_in_the_routing_files_buckets(stack: Stack) -> None:
     """Nothing is counted until the routing file says how; then each variant in its buckets."""
-    await _post(stack, 3, {"X-Force-Variant": "canary"})
+    await stack.apply(100)
+    await _post(stack, 3)
     assert stack.value("mlcanary_prediction_value_count",
                        {"variant": "canary", "output": "predictions"}) == 0  # fmt: skip
     spec = {"version": "1", "outputs": {"predictions": {"edges": [35.0, 45.0]}}}
-    await stack.apply(10, predictions=spec)
-    await _post(stack, 10, {"X-Force-Variant": "canary"})  # 40.0
-    await _post(stack, 7, {"X-Force-Variant": "stable"})  # 30.0
+    await stack.apply(100, predictions=spec)
+    await _post(stack, 10)  # 40.0
+    await _post(stack, 5, forced("canary"))  # an operator's: not counted
+    await stack.apply(0, predictions=spec)
+    await _post(stack, 7)  # 30.0
 
     def bucket(variant: str, le: str) -> float:
         labels = {"variant": variant, "output": "predictions", "le": le}
@@ -443,9 +510,10 @@ async def test_each_output_is_counted_and_labels_by_class(stack: Stack) -> None:
     spec = {"version": "1", "outputs": {
         "label": {"classes": ["cat", "dog"]}, "score": {"edges": [0.5]},
     }}  # fmt: skip
-    await stack.apply(10, predictions=spec)
-    await _post(stack, 4, {"X-Force-Variant": "canary"})
-    await _post(stack, 60, {"X-Force-Variant": "stable"})
+    await stack.apply(100, predictions=spec)
+    await _post(stack, 4)
+    await stack.apply(0, predictions=spec)
+    await _post(stack, 60)
 
     def label(name: str) -> float:
         labels = {"variant": "canary", "output": "label", "class": name}
@@ -469,9 +537,11 @@ async def test_metrics_are_exact_and_pass_promtool(stack: Stack) -> None:
     import shutil
     from asyncio.subprocess import PIPE, STDOUT
 
-    await _post(stack, 12, {"X-Force-Variant": "canary"})
+    await stack.apply(100)
+    await _post(stack, 12)
     stack.canary.status = 400
-    await _post(stack, 3, {"X-Force-Variant": "canary"})
+    await _post(stack, 3)
+    await _post(stack, 2, forced("canary"))
     text = await (await stack.client.get("/metrics")).text()
     for name in (
         "mlcanary_requests_total", "mlcanary_request_duration_seconds_bucket",
@@ -483,7 +553,8 @@ async def test_metrics_are_exact_and_pass_promtool(stack: Stack) -> None:
         assert f"\n{name}" in text, name
     assert 'mlcanary_requests_total{code="200",variant="canary",version="2"} 12.0' in text
     assert 'mlcanary_requests_total{code="400",variant="canary",version="2"} 3.0' in text
-    assert 'mlcanary_variant_weight{variant="canary"} 10.0' in text
+    assert 'mlcanary_forced_requests_total{code="400",variant="canary",version="2"} 2.0' in text
+    assert 'mlcanary_variant_weight{variant="canary"} 100.0' in text
     promtool = shutil.which("promtool")
     assert promtool, "promtool is installed by `make system-deps` (Debian's prometheus)"
     checker = await asyncio.create_subprocess_exec(
@@ -531,7 +602,7 @@ async def test_large_bodies_are_relayed_intact_and_fail_over(stack: Stack) -> No
     """Above the streaming threshold the body reaches the upstream intact, the answer comes
     back tagged, and an unreachable canary still fails over to stable."""
     assert 4096 < len(BIG) < 64 * 1024
-    headers = {**JSON, "X-Force-Variant": "canary"}
+    headers = {**JSON, **forced("canary")}
     answer = await stack.client.post("/invocations", data=BIG, headers=headers)
     assert answer.status == 200
     assert await answer.json() == {"predictions": [40.0]}
@@ -555,7 +626,7 @@ async def test_large_bodies_reach_the_model_while_the_client_still_sends(stack: 
     def head(client: str) -> bytes:
         return (
             "POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"X-Force-Variant: stable\r\nX-Client: {client}\r\n"
+            f"X-Force-Variant: stable\r\nX-Force-Token: {FORCE_TOKEN}\r\nX-Client: {client}\r\n"
             f"Content-Length: {len(BIG)}\r\n\r\n"
         ).encode()
 
@@ -583,7 +654,7 @@ async def test_chunked_uploads_are_answered(stack: Stack) -> None:
             yield BIG[start : start + 5_000]
 
     answer = await stack.client.post(
-        "/invocations", data=pieces(), headers={**JSON, "X-Force-Variant": "canary"}
+        "/invocations", data=pieces(), headers={**JSON, **forced("canary")}
     )
     assert answer.status == 200
     assert answer.headers["X-Model-Variant"] == "canary"
@@ -614,7 +685,7 @@ async def test_killing_the_canary_under_load_fails_no_request(stack: Stack) -> N
 async def test_a_hanging_canary_is_retried_on_stable(stack: Stack) -> None:
     """A canary silent past the timeout costs the client only the wait: stable answers."""
     stack.canary.delay = 3.0
-    (answer,) = await _post(stack, 1, {"X-Force-Variant": "canary"})
+    (answer,) = await _post(stack, 1, forced("canary"))
     assert answer.status == 200
     assert answer.headers["X-Model-Variant"] == "stable"
     assert (
@@ -663,7 +734,8 @@ async def test_pipelined_requests_are_answered_in_order(stack: Stack) -> None:
     def invocation(variant: bytes) -> bytes:
         return (
             b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"X-Force-Variant: %s\r\nContent-Length: %d\r\n\r\n%s" % (variant, len(BODY), BODY)
+            b"X-Force-Variant: %s\r\nX-Force-Token: %s\r\nContent-Length: %d\r\n\r\n%s"
+            % (variant, FORCE_TOKEN.encode(), len(BODY), BODY)
         )
 
     writer.write(
@@ -690,7 +762,7 @@ async def test_a_failing_stable_is_not_hammered_by_retries(stack: Stack) -> None
     """Canary and stable both answering 503: of 1,000 requests forced to the canary, stable
     gets the retry budget's share (a fifth plus 10 a second), not 1,000."""
     stack.canary.status = stack.stable.status = 503
-    answers = await _post(stack, 1000, {"X-Force-Variant": "canary"})
+    answers = await _post(stack, 1000, forced("canary"))
     assert {answer.status for answer in answers} == {503}
     retried = len(stack.stable.seen)
     assert 100 <= retried <= 0.2 * 1000 + 10 * 10
@@ -767,7 +839,7 @@ async def test_one_outcome_one_answer_on_every_path(
     await case.setup(stack)
     body = BODY if path == "buffered" else BIG
     answer = await stack.client.post(
-        "/invocations", data=body, headers={**JSON, "X-Force-Variant": case.forced}
+        "/invocations", data=body, headers={**JSON, **forced(case.forced)}
     )
     data = await answer.read()
     status, variant, error_code = (
@@ -783,4 +855,4 @@ async def test_one_outcome_one_answer_on_every_path(
         assert json.loads(data) == {"predictions": [30.0 if variant == "stable" else 40.0]}
     else:
         assert json.loads(data)["message"] == f"upstream {getattr(stack, variant).version} says no"
-    assert stack.count(variant, "1" if variant == "stable" else "2", str(status)) == 1
+    assert stack.forced_count(variant, "1" if variant == "stable" else "2", str(status)) == 1

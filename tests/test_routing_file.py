@@ -17,7 +17,7 @@ from contracts.routing import (
     read_routing_file,
     write_routing_file,
 )
-from router.routing.choosing import choose_variant, sticky_bucket
+from router.routing.choosing import choose_variant, forced_variant, sticky_bucket
 from router.routing.watcher import RoutingFileWatcher, RoutingTable
 
 GOOD = """\
@@ -158,18 +158,36 @@ def test_sticky_buckets_are_pinned_in_every_process() -> None:
 
 
 def test_force_header_and_ejection() -> None:
-    """The force header wins; an ejected variant's share goes to the other."""
+    """A force is honoured only when the file allows it, with the token, and at weight 0 only
+    when the file says so; an ejected variant's share goes to the other."""
     rng = random.Random(0)
-    config = _config(50)
-    assert choose_variant(config, {"X-Force-Variant": "canary"}, rng, {}) == "canary"
-    assert choose_variant(config, {"X-Force-Variant": "STABLE"}, rng, {}) == "stable"
+    config = _config(50).model_copy(update={"force_header": True})
+    token = {"X-Force-Token": "sesame"}
+    assert forced_variant(config, {"X-Force-Variant": "canary", **token}, "sesame") == "canary"
+    assert forced_variant(config, {"X-Force-Variant": "STABLE", **token}, "sesame") == "stable"
+    assert forced_variant(config, {"X-Force-Variant": "other", **token}, "sesame") is None
+    assert forced_variant(config, {"X-Force-Variant": "canary"}, "sesame") == "token"
+    assert forced_variant(config, {"X-Force-Variant": "canary", **token}, None) == "token"
+    wrong = {"X-Force-Variant": "canary", "X-Force-Token": "sesamf"}
+    assert forced_variant(config, wrong, "sesame") == "token"
+    at_zero = config.model_copy(
+        update={"canary": config.canary.model_copy(update={"weight": 0.0})}  # type: ignore[union-attr]
+    )
+    asked = {"X-Force-Variant": "canary", **token}
+    assert forced_variant(at_zero, asked, "sesame") == "weight_zero"
+    allowed = at_zero.model_copy(update={"force_zero_weight": True})
+    assert forced_variant(allowed, asked, "sesame") == "canary"
+    off = at_zero.model_copy(update={"force_header": False})
+    assert forced_variant(off, asked, "sesame") == "disabled"
+    assert (
+        RoutingConfig.model_validate(
+            {"model": "m", "stable": {"url": "http://a", "version": "1"}}
+        ).force_header
+        is False
+    )  # off unless the operator turns it on
     assert {choose_variant(config, {}, rng, {"canary": False}) for _ in range(200)} == {"stable"}
     assert {choose_variant(config, {}, rng, {"stable": False}) for _ in range(200)} == {"canary"}
-    disabled = config.model_copy(
-        update={"force_header": False, "canary": config.canary.model_copy(update={"weight": 0.0})}
-    )  # type: ignore[union-attr]
-    assert choose_variant(disabled, {"X-Force-Variant": "canary"}, rng, {}) == "stable"
-    assert choose_variant(disabled, {}, rng, {"stable": False}) == "stable"
+    assert choose_variant(at_zero, {}, rng, {"stable": False}) == "stable"
 
 
 def _watch(path: Path) -> RoutingFileWatcher:

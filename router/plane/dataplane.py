@@ -25,7 +25,7 @@ from router.plane.pool import Pools, Reply, exchange, exchange_raw, spawn_then
 from router.plane.upload import StreamedUpload
 from router.plane.wire import JSON_TYPE, request_bytes, response_bytes, upload_head
 from router.proxy.policy import Failure, failure_answer
-from router.routing.choosing import FORCE_HEADER
+from router.routing.choosing import FORCE_HEADER, FORCE_TOKEN_HEADER
 from router.web.state import POLICY, SETTINGS, TABLE
 
 log = logging.getLogger("router")
@@ -117,7 +117,7 @@ class DataPlane:
     ) -> Reply | Failure:
         return await exchange_raw(
             self.pools.of(self.app_url),
-            request_bytes(method, target, headers, body),
+            request_bytes(method, target, headers, body, to_app=True),
             self.settings.connect_timeout_s,
             self.settings.total_timeout_s + 5,
         )
@@ -137,8 +137,8 @@ class Invocation:
     """
 
     __slots__ = (
-        "body", "config", "data", "deliver", "plane", "request_id", "retrying", "started",
-        "variant",
+        "body", "config", "data", "deliver", "forced", "plane", "request_id", "retrying",
+        "started", "variant",
     )  # fmt: skip
 
     def __init__(
@@ -149,14 +149,16 @@ class Invocation:
         self.started = time.perf_counter()
         self.variant: Variant = "stable"
         self.data = b""
-        self.retrying = False
+        self.retrying = self.forced = False
 
     def start(self, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """Choose the variant and send the request on."""
         plane, config = self.plane, self.config
         self.body = body
         self.data = request_bytes(b"POST", b"/invocations", headers, body)
-        self._send(plane.policy.choose(config, choice_headers(config, headers)))
+        choice = plane.policy.choose(config, choice_headers(config, headers))
+        self.forced = choice.forced
+        self._send(choice.variant)
 
     def _send(self, variant: Variant) -> None:
         self.variant = variant
@@ -187,11 +189,15 @@ class Invocation:
         tags = self.plane.tag_lines(variant, version)
         if isinstance(outcome, Failure):
             status, error = failure_answer(variant, outcome)
-            self.plane.policy.answered(variant, version, status, self.started, None)
+            self.plane.policy.answered(
+                variant, version, status, self.started, None, forced=self.forced
+            )
             return response_bytes(status, JSON_TYPE, error, tags)
         status, answer_headers, answer = outcome
         logged = (self.request_id, self.body)
-        self.plane.policy.answered(variant, version, status, self.started, answer, logged)
+        self.plane.policy.answered(
+            variant, version, status, self.started, answer, logged, forced=self.forced
+        )
         return response_bytes(status, answer_headers, answer, tags)
 
 
@@ -207,7 +213,10 @@ def _choice_header_names(config: RoutingConfig) -> dict[bytes, str]:
     """Map the lowered names of the headers `config`'s choice reads to their canonical names."""
     if _names_for and _names_for[0][0] is config:
         return _names_for[0][1]
-    wanted = {FORCE_HEADER.lower().encode(): FORCE_HEADER} if config.force_header else {}
+    wanted = {
+        FORCE_HEADER.lower().encode(): FORCE_HEADER,  # read also when off, to count refusals
+        FORCE_TOKEN_HEADER.lower().encode(): FORCE_TOKEN_HEADER,
+    }
     if config.sticky is not None:
         wanted[config.sticky.header.lower().encode()] = config.sticky.header
     _names_for[:] = [(config, wanted)]
@@ -217,8 +226,6 @@ def _choice_header_names(config: RoutingConfig) -> dict[bytes, str]:
 def choice_headers(config: RoutingConfig, headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
     """Decode only the headers the variant choice reads (force, sticky), by their canonical name."""
     wanted = _choice_header_names(config)
-    if not wanted:
-        return NO_HEADERS
     found = {}
     for name, value in headers:
         canonical = wanted.get(name.lower())

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-from router.proxy.policy import ANSWER_DROPPED, APP_ANSWER_DROPPED, DROPPED, end_to_end
+from router.proxy.policy import (
+    ANSWER_DROPPED,
+    APP_ANSWER_DROPPED,
+    APP_DROPPED,
+    DROPPED,
+    end_to_end,
+)
 
 STATUS_LINES = {int(s): b"HTTP/1.1 %d %s\r\n" % (s, s.phrase.encode()) for s in HTTPStatus}
 """Every standard status line, with its reason phrase (an upstream's status is passed on)."""
@@ -18,24 +24,29 @@ def header_lines(lines: list[bytes], headers: Headers, dropped: frozenset[bytes]
         lines += (name, b": ", value, b"\r\n")  # cheaper than formatting each line
 
 
-def request_bytes(method: bytes, target: bytes, headers: Headers, body: bytes) -> bytes:
-    """Serialize a whole request for an upstream."""
+def request_bytes(
+    method: bytes, target: bytes, headers: Headers, body: bytes, *, to_app: bool = False
+) -> bytes:
+    """Serialize a whole request for an upstream (`to_app`: for the router's own app)."""
     lines = [
         b"%s %s HTTP/1.1\r\nHost: upstream\r\nContent-Length: %d\r\n" % (method, target, len(body))
     ]
-    header_lines(lines, headers)
+    header_lines(lines, headers, APP_DROPPED if to_app else DROPPED)
     lines.append(b"\r\n")
     lines.append(body)
     return b"".join(lines)
 
 
 def upload_head(method: bytes, target: bytes, headers: Headers, length: int | None) -> bytes:
-    """Serialize a request head whose body follows: with its length, or chunked if unknown."""
+    """Serialize a request head for the router's own app; its body follows.
+
+    Framed by its length, or chunked if unknown.
+    """
     framing = (
         b"Content-Length: %d" % length if length is not None else b"Transfer-Encoding: chunked"
     )
     lines = [b"%s %s HTTP/1.1\r\nHost: upstream\r\n%s\r\n" % (method, target, framing)]
-    header_lines(lines, headers)
+    header_lines(lines, headers, APP_DROPPED)
     lines.append(b"\r\n")
     return b"".join(lines)
 

@@ -18,7 +18,7 @@ from contracts.errors import error_body
 from contracts.routing import RoutingConfig, Variant
 from router.predictionlog.writer import PredictionLog
 from router.proxy.health import HealthBoard
-from router.routing.choosing import choose_variant
+from router.routing.choosing import Choice, choose_variant, forced_variant
 from router.settings import RouterSettings
 from router.telemetry.metrics import RouterMetrics
 from router.telemetry.predictions import Outputs, outputs_of
@@ -37,7 +37,11 @@ HOP_BY_HOP = frozenset(
 """Headers of one hop (RFC 9110 §7.6.1), never passed on in either direction."""
 ROUTER_SET = frozenset({b"x-model-variant", b"x-model-version"})
 """Headers only the router sets: a client's or an upstream's copy is dropped."""
-DROPPED = HOP_BY_HOP | ROUTER_SET
+ROUTER_SECRETS = frozenset({b"x-force-token"})
+"""Credentials meant for the router: passed to its own app, never to an upstream's logs."""
+APP_DROPPED = HOP_BY_HOP | ROUTER_SET
+"""From a request relayed to the router's own app (which reads the force token)."""
+DROPPED = APP_DROPPED | ROUTER_SECRETS
 ANSWER_DROPPED = DROPPED | {b"x-request-id"}
 """From an upstream's answer: the request id is the router's to set (on every answer)."""
 APP_ANSWER_DROPPED = HOP_BY_HOP | {b"x-request-id"}
@@ -153,10 +157,20 @@ class ProxyPolicy:
     log: PredictionLog | None = None
     """Where a share of answered predictions is recorded (see `router.predictionlog.writer`)."""
 
-    def choose(self, config: RoutingConfig, headers: Mapping[str, str]) -> Variant:
-        """Pick the variant of a new request (and count it toward the retry budget)."""
+    def choose(self, config: RoutingConfig, headers: Mapping[str, str]) -> Choice:
+        """Pick the variant of a new request (and count it toward the retry budget).
+
+        An operator's force wins, even over ejection (an operator can always reach a variant);
+        a refused one is counted and the request routed as live traffic.
+        """
         self.budget.deposit()
-        return choose_variant(config, headers, self.rng, self.health.of_config(config))
+        token = self.settings.force_token
+        forced = forced_variant(config, headers, token.get_secret_value() if token else None)
+        if forced == "stable" or forced == "canary":
+            return Choice(forced, forced=True)
+        if forced is not None:
+            self.metrics.force_refused.labels(forced).inc()
+        return Choice(choose_variant(config, headers, self.rng, self.health.of_config(config)))
 
     def settle(
         self,
@@ -200,14 +214,18 @@ class ProxyPolicy:
         started: float,
         body: bytes | None,
         request: tuple[bytes, bytes] | None = None,
+        *,
+        forced: bool = False,
     ) -> Answered:
         """Count the client's answer, its latency since `started`, and a 200's predictions.
 
         `request`: the request's id and body, to record the answer in the prediction log.
         The predictions, and whether the answer was logged, are returned for the shadow copy.
+        A `forced` answer is counted apart and nothing else: its predictions and its log record
+        would let an operator's probes into what the rollout judges.
         """
-        self.metrics.answered(variant, version, status, time.perf_counter() - started)
-        if status != 200 or not body:
+        self.metrics.answered(variant, version, status, time.perf_counter() - started, forced)
+        if status != 200 or not body or forced:
             return NOT_ANSWERED
         logged = False
         if request is not None and self.log is not None:

@@ -1,16 +1,41 @@
-"""Choosing stable or canary for one request: force header, sticky key, else weighted chance."""
+"""Choosing stable or canary for one request: an operator's force, sticky key, else chance.
+
+Forcing a variant is an operator's tool (smoke tests of a canary before it takes traffic), never
+a client's: the routing file must allow it (`force_header`), the request must carry the router's
+force token (`X-Force-Token`, a secret of its own: not the admin token, which can change the
+split), and a variant at weight 0 is reached only when the file says so (`force_zero_weight`).
+A token, not a list of networks: behind a load balancer or NAT every client has the same
+address, and a token names who may force wherever the router runs. A request whose force is not
+honoured is routed as any other and the refusal is counted by reason (`FORCE_REFUSALS`).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import random
 from collections.abc import Mapping
-from typing import Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from contracts.routing import RoutingConfig, Variant
 
 BUCKETS = 10_000
 FORCE_HEADER = "X-Force-Variant"
+FORCE_TOKEN_HEADER = "X-Force-Token"  # noqa: S105 (a header's name)
+ForceRefusal = Literal["disabled", "token", "weight_zero"]
+FORCE_REFUSALS: tuple[ForceRefusal, ...] = ("disabled", "token", "weight_zero")
+"""Why a request's `X-Force-Variant` was not honoured: the file does not allow forcing, the
+token was missing or wrong, the variant is at weight 0 and the file does not allow that."""
+
+
+class Choice(NamedTuple):
+    """The variant a request goes to, and whether an operator forced it there.
+
+    Forced requests are the operator's, not live traffic: they are counted apart and never judged.
+    """
+
+    variant: Variant
+    forced: bool = False
 
 
 def sticky_bucket(key: str) -> int:
@@ -35,24 +60,39 @@ class Healthy(Protocol):
         ...
 
 
+def forced_variant(
+    config: RoutingConfig, headers: Mapping[str, str], force_token: str | None
+) -> Variant | ForceRefusal | None:
+    """Return the variant an operator forced this request to, why a force was refused, or None.
+
+    None: the request asks for no variant (`X-Force-Variant` absent or not stable/canary).
+    """
+    asked = headers.get(FORCE_HEADER, "").strip().lower()
+    if asked not in ("stable", "canary"):
+        return None
+    if not config.force_header or config.canary is None:
+        return "disabled"
+    given = headers.get(FORCE_TOKEN_HEADER, "").strip().encode()
+    if not force_token or not hmac.compare_digest(given, force_token.encode()):
+        return "token"
+    if asked == "canary" and config.canary.weight == 0 and not config.force_zero_weight:
+        return "weight_zero"
+    return "canary" if asked == "canary" else "stable"
+
+
 def choose_variant(
     config: RoutingConfig,
     headers: Mapping[str, str],
     rng: random.Random,
     healthy: Healthy,
 ) -> Variant:
-    """Pick the variant for a request.
+    """Pick the variant for a request of live traffic (a forced one: `forced_variant`).
 
-    Order: a valid `X-Force-Variant` (when the file allows it) wins, even over ejection, so an
-    operator can always reach a variant; then the sticky key's bucket; then chance by weight.
-    An ejected variant's share goes to the other, while the other is healthy.
+    The sticky key's bucket, else chance by weight. An ejected variant's share goes to the
+    other, while the other is healthy.
     """
     if config.canary is None:
         return "stable"
-    if config.force_header:
-        forced = headers.get(FORCE_HEADER, "").strip().lower()
-        if forced in ("stable", "canary"):
-            return "canary" if forced == "canary" else "stable"
     key = headers.get(config.sticky.header) if config.sticky else None
     if key is not None:
         chosen: Variant = (

@@ -16,6 +16,8 @@ from contracts.metrics import (
     CONFIG_RELOADS,
     DELTA_BUCKETS,
     FAILOVERS,
+    FORCE_REFUSED,
+    FORCED_REQUESTS,
     LATENCY_BUCKETS,
     PREDICTION_CLASS,
     PREDICTION_LOG_RECORDS,
@@ -33,6 +35,7 @@ from contracts.metrics import (
     VARIANTS,
     Family,
 )
+from router.routing.choosing import FORCE_REFUSALS
 from router.telemetry.plainmetrics import CounterChild, HistogramChild, PlainCounter, PlainHistogram
 from router.telemetry.predictioncounts import PredictionCounts
 from router.telemetry.predictions import Outputs
@@ -57,6 +60,9 @@ class RouterMetrics:
 
     requests: PlainCounter
     duration: PlainHistogram
+    forced: PlainCounter
+    """Answers to requests an operator forced: apart from `requests`, never judged."""
+    force_refused: Counter
     upstream_errors: Counter
     failovers: Counter
     weight: Gauge
@@ -77,8 +83,13 @@ class RouterMetrics:
     )
     """Labelled children of `requests` and `duration`, looked up once (hot path)."""
 
-    def answered(self, variant: str, version: str, status: int, seconds: float) -> None:
-        """Count one answer to a client and its latency."""
+    def answered(
+        self, variant: str, version: str, status: int, seconds: float, forced: bool = False
+    ) -> None:
+        """Count one answer to a client and its latency (a forced one only in `forced`)."""
+        if forced:
+            self.forced.labels(variant, version, str(status)).inc()
+            return
         key = (variant, version, status)
         children = self._children.get(key)
         if children is None:
@@ -117,6 +128,8 @@ class RouterMetrics:
         metrics = cls(
             requests=plain_counter(REQUESTS),
             duration=plain_histogram(REQUEST_DURATION, LATENCY_BUCKETS),
+            forced=plain_counter(FORCED_REQUESTS),
+            force_refused=counter(FORCE_REFUSED),
             upstream_errors=counter(UPSTREAM_ERRORS),
             failovers=counter(FAILOVERS),
             weight=gauge(VARIANT_WEIGHT),
@@ -140,6 +153,8 @@ class RouterMetrics:
             metrics.failovers.labels(variant)
             for reason in UPSTREAM_ERROR_REASONS:
                 metrics.upstream_errors.labels(variant, reason)
+        for reason in FORCE_REFUSALS:
+            metrics.force_refused.labels(reason)
         for result in ("success", "failure"):
             metrics.reloads.labels(result)
         for result in SHADOW_RESULTS:

@@ -64,7 +64,7 @@ async def predict(request: web.Request) -> web.Response:
     headers = forward_headers(request)
     headers["Content-Type"] = "application/json"
     started = time.perf_counter()
-    routed = await route(app, config, json.dumps(split).encode(), headers)
+    routed = await route(app, config, json.dumps(split).encode(), headers, request.headers)
     # Set by the router's front for every request; absent only when the app is used alone.
     request_id = request.headers.get("X-Request-Id") or new_request_id().decode()
     response = original_answer(app, config, routed, several, request_id)
@@ -72,7 +72,7 @@ async def predict(request: web.Request) -> web.Response:
     upstream_body = routed.outcome.body if isinstance(routed.outcome, Answer) else None
     app[POLICY].answered(
         routed.variant, version, response.status, started, upstream_body,
-        (request_id.encode("latin-1"), json.dumps(split).encode()),
+        (request_id.encode("latin-1"), json.dumps(split).encode()), forced=routed.forced,
     )  # fmt: skip
     return response
 

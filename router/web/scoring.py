@@ -7,6 +7,7 @@ for the rest (shadowed, forced through the app, or `--no-fast-path`) and for `/p
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -26,15 +27,16 @@ async def invocations(request: web.Request) -> web.Response:
     body = await request.read()
     started = time.perf_counter()
     headers = forward_headers(request)
-    routed = await route(app, config, body, headers)
+    routed = await route(app, config, body, headers, request.headers)
     response = answer_client(config, routed.variant, routed.outcome)
     version = config.upstream(routed.variant).version
     answered = routed.outcome.body if isinstance(routed.outcome, Answer) else None
     request_id = request.headers.get("X-Request-Id", "").encode("latin-1")
     stable = app[POLICY].answered(
-        routed.variant, version, response.status, started, answered, (request_id, body)
-    )
-    if routed.variant == "stable" and response.status == 200:
+        routed.variant, version, response.status, started, answered, (request_id, body),
+        forced=routed.forced,
+    )  # fmt: skip
+    if routed.variant == "stable" and response.status == 200 and not routed.forced:
         maybe_shadow(app, config, body, headers, stable, request_id)
     return response
 
@@ -76,6 +78,8 @@ class Routed:
 
     variant: Variant
     outcome: Answer | Failure
+    forced: bool = False
+    """An operator forced the request's variant (counted apart, never judged)."""
 
 
 async def route(
@@ -83,18 +87,22 @@ async def route(
     config: RoutingConfig,
     body: bytes,
     headers: CIMultiDict[str],
+    asked: Mapping[str, str],
     path: str = "/invocations",
 ) -> Routed:
-    """Choose a variant, send, and retry on stable as the proxy policy says."""
+    """Choose a variant, send, and retry on stable as the proxy policy says.
+
+    The choice reads the client's headers `asked`; `headers` are those passed on.
+    """
     policy = app[POLICY]
-    variant = policy.choose(config, headers)
+    variant, forced = policy.choose(config, asked)
     outcome = await send(app, config, variant, path, body, headers)
     retry = policy.settle(config, variant, status_of(outcome), first_try=True)
     if retry is not None:
         variant = retry
         outcome = await send(app, config, variant, path, body, headers)
         policy.settle(config, variant, status_of(outcome), first_try=False)
-    return Routed(variant, outcome)
+    return Routed(variant, outcome, forced)
 
 
 def status_of(outcome: Answer | Failure) -> int | Failure:

@@ -38,7 +38,7 @@ async def relay(request: web.Request) -> web.StreamResponse:
     policy = app[POLICY]
     config = app[TABLE].current
     started = time.perf_counter()
-    variant = policy.choose(config, request.headers)
+    variant, forced = policy.choose(config, request.headers)
     first_try = True
     while True:
         outcome, response = await _stream_once(request, config, variant)
@@ -50,13 +50,13 @@ async def relay(request: web.Request) -> web.StreamResponse:
     if response is not None:
         if isinstance(outcome, Failure):
             raise ConnectionResetError(f"{variant} failed mid-answer: {outcome.detail}")
-        policy.answered(variant, version, response.status, started, None)
+        policy.answered(variant, version, response.status, started, None, forced=forced)
         return response
     assert isinstance(outcome, Failure)  # noqa: S101 (no response means no answer came)
     status, error = failure_answer(variant, outcome)
     answer = web.Response(status=status, body=error, content_type="application/json")
     tag(answer, config, variant)
-    policy.answered(variant, version, status, started, None)
+    policy.answered(variant, version, status, started, None, forced=forced)
     return answer
 
 

@@ -1,6 +1,7 @@
 """The prediction log's format and layout, shared by its writer (the router) and its readers.
 
-Each record is one JSON line: `request_id`, `time` (Unix seconds, to the millisecond),
+Each record is one JSON line: `request_id` (issued by the router), `client_id` (the client's own
+`X-Request-Id`, when it sent one), `time` (Unix seconds, to the millisecond),
 `variant`, `version`, `inputs` (the request body as sent: its JSON, or its text for CSV) and
 `answer` (the model server's answer, whose `predictions` readers take). A shadowed request
 has a second record with the same id: the canary's answer to the copy, as variant `shadow`
@@ -45,6 +46,8 @@ class Prediction:
     version: str
     inputs: Any
     predictions: Any
+    client_id: str | None = None
+    """The client's own `X-Request-Id`, if it sent one (never what labels join on)."""
 
 
 def file_for(folder: Path, instance: str, at: float) -> Path:
@@ -124,11 +127,12 @@ def load_predictions(location: str | Path, since: float = 0.0) -> pd.DataFrame:
     import pandas as pd
 
     rows = [
-        {"request_id": r.request_id, "time": r.time, "variant": r.variant, "version": r.version,
+        {"request_id": r.request_id, "client_id": r.client_id, "time": r.time,
+         "variant": r.variant, "version": r.version,
          "inputs": json.dumps(r.inputs), "predictions": json.dumps(r.predictions)}
         for r in read_predictions(location, since)
     ]  # fmt: skip
-    columns = ["request_id", "time", "variant", "version", "inputs", "predictions"]
+    columns = ["request_id", "client_id", "time", "variant", "version", "inputs", "predictions"]
     frame = pd.DataFrame(rows, columns=columns)
     frame["time"] = pd.to_datetime(frame["time"], unit="s", utc=True)
     return frame
@@ -143,6 +147,7 @@ def parse_line(line: bytes) -> Prediction | None:
         return Prediction(
             str(data["request_id"]), float(data["time"]), str(data["variant"]),
             str(data["version"]), data["inputs"], predictions,
+            str(data["client_id"]) if "client_id" in data else None,
         )  # fmt: skip
     except (ValueError, KeyError, TypeError):
         return None

@@ -253,9 +253,10 @@ def test_labels_sent_to_the_router_are_joined_by_the_controller(stack: Stack) ->
         headers={"Content-Type": "application/json", "X-Request-Id": "compose-label-1"},
     )  # fmt: skip
     with urllib.request.urlopen(request, timeout=30) as answer:
-        assert answer.headers["X-Request-Id"] == "compose-label-1"
+        assert answer.headers["X-Client-Request-Id"] == "compose-label-1"
+        issued = answer.headers["X-Request-Id"]  # the router's: what labels join on
     bearer = {"Authorization": f"Bearer {stack.token}"}
-    label = {"request_id": "compose-label-1", "label": 70.0}
+    label = {"request_id": issued, "label": 70.0}
     answers: list[tuple[int, Any]] = []
 
     def taken() -> bool:  # the log is written every half second: 404 until then

@@ -698,10 +698,12 @@ def _raise_open_files(needed: int) -> None:
 
 
 async def test_every_answer_carries_one_request_id(make_router: RouterFactory) -> None:
-    """The client's id if usable, else a new one: on predictions (passed to the model server,
-    whose own copy is dropped), on /predict's body too, on the router's own pages, on a 404 and
-    on a refused request."""
-    upstream = Upstream(answer_headers={"X-Request-Id": "the-upstream-s"})
+    """A new id for every request, whatever the client sent: on predictions (passed to the
+    model server, whose own copy is dropped), on /predict's body too, on the router's own pages,
+    on a 404 and on a refused request; a client's usable id kept beside it, never as it."""
+    upstream = Upstream(
+        answer_headers={"X-Request-Id": "the-upstream-s", "X-Client-Request-Id": "upstream's"}
+    )
     router = await make_router(upstream)
     reader, writer = await router.connect()
 
@@ -709,26 +711,34 @@ async def test_every_answer_carries_one_request_id(make_router: RouterFactory) -
         writer.write(request)
         return await read_answer(reader)
 
-    def sent_id() -> str:
-        """The id the model server got with the last request."""
-        return {k.lower(): v for k, v in upstream.seen[-1][0].items()}["x-request-id"]
+    def sent(name: str) -> str | None:
+        """A header the model server got with the last request."""
+        return {k.lower(): v for k, v in upstream.seen[-1][0].items()}.get(name)
 
     given = await ask(post(extra=b"X-Request-Id: client-id-1\r\n"))
-    assert given.status == 200 and given.header("X-Request-Id") == ["client-id-1"]
-    assert sent_id() == "client-id-1"
-    made = await ask(post())
+    (given_id,) = given.header("X-Request-Id")
+    assert given.status == 200 and len(given_id) == 32 and sent("x-request-id") == given_id
+    assert given.header("X-Client-Request-Id") == ["client-id-1"]
+    assert sent("x-client-request-id") == "client-id-1"
+    again = await ask(post(extra=b"X-Request-Id: client-id-1\r\n"))
+    assert again.header("X-Request-Id") != [given_id]  # one request, one id
+    made = await ask(post(extra=b"X-Client-Request-Id: forged\r\n"))
     (made_id,) = made.header("X-Request-Id")
-    assert len(made_id) == 32 and sent_id() == made_id
+    assert len(made_id) == 32 and sent("x-request-id") == made_id
+    assert made.header("X-Client-Request-Id") == [] and sent("x-client-request-id") is None
     replaced = await ask(post(extra=b"X-Request-Id: " + b"x" * 201 + b"\r\n"))
     (replaced_id,) = replaced.header("X-Request-Id")
-    assert len(replaced_id) == 32 and sent_id() == replaced_id
+    assert len(replaced_id) == 32 and sent("x-request-id") == replaced_id
+    assert replaced.header("X-Client-Request-Id") == []
     features = json.dumps({"features": {"x": 1.0}}).encode()
     predicted = await ask(
         b"POST /predict HTTP/1.1\r\nHost: r\r\nContent-Type: application/json\r\n"
         b"X-Request-Id: client-id-2\r\nContent-Length: %d\r\n\r\n%s" % (len(features), features)
     )
-    assert predicted.status == 200 and predicted.header("X-Request-Id") == ["client-id-2"]
-    assert json.loads(predicted.body)["request_id"] == "client-id-2"
+    (predicted_id,) = predicted.header("X-Request-Id")
+    assert predicted.status == 200 and predicted_id not in ("client-id-2", given_id)
+    assert json.loads(predicted.body)["request_id"] == predicted_id
+    assert predicted.header("X-Client-Request-Id") == ["client-id-2"]
     for target in (b"/ping", b"/metrics", b"/nowhere"):
         answer = await ask(b"GET %s HTTP/1.1\r\nHost: r\r\n\r\n" % target)
         assert len(answer.header("X-Request-Id")) == 1, (target, answer.headers)
@@ -740,7 +750,8 @@ async def test_every_answer_carries_one_request_id(make_router: RouterFactory) -
     assert len(ids) == 22  # each new id is new
     too_many = b"".join(b"X-H%d: v\r\n" % i for i in range(120))
     refused = await ask(post(extra=b"X-Request-Id: client-id-3\r\n" + too_many))
-    assert refused.status == 431 and refused.header("X-Request-Id") == ["client-id-3"]
+    assert refused.status == 431 and len(refused.header("X-Request-Id")[0]) == 32
+    assert refused.header("X-Client-Request-Id") == ["client-id-3"]
     writer.close()
 
 
@@ -769,7 +780,8 @@ async def test_answers_are_recorded_in_the_prediction_log(
     await wait_until(lambda: router.value("mlcanary_prediction_log_records_total", written) >= 3,
                      "three records counted")  # fmt: skip
     records = list(read_predictions(folder))
-    assert [r.request_id for r in records] == ids and ids[0] == "first"
+    assert [r.request_id for r in records] == ids and "first" not in ids
+    assert [r.client_id for r in records] == ["first", None, None]
     assert {(r.variant, r.version) for r in records} == {("stable", "1")}
     assert [r.inputs for r in records] == [json.loads(BODY), json.loads(BODY),
                                            {"dataframe_split": {"columns": ["x"],

@@ -54,6 +54,8 @@ class Owed:
     keep_alive: bool
     http10: bool
     request_id: bytes
+    client_id: bytes = b""
+    """The client's own `X-Request-Id`, echoed as `X-Client-Request-Id` (see requestids)."""
     answer: bytes | None = None
     """Set for an answer the router makes without the plane (an error); the plane's comes later."""
 
@@ -157,7 +159,7 @@ class ClientConnection(asyncio.Protocol):
             raise StopParsing
         self.in_request, self.headers_done = True, False
         self.url, self.headers, self.body = b"", [], []
-        self.request_id = b""
+        self.request_id = self.client_id = b""
         self.body_bytes, self.head_stream = 0, 0
         self.head_from = self.read_before  # the head began in the current read, or later
         if not self.owed:
@@ -195,7 +197,7 @@ class ClientConnection(asyncio.Protocol):
             if len(name) == 12 and name.lower() == request_ids.LOWERED:
                 given = value
         if given is not None and request_ids.usable(given):
-            self.request_id = given  # a refusal answers with it too
+            self.client_id = given  # a refusal echoes it too
         if not self._head_within_limits():
             raise StopParsing
         self.request_id = request_ids.settle_request_id(self.headers, given)
@@ -275,7 +277,7 @@ class ClientConnection(asyncio.Protocol):
         first = not self.owed
         owed = Owed(
             method, self.url, self.headers, b"".join(self.body), keep_alive, http10,
-            self.request_id,
+            self.request_id, self.client_id,
         )  # fmt: skip
         self.owed.append(owed)
         if first:
@@ -306,6 +308,8 @@ class ClientConnection(asyncio.Protocol):
             return
         last = (self.stopped or self.draining) and not self.owed
         identified = b"X-Request-Id: %s\r\n" % owed.request_id
+        if owed.client_id:
+            identified += b"X-Client-Request-Id: %s\r\n" % owed.client_id
         if last or not owed.keep_alive:
             transport.write(with_head_lines(data, identified + b"Connection: close\r\n"))
             self._linger(transport)
@@ -352,7 +356,7 @@ class ClientConnection(asyncio.Protocol):
         answer = response_bytes(status, JSON_TYPE, error_body(error_code, message))
         first = not self.owed
         request_id = self.request_id or request_ids.new_request_id()
-        owed = Owed(b"", b"", [], b"", False, False, request_id, answer=answer)
+        owed = Owed(b"", b"", [], b"", False, False, request_id, self.client_id, answer=answer)
         self.owed.append(owed)
         if first:
             self._answered(owed, answer)

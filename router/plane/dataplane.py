@@ -24,6 +24,7 @@ from router.plane.handler import Deliver
 from router.plane.pool import Pools, Reply, exchange, exchange_raw, spawn_then
 from router.plane.upload import StreamedUpload
 from router.plane.wire import JSON_TYPE, request_bytes, response_bytes, upload_head
+from router.proxy import requestids as request_ids
 from router.proxy.policy import Failure, failure_answer
 from router.routing.choosing import FORCE_HEADER, FORCE_TOKEN_HEADER
 from router.web.state import POLICY, SETTINGS, TABLE
@@ -137,8 +138,8 @@ class Invocation:
     """
 
     __slots__ = (
-        "body", "config", "data", "deliver", "forced", "plane", "request_id", "retrying",
-        "started", "variant",
+        "body", "client_id", "config", "data", "deliver", "forced", "plane", "request_id",
+        "retrying", "started", "variant",
     )  # fmt: skip
 
     def __init__(
@@ -150,14 +151,17 @@ class Invocation:
         self.variant: Variant = "stable"
         self.data = b""
         self.retrying = self.forced = False
+        self.client_id = b""
 
     def start(self, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """Choose the variant and send the request on."""
         plane, config = self.plane, self.config
         self.body = body
         self.data = request_bytes(b"POST", b"/invocations", headers, body)
-        choice = plane.policy.choose(config, choice_headers(config, headers))
+        asked = choice_headers(config, headers)
+        choice = plane.policy.choose(config, asked)
         self.forced = choice.forced
+        self.client_id = asked.get(CLIENT_ID, "").encode("latin-1")
         self._send(choice.variant)
 
     def _send(self, variant: Variant) -> None:
@@ -194,14 +198,14 @@ class Invocation:
             )
             return response_bytes(status, JSON_TYPE, error, tags)
         status, answer_headers, answer = outcome
-        logged = (self.request_id, self.body)
+        logged = (self.request_id, self.body, self.client_id)
         self.plane.policy.answered(
             variant, version, status, self.started, answer, logged, forced=self.forced
         )
         return response_bytes(status, answer_headers, answer, tags)
 
 
-NO_HEADERS: dict[str, str] = {}
+CLIENT_ID = request_ids.CLIENT_HEADER.decode()
 
 
 _names_for: list[tuple[RoutingConfig, dict[bytes, str]]] = []
@@ -216,6 +220,7 @@ def _choice_header_names(config: RoutingConfig) -> dict[bytes, str]:
     wanted = {
         FORCE_HEADER.lower().encode(): FORCE_HEADER,  # read also when off, to count refusals
         FORCE_TOKEN_HEADER.lower().encode(): FORCE_TOKEN_HEADER,
+        request_ids.CLIENT_LOWERED: CLIENT_ID,  # for the prediction log, in the same pass
     }
     if config.sticky is not None:
         wanted[config.sticky.header.lower().encode()] = config.sticky.header
@@ -224,7 +229,10 @@ def _choice_header_names(config: RoutingConfig) -> dict[bytes, str]:
 
 
 def choice_headers(config: RoutingConfig, headers: list[tuple[bytes, bytes]]) -> dict[str, str]:
-    """Decode only the headers the variant choice reads (force, sticky), by their canonical name."""
+    """Decode the headers the choice reads (force, sticky) and the client's id, by canonical name.
+
+    Only those: the hot path decodes nothing else.
+    """
     wanted = _choice_header_names(config)
     found = {}
     for name, value in headers:

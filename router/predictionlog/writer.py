@@ -86,10 +86,12 @@ class PredictionLog:
         request: bytes,
         answer: bytes,
         draw: bool = True,
+        client_id: bytes = b"",
     ) -> bool:
         """Queue one answer if the share draws it and the queue has room; return whether it was.
 
         `draw` false: record without a draw (a shadow answer goes with the answer it copies).
+        `client_id`: the client's own id for the request, recorded beside the router's.
         A full queue counts a drop. The line is queued as its pieces, the usual cases (an id
         with nothing to escape, JSON bodies on one line) checked inline: the writer thread then
         only joins them, in C, and holds the interpreter for a moment per batch.
@@ -124,8 +126,10 @@ class PredictionLog:
             request = _embedded(request)
         if answer[:1] != b"{" or NEWLINE in answer or RETURN in answer:
             answer = _embedded(answer)
-        pending.pieces += (b'{"request_id":"', request_id, b'","time":', self._stamp, label,
-                           request, b',"answer":', answer, b"}\n")  # fmt: skip
+        if client_id:  # a usable id is visible ASCII: only a quote or backslash to escape
+            client_id = b',"client_id":' + json.dumps(client_id.decode("latin-1")).encode()
+        pending.pieces += (b'{"request_id":"', request_id, b'"', client_id, b',"time":',
+                           self._stamp, label, request, b',"answer":', answer, b"}\n")  # fmt: skip
         pending.records += 1
         pending.size += size
         return True

@@ -42,9 +42,10 @@ ROUTER_SECRETS = frozenset({b"x-force-token"})
 APP_DROPPED = HOP_BY_HOP | ROUTER_SET
 """From a request relayed to the router's own app (which reads the force token)."""
 DROPPED = APP_DROPPED | ROUTER_SECRETS
-ANSWER_DROPPED = DROPPED | {b"x-request-id"}
-"""From an upstream's answer: the request id is the router's to set (on every answer)."""
-APP_ANSWER_DROPPED = HOP_BY_HOP | {b"x-request-id"}
+REQUEST_IDS = frozenset({b"x-request-id", b"x-client-request-id"})
+ANSWER_DROPPED = DROPPED | REQUEST_IDS
+"""From an upstream's answer: the request ids are the router's to set (on every answer)."""
+APP_ANSWER_DROPPED = HOP_BY_HOP | REQUEST_IDS
 """From the router's own app's answer: its `X-Model-*` are kept; the id is set by the front."""
 
 
@@ -213,13 +214,13 @@ class ProxyPolicy:
         status: int,
         started: float,
         body: bytes | None,
-        request: tuple[bytes, bytes] | None = None,
+        request: tuple[bytes, bytes, bytes] | None = None,
         *,
         forced: bool = False,
     ) -> Answered:
         """Count the client's answer, its latency since `started`, and a 200's predictions.
 
-        `request`: the request's id and body, to record the answer in the prediction log.
+        `request`: the request's id, body and client's id, to record the answer in the log.
         The predictions, and whether the answer was logged, are returned for the shadow copy.
         A `forced` answer is counted apart and nothing else: its predictions and its log record
         would let an operator's probes into what the rollout judges.
@@ -229,7 +230,9 @@ class ProxyPolicy:
             return NOT_ANSWERED
         logged = False
         if request is not None and self.log is not None:
-            logged = self.log.record(request[0], variant, version, request[1], body)
+            logged = self.log.record(
+                request[0], variant, version, request[1], body, client_id=request[2]
+            )
         outputs = outputs_of(body)
         self.metrics.predicted(variant, outputs)
         return Answered(outputs, logged)

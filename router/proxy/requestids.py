@@ -1,10 +1,14 @@
-"""Request ids: every answer carries `X-Request-Id`, the client's if usable, else a new one.
+"""Request ids: the router issues one per request; a client's own id is kept beside it.
 
 The id is set once, by the router's connection layer, for every request it reads (so also for
-the ones it refuses): a client's id is kept when it is 1 to 200 visible ASCII characters and
-replaced otherwise; it is passed to the model server and to the router's own app (which puts
-it in `/predict`'s body and in the prediction log), and an upstream's copy in its answer is
-dropped. It is what `POST /feedback` names to attach a late label to a logged prediction.
+the ones it refuses), and is always new: 128 random bits. It is what `POST /feedback` names to
+attach a late label to a logged prediction, so a client must never choose it: two requests
+sent with one guessable id (an order number) would otherwise share a join key, and a label
+meant for one could be scored against the other's answer. As Envoy at the edge
+(`preserve_external_request_id: false`), the client's `X-Request-Id` is not trusted; when it is
+1 to 200 visible ASCII characters it is kept as `X-Client-Request-Id`: passed to the model
+server and the router's own app, recorded in the prediction log beside the id, and echoed in
+the answer. An upstream's copy of either header in its answer is dropped.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import os
 
 HEADER = b"X-Request-Id"
 LOWERED = HEADER.lower()
+CLIENT_HEADER = b"X-Client-Request-Id"
+CLIENT_LOWERED = CLIENT_HEADER.lower()
 MAX_LENGTH = 200
 
 
@@ -27,14 +33,16 @@ def usable(value: bytes) -> bool:
 
 
 def settle_request_id(headers: list[tuple[bytes, bytes]], given: bytes | None) -> bytes:
-    """Return the request's id: the client's `given` one if usable, else a new one.
+    """Issue the request's id, set it in `headers`, keep a client's usable `given` id beside it.
 
-    A new id replaces the client's in `headers`, so every hop sees the id the client gets.
+    Every hop sees the id the client gets back, and the client's own id under
+    `X-Client-Request-Id` only (a client's copy of that header is dropped).
     """
+    headers[:] = [
+        (name, value) for name, value in headers if name.lower() not in (LOWERED, CLIENT_LOWERED)
+    ]
     if given is not None and usable(given):
-        return given
-    if given is not None:
-        headers[:] = [(name, value) for name, value in headers if name.lower() != LOWERED]
+        headers.append((CLIENT_HEADER, given))
     made = new_request_id()
     headers.append((HEADER, made))
     return made

@@ -72,7 +72,11 @@ async def predict(request: web.Request) -> web.Response:
     upstream_body = routed.outcome.body if isinstance(routed.outcome, Answer) else None
     app[POLICY].answered(
         routed.variant, version, response.status, started, upstream_body,
-        (request_id.encode("latin-1"), json.dumps(split).encode()), forced=routed.forced,
+        (
+            request_id.encode("latin-1"), json.dumps(split).encode(),
+            request.headers.get("X-Client-Request-Id", "").encode("latin-1"),
+        ),
+        forced=routed.forced,
     )  # fmt: skip
     return response
 

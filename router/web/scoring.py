@@ -32,8 +32,10 @@ async def invocations(request: web.Request) -> web.Response:
     version = config.upstream(routed.variant).version
     answered = routed.outcome.body if isinstance(routed.outcome, Answer) else None
     request_id = request.headers.get("X-Request-Id", "").encode("latin-1")
+    client_id = request.headers.get("X-Client-Request-Id", "").encode("latin-1")
     stable = app[POLICY].answered(
-        routed.variant, version, response.status, started, answered, (request_id, body),
+        routed.variant, version, response.status, started, answered,
+        (request_id, body, client_id),
         forced=routed.forced,
     )  # fmt: skip
     if routed.variant == "stable" and response.status == 200 and not routed.forced:

@@ -36,7 +36,7 @@ class SystemSettings(BaseModel):
 
     A plain model read by `read_settings`, not pydantic-settings' BaseSettings: that package
     cost every command 0.1 s of CPU at start (an emergency `rollback` included) for what is a
-    dictionary of at most ten variables.
+    dictionary of at most eleven variables.
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -57,6 +57,8 @@ class SystemSettings(BaseModel):
     """The admin API the CLI and the router's original admin paths talk to."""
     admin_token: str | None = Field(default=None, validation_alias="MLCANARY_ADMIN_TOKEN")
     """The admin token (a Kubernetes Secret, say) instead of the state folder's file."""
+    labels_token: str | None = Field(default=None, validation_alias="MLCANARY_LABELS_TOKEN")
+    """The controller's labels token (posts labels, nothing else) instead of the state folder's."""
     force_token: str | None = Field(default=None, validation_alias="MLCANARY_FORCE_TOKEN")
     """The router's force token (see `router.routing.choosing`): not the admin token."""
     kubeconfig: str | None = Field(default=None, validation_alias="KUBECONFIG")

@@ -6,7 +6,7 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from aiohttp import web
@@ -14,12 +14,15 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from common.bodies import BodyTooLarge, read_bounded
 from contracts.errors import error_response
+from contracts.labels import MAX_LABELS_BYTES
 from contracts.routing import RoutingFileError, validation_problems
 from controller import page
 from controller.changes import Controller
 from controller.errors import ControllerError, InvalidChange, LabelsRefused, Superseded
 from controller.feedback import LabelBook
+from controller.jsonanswers import json_answer
 from controller.live import LiveTraffic
 from controller.rollout.engine import RolloutRunner
 from controller.rollout.judgement import GateLimits
@@ -32,12 +35,24 @@ from controller.token import token_matches
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 CONTROLLER = web.AppKey("controller", Controller)
 ROLLOUT = web.AppKey("rollout", RolloutRunner)
-TOKEN = web.AppKey("token", str)
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """The controller's two bearer tokens (see `controller.token`)."""
+
+    admin: str
+    labels: str
+
+
+TOKENS = web.AppKey("tokens", Tokens)
 LABELS = web.AppKey("labels", LabelBook)
 LABELS_LOCK = web.AppKey("labels_lock", asyncio.Lock)
 LIVE = web.AppKey("live", LiveTraffic)
 QUERY_TOKEN_NAMES = ("token", "access_token", "api_key", "apikey")
 OPEN_PATHS = frozenset({"/ping", "/metrics", *page.OPEN_PATHS})
+LABELS_PATH = "/api/feedback"
+"""The one path the labels token opens (the admin token opens it too)."""
 
 
 class Change(BaseModel):
@@ -127,13 +142,9 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
                 401, "UNAUTHENTICATED",
                 "tokens are not accepted in the query string; send Authorization: Bearer <token>",
             )  # fmt: skip
-        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            return error_response(
-                401, "UNAUTHENTICATED", "send the admin token as Authorization: Bearer <token>"
-            )
-        if not token_matches(given.strip(), request.app[TOKEN]):
-            return error_response(403, "PERMISSION_DENIED", "the admin token is not valid")
+        refused = _refused_token(request)
+        if refused is not None:
+            return refused
     try:
         return await handler(request)
     except InvalidChange as error:
@@ -142,8 +153,31 @@ async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         return error_response(409, "ABORTED", str(error))
     except LabelsRefused as error:
         return error_response(error.status, error.code, str(error))
+    except BodyTooLarge as error:
+        if request.path == LABELS_PATH:
+            request.app[LABELS].refused.labels("too_large").inc()
+        return error_response(413, "REQUEST_LIMIT_EXCEEDED", str(error))
     except (ControllerError, RoutingFileError) as error:
         return error_response(503, "TEMPORARILY_UNAVAILABLE", str(error))
+
+
+def _refused_token(request: web.Request) -> web.Response | None:
+    """Check the bearer token against the path's scope (before any body is read)."""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    given = given.strip()
+    if scheme.lower() != "bearer" or not given:
+        return error_response(
+            401, "UNAUTHENTICATED", "send the admin token as Authorization: Bearer <token>"
+        )
+    tokens = request.app[TOKENS]
+    admin, labels = token_matches(given, tokens.admin), token_matches(given, tokens.labels)
+    if admin or (labels and request.path == LABELS_PATH):
+        return None
+    if labels:
+        return error_response(
+            403, "PERMISSION_DENIED", f"the labels token may only post labels ({LABELS_PATH})"
+        )
+    return error_response(403, "PERMISSION_DENIED", "the admin token is not valid")
 
 
 async def body_of(request: web.Request, model: type[BaseModel]) -> Any:
@@ -163,7 +197,7 @@ async def body_of(request: web.Request, model: type[BaseModel]) -> Any:
 
 def _answer(record: dict[str, Any]) -> web.Response:
     """Answer a change: 200 with its audit record, or 202 when it was only recorded."""
-    return web.json_response(record, status=202 if "accepted" in record else 200)
+    return json_answer(record, status=202 if "accepted" in record else 200)
 
 
 async def ping(_request: web.Request) -> web.Response:
@@ -175,7 +209,7 @@ async def overview(request: web.Request) -> web.Response:
     """Answer what the operator page shows, in one answer, without the token (controller/page)."""
     app = request.app
     state = app[ROLLOUT].state
-    return web.json_response({
+    return json_answer({
         **await app[CONTROLLER].status(), "quality": app[LABELS].report(),
         "rollout": state.to_json() if state else None, "live": app[LIVE].watch(),
         "now": time.time(),
@@ -185,25 +219,25 @@ async def overview(request: web.Request) -> web.Response:
 async def status(request: web.Request) -> web.Response:
     """Describe the split, the routers' view, the aliases, the last changes and the quality."""
     described = await request.app[CONTROLLER].status()
-    return web.json_response({**described, "quality": request.app[LABELS].report()})
+    return json_answer({**described, "quality": request.app[LABELS].report()})
 
 
 async def feedback(request: web.Request) -> web.Response:
     """Take labels for logged requests: one `{"request_id", "label"}` or a list of them."""
-    raw = await request.read()
+    raw = await read_bounded(request, MAX_LABELS_BYTES)
     try:
         document = json.loads(raw)
     except ValueError as error:
         raise InvalidChange(f"the body is not JSON: {error}") from None
     async with request.app[LABELS_LOCK]:  # one batch at a time: each is kept whole or not at all
         taken = await asyncio.to_thread(request.app[LABELS].take, document)
-    return web.json_response(taken)
+    return json_answer(taken)
 
 
 async def versions(request: web.Request) -> web.Response:
     """List the registered model's versions, from the registry."""
     controller = request.app[CONTROLLER]
-    return web.json_response(
+    return json_answer(
         {
             "model": (await controller.current()).model,
             "versions": await controller.registry.versions(),
@@ -238,14 +272,14 @@ async def rollback(request: web.Request) -> web.Response:
     """Send the canary no traffic."""
     asked: Change = await body_of(request, Change)
     await request.app[ROLLOUT].end_for_rollback(asked.reason)
-    return web.json_response(await request.app[CONTROLLER].rollback(asked.reason))
+    return json_answer(await request.app[CONTROLLER].rollback(asked.reason))
 
 
 async def rollout_start(request: web.Request) -> web.Response:
     """Start an automated rollout of the current canary."""
     asked: RolloutRequest = await body_of(request, RolloutRequest)
     state = await request.app[ROLLOUT].start(asked.plan())
-    return web.json_response(state.to_json())
+    return json_answer(state.to_json())
 
 
 async def rollout_plan(request: web.Request) -> web.Response:
@@ -259,47 +293,47 @@ async def rollout_plan(request: web.Request) -> web.Response:
         max_insufficient_windows=plan.max_insufficient_windows,
     )  # fmt: skip
     report = await asyncio.to_thread(plan_report, measured, asked.measure_s, traffic)
-    return web.json_response(asdict(report))
+    return json_answer(asdict(report))
 
 
 async def rollout_status(request: web.Request) -> web.Response:
     """Describe the rollout (running or the last one), or say there is none."""
     state = request.app[ROLLOUT].state
-    return web.json_response(state.to_json() if state else {"status": "idle"})
+    return json_answer(state.to_json() if state else {"status": "idle"})
 
 
 async def rollout_abort(request: web.Request) -> web.Response:
     """Stop the rollout and roll back at once."""
     asked: Change = await body_of(request, Change)
-    return web.json_response((await request.app[ROLLOUT].abort(asked.reason)).to_json())
+    return json_answer((await request.app[ROLLOUT].abort(asked.reason)).to_json())
 
 
 async def rollout_pause(request: web.Request) -> web.Response:
     """Hold the rollout's weight."""
     asked: Change = await body_of(request, Change)
-    return web.json_response((await request.app[ROLLOUT].pause(asked.reason)).to_json())
+    return json_answer((await request.app[ROLLOUT].pause(asked.reason)).to_json())
 
 
 async def rollout_resume(request: web.Request) -> web.Response:
     """Go on with a paused rollout."""
     asked: Change = await body_of(request, Change)
-    return web.json_response((await request.app[ROLLOUT].resume(asked.reason)).to_json())
+    return json_answer((await request.app[ROLLOUT].resume(asked.reason)).to_json())
 
 
 def create_api(
     controller: Controller,
-    token: str,
+    tokens: Tokens,
     rollout: RolloutRunner,
     registry: CollectorRegistry,
     labels: LabelBook,
 ) -> web.Application:
-    """Build the admin API over `controller`, guarded by `token`."""
+    """Build the admin API over `controller`, guarded by `tokens`."""
     app = web.Application(middlewares=[guard], client_max_size=16 * 1024 * 1024)
     app[LABELS] = labels
     app[LABELS_LOCK] = asyncio.Lock()
     app[CONTROLLER] = controller
     app[ROLLOUT] = rollout
-    app[TOKEN] = token
+    app[TOKENS] = tokens
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_post("/api/rollout", rollout_start)
     app.router.add_get("/api/rollout", rollout_status)

@@ -16,6 +16,7 @@ class Superseded(ControllerError):
 class LabelsRefused(ControllerError):
     """Labels that cannot be taken as sent (answered with `status`); none of them was kept."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, reason: str = "invalid") -> None:
         super().__init__(message)
-        self.status, self.code = status, code
+        self.status, self.code, self.reason = status, code, reason
+        """`reason`: what `mlcanary_labels_refused_total` counts it under."""

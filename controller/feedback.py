@@ -23,13 +23,14 @@ log (docs/architecture.md, "Limits", says what is left for larger ones).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from common.predictionlog import (
     SHADOW,
@@ -39,9 +40,17 @@ from common.predictionlog import (
     log_filesystem,
     parse_line,
 )
+from contracts.labels import MAX_LABELS
 from controller.errors import LabelsRefused
 
-MAX_ITEMS = 10_000
+log = logging.getLogger("controller")
+
+REFUSALS = ("invalid", "too_large", "unknown", "repeated", "ambiguous")
+"""Why a batch of labels was refused: a bad item, over the size bound, an id the log does not
+hold (never issued, or not logged), an id labelled already, an id the log holds several answers
+for (a log written before the router issued every id itself)."""
+MAX_LABEL_TEXT = 1000
+"""The longest class label taken (a class name, not a document)."""
 PROBABILITY_SUM_TOLERANCE = 1e-3
 """How far from 1 an answer's numbers may add up and still be read as probabilities (models
 round, float32 sums drift)."""
@@ -179,23 +188,46 @@ class LabelBook:
     """Every labelled row, in the order taken (rollouts read the rows taken since they last
     looked)."""
 
+    ambiguous: set[str] = field(default_factory=set)
+    """Ids the log holds several answers for (never labelled: which answer would it judge?)."""
+
     def __post_init__(self) -> None:
-        """Register the gauges and count the labels a previous controller took."""
+        """Register the metrics and count the labels a previous controller took.
+
+        A stored line that cannot be counted (torn by a crash, or written by a version that
+        took what this one refuses) is skipped and counted, never fatal: a controller that
+        crash-looped on its own file would leave the rollout unwatched.
+        """
         self.gauge = Gauge(
             "mlcanary_quality", "Quality on labelled requests by variant, version and measure.",
             ["variant", "version", "measure"], registry=self.registry,
+        )  # fmt: skip
+        self.refused = Counter(
+            "mlcanary_labels_refused", "Batches of labels refused (nothing kept), by reason.",
+            ["reason"], registry=self.registry,
+        )  # fmt: skip
+        for reason in REFUSALS:
+            self.refused.labels(reason)
+        self.skipped = Counter(
+            "mlcanary_labels_skipped", "Stored labels skipped at start: torn or invalid lines.",
+            registry=self.registry,
         )  # fmt: skip
         self.read_log()
         try:
             lines = self.labels_path.read_bytes().splitlines()
         except FileNotFoundError:
             lines = []
-        for line in lines:
+        for number, line in enumerate(lines, 1):
             try:
                 item = json.loads(line)
-                self._count(str(item["request_id"]), item["label"])
-            except (ValueError, KeyError, TypeError):
-                continue  # a line torn by a crash: never acknowledged
+                request_id, label = str(item["request_id"]), item["label"]
+                if not _label_ok(label):
+                    raise ValueError("not a label this controller takes")
+                if request_id in self.logged and request_id not in self.labelled:
+                    self._keep(request_id, self._labelled(request_id, label))
+            except Exception as error:  # noqa: BLE001 (any bad line is skipped, none is fatal)
+                self.skipped.inc()
+                log.warning("%s line %d skipped: %s", self.labels_path, number, error)
         self._show()
 
     def read_log(self) -> None:
@@ -213,26 +245,66 @@ class LabelBook:
             self.read_to[path] = start + len(complete)
             for line in complete.splitlines():
                 record = parse_line(line)
-                if record is not None:
-                    answers = self.shadows if record.variant == SHADOW else self.logged
-                    answers[record.request_id] = record
+                if record is None:
+                    continue
+                if record.variant == SHADOW:
+                    self.shadows[record.request_id] = record
+                elif record.request_id in self.logged:
+                    self.ambiguous.add(record.request_id)
+                else:
+                    self.logged[record.request_id] = record
 
     def take(self, document: Any) -> dict[str, Any]:
-        """Check a batch of labels, keep it whole (or raise LabelsRefused), return the counts."""
+        """Check a batch of labels, keep it whole (or raise LabelsRefused), return the counts.
+
+        Every row is compared before a byte is written: whatever a label holds, a batch is
+        either appended and counted whole, or refused with nothing kept.
+        """
+        try:
+            taken = self._checked(document)
+        except LabelsRefused as refusal:
+            self.refused.labels(refusal.reason).inc()
+            raise
+        lines = b"".join(
+            json.dumps({"request_id": i, "label": label}, allow_nan=False).encode() + b"\n"
+            for i, label, _ in taken
+        )
+        self.labels_path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self.labels_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(descriptor, "ab") as handle:
+            handle.write(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+        for request_id, _, rows in taken:
+            self._keep(request_id, rows)
+        self._show()
+        return {"accepted": len(taken), "quality": self.report()}
+
+    def _checked(self, document: Any) -> list[tuple[str, Label, list[LabelledRow]]]:
+        """Return each label with the rows it makes, or raise LabelsRefused (nothing kept)."""
         items = _items(document)
         ids = [item[0] for item in items]
         repeated = sorted({i for i in ids if ids.count(i) > 1} | (set(ids) & self.labelled))
         if repeated:
             message = f"already labelled: {_some(repeated)}; nothing was kept"
-            raise LabelsRefused(409, "RESOURCE_ALREADY_EXISTS", message)
+            raise LabelsRefused(409, "RESOURCE_ALREADY_EXISTS", message, "repeated")
         self.read_log()  # the shadow answers of the requests labelled, too
         unknown = [i for i in ids if i not in self.logged]
         if unknown:
             raise LabelsRefused(
                 404, "RESOURCE_DOES_NOT_EXIST",
-                f"not in the prediction log: {_some(unknown)} (only logged requests can be"
-                " labelled: see the routing file's log.percent); nothing was kept",
+                f"not in the prediction log: {_some(unknown)} (label the X-Request-Id the router"
+                " answered with, of a logged request: see the routing file's log.percent);"
+                " nothing was kept", "unknown",
             )  # fmt: skip
+        ambiguous = [i for i in ids if i in self.ambiguous]
+        if ambiguous:
+            raise LabelsRefused(
+                409, "INVALID_STATE",
+                f"the prediction log holds several answers for {_some(ambiguous)}; nothing was"
+                " kept", "ambiguous",
+            )  # fmt: skip
+        taken = []
         for index, (request_id, label) in enumerate(items):
             rows = _rows(self.logged[request_id].predictions)
             if isinstance(label, list) and len(label) != len(rows):
@@ -241,18 +313,17 @@ class LabelBook:
                     f"[{index}].label: {len(label)} labels for a request of {len(rows)} rows;"
                     " nothing was kept",
                 )  # fmt: skip
-        lines = b"".join(
-            json.dumps({"request_id": i, "label": label}).encode() + b"\n" for i, label in items
-        )
-        self.labels_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.labels_path.open("ab") as handle:
-            handle.write(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
-        for request_id, label in items:
-            self._count(request_id, label)
-        self._show()
-        return {"accepted": len(items), "quality": self.report()}
+            try:
+                compared = self._labelled(request_id, label)
+            except (ArithmeticError, ValueError, TypeError) as error:
+                raise LabelsRefused(
+                    400,
+                    "INVALID_PARAMETER_VALUE",
+                    f"[{index}].label cannot be compared with its answer ({error});"
+                    " nothing was kept",
+                ) from None
+            taken.append((request_id, label, compared))
+        return taken
 
     def report(self) -> dict[str, dict[str, dict[str, float | int | None]]]:
         """Return the quality by variant, then version."""
@@ -261,32 +332,18 @@ class LabelBook:
             shown.setdefault(variant, {})[version] = quality.to_json()
         return shown
 
-    def _count(self, request_id: str, label: Any) -> None:
-        record = self.logged.get(request_id)
-        if record is None or request_id in self.labelled:
-            return
-        self.labelled.add(request_id)
-        served = self._count_answer(record, label, [])
+    def _labelled(self, request_id: str, label: Any) -> list[LabelledRow]:
+        """Compare a logged request's answer, and its shadow answer's, with its label."""
+        served = _compared(self.logged[request_id], label, [])
         shadow = self.shadows.get(request_id)
-        if shadow is not None:
-            self._count_answer(shadow, label, served)
+        return served + (_compared(shadow, label, served) if shadow is not None else [])
 
-    def _count_answer(
-        self, record: Prediction, label: Any, pairs: list[LabelledRow]
-    ) -> list[LabelledRow]:
-        """Count each row of one answer, paired with `pairs`' rows in order when given."""
-        quality = self.quality.setdefault((record.variant, record.version), Quality())
-        rows = _rows(record.predictions)
-        labels = label if isinstance(label, list) else [label] * len(rows)
-        counted = []
-        for index, (predicted, truth) in enumerate(zip(rows, labels, strict=False)):
-            row = LabelledRow.of(record.variant, record.version, predicted, truth)
-            if index < len(pairs):
-                row = replace(row, paired=pairs[index])
-            quality.add(row)
+    def _keep(self, request_id: str, rows: list[LabelledRow]) -> None:
+        """Count a label's rows into each variant's quality and the rows rollouts read."""
+        self.labelled.add(request_id)
+        for row in rows:
+            self.quality.setdefault((row.variant, row.version), Quality()).add(row)
             self.rows.append(row)
-            counted.append(row)
-        return counted
 
     def _show(self) -> None:
         for (variant, version), quality in self.quality.items():
@@ -295,12 +352,23 @@ class LabelBook:
                     self.gauge.labels(variant, version, measure).set(value)
 
 
+def _compared(record: Prediction, label: Any, pairs: list[LabelledRow]) -> list[LabelledRow]:
+    """Compare each row of one answer with its label, paired with `pairs`' rows when given."""
+    rows = _rows(record.predictions)
+    labels = label if isinstance(label, list) else [label] * len(rows)
+    compared = []
+    for index, (predicted, truth) in enumerate(zip(rows, labels, strict=False)):
+        row = LabelledRow.of(record.variant, record.version, predicted, truth)
+        compared.append(replace(row, paired=pairs[index]) if index < len(pairs) else row)
+    return compared
+
+
 def _items(document: Any) -> list[tuple[str, Any]]:
     """Return (request id, label) pairs of a body: one object or a list of them (else 400)."""
     listed = document if isinstance(document, list) else [document]
-    if not listed or len(listed) > MAX_ITEMS:
+    if not listed or len(listed) > MAX_LABELS:
         raise LabelsRefused(400, "INVALID_PARAMETER_VALUE",
-                            f"send 1 to {MAX_ITEMS} labels, got {len(listed)}")  # fmt: skip
+                            f"send 1 to {MAX_LABELS} labels, got {len(listed)}")  # fmt: skip
     items, problems = [], []
     for index, item in enumerate(listed):
         where = f"[{index}]" if isinstance(document, list) else "(body)"
@@ -311,8 +379,9 @@ def _items(document: Any) -> list[tuple[str, Any]]:
         if not isinstance(request_id, str) or not request_id:
             problems.append(f"{where}.request_id: must be a non-empty string")
         elif not _label_ok(label):
-            problems.append(f"{where}.label: must be a number, a string, a boolean or a list"
-                            " of them (one per row)")  # fmt: skip
+            problems.append(f"{where}.label: must be a finite number (at most 1e150 either way),"
+                            f" a string of at most {MAX_LABEL_TEXT} characters, a boolean or a"
+                            " list of them (one per row)")  # fmt: skip
         else:
             items.append((request_id, label))
     if problems:
@@ -321,12 +390,26 @@ def _items(document: Any) -> list[tuple[str, Any]]:
     return items
 
 
+MAX_LABEL_MAGNITUDE = 1e150
+"""The largest number taken as a label: far past any real target, and small enough that the
+squares RMSE adds up stay numbers (1e308 squared is infinite; 1e150 squared, 1e300, leaves room
+for a million labels below the largest float)."""
+
+
 def _label_ok(label: Any) -> bool:
+    """Whether a label can be counted: a finite number, a short string, a boolean, or a list."""
     if isinstance(label, list):
         return bool(label) and all(_label_ok(item) and not isinstance(item, list) for item in label)
-    if isinstance(label, float):
-        return math.isfinite(label)
-    return isinstance(label, int | str | bool)
+    if isinstance(label, bool):
+        return True
+    if isinstance(label, str):
+        return len(label) <= MAX_LABEL_TEXT
+    if isinstance(label, int | float):
+        try:
+            return math.isfinite(float(label)) and abs(float(label)) <= MAX_LABEL_MAGNITUDE
+        except OverflowError:  # an integer of hundreds of digits
+            return False
+    return False
 
 
 def _rows(predictions: Any) -> list[Any]:

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from common.settings import RegistrySettings, system_settings
 from common.supervision import stop_requested
 from contracts.routing import RoutingConfig
-from controller.api import create_api
+from controller.api import Tokens, create_api
 from controller.changes import ChangeSettings, Controller
 from controller.checks import check_server, server_metadata
 from controller.errors import ControllerError
@@ -25,7 +25,7 @@ from controller.rollout.engine import RolloutMetrics, RolloutRunner
 from controller.routers import EndpointRouters, RouterList
 from controller.runtime import Runtime
 from controller.stores import ConfigMapStore, FileStore, RoutingStore
-from controller.token import read_token, write_fresh_token
+from controller.token import LABELS_TOKEN_FILE, stored_token
 from training.registry import CHALLENGER, CHAMPION
 
 log = logging.getLogger("controller")
@@ -178,12 +178,11 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
             await controller.reconcile_aliases()
         except ControllerError as error:
             log.warning("aliases not moved: %s", error)
-        token = system_settings().admin_token or ""  # e.g. from a Kubernetes Secret
-        if not token:
-            try:
-                token = read_token(options.token_path)
-            except OSError:
-                token = write_fresh_token(options.token_path)
+        settings = system_settings()
+        tokens = Tokens(
+            admin=stored_token(settings.admin_token, options.token_path),
+            labels=stored_token(settings.labels_token, options.state / LABELS_TOKEN_FILE),
+        )
         registry = CollectorRegistry()
         labels = await asyncio.to_thread(
             LabelBook, options.prediction_log or options.state / "predictions",
@@ -195,7 +194,7 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
         )  # fmt: skip
         controller.start()
         await rollout.resume_saved()
-        api = create_api(controller, token, rollout, registry, labels)
+        api = create_api(controller, tokens, rollout, registry, labels)
         runner = web.AppRunner(api, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, options.host, options.port, reuse_address=True)

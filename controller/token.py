@@ -1,4 +1,10 @@
-"""The admin token: written by `up` (mode 0600), read by the CLI, compared in constant time."""
+"""The controller's tokens: written at first start (mode 0600), compared in constant time.
+
+The CLI reads them from the state folder. Two scopes: the admin token changes the split
+(deploy, weight, promote, rollback, rollouts) and reads the status; the labels token posts
+labels and nothing else, so that a labelling pipeline holds no credential that could move
+traffic.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from pathlib import Path
 from common.files import write_atomically
 
 TOKEN_FILE = "admin-token"  # noqa: S105 (a file name, not a secret)
+LABELS_TOKEN_FILE = "labels-token"  # noqa: S105 (a file name, not a secret)
 
 
 def write_fresh_token(path: Path) -> str:
@@ -26,3 +33,16 @@ def read_token(path: Path) -> str:
 def token_matches(given: str, expected: str) -> bool:
     """Compare two tokens in time independent of where they differ."""
     return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def stored_token(given: str | None, path: Path) -> str:
+    """Return the token to use: `given`, else the one stored at `path`, else a fresh one there.
+
+    `given` comes from the environment (a Kubernetes Secret, say).
+    """
+    if given:
+        return given
+    try:
+        return read_token(path)
+    except OSError:
+        return write_fresh_token(path)

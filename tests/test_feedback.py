@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import statistics
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,12 +40,14 @@ def system(trained_registry: TrainedRegistry, tmp_path: Path) -> Iterator[System
         yield built
 
 
-def _predict(system: System, row: dict[Any, Any]) -> tuple[str, Any]:
-    """Send one row through the router; return the answer's request id and prediction."""
+def _predict(system: System, row: dict[Any, Any], own_id: str = "") -> tuple[str, Any]:
+    """Send one row through the router (with the client's `own_id`); return the answer's
+    request id and prediction."""
     body = json.dumps({"dataframe_records": [row]}).encode()
+    own = {"X-Request-Id": own_id} if own_id else {}
     request = urllib.request.Request(
         f"{system.router_url}/invocations", data=body,
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **own},
     )  # fmt: skip
     with urllib.request.urlopen(request, timeout=30) as answer:
         return answer.headers["X-Request-Id"], json.loads(answer.read())["predictions"][0]
@@ -221,3 +224,92 @@ def test_shadowed_requests_are_labelled_for_both_models_with_log_loss(
             chosen = [max(range(2), key=p.__getitem__) for p in probabilities]
             assert quality["accuracy"] == pytest.approx(accuracy_score(truths, chosen))
         assert "quality  shadow v4: labels 20" in system.cli("status").stdout
+
+
+def _raw_feedback(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
+    """POST bytes as they are (a JSON encoder would refuse to write NaN or 1e999)."""
+    request = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_no_label_can_take_the_controller_down_or_be_half_kept(system: System) -> None:
+    """1e999, a 400-digit number, NaN and 1e308: a clear 400 naming the field, nothing written,
+    the controller alive, its answers standard JSON; the labels token posts labels and nothing
+    else; a client's own X-Request-Id joins nothing; a restart is clean."""
+    rows = load_dataset(DEFAULT_PATH).head(3)[list(FEATURES)].to_dict(orient="records")
+    ids = [_predict(system, row, own_id="order-17")[0] for row in rows]  # one id, three times
+    assert len(set(ids)) == 3
+    log = system.state / "predictions"
+    wait_until(lambda: len(list(read_predictions(log))) == 3, "every answer logged")
+    labels = system.state / "labels.jsonl"
+    bearer = {"Content-Type": "application/json", "Authorization": f"Bearer {system.token}"}
+    for text in ("1e999", "1" * 400, "NaN", "-Infinity", "1e308", "1e151", '"' + "x" * 1001 + '"'):
+        body = b'[{"request_id": "%s", "label": 60.0}, {"request_id": "%s", "label": %s}]' % (
+            ids[0].encode(), ids[1].encode(), text.encode(),
+        )  # fmt: skip
+        code, answer = _raw_feedback(f"{system.router_url}/feedback", body, bearer)
+        assert code == 400 and "[1].label" in answer["message"], (text, code, answer)
+        assert not labels.exists() or labels.read_bytes() == b"", text
+    labels_token = (system.state / "labels-token").read_text().strip()
+    assert labels_token != system.token
+    code, answer = call_json(
+        f"{system.router_url}/feedback", "POST", {"request_id": ids[0], "label": 1e150},
+        labels_token,
+    )  # fmt: skip
+    assert code == 200 and answer["accepted"] == 1, answer
+    rmse = answer["quality"]["stable"]["1"]["rmse"]
+    assert rmse is not None and math.isfinite(rmse)
+    for method, path, body in (("GET", "/api/status", None), ("POST", "/api/rollback", {})):
+        code, answer = system.admin(method, path, body, labels_token)
+        assert code == 403 and "only post labels" in answer["message"], (path, answer)
+    with urllib.request.urlopen(f"{system.controller_url}/api/overview", timeout=30) as answer:
+        json.loads(answer.read(), parse_constant=_refuse_constant)  # standard JSON only
+    own = {"request_id": "order-17", "label": 1.0}
+    code, answer = call_json(f"{system.router_url}/feedback", "POST", own, labels_token)
+    assert code == 404 and "order-17" in answer["message"]
+    _, metrics = _metrics(system.controller_url)
+    assert 'mlcanary_labels_refused_total{reason="invalid"} 7.0' in metrics
+    assert 'mlcanary_labels_refused_total{reason="unknown"} 1.0' in metrics
+    system.processes[0].kill()
+    system.processes[0].wait(timeout=30)
+    with labels.open("ab") as handle:  # a line an older controller might have kept
+        handle.write(b'{"request_id": "%s", "label": 1e999}\n{"torn\n' % ids[2].encode())
+    system.restart_controller()
+    _, metrics = _metrics(system.controller_url)
+    assert "mlcanary_labels_skipped_total 2.0" in metrics
+    code, status = system.admin("GET", "/api/status")
+    assert code == 200 and status["quality"]["stable"]["1"]["labels"] == 1
+
+
+def test_an_anonymous_oversized_batch_is_refused_before_it_is_read(system: System) -> None:
+    """No token: 401 before a byte of the body is read; over the bound: 413 by its length."""
+    from contracts.labels import MAX_LABELS_BYTES
+
+    size = MAX_LABELS_BYTES + 1
+    for headers, status in (
+        ({"Content-Length": str(size)}, 401),
+        ({"Content-Length": str(size), "Authorization": f"Bearer {system.token}"}, 413),
+    ):  # fmt: skip
+        import socket
+        from urllib.parse import urlparse
+
+        address = urlparse(system.router_url)
+        with socket.create_connection((address.hostname, address.port), timeout=30) as client:
+            head = "".join(f"{name}: {value}\r\n" for name, value in headers.items())
+            client.sendall(f"POST /feedback HTTP/1.1\r\nHost: r\r\n{head}\r\n".encode())
+            client.sendall(b"[" * 1000)  # a start only: the answer must not wait for the rest
+            line = client.makefile("rb").readline()
+        assert line.split()[1] == str(status).encode(), (headers, line)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise AssertionError(f"not standard JSON: {name}")
+
+
+def _metrics(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as answer:
+        return answer.status, answer.read().decode()

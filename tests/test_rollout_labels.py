@@ -18,7 +18,7 @@ import pytest
 from mlflow import MlflowClient
 
 from common.settings import RegistrySettings
-from controller.feedback import MAX_ITEMS
+from contracts.labels import MAX_LABELS
 from tests.conftest import TrainedRegistry
 from tests.routers import wait_until
 from tests.systems import System, copied_registry, running_system
@@ -98,7 +98,7 @@ class LabelledLoad:
                     continue
                 due = [w for w in self.waiting if w[0] <= time.monotonic() - LABEL_DELAY_S]
                 # A batch at most as large as /feedback takes (labels held back pile up).
-                due = due[:MAX_ITEMS]
+                due = due[:MAX_LABELS]
                 if not due:
                     continue
                 del self.waiting[: len(due)]

@@ -222,6 +222,10 @@ class ClientConnection(asyncio.Protocol):
             message = "HTTP/1.1 requests need exactly one Host header"
             self._refuse(400, "BAD_REQUEST", f"{message}, got {hosts}")
             raise StopParsing
+        refused = self.plane.refusal(self.url, self.headers, length)
+        if refused is not None:
+            self._refuse(*refused)
+            raise StopParsing
         limit = self.max_body_bytes
         if length is not None and length > limit:
             message = f"body of {length} bytes exceeds the limit of {limit}"

@@ -20,13 +20,14 @@ from aiohttp import web
 from contracts.errors import error_body
 from contracts.routing import RoutingConfig, Variant
 from router.plane.connection import ClientConnection, Connections
-from router.plane.handler import Deliver
+from router.plane.handler import Deliver, Refusal
 from router.plane.pool import Pools, Reply, exchange, exchange_raw, spawn_then
 from router.plane.upload import StreamedUpload
 from router.plane.wire import JSON_TYPE, request_bytes, response_bytes, upload_head
 from router.proxy import requestids as request_ids
 from router.proxy.policy import Failure, failure_answer
 from router.routing.choosing import FORCE_HEADER, FORCE_TOKEN_HEADER
+from router.web.feedback import FEEDBACK_PATH, feedback_refusal
 from router.web.state import POLICY, SETTINGS, TABLE
 
 log = logging.getLogger("router")
@@ -73,6 +74,14 @@ class DataPlane:
         head_only = method == b"HEAD"  # asked of the app as a GET: its answer has a body
         relayed = self._relay_to_app(b"GET" if head_only else method, target, headers, body)
         spawn_then(relayed, lambda outcome: deliver(self._from_app(outcome, head_only)))
+
+    def refusal(
+        self, target: bytes, headers: list[tuple[bytes, bytes]], length: int | None
+    ) -> Refusal | None:
+        """Refuse what a path's own bounds refuse by the head alone (see `web.feedback`)."""
+        if target.partition(b"?")[0] == FEEDBACK_PATH.encode():
+            return feedback_refusal(headers, length)
+        return None
 
     def tag_lines(self, variant: Variant, version: str) -> bytes:
         """Return the `X-Model-Variant` and `X-Model-Version` header lines (made once a pair)."""

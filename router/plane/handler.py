@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 Deliver = Callable[[bytes], None]
 """Called once with the bytes of a request's whole answer."""
+Refusal = tuple[int, str, str]
+"""An answer made without reading the body: status, MLflow error code, message."""
 
 
 class Plane(Protocol):
@@ -34,6 +36,11 @@ class Plane(Protocol):
         request_id: bytes = b"",
     ) -> None:
         """Answer one request: `deliver` is called once with the answer's bytes."""
+
+    def refusal(
+        self, target: bytes, headers: list[tuple[bytes, bytes]], length: int | None
+    ) -> Refusal | None:
+        """Refuse a request by its head alone (a path's own bounds), before its body is read."""
 
     def start_upload(
         self,

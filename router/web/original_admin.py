@@ -84,12 +84,24 @@ async def registry_versions(app: web.Application, model: str) -> tuple[list[str]
     return sorted((str(v.get("version")) for v in listed), key=lambda v: int(v)), None
 
 
+def bearer_missing(request: web.Request) -> web.Response | None:
+    """Answer 401 to a change without a bearer token, before its body is read.
+
+    The router holds no token: the controller checks it. Asking for one first means nobody
+    without makes the router read or parse a body.
+    """
+    if request.headers.get("Authorization", "").lower().startswith("bearer "):
+        return None
+    return error_response(
+        401, "UNAUTHENTICATED", "send the admin token as Authorization: Bearer <token>"
+    )
+
+
 async def forward_to_controller(request: web.Request, path: str, body: Any) -> web.Response | Any:
     """POST to the controller with the caller's token; its error answers pass through as-is."""
-    if not request.headers.get("Authorization", "").lower().startswith("bearer "):
-        return error_response(
-            401, "UNAUTHENTICATED", "send the admin token as Authorization: Bearer <token>"
-        )
+    missing = bearer_missing(request)
+    if missing is not None:
+        return missing
     controller = request.app[SETTINGS].controller_url
     if controller is None:
         return error_response(
@@ -114,7 +126,10 @@ async def forward_to_controller(request: web.Request, path: str, body: Any) -> w
 
 
 async def _document(request: web.Request) -> dict[str, Any] | web.Response:
-    """Return the request's JSON object, or a 400 saying what is wrong."""
+    """Return the request's JSON object, or a 401 or 400 saying what is wrong."""
+    missing = bearer_missing(request)
+    if missing is not None:
+        return missing
     try:
         document = json.loads(await request.read() or b"{}")
     except ValueError as error:

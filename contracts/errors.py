@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
+from common.redaction import redact
+
 if TYPE_CHECKING:
     from aiohttp import web
 
@@ -29,8 +31,8 @@ class ErrorBody(BaseModel):
 
 
 def error_body(error_code: str, message: str) -> bytes:
-    """Serialize an error the way MLflow's scoring server does."""
-    return json.dumps({"error_code": error_code, "message": message}).encode()
+    """Serialize an error the way MLflow's scoring server does (credentials in URIs hidden)."""
+    return json.dumps({"error_code": error_code, "message": redact(message)}).encode()
 
 
 def error_response(status: int, error_code: str, message: str) -> web.Response:

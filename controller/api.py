@@ -22,13 +22,14 @@ from controller import page
 from controller.changes import Controller
 from controller.errors import ControllerError, InvalidChange, LabelsRefused, Superseded
 from controller.feedback import LabelBook
+from controller.hosts import LOOPBACK_NAMES, is_allowed
 from controller.jsonanswers import json_answer
 from controller.live import LiveTraffic
 from controller.rollout.engine import RolloutRunner
 from controller.rollout.judgement import GateLimits
 from controller.rollout.planner import plan_report
 from controller.rollout.simulate import Traffic
-from controller.rollout.state import ACTIVE, RolloutPlan
+from controller.rollout.state import RolloutPlan
 from controller.rollout.window import Snapshot, take_snapshot
 from controller.token import token_matches
 
@@ -46,6 +47,7 @@ class Tokens:
 
 
 TOKENS = web.AppKey("tokens", Tokens)
+HOST_NAMES = web.AppKey("host_names", frozenset[str])
 LABELS = web.AppKey("labels", LabelBook)
 LABELS_LOCK = web.AppKey("labels_lock", asyncio.Lock)
 LIVE = web.AppKey("live", LiveTraffic)
@@ -135,7 +137,17 @@ class PlanRequest(RolloutRequest):
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Require the bearer token (never from the query string); turn errors into clear answers."""
+    """Check `Host` and the bearer token; turn errors into clear answers.
+
+    `Host` must be one of the controller's names (see `controller.hosts`); the token is never
+    taken from the query string.
+    """
+    if not is_allowed(request.headers.get("Host"), request.app[HOST_NAMES]):
+        return error_response(
+            400, "BAD_REQUEST",
+            "this controller does not answer to that Host; name it with --allowed-host"
+            " (MLCANARY_ALLOWED_HOSTS)",
+        )  # fmt: skip
     if request.path not in OPEN_PATHS:
         if any(name in request.query for name in QUERY_TOKEN_NAMES):
             return error_response(
@@ -206,14 +218,39 @@ async def ping(_request: web.Request) -> web.Response:
 
 
 async def overview(request: web.Request) -> web.Response:
-    """Answer what the operator page shows, in one answer, without the token (controller/page)."""
+    """Answer what the operator page shows, in one answer, without the token (controller/page).
+
+    Read-only, and without what only the admin API shows: no internal URL (of model servers or
+    routers), no change's arguments.
+    """
     app = request.app
     state = app[ROLLOUT].state
     return json_answer({
-        **await app[CONTROLLER].status(), "quality": app[LABELS].report(),
+        **anonymous_status(await app[CONTROLLER].status()), "quality": app[LABELS].report(),
         "rollout": state.to_json() if state else None, "live": app[LIVE].watch(),
         "now": time.time(),
     })  # fmt: skip
+
+
+def anonymous_status(described: dict[str, Any]) -> dict[str, Any]:
+    """Keep of `Controller.status` what anyone who can reach the page may read."""
+    canary = described["canary"]
+    return {
+        **described,
+        "stable": {"version": described["stable"]["version"]},
+        "canary": {"version": canary["version"], "weight": canary["weight"]} if canary else None,
+        "routers": {
+            f"router {number}": seen for number, seen in enumerate(described["routers"].values(), 1)
+        },
+        "pending": [
+            {"number": change["number"], "action": change["action"], "stage": change["stage"]}
+            for change in described["pending"]
+        ],
+        "recent_changes": [
+            {key: change.get(key) for key in ("time", "action", "reason")}
+            for change in described["recent_changes"]
+        ],
+    }
 
 
 async def status(request: web.Request) -> web.Response:
@@ -326,14 +363,16 @@ def create_api(
     rollout: RolloutRunner,
     registry: CollectorRegistry,
     labels: LabelBook,
+    host_names: frozenset[str] = LOOPBACK_NAMES,
 ) -> web.Application:
-    """Build the admin API over `controller`, guarded by `tokens`."""
+    """Build the admin API over `controller`, guarded by `tokens`, answering to `host_names`."""
     app = web.Application(middlewares=[guard], client_max_size=16 * 1024 * 1024)
     app[LABELS] = labels
     app[LABELS_LOCK] = asyncio.Lock()
     app[CONTROLLER] = controller
     app[ROLLOUT] = rollout
     app[TOKENS] = tokens
+    app[HOST_NAMES] = host_names
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_post("/api/rollout", rollout_start)
     app.router.add_get("/api/rollout", rollout_status)
@@ -351,19 +390,9 @@ def create_api(
     app.router.add_post("/api/feedback", feedback)
     app.router.add_get(page.OVERVIEW_PATH, overview)
     page.add_page(app)
-    app[LIVE] = LiveTraffic(lambda: _snapshot(controller), lambda: _buckets(controller, rollout))
+    app[LIVE] = LiveTraffic(lambda: _snapshot(controller))
     app.on_cleanup.append(lambda app: app[LIVE].close())
     return app
-
-
-async def _buckets(controller: Controller, rollout: RolloutRunner) -> None:
-    """Have prediction buckets cut for the page's plot, unless a rollout is running.
-
-    A rollout cuts them itself between windows; a cut within one of its windows would change
-    what the window counts.
-    """
-    if rollout.state is None or rollout.state.status not in ACTIVE:
-        await controller.ensure_prediction_buckets()
 
 
 async def _snapshot(controller: Controller) -> Snapshot:

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from common.files import append_fsynced
 
 
 def append_audit(path: Path, record: dict[str, Any]) -> dict[str, Any]:
     """Append `record` with its UTC time as one line and fsync; return what was written."""
     line = {"time": datetime.now(UTC).isoformat(timespec="milliseconds"), **record}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as log:
-        log.write(json.dumps(line, sort_keys=True) + "\n")
-        log.flush()
-        os.fsync(log.fileno())
+    append_fsynced(path, (json.dumps(line, sort_keys=True) + "\n").encode())
     return line
 
 

@@ -25,13 +25,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from common.files import append_fsynced
 from common.predictionlog import (
     SHADOW,
     Prediction,
@@ -269,12 +269,7 @@ class LabelBook:
             json.dumps({"request_id": i, "label": label}, allow_nan=False).encode() + b"\n"
             for i, label, _ in taken
         )
-        self.labels_path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(self.labels_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(descriptor, "ab") as handle:
-            handle.write(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
+        append_fsynced(self.labels_path, lines)
         for request_id, _, rows in taken:
             self._keep(request_id, rows)
         self._show()

@@ -5,7 +5,9 @@ routers' /metrics every `SAMPLE_S` (the same reading a rollout window makes, `ta
 and keeps what happened between two readings (`summarize_window`: requests per second, 5xx
 share, p50 and p99, per variant) for the last `KEPT_S`, with the prediction counts behind the
 distribution plot. With no poll for `IDLE_S` it stops: nobody watching costs the routers
-nothing. A reading that fails (a router down) leaves a gap, said in `problem`.
+nothing. A reading that fails (a router down) leaves a gap, said in `problem`. It only reads:
+the buckets the plot counts in are cut by the controller's own loop (`serve.keep_buckets`),
+never because an anonymous reader polled.
 """
 
 from __future__ import annotations
@@ -47,9 +49,6 @@ class LiveTraffic:
 
     read: Read
     """Take a snapshot of every router's /metrics (ControllerError if one cannot be read)."""
-    prepare: Callable[[], Awaitable[None]]
-    """Before each reading: have the routers count predictions in buckets (once stable has
-    answered enough), for the distribution plot."""
     samples: deque[Sample] = field(default_factory=lambda: deque(maxlen=int(KEPT_S / SAMPLE_S)))
     problem: str = ""
     watched_at: float = 0.0
@@ -78,7 +77,6 @@ class LiveTraffic:
         taken_at = 0.0
         while time.monotonic() - self.watched_at < IDLE_S:
             try:
-                await self.prepare()
                 after, now = await self.read(), time.time()
             except ControllerError as error:
                 self.problem, before = str(error), None  # a gap, not a wrong difference

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +21,10 @@ from controller.changes import ChangeSettings, Controller
 from controller.checks import check_server, server_metadata
 from controller.errors import ControllerError
 from controller.feedback import LabelBook
+from controller.hosts import host_names
 from controller.registry import Registry
 from controller.rollout.engine import RolloutMetrics, RolloutRunner
+from controller.rollout.state import ACTIVE
 from controller.routers import EndpointRouters, RouterList
 from controller.runtime import Runtime
 from controller.stores import ConfigMapStore, FileStore, RoutingStore
@@ -60,6 +63,8 @@ class ControllerOptions:
     """The ConfigMap's and the router Service's namespace (default: the pod's own, else
     `default`)."""
     confirm_timeout_s: float = 5.0
+    allowed_hosts: tuple[str, ...] = ()
+    """Names the admin API answers to besides loopback's and the address it binds."""
     prediction_log: str | None = None
     """The routers' prediction log, which labels are joined with (default: the state
     folder's `predictions`)."""
@@ -83,6 +88,25 @@ async def resolve_version(registry: Registry, wanted: str, alias: str) -> str | 
     if wanted == "latest" and versions:
         return str(versions[-1]["version"])
     return None
+
+
+BUCKETS_CHECK_S = 5.0
+"""How often the controller checks that the routers count predictions in buckets."""
+
+
+async def keep_buckets(controller: Controller, rollout: RolloutRunner) -> None:
+    """Have prediction buckets cut for the page's plot, unless a rollout is running.
+
+    The controller's own loop does it, not the page's reads: an anonymous read never writes.
+    A rollout cuts them itself between windows; a cut within one of its windows would change
+    what the window counts.
+    """
+    if rollout.state is not None and rollout.state.status in ACTIVE:
+        return
+    try:
+        await controller.ensure_prediction_buckets()
+    except Exception:  # the loop supervises model servers too: it must outlive any failure here
+        log.exception("prediction buckets not checked")
 
 
 async def settle_split(
@@ -194,14 +218,19 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
         )  # fmt: skip
         controller.start()
         await rollout.resume_saved()
-        api = create_api(controller, tokens, rollout, registry, labels)
+        names = host_names(options.host, options.allowed_hosts)
+        api = create_api(controller, tokens, rollout, registry, labels, names)
         runner = web.AppRunner(api, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, options.host, options.port, reuse_address=True)
         await site.start()
         print(f"controller listening on http://{options.host}:{options.port}", flush=True)
         stop = stop_requested()
+        buckets_checked = 0.0
         while not stop.is_set():
+            if time.monotonic() - buckets_checked >= BUCKETS_CHECK_S:
+                await keep_buckets(controller, rollout)
+                buckets_checked = time.monotonic()
             if runtime.servers:  # owned servers only: no store read each second otherwise
                 config = await controller.current()
                 in_use = {config.stable.url} | ({config.canary.url} if config.canary else set())

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from common.redaction import redact_logs
 from mlcanary import (
     admin,
     predictions_commands,
@@ -40,6 +41,7 @@ def configure(
     """Canary deployments for MLflow models."""
     level = "INFO" if verbose else "WARNING"
     logging.basicConfig(level=level)
+    redact_logs()  # no credential in a URI reaches a log
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", level)  # read when mlflow is first imported
     # mlflow writes "View run … at …" to stdout, which must stay clean for --json.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")

@@ -289,6 +289,14 @@ def controller(
         str | None,
         typer.Option(help="The ConfigMap's and router Service's namespace (default: the pod's)."),
     ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A name the admin API answers to in Host, besides loopback's and --host"
+            " (repeatable; space-separated in MLCANARY_ALLOWED_HOSTS).",
+            envvar="MLCANARY_ALLOWED_HOSTS",
+        ),
+    ] = None,
 ) -> None:
     """Run the controller: the admin API that deploys, weights, promotes and rolls back."""
     import asyncio
@@ -318,6 +326,7 @@ def controller(
         canary_url=canary_url,
         configmap=configmap,
         namespace=namespace,
+        allowed_hosts=tuple(allowed_host or ()),
         prediction_log=prediction_log and usable_log(prediction_log, "--prediction-log"),
     )
     try:

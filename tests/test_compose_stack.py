@@ -43,7 +43,8 @@ pytestmark = [
     pytest.mark.timeout(1800),
 ]
 
-PORTS = ("ROUTER", "CONTROLLER", "MLFLOW", "PROMETHEUS", "GRAFANA")
+PORTS = ("ROUTER", "CONTROLLER", "PROMETHEUS", "GRAFANA")
+"""The published services (MLflow is not: it stays on the compose network)."""
 GRAFANA = "grafana"
 UP_SECONDS = 900
 WAIT_SECONDS = 180
@@ -64,7 +65,7 @@ class Stack:
     services: list[str]
 
     def url(self, service: str) -> str:
-        """The published address of ROUTER, CONTROLLER, MLFLOW or PROMETHEUS."""
+        """The published address of ROUTER, CONTROLLER or PROMETHEUS."""
         return f"http://127.0.0.1:{self.ports[service]}"
 
     def compose(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -78,14 +79,26 @@ class Stack:
             raise AssertionError(f"docker-compose {' '.join(args)}: {done.stderr[-3000:]}")
         return done
 
-    def inside(self, service: str, url: str) -> Any:
-        """GET `url` from inside `service`'s container (its own network); return the JSON."""
+    def inside(self, service: str, url: str, host: str = "") -> tuple[int, Any]:
+        """GET `url` from inside `service`'s container (its own network), with `host` as Host
+        if given; return the status and the JSON (or text) answered."""
         script = (
-            "import sys, urllib.request; "
-            "print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())"
+            "import sys, urllib.error, urllib.request\n"
+            "headers = {'Host': sys.argv[2]} if sys.argv[2] else {}\n"
+            "request = urllib.request.Request(sys.argv[1], headers=headers)\n"
+            "try:\n"
+            "    answer = urllib.request.urlopen(request, timeout=10)\n"
+            "except urllib.error.HTTPError as error:\n"
+            "    answer = error\n"
+            "print(answer.status)\n"
+            "print(answer.read().decode())\n"
         )
-        done = self.compose("exec", "-T", service, "python", "-c", script, url)
-        return json.loads(done.stdout)
+        done = self.compose("exec", "-T", service, "python", "-c", script, url, host)
+        status, _, text = done.stdout.partition("\n")
+        try:
+            return int(status), json.loads(text)
+        except ValueError:
+            return int(status), text
 
     def leftovers(self) -> list[str]:
         """Containers, volumes and networks of this project that podman still has."""
@@ -115,6 +128,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "DOCKER_HOST": docker_host,
             "MLCANARY_ADDRESS": "127.0.0.1",
             "MLCANARY_ADMIN_TOKEN": token,
+            "GRAFANA_ADMIN_PASSWORD": secrets.token_urlsafe(12),
             **{f"MLCANARY_{name}_PORT": str(port) for name, port in ports.items()},
         }
         stack = Stack(podman, environment, project, ports, token, built, services)
@@ -179,12 +193,15 @@ def test_every_image_compose_and_kubernetes_name_was_built_here(stack: Stack) ->
 
 
 def test_mlflow_accepts_its_service_name_as_host_and_refuses_strangers(stack: Stack) -> None:
-    search = stack.url("MLFLOW") + "/api/2.0/mlflow/registered-models/search"
-    status, body = _get(search, {"Host": "mlflow:5000"})
+    """MLflow is reached on the compose network only, by its service name."""
+    search = "http://mlflow:5000/api/2.0/mlflow/registered-models/search"
+    status, body = stack.inside("router", search)
     assert status == 200, body
     assert [model["name"] for model in body["registered_models"]] == ["StudentExamPredictor"]
-    assert _get(search, {"Host": f"localhost:{stack.ports['MLFLOW']}"})[0] == 200
-    assert _get(search, {"Host": "attacker.example"})[0] == 403
+    assert stack.inside("router", search, "attacker.example")[0] == 403
+    status, body = stack.inside("router", "http://controller:8001/api/overview", "evil.example")
+    assert status == 400 and "--allowed-host" in body["message"]
+    assert stack.inside("router", "http://controller:8001/api/overview")[0] == 200
 
 
 def test_predict_and_invocations_through_the_router_reach_both_variants(stack: Stack) -> None:
@@ -211,7 +228,8 @@ def test_predict_and_invocations_through_the_router_reach_both_variants(stack: S
 
 def test_the_model_servers_report_their_versions_inside_the_network(stack: Stack) -> None:
     for service, version in (("model-stable", "1"), ("model-canary", "2")):
-        metadata = stack.inside(service, "http://127.0.0.1:8080/metadata")
+        status, metadata = stack.inside(service, "http://127.0.0.1:8080/metadata")
+        assert status == 200, metadata
         assert metadata["version"] == version
         assert metadata["name"] == "StudentExamPredictor"
         assert metadata["path"].startswith("fast path")

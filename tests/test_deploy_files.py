@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -40,15 +41,65 @@ ROW = json.dumps(
 ).encode()  # fmt: skip
 
 
-def compose() -> dict[str, object]:
-    """The compose file as docker-compose resolves it."""
+def compose(*overrides: Path, **environment: str) -> dict[str, object]:
+    """The compose file (with `overrides`) as docker-compose resolves it in `environment`."""
+    files = [argument for path in (COMPOSE, *overrides) for argument in ("-f", str(path))]
     done = subprocess.run(
-        ["docker-compose", "-f", str(COMPOSE), "config"],
-        capture_output=True, text=True, check=False, cwd=ROOT,
+        ["docker-compose", *files, "config"], capture_output=True, text=True, check=False,
+        cwd=ROOT,
+        env={**_without_compose_variables(), "GRAFANA_ADMIN_PASSWORD": "p", **environment},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     resolved: dict[str, object] = yaml.safe_load(done.stdout)
     return resolved
+
+
+def _without_compose_variables() -> dict[str, str]:
+    """This process's environment without the variables the compose file reads."""
+    return {
+        name: value for name, value in os.environ.items()
+        if not name.startswith(("MLCANARY_", "GRAFANA_"))
+    }  # fmt: skip
+
+
+def test_compose_publishes_only_the_router_and_the_page_beyond_loopback() -> None:
+    """MLflow unpublished (registry writes are code execution), Prometheus and Grafana on
+    loopback, Grafana's admin password the operator's; the MLflow UI only by opting in, on
+    loopback."""
+
+    def published(resolved: dict[str, object]) -> dict[str, set[str]]:
+        services = resolved["services"]
+        assert isinstance(services, dict)
+        return {
+            name: {_address(port) for port in service.get("ports", [])}
+            for name, service in services.items() if service.get("ports")
+        }  # fmt: skip
+
+    assert published(compose()) == {
+        "router": {"0.0.0.0:8000"}, "controller": {"0.0.0.0:8001"},
+        "prometheus": {"127.0.0.1:9090"}, "grafana": {"127.0.0.1:3000"},
+    }  # fmt: skip
+    everywhere = "0.0.0.0"  # noqa: S104 (the operator's opt-in, checked)
+    shared = published(compose(MLCANARY_ADDRESS="10.0.0.5", MLCANARY_PRIVATE_ADDRESS=everywhere))
+    assert shared["router"] == {"10.0.0.5:8000"} and shared["grafana"] == {"0.0.0.0:3000"}
+    assert published(compose(ROOT / "deploy/docker/mlflow-ui.yml"))["mlflow"] == {
+        "127.0.0.1:5000"
+    }  # fmt: skip
+    grafana = compose()["services"]["grafana"]["environment"]  # type: ignore[index]
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == "p"  # noqa: S105 (the test's, above)
+    assert grafana["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    unset = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True, text=True,
+        check=False, cwd=ROOT, env=_without_compose_variables(),
+    )  # fmt: skip
+    assert unset.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in unset.stderr
+
+
+def _address(port: str | dict[str, object]) -> str:
+    """The host address and port of a resolved `ports` entry."""
+    if isinstance(port, dict):
+        return f"{port.get('host_ip', '0.0.0.0')}:{port['published']}"  # noqa: S104
+    return ":".join(port.split(":")[:-1])
 
 
 def test_docker_compose_accepts_the_file_and_everything_it_names_exists() -> None:
@@ -75,15 +126,6 @@ def test_docker_compose_accepts_the_file_and_everything_it_names_exists() -> Non
     assert services["model-stable"]["command"] == ["models:/StudentExamPredictor@champion"]
     assert services["model-canary"]["command"] == ["models:/StudentExamPredictor@challenger"]
     assert binds == 4  # prometheus' config and rules, grafana's provisioning and dashboards
-    published = {_published(p) for s in services.values() for p in s.get("ports", [])}
-    assert published == {"5000", "8000", "8001", "9090", "3000"}
-
-
-def _published(port: str | dict[str, object]) -> str:
-    """The host port of a resolved `ports` entry: `{"published": N}` or `ADDRESS:N:PORT/tcp`."""
-    if isinstance(port, dict):
-        return str(port["published"])
-    return port.split(":")[-2]
 
 
 def test_the_router_image_installs_no_mlflow_and_every_image_runs_as_a_user() -> None:

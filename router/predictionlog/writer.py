@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from prometheus_client import Counter
 
+from common.files import append_fsynced
 from common.predictionlog import file_for
 
 log = logging.getLogger("router")
@@ -161,12 +161,9 @@ class PredictionLog:
         assert self.folder is not None  # noqa: S101 (nothing is queued without a folder)
         ends = [index for index, _ in batch.hours[1:]] + [len(batch.pieces)]
         for (start, at), end in zip(batch.hours, ends, strict=True):
-            path = file_for(self.folder, self.instance, at)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("ab") as handle:
-                handle.write(b"".join(batch.pieces[start:end]))
-                handle.flush()
-                os.fsync(handle.fileno())
+            append_fsynced(
+                file_for(self.folder, self.instance, at), b"".join(batch.pieces[start:end])
+            )
         self._written.inc(batch.records)
 
 

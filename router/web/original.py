@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from common.redaction import redact
 from contracts.errors import error_response
 from contracts.routing import RoutingConfig, Variant
 from router.proxy.exchange import Answer, forward_headers
@@ -113,7 +114,7 @@ async def index(request: web.Request) -> web.Response:
             "current_model": model_info(app, config, "stable"),
             "next_model": model_info(app, config, "canary") if config.canary else None,
             "canary_probability": config.canary_weight / 100,
-            "mlflow_uri": app[SYSTEM].tracking_uri,
+            "mlflow_uri": redact(app[SYSTEM].tracking_uri or "") or None,
             "config_version": app[TABLE].version,
             "requests_by_variant": {
                 variant: _served(app, variant) for variant in ("stable", "canary")

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from common.redaction import redact
 from contracts.payloads import PredictionsProfile, RouterHealth, UpstreamState
 from contracts.routing import RoutingConfig, Variant
 from router.web.state import HEALTH, JSON, METRICS, SETTINGS, SYSTEM, TABLE
@@ -56,7 +57,7 @@ async def health(request: web.Request) -> web.Response:
         current_model_info=current,
         next_model_info=model_info(app, config, "canary") if config.canary else current,
         canary_probability=config.canary_weight / 100,
-        mlflow_uri=app[SYSTEM].tracking_uri,
+        mlflow_uri=redact(app[SYSTEM].tracking_uri or "") or None,
         timestamp=datetime.now(UTC).isoformat(),
         config_version=table.version,
         instance_id=app[METRICS].instance_id,

@@ -88,6 +88,10 @@ def test_compose_publishes_only_the_router_and_the_page_beyond_loopback() -> Non
     grafana = compose()["services"]["grafana"]["environment"]  # type: ignore[index]
     assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == "p"  # noqa: S105 (the test's, above)
     assert grafana["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    for name, service in compose()["services"].items():  # type: ignore[attr-defined]
+        if "build" in service:  # ours: as hardened as on Kubernetes
+            assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
+            assert service["security_opt"] == ["no-new-privileges:true"], name
     unset = subprocess.run(
         ["docker-compose", "-f", str(COMPOSE), "config"], capture_output=True, text=True,
         check=False, cwd=ROOT, env=_without_compose_variables(),

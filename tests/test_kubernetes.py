@@ -52,10 +52,10 @@ def test_the_base_builds_validates_and_keeps_its_promises(tmp_path: Path) -> Non
     router = find(documents, "Deployment", "router")
     assert router["spec"]["replicas"] >= 2
     mounts = container(router)["volumeMounts"]
-    assert mounts == [{"name": "routing", "mountPath": "/etc/mlcanary/routing", "readOnly": True}]
+    assert mounts[0] == {"name": "routing", "mountPath": "/etc/mlcanary/routing", "readOnly": True}
     assert "subPath" not in str(router)  # a subPath mount never sees ConfigMap updates
     volumes = router["spec"]["template"]["spec"]["volumes"]
-    assert volumes == [{"name": "routing", "configMap": {"name": "mlcanary-routing"}}]
+    assert volumes[0] == {"name": "routing", "configMap": {"name": "mlcanary-routing"}}
     routing = find(documents, "ConfigMap", "mlcanary-routing")["data"]["routing.yaml"]
     parse_routing(routing.encode(), "base")  # what the routers will accept
     for name, port in (("router", "8000"), ("model-stable", "8080"), ("model-canary", "8080")):
@@ -134,3 +134,62 @@ def test_an_impossible_split_is_refused_naming_the_field(tmp_path: Path, weight:
     assert done.returncode == 1
     assert "weight" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_every_pod_is_hardened_and_only_the_router_reaches_the_model_servers(
+    tmp_path: Path,
+) -> None:
+    """Non-root, read-only, no capability, no escalation, RuntimeDefault seccomp, writable
+    volumes where needed; a token only for the controller; its state on a claim; the token
+    Secret required; network policies over the model servers and the controller."""
+    for folder in (BASE, OVERLAY):
+        hardened(build(folder, tmp_path))
+    done = run_mlcanary(
+        "render-k8s", "--output", str(tmp_path / "release"), "--stable", "3", "--canary", "4",
+        state=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    hardened(build(tmp_path / "release", tmp_path))
+
+
+def hardened(documents: list[dict[str, Any]]) -> None:
+    deployments = [d for d in documents if d["kind"] == "Deployment"]
+    assert {d["metadata"]["name"] for d in deployments} == {
+        "router", "model-stable", "model-canary", "controller",
+    }  # fmt: skip
+    scratch = "/tmp"  # noqa: S108 (a path inside the containers, an emptyDir)
+    writable = {"/var/lib/mlcanary", scratch}  # each one's state (or caches) and scratch
+    for deployment in deployments:
+        name = deployment["metadata"]["name"]
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert container(deployment)["securityContext"] == {
+            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        }, name  # fmt: skip
+        mounted = {m["mountPath"] for m in container(deployment)["volumeMounts"]}
+        assert writable <= mounted, name
+        assert pod.get("automountServiceAccountToken", True) is (name == "controller"), name
+    controller = find(documents, "Deployment", "controller")
+    volumes = {v["name"]: v for v in controller["spec"]["template"]["spec"]["volumes"]}
+    claim = volumes["state"]["persistentVolumeClaim"]["claimName"]
+    assert find(documents, "PersistentVolumeClaim", claim)
+    environment = {e["name"]: e for e in container(controller)["env"]}
+    for variable in ("MLCANARY_ADMIN_TOKEN", "MLCANARY_LABELS_TOKEN"):
+        secret = environment[variable]["valueFrom"]["secretKeyRef"]
+        assert secret["name"] == "mlcanary-admin" and not secret.get("optional", False)
+    assert "controller" in environment["MLCANARY_ALLOWED_HOSTS"]["value"].split()
+    servers = find(documents, "NetworkPolicy", "model-servers")
+    selector = servers["spec"]["podSelector"]["matchExpressions"]
+    assert selector == [{"key": "mlcanary.io/variant", "operator": "Exists"}]
+    for name in ("model-stable", "model-canary"):
+        labels = find(documents, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
+        assert "mlcanary.io/variant" in labels, name  # the policy covers every model server
+    peers = [peer for rule in servers["spec"]["ingress"] for peer in rule["from"]]
+    assert {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "router"}}} in peers
+    assert all("ipBlock" not in peer for peer in peers)
+    gate = find(documents, "NetworkPolicy", "controller")
+    peers = [peer for rule in gate["spec"]["ingress"] for peer in rule["from"]]
+    names = {peer["podSelector"]["matchLabels"].get("app.kubernetes.io/name") for peer in peers}
+    assert names == {"router", None} and len(peers) == 2  # routers, and pods labelled operators

@@ -114,6 +114,14 @@ SHADOW_RESULTS = ("match", "mismatch", "error", "dropped")
 PREDICTION_LOG_RECORDS = Family(
     "mlcanary_prediction_log_records", ("result",), "Prediction-log records by result."
 )
+PREDICTION_LOG_UPLOADS = Family(
+    "mlcanary_prediction_log_uploads", ("result",),
+    "Rounds uploading the spooled prediction log to object storage, by result (ok, failed).",
+)  # fmt: skip
+PREDICTION_LOG_BACKLOG = Family(
+    "mlcanary_prediction_log_upload_backlog_bytes", (),
+    "Spooled prediction-log bytes not yet uploaded to object storage.",
+)  # fmt: skip
 ROUTER_INSTANCE = Family(
     "mlcanary_router_instance", ("instance_id", "processes"), "This router process."
 )

@@ -29,6 +29,17 @@ class UpstreamState(Payload):
     last_error: str | None = None
 
 
+class UploadState(Payload):
+    """How the upload of a prediction log on object storage goes (see router.predictionlog)."""
+
+    backlog_bytes: int
+    """Spooled bytes not yet uploaded, as of the last round."""
+    failures: int
+    """Rounds failed in a row (0 while uploads work)."""
+    last_error: str | None = None
+    """Why the last round failed (credentials in URIs hidden)."""
+
+
 class RouterHealth(Payload):
     """A router process's `/health`: the original app's fields, then what the controller reads.
 
@@ -54,6 +65,8 @@ class RouterHealth(Payload):
     """Why the routing file on disk is not the one followed, if it is not."""
     canary_weight: float
     upstreams: dict[Variant, UpstreamState]
+    prediction_log_upload: UploadState | None = None
+    """With a prediction log on object storage: its upload's backlog and last error."""
 
 
 class OutputProfile(Payload):

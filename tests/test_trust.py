@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import stat
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -17,6 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from common.files import append_fsynced
+from common.predictionlog import file_for, read_predictions
 from common.redaction import redact
 from common.settings import read_settings
 from contracts.errors import error_body
@@ -24,8 +26,10 @@ from contracts.routing import RoutingConfig, write_routing_file
 from controller.api import Tokens, create_api
 from controller.feedback import LabelBook
 from controller.hosts import host_names, is_allowed
+from router.predictionlog.upload import retry_wait
 from router.settings import RouterSettings
 from router.web.app import create_app
+from router.web.state import UPLOADER
 
 SECRET_URI = "postgresql://mlflow:s3cret@db.internal:5432/mlflow?sslmode=require&token=abc123"  # noqa: S105
 
@@ -164,3 +168,71 @@ def test_logs_are_created_private_whatever_the_umask(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o750
     assert stat.S_IMODE(path.parent.parent.stat().st_mode) == 0o750
     assert path.read_bytes() == b"{}\n{}\n"
+
+
+def test_retry_waits_double_up_to_five_minutes() -> None:
+    assert [retry_wait(10, n) for n in range(7)] == [10, 20, 40, 80, 160, 300, 300]
+    assert retry_wait(600, 3) == 600  # an interval longer than the cap is kept
+    assert retry_wait(0.05, 10_000) == 300
+
+
+class NoCredentialsError(Exception):
+    """What botocore raises without credentials: not an OSError."""
+
+
+async def test_the_upload_loop_survives_any_error_and_says_so(tmp_path: Path) -> None:
+    """A round failing with a non-OSError (its message naming a URL with a password) is
+    counted, shown redacted in /health with the backlog, retried later; once the store answers,
+    everything spooled is uploaded."""
+    path = tmp_path / "routing.yaml"
+    write_routing_file(path, RoutingConfig.model_validate({
+        "model": "m", "stable": {"url": "http://127.0.0.1:9", "version": "1"},
+    }))  # fmt: skip
+    store = f"memory://{tmp_path.name}/predictions"  # an object store, in this process
+    settings = RouterSettings(
+        config_path=path, prediction_log=store, prediction_log_spool=tmp_path / "spool",
+        prediction_log_upload_s=0.05,
+    )  # fmt: skip
+    registry = CollectorRegistry()
+    app = create_app(settings, registry=registry, system=read_settings({}))
+    uploader = app[UPLOADER]
+    assert uploader is not None
+    failures_left = [3]
+    pipe_file = uploader.filesystem.pipe_file
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        if failures_left[0] > 0:
+            failures_left[0] -= 1
+            raise NoCredentialsError("no credentials for https://key:hunter2@s3.example/b")
+        return pipe_file(*args, **kwargs)
+
+    uploader.filesystem.pipe_file = failing
+    now = time.time()
+    spooled = file_for(uploader.folder, uploader.folder.name, now)
+    spooled.parent.mkdir(parents=True, exist_ok=True)
+    spooled.write_bytes(b'{"request_id":"r1","time":%f,"variant":"stable","version":"1",'
+                        b'"inputs":{},"answer":{"predictions":[1]}}\n' % now)  # fmt: skip
+    async with TestClient(TestServer(app)) as client:
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:
+            health = await (await client.get("/health")).json()
+            upload = health["prediction_log_upload"]
+            if upload["failures"] >= 1 and upload["backlog_bytes"] > 0:
+                break
+            assert asyncio.get_running_loop().time() < deadline, health
+            await asyncio.sleep(0.02)
+        assert "NoCredentialsError" in upload["last_error"]
+        assert "hunter2" not in json.dumps(health) and "***@s3.example" in upload["last_error"]
+        while [r.request_id for r in read_predictions(store)] != ["r1"]:
+            assert asyncio.get_running_loop().time() < deadline, "never uploaded"
+            await asyncio.sleep(0.02)
+        while (await (await client.get("/health")).json())["prediction_log_upload"] != {
+            "backlog_bytes": 0, "failures": 0, "last_error": None,
+        }:  # fmt: skip
+            assert asyncio.get_running_loop().time() < deadline, "never shown as caught up"
+            await asyncio.sleep(0.02)
+    failed = registry.get_sample_value(
+        "mlcanary_prediction_log_uploads_total", {"result": "failed"}
+    )
+    assert failed == 3
+    assert registry.get_sample_value("mlcanary_prediction_log_upload_backlog_bytes") == 0

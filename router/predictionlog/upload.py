@@ -14,6 +14,11 @@ Each router process spools under its own instance folder, holding a lock on it w
 (flock: released by the kernel however the process ends). A process starting finds the folders
 of processes that died (their lock is free) and uploads and removes them: the records a
 SIGKILLed router had written reach the store with the next router on the same spool.
+
+An upload round never ends the loop, whatever fails in it: s3fs passes botocore's own errors
+(`NoCredentialsError`, `EndpointConnectionError`) through, not `OSError`. A failed round is
+counted, its error kept (redacted) for `/health`, and the next round waits longer
+(`retry_wait`), while the backlog (spooled bytes not yet uploaded) is shown.
 """
 
 from __future__ import annotations
@@ -29,12 +34,22 @@ from typing import IO
 
 from common.files import write_atomically
 from common.predictionlog import log_filesystem, part_name
+from common.redaction import redact
 
 log = logging.getLogger("router")
 LOCK_NAME = ".lock"
 HOUR_GRACE_S = 60.0
 """A spool file's hour is over this long after it ends: records queued just before the hour
 turned are written into it up to a flush later."""
+MAX_RETRY_WAIT_S = 300.0
+
+
+def retry_wait(every_s: float, failures: int) -> float:
+    """Return the seconds until the next round after `failures` failed rounds in a row.
+
+    `every_s`, doubled each failure, at most 5 minutes (or `every_s`, if that is longer).
+    """
+    return min(every_s * 2.0 ** min(failures, 32), max(every_s, MAX_RETRY_WAIT_S))
 
 
 class SpoolUploader:
@@ -48,13 +63,25 @@ class SpoolUploader:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._lock: IO[bytes] | None = _locked(self.folder / LOCK_NAME)
         assert self._lock is not None  # noqa: S101 (a new instance's folder is nobody's)
-        self._failing = ""
+        self.last_error = ""
+        """Why the last round failed, redacted ("" once a round succeeds)."""
+        self.failures = 0
+        """Rounds failed in a row."""
+        self.backlog = 0
+        """`backlog_bytes()` as of the last round (read by /health without touching disk)."""
 
-    def upload(self, last: bool = False) -> None:
+    def upload(self, last: bool = False) -> bool:
         """Upload what every spool file gained (this process's and dead ones'); blocking.
 
         `last`: this process writes no more (it is stopping), so its files go once uploaded.
+        Return whether the round succeeded; it never raises.
         """
+        try:
+            return self._round(last)
+        finally:
+            self.backlog = self.backlog_bytes()
+
+    def _round(self, last: bool) -> bool:
         try:
             for folder in sorted(path for path in self.spool.iterdir() if path.is_dir()):
                 if folder == self.folder:
@@ -69,15 +96,30 @@ class SpoolUploader:
                     log.info("prediction log: uploaded what %s had left", folder.name)
                 finally:
                     lock.close()
-        except OSError as error:
-            if str(error) != self._failing:  # once, not every upload
+        except Exception as error:  # noqa: BLE001 (any failure: the loop goes on, see above)
+            said = redact(f"{type(error).__name__}: {error}")
+            if said != self.last_error:  # once, not every round
                 log.warning("prediction log: upload to %s failed, will retry: %s",
-                            self.destination, error)  # fmt: skip
-            self._failing = str(error)
-            return
-        if self._failing:
-            log.warning("prediction log: uploading to %s again", self.destination)
-            self._failing = ""
+                            redact(self.destination), said)  # fmt: skip
+            self.last_error = said
+            self.failures += 1
+            return False
+        if self.last_error:
+            log.warning("prediction log: uploading to %s again", redact(self.destination))
+        self.last_error, self.failures = "", 0
+        return True
+
+    def backlog_bytes(self) -> int:
+        """Bytes spooled and not yet uploaded, in every spool folder (a dead router's too)."""
+        total = 0
+        for path in self.spool.glob("*/*/*.jsonl"):
+            done = path.with_suffix(".uploaded")
+            try:
+                uploaded = int(done.read_text()) if done.exists() else 0
+                total += max(path.stat().st_size - uploaded, 0)
+            except (OSError, ValueError):
+                continue  # removed meanwhile, or an offset being replaced
+        return total
 
     def close(self) -> None:
         """Upload what is left and release the spool.

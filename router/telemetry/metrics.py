@@ -20,7 +20,9 @@ from contracts.metrics import (
     FORCED_REQUESTS,
     LATENCY_BUCKETS,
     PREDICTION_CLASS,
+    PREDICTION_LOG_BACKLOG,
     PREDICTION_LOG_RECORDS,
+    PREDICTION_LOG_UPLOADS,
     PREDICTION_VALUE,
     REQUEST_DURATION,
     REQUESTS,
@@ -74,6 +76,9 @@ class RouterMetrics:
     shadow_delta: Histogram
     log_records: Counter
     """Prediction-log records by result: written, dropped (queue full, disk error)."""
+    upload_rounds: Counter
+    """Rounds uploading the spooled log, by result (a log on object storage only)."""
+    upload_backlog: Gauge
     predictions: PredictionCounts
     """Predictions by output, in buckets or by class, as the routing file says."""
     instance_id: str
@@ -139,6 +144,8 @@ class RouterMetrics:
             reloads=counter(CONFIG_RELOADS),
             shadow_requests=counter(SHADOW_REQUESTS),
             log_records=counter(PREDICTION_LOG_RECORDS),
+            upload_rounds=counter(PREDICTION_LOG_UPLOADS),
+            upload_backlog=gauge(PREDICTION_LOG_BACKLOG),
             shadow_delta=Histogram(
                 SHADOW_DELTA.name, SHADOW_DELTA.help, buckets=DELTA_BUCKETS, registry=registry
             ),
@@ -157,6 +164,8 @@ class RouterMetrics:
             metrics.force_refused.labels(reason)
         for result in ("success", "failure"):
             metrics.reloads.labels(result)
+        for result in ("ok", "failed"):
+            metrics.upload_rounds.labels(result)
         for result in SHADOW_RESULTS:
             metrics.shadow_requests.labels(result)
         instance = Info(ROUTER_INSTANCE.name, ROUTER_INSTANCE.help, registry=registry)

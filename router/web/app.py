@@ -23,7 +23,7 @@ from common.settings import SystemSettings, system_settings
 from contracts.errors import error_response
 from contracts.metrics import VARIANTS
 from contracts.routing import Variant, read_routing_file
-from router.predictionlog.upload import SpoolUploader
+from router.predictionlog.upload import SpoolUploader, retry_wait
 from router.predictionlog.writer import PredictionLog
 from router.proxy.health import HealthBoard
 from router.proxy.policy import ProxyPolicy, RetryBudget
@@ -156,7 +156,8 @@ async def background(app: web.Application) -> AsyncIterator[None]:
     uploader = app[UPLOADER]
     if uploader is not None:
         every = app[SETTINGS].prediction_log_upload_s
-        runtime.tasks.append(asyncio.create_task(_upload_every(uploader, every)))
+        metrics = app[METRICS]
+        runtime.tasks.append(asyncio.create_task(_upload_every(uploader, every, metrics)))
     yield
     for task in runtime.tasks:
         task.cancel()
@@ -188,11 +189,16 @@ def _log_folder(settings: RouterSettings, uploader: SpoolUploader | None) -> Pat
     return Path(log_filesystem(settings.prediction_log)[1])
 
 
-async def _upload_every(uploader: SpoolUploader, seconds: float) -> None:
-    """Upload the spooled log at once (what routers that died left), then every `seconds`."""
+async def _upload_every(uploader: SpoolUploader, seconds: float, metrics: RouterMetrics) -> None:
+    """Upload the spooled log at once (what dead routers left), then every `seconds`.
+
+    After a failed round the wait doubles (`retry_wait`); the loop outlives any failure.
+    """
     while True:
-        await asyncio.to_thread(uploader.upload)
-        await asyncio.sleep(seconds)
+        uploaded = await asyncio.to_thread(uploader.upload)
+        metrics.upload_rounds.labels("ok" if uploaded else "failed").inc()
+        metrics.upload_backlog.set(uploader.backlog)
+        await asyncio.sleep(retry_wait(seconds, uploader.failures))
 
 
 @web.middleware

@@ -8,9 +8,10 @@ from typing import Any
 from aiohttp import web
 
 from common.redaction import redact
-from contracts.payloads import PredictionsProfile, RouterHealth, UpstreamState
+from contracts.payloads import PredictionsProfile, RouterHealth, UploadState, UpstreamState
 from contracts.routing import RoutingConfig, Variant
-from router.web.state import HEALTH, JSON, METRICS, SETTINGS, SYSTEM, TABLE
+from router.predictionlog.upload import SpoolUploader
+from router.web.state import HEALTH, JSON, METRICS, SETTINGS, SYSTEM, TABLE, UPLOADER
 
 
 async def ping(_request: web.Request) -> web.Response:
@@ -65,10 +66,21 @@ async def health(request: web.Request) -> web.Response:
         config_error=table.last_error,
         canary_weight=config.canary_weight,
         upstreams=upstreams,
+        prediction_log_upload=_upload_state(app[UPLOADER]),
     )
     return web.Response(
         status=200 if ok else 503, body=body.model_dump_json(), headers={"Content-Type": JSON}
     )
+
+
+def _upload_state(uploader: SpoolUploader | None) -> UploadState | None:
+    """Return the upload's state as of its last round (None for a local log)."""
+    if uploader is None:
+        return None
+    return UploadState(
+        backlog_bytes=uploader.backlog, failures=uploader.failures,
+        last_error=uploader.last_error or None,
+    )  # fmt: skip
 
 
 def model_info(app: web.Application, config: RoutingConfig, variant: Variant) -> dict[str, Any]:

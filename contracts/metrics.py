@@ -129,6 +129,14 @@ ROUTER_INSTANCE = Family(
 (`ROUTER_INSTANCE_SAMPLE`) says how many router processes share the port, each to be read."""
 ROUTER_INSTANCE_SAMPLE = f"{ROUTER_INSTANCE.name}_info"
 
+CLIENT_LIMITS = Family(
+    "mlcanary_client_limits", ("limit",),
+    "Client connections or requests cut at a bound, by bound.",
+)  # fmt: skip
+CLIENT_LIMIT_NAMES = ("connections", "header_timeout", "body_timeout", "buffered")
+"""Connections over `max_connections`, a head or a body not whole within its timeout, a body
+refused because the bodies held across connections reached `max_buffered_bytes`."""
+
 # The model server's.
 MODEL_REQUESTS = Family(
     "mlcanary_model_requests", ("version", "code"), "Scoring requests answered, by HTTP status."

@@ -55,7 +55,12 @@ class RouterSettings(BaseModel):
     keepalive_timeout_s: float = Field(default=15.0, gt=0)
     """An idle client connection is closed after this (nginx: keepalive_timeout)."""
     body_timeout_s: float = Field(default=60.0, gt=0)
-    """A request body arriving with a pause longer than this is dropped (client_body_timeout)."""
+    """A request's whole body must arrive within this, from the end of its head: a total, not
+    a pause between chunks (nginx's client_body_timeout is per read, which a client trickling
+    a byte at a time never reaches)."""
+    max_buffered_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    """Bytes of incomplete request bodies held across all connections; a body that would pass
+    it is refused with 503 (see `router.plane.bodies`)."""
     max_connections: int = Field(default=4096, ge=1)
     """Client connections held at once; further ones are closed as they come."""
     max_head_bytes: int = Field(default=16 * 1024, ge=1024)

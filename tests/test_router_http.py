@@ -5,6 +5,7 @@ them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import resource
@@ -25,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from common.predictionlog import read_predictions
 from contracts.routing import RoutingConfig, write_routing_file
+from router.plane.dataplane import Front
 from router.plane.pool import UpstreamPool, exchange_raw
 from router.proxy.policy import Failure
 from router.settings import RouterSettings
@@ -90,6 +92,7 @@ class Router:
     port: int
     upstream: Upstream
     registry: CollectorRegistry
+    front: Front
 
     async def connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_connection("127.0.0.1", self.port, limit=1 << 20)
@@ -139,7 +142,7 @@ async def make_router(
         front = running_front(app, fast_path=request.param == "raw")
         stack.append(front)
         started = await front.__aenter__()
-        return Router(started.port, upstream, registry)
+        return Router(started.port, upstream, registry, started)
 
     yield make
     for item in reversed(stack):
@@ -538,7 +541,7 @@ async def test_a_keep_alive_race_is_retried_on_a_fresh_connection(
     app = create_app(RouterSettings(config_path=path), registry=registry)
     try:
         async with running_front(app, fast_path=plane == "raw") as front:
-            router = Router(front.port, Upstream(), registry)
+            router = Router(front.port, Upstream(), registry, front)
             assert await _load(router, 1, 20) == [200] * 20
     finally:
         server.close()
@@ -655,6 +658,87 @@ async def test_a_slow_body_is_closed_by_the_body_timeout(make_router: RouterFact
     assert await closed(reader)
     assert router.upstream.seen == []
     writer.close()
+
+
+async def test_a_trickled_body_is_closed_by_its_total_deadline(
+    make_router: RouterFactory,
+) -> None:
+    """A body sent a byte every 50 ms never pauses past the timeout, yet is cut when its whole
+    deadline passes (a per-chunk timeout would wait out the 100 bytes): counted, never relayed."""
+    router = await make_router(body_timeout_s=0.5)
+    reader, writer = await router.connect()
+    writer.write(b"POST /invocations HTTP/1.1\r\nHost: r\r\nContent-Length: 100\r\n\r\n")
+
+    async def trickle() -> None:
+        with contextlib.suppress(ConnectionError):
+            for _ in range(100):
+                writer.write(b" ")
+                await writer.drain()
+                await asyncio.sleep(0.05)  # the client's pace, not a wait for the router
+
+    trickling = asyncio.create_task(trickle())
+    assert await closed(reader)
+    assert not trickling.done()  # cut while still sending
+    trickling.cancel()
+    assert router.upstream.seen == []
+    assert router.value("mlcanary_client_limits_total", {"limit": "body_timeout"}) == 1
+    writer.close()
+
+
+async def test_200_trickling_bodies_hold_nothing_anyone_else_needs(
+    make_router: RouterFactory,
+) -> None:
+    """200 connections trickling chunked bodies to /predict and /feedback: the router buffers
+    them itself (no connection to its app is held for them), and /health and /invocations are
+    answered meanwhile."""
+    router = await make_router()
+    connections = [await router.connect() for _ in range(200)]
+    for number, (_, writer) in enumerate(connections):
+        path = b"/predict" if number % 2 else b"/feedback"
+        writer.write(
+            b"POST %s HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer t\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b'a\r\n{"feature"\r\n' % path  # a first chunk of 10 bytes
+        )
+    bodies = router.front.connections.bodies
+    await wait_until(
+        lambda: bodies.held == 200 * 10, f"every trickled chunk held by the router {bodies}"
+    )
+    app_pool = router.front.plane.pools.of(router.front.plane.app_url)
+    assert app_pool.opened - len(app_pool.idle) == 0  # no connection to the app is theirs
+    reader, writer = await router.connect()
+    writer.write(b"GET /health HTTP/1.1\r\nHost: r\r\n\r\n")
+    assert (await read_answer(reader)).status == 200
+    writer.write(post())
+    assert (await read_answer(reader)).status == 200
+    for _, trickling in connections:
+        trickling.write(b"1\r\n:\r\n")  # still sending
+    writer.close()
+    for _, trickling in connections:
+        trickling.close()
+    await wait_until(lambda: bodies.held == 0, "their bytes given back as they went")
+
+
+async def test_bodies_held_across_connections_are_bounded(make_router: RouterFactory) -> None:
+    """With room for 1,024 bytes of incomplete bodies, a second 600-byte body arriving while the
+    first is held is refused (503, counted); the first completes and is answered."""
+    router = await make_router(max_buffered_bytes=1024)
+    body = json.dumps({"dataframe_records": [{"x": "y" * 700}]}).encode()
+    assert 600 < len(body) < 1024
+    first_reader, first = await router.connect()
+    first.write(post(body)[: -len(body) + 500])
+    bodies = router.front.connections.bodies
+    await wait_until(lambda: bodies.held == 500, "the first body's bytes held")
+    second_reader, second = await router.connect()
+    second.write(post(body)[: -len(body) + 600])
+    refused = await read_answer(second_reader)
+    assert refused.status == 503 and b"limit of request bodies" in refused.body
+    first.write(body[500:])
+    assert (await read_answer(first_reader)).status == 200
+    assert router.value("mlcanary_client_limits_total", {"limit": "buffered"}) == 1
+    assert bodies.held == 0
+    first.close()
+    second.close()
 
 
 async def test_2000_held_connections_starve_no_request(make_router: RouterFactory) -> None:

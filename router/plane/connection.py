@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from contracts.errors import error_body
+from router.plane.bodies import BodyBudget
 from router.plane.handler import Plane
 from router.plane.wire import JSON_TYPE, response_bytes
 from router.proxy import requestids as request_ids
@@ -102,6 +103,10 @@ class ClientConnection(asyncio.Protocol):
         self.head_stream = 0
         """Bytes of reads that fell wholly inside the head: a header that never ends shows here."""
         self.upload: StreamedUpload | None = None
+        self.chunked = False
+        """The body being received is chunked: buffered until it proves large, then relayed."""
+        self.held = 0
+        """Bytes of the body being received counted in the shared `BodyBudget`."""
         self.upgrade_body_left = -1
         """Bytes of an Upgrade request's body still to come (llhttp leaves them to us)."""
         self.upgrade_method = b""
@@ -113,6 +118,7 @@ class ClientConnection(asyncio.Protocol):
         """Take the connection unless the router holds its limit of them already."""
         self.transport = cast(asyncio.Transport, transport)  # TCP (asyncio's or uvloop's)
         if not self.connections.admit(self):
+            self.plane.count_limit("connections")
             self.transport.close()
             return
         self.deadline = self.connections.now + self.settings.header_timeout_s
@@ -121,6 +127,7 @@ class ClientConnection(asyncio.Protocol):
         """Forget the connection; drop a body still being relayed."""
         self.connections.forget(self)
         self.stopped = True
+        self._release_body()
         upload, self.upload = self.upload, None
         if upload is not None:
             self.plane.abort_upload(upload)
@@ -244,26 +251,53 @@ class ClientConnection(asyncio.Protocol):
             self.deadline = self.connections.now + self.settings.body_timeout_s
         if continue_expected and http11 and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        streamed = chunked or (length is not None and length > self.settings.stream_above_bytes)
-        if streamed and not self.owed and self.transport is not None:
-            # Nothing ahead of it at the upstreams: the body goes on as it arrives.
-            method = self.parser.get_method()
-            self.upload = self.plane.start_upload(
-                method, self.url, self.headers, length, self.transport
-            )
+        self.chunked = chunked
+        if length is not None and length > self.settings.stream_above_bytes:
+            self._stream(length)
 
     def on_body(self, body: bytes) -> None:
-        """Collect a piece of the body, or pass it on when it is being relayed."""
+        """Collect a piece of the body, or pass it on when it is being relayed.
+
+        The body's deadline is not moved: the whole body must come within `body_timeout_s`.
+        """
         self.body_bytes += len(body)
         if self.body_bytes > self.max_body_bytes:
             limit = self.max_body_bytes
             self._refuse(413, "REQUEST_LIMIT_EXCEEDED", f"body exceeds the limit of {limit}")
             raise StopParsing
-        self.deadline = self.connections.now + self.settings.body_timeout_s
         if self.upload is not None:
             self.plane.feed_upload(self.upload, body)
-        else:
-            self.body.append(body)
+            return
+        if not self.connections.bodies.take(len(body)):
+            self.plane.count_limit("buffered")
+            message = "the router holds its limit of request bodies being received; retry soon"
+            self._refuse(503, "TEMPORARILY_UNAVAILABLE", message)
+            raise StopParsing
+        self.held += len(body)
+        self.body.append(body)
+        if self.chunked and self.body_bytes > self.settings.stream_above_bytes:
+            self._stream(None)  # large after all: relayed from now on, as it arrives
+
+    def _stream(self, length: int | None) -> None:
+        """Relay the body to the app as it arrives (what came so far first), if nothing is ahead.
+
+        Only bodies known to be large are: a small one, chunked or not, is buffered whole
+        first, so that a client trickling it holds no connection to the app meanwhile.
+        """
+        if self.owed or self.transport is None:
+            return  # pipelined behind another request: buffered until its turn
+        method = self.parser.get_method()
+        upload = self.plane.start_upload(method, self.url, self.headers, length, self.transport)
+        for piece in self.body:
+            self.plane.feed_upload(upload, piece)
+        self.upload, self.body = upload, []
+        self._release_body()
+
+    def _release_body(self) -> None:
+        """Give the body's bytes back to the shared budget (it is whole, relayed, or dropped)."""
+        if self.held:
+            self.connections.bodies.give_back(self.held)
+            self.held = 0
 
     def on_message_complete(self) -> None:
         """Queue the request; serve it now if nothing is ahead of it."""
@@ -276,6 +310,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _received(self, method: bytes, keep_alive: bool, http10: bool) -> None:
         self.in_request = False
+        self._release_body()
         if not keep_alive:
             self.stopped = True
         first = not self.owed
@@ -354,6 +389,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.stopped = self.refused = True
         self.in_request = False
+        self._release_body()
         upload, self.upload = self.upload, None
         if upload is not None:
             self.plane.abort_upload(upload)
@@ -396,6 +432,8 @@ class ClientConnection(asyncio.Protocol):
     def expire(self, now: float) -> None:
         """Close the connection if it is past its deadline with no answer owed."""
         if now >= self.deadline and not self.owed and self.transport is not None:
+            if self.in_request:
+                self.plane.count_limit("body_timeout" if self.headers_done else "header_timeout")
             self.transport.close()
 
     def drain(self) -> None:
@@ -424,6 +462,12 @@ class Connections:
     request), so they hold to within one sweep interval."""
     _empty: asyncio.Event = field(default_factory=asyncio.Event)
     _sweeper: asyncio.Task[None] | None = None
+    bodies: BodyBudget = field(init=False)
+    """Bytes of incomplete bodies held by all connections (see `router.plane.bodies`)."""
+
+    def __post_init__(self) -> None:
+        """Bound the bodies held across connections."""
+        self.bodies = BodyBudget(self.settings.max_buffered_bytes)
 
     def admit(self, connection: ClientConnection) -> bool:
         """Track a new connection, unless the limit is reached (then it is to be closed)."""

@@ -83,6 +83,10 @@ class DataPlane:
             return feedback_refusal(headers, length)
         return None
 
+    def count_limit(self, limit: str) -> None:
+        """Count a client bound hit."""
+        self.metrics.client_limits.labels(limit).inc()
+
     def tag_lines(self, variant: Variant, version: str) -> bytes:
         """Return the `X-Model-Variant` and `X-Model-Version` header lines (made once a pair)."""
         lines = self.tags.get((variant, version))

@@ -42,6 +42,9 @@ class Plane(Protocol):
     ) -> Refusal | None:
         """Refuse a request by its head alone (a path's own bounds), before its body is read."""
 
+    def count_limit(self, limit: str) -> None:
+        """Count a client bound hit (`contracts.metrics.CLIENT_LIMITS`)."""
+
     def start_upload(
         self,
         method: bytes,

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from contracts.metrics import (
+    CLIENT_LIMIT_NAMES,
+    CLIENT_LIMITS,
     CONFIG_RELOAD_OK,
     CONFIG_RELOAD_TIMESTAMP,
     CONFIG_RELOADS,
@@ -65,6 +67,7 @@ class RouterMetrics:
     forced: PlainCounter
     """Answers to requests an operator forced: apart from `requests`, never judged."""
     force_refused: Counter
+    client_limits: Counter
     upstream_errors: Counter
     failovers: Counter
     weight: Gauge
@@ -135,6 +138,7 @@ class RouterMetrics:
             duration=plain_histogram(REQUEST_DURATION, LATENCY_BUCKETS),
             forced=plain_counter(FORCED_REQUESTS),
             force_refused=counter(FORCE_REFUSED),
+            client_limits=counter(CLIENT_LIMITS),
             upstream_errors=counter(UPSTREAM_ERRORS),
             failovers=counter(FAILOVERS),
             weight=gauge(VARIANT_WEIGHT),
@@ -160,6 +164,8 @@ class RouterMetrics:
             metrics.failovers.labels(variant)
             for reason in UPSTREAM_ERROR_REASONS:
                 metrics.upstream_errors.labels(variant, reason)
+        for limit in CLIENT_LIMIT_NAMES:
+            metrics.client_limits.labels(limit)
         for reason in FORCE_REFUSALS:
             metrics.force_refused.labels(reason)
         for result in ("success", "failure"):

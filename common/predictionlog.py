@@ -151,3 +151,25 @@ def parse_line(line: bytes) -> Prediction | None:
         )  # fmt: skip
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def expire_days(folder: Path, keep_days: float, now: float | None = None) -> list[Path]:
+    """Remove the day folders of a local log older than `keep_days` (its retention); return them.
+
+    A day goes once all of it is past the retention. Several processes may do this at once:
+    one that finds a folder gone leaves it.
+    """
+    import calendar
+    import shutil
+
+    oldest = (time.time() if now is None else now) - keep_days * 86_400
+    removed = []
+    for day in sorted(folder.glob("????-??-??")):
+        try:
+            ends = calendar.timegm(time.strptime(day.name, "%Y-%m-%d")) + 86_400  # UTC days
+        except ValueError:
+            continue  # not one of ours
+        if ends < oldest:
+            shutil.rmtree(day, ignore_errors=True)
+            removed.append(day)
+    return removed

@@ -227,6 +227,7 @@ async def overview(request: web.Request) -> web.Response:
     state = app[ROLLOUT].state
     return json_answer({
         **anonymous_status(await app[CONTROLLER].status()), "quality": app[LABELS].report(),
+        "logged_answers": app[LABELS].memory(),
         "rollout": state.to_json() if state else None, "live": app[LIVE].watch(),
         "now": time.time(),
     })  # fmt: skip
@@ -256,7 +257,8 @@ def anonymous_status(described: dict[str, Any]) -> dict[str, Any]:
 async def status(request: web.Request) -> web.Response:
     """Describe the split, the routers' view, the aliases, the last changes and the quality."""
     described = await request.app[CONTROLLER].status()
-    return json_answer({**described, "quality": request.app[LABELS].report()})
+    labels = request.app[LABELS]
+    return json_answer({**described, "quality": labels.report(), "logged_answers": labels.memory()})
 
 
 async def feedback(request: web.Request) -> web.Response:

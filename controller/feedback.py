@@ -22,25 +22,21 @@ log (docs/architecture.md, "Limits", says what is left for larger ones).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
+import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from common.files import append_fsynced
-from common.predictionlog import (
-    SHADOW,
-    Prediction,
-    is_local,
-    log_files,
-    log_filesystem,
-    parse_line,
-)
+from common.files import PRIVATE_FILE, append_fsynced, write_atomically
 from contracts.labels import MAX_LABELS
+from controller.answers import DEFAULT_LIMIT, Answer, LoggedAnswers
 from controller.errors import LabelsRefused
 
 log = logging.getLogger("controller")
@@ -169,6 +165,10 @@ class Quality:
         }
 
 
+MAX_ROWS = 1_000_000
+"""Labelled rows kept for rollouts to read (the newest): a rollout reads them each window."""
+
+
 @dataclass
 class LabelBook:
     """The labels taken so far, the logged predictions they join, and the quality they give."""
@@ -177,19 +177,17 @@ class LabelBook:
     """The prediction log: a folder, or a URL of an fsspec filesystem (`s3://...`)."""
     labels_path: Path
     registry: CollectorRegistry | None = None
-    logged: dict[str, Prediction] = field(default_factory=dict)
-    """The answers sent to clients, by request id."""
-    shadows: dict[str, Prediction] = field(default_factory=dict)
-    """The canary's shadow answers, by the id of the request they copy (stable answered it)."""
-    read_to: dict[str, int] = field(default_factory=dict)
+    max_answers: int = DEFAULT_LIMIT
+    """Logged answers held at most (see `controller.answers`)."""
+    retention_days: float | None = None
+    """Labels older than this are dropped from the file at start (None: kept)."""
     labelled: set[str] = field(default_factory=set)
     quality: dict[tuple[str, str], Quality] = field(default_factory=dict)
-    rows: list[LabelledRow] = field(default_factory=list)
-    """Every labelled row, in the order taken (rollouts read the rows taken since they last
-    looked)."""
-
-    ambiguous: set[str] = field(default_factory=set)
-    """Ids the log holds several answers for (never labelled: which answer would it judge?)."""
+    rows: deque[LabelledRow] = field(default_factory=lambda: deque(maxlen=MAX_ROWS))
+    """The newest labelled rows, in the order taken (rollouts read those taken since they last
+    looked: `rows_since`)."""
+    rows_taken: int = 0
+    """Rows ever taken: the position after the newest row (rollouts keep a cursor in it)."""
 
     def __post_init__(self) -> None:
         """Register the metrics and count the labels a previous controller took.
@@ -198,6 +196,7 @@ class LabelBook:
         took what this one refuses) is skipped and counted, never fatal: a controller that
         crash-looped on its own file would leave the rollout unwatched.
         """
+        self.answers = LoggedAnswers(self.predictions, self.max_answers)
         self.gauge = Gauge(
             "mlcanary_quality", "Quality on labelled requests by variant, version and measure.",
             ["variant", "version", "measure"], registry=self.registry,
@@ -212,47 +211,71 @@ class LabelBook:
             "mlcanary_labels_skipped", "Stored labels skipped at start: torn or invalid lines.",
             registry=self.registry,
         )  # fmt: skip
+        self.held = Gauge(
+            "mlcanary_logged_answers_held", "Logged answers held to join labels with.",
+            registry=self.registry,
+        )  # fmt: skip
+        self.forgotten = Counter(
+            "mlcanary_logged_answers_forgotten",
+            "Logged answers forgotten, oldest first, to hold at most --max-logged-answers.",
+            registry=self.registry,
+        )  # fmt: skip
         self.read_log()
-        try:
-            lines = self.labels_path.read_bytes().splitlines()
-        except FileNotFoundError:
-            lines = []
-        for number, line in enumerate(lines, 1):
+        for number, line in enumerate(self._stored_lines(), 1):
             try:
                 item = json.loads(line)
                 request_id, label = str(item["request_id"]), item["label"]
                 if not _label_ok(label):
                     raise ValueError("not a label this controller takes")
-                if request_id in self.logged and request_id not in self.labelled:
+                if self.answers.answer(request_id) and request_id not in self.labelled:
                     self._keep(request_id, self._labelled(request_id, label))
             except Exception as error:  # noqa: BLE001 (any bad line is skipped, none is fatal)
                 self.skipped.inc()
                 log.warning("%s line %d skipped: %s", self.labels_path, number, error)
         self._show()
 
+    def _stored_lines(self) -> list[bytes]:
+        """Return the labels file's lines, those past the retention dropped.
+
+        The file is rewritten without them, atomically: its rotation.
+        """
+        try:
+            lines = self.labels_path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return []
+        if self.retention_days is None:
+            return lines
+        oldest = time.time() - self.retention_days * 86_400
+        kept = [line for line in lines if _taken_at(line) >= oldest]
+        if len(kept) < len(lines):
+            data = b"".join(line + b"\n" for line in kept)
+            write_atomically(self.labels_path, data, mode=PRIVATE_FILE)
+            log.info("labels: %d older than %g days dropped", len(lines) - len(kept),
+                     self.retention_days)  # fmt: skip
+        return kept
+
     def read_log(self) -> None:
         """Take in the records appended to the prediction log since the last read."""
-        filesystem, root = log_filesystem(self.predictions)
-        uploaded = not is_local(self.predictions)  # parts, written once: never read twice
-        for path in log_files(filesystem, root):
-            start = self.read_to.get(path, 0)
-            if start and (uploaded or start >= filesystem.size(path)):
-                continue
-            with filesystem.open(path, "rb") as handle:
-                handle.seek(start)
-                data = handle.read()
-            complete = data[: data.rfind(b"\n") + 1]
-            self.read_to[path] = start + len(complete)
-            for line in complete.splitlines():
-                record = parse_line(line)
-                if record is None:
-                    continue
-                if record.variant == SHADOW:
-                    self.shadows[record.request_id] = record
-                elif record.request_id in self.logged:
-                    self.ambiguous.add(record.request_id)
-                else:
-                    self.logged[record.request_id] = record
+        before = self.answers.forgotten
+        for request_id in self.answers.read_new():
+            self.labelled.discard(request_id)  # a label for it is refused as unknown now
+        self.forgotten.inc(self.answers.forgotten - before)
+        self.held.set(len(self.answers.served))
+
+    def rows_since(self, cursor: int) -> tuple[list[LabelledRow], int]:
+        """Return the rows taken after position `cursor` (those still kept), and the new one."""
+        new = self.rows_taken - cursor
+        if new <= 0:
+            return [], self.rows_taken
+        kept = list(itertools.islice(self.rows, max(len(self.rows) - new, 0), None))
+        return kept, self.rows_taken
+
+    def memory(self) -> dict[str, int]:
+        """Say how many logged answers are held, the limit, and how many were forgotten."""
+        return {
+            "answers_held": len(self.answers.served), "answers_limit": self.answers.limit,
+            "answers_forgotten": self.answers.forgotten,
+        }  # fmt: skip
 
     def take(self, document: Any) -> dict[str, Any]:
         """Check a batch of labels, keep it whole (or raise LabelsRefused), return the counts.
@@ -265,8 +288,10 @@ class LabelBook:
         except LabelsRefused as refusal:
             self.refused.labels(refusal.reason).inc()
             raise
+        now = round(time.time(), 3)
         lines = b"".join(
-            json.dumps({"request_id": i, "label": label}, allow_nan=False).encode() + b"\n"
+            json.dumps({"request_id": i, "label": label, "time": now}, allow_nan=False).encode()
+            + b"\n"
             for i, label, _ in taken
         )
         append_fsynced(self.labels_path, lines)
@@ -284,15 +309,15 @@ class LabelBook:
             message = f"already labelled: {_some(repeated)}; nothing was kept"
             raise LabelsRefused(409, "RESOURCE_ALREADY_EXISTS", message, "repeated")
         self.read_log()  # the shadow answers of the requests labelled, too
-        unknown = [i for i in ids if i not in self.logged]
+        unknown = [i for i in ids if i not in self.answers.served]
         if unknown:
             raise LabelsRefused(
                 404, "RESOURCE_DOES_NOT_EXIST",
                 f"not in the prediction log: {_some(unknown)} (label the X-Request-Id the router"
-                " answered with, of a logged request: see the routing file's log.percent);"
-                " nothing was kept", "unknown",
+                " answered with, of a logged request: see the routing file's log.percent; the"
+                f" newest {self.answers.limit} answers are held); nothing was kept", "unknown",
             )  # fmt: skip
-        ambiguous = [i for i in ids if i in self.ambiguous]
+        ambiguous = [i for i in ids if i in self.answers.ambiguous]
         if ambiguous:
             raise LabelsRefused(
                 409, "INVALID_STATE",
@@ -301,22 +326,16 @@ class LabelBook:
             )  # fmt: skip
         taken = []
         for index, (request_id, label) in enumerate(items):
-            rows = _rows(self.logged[request_id].predictions)
-            if isinstance(label, list) and len(label) != len(rows):
-                raise LabelsRefused(
-                    400, "INVALID_PARAMETER_VALUE",
-                    f"[{index}].label: {len(label)} labels for a request of {len(rows)} rows;"
-                    " nothing was kept",
-                )  # fmt: skip
             try:
                 compared = self._labelled(request_id, label)
+            except LabelsRefused as refusal:
+                raise LabelsRefused(400, refusal.code, f"[{index}].label: {refusal}") from None
             except (ArithmeticError, ValueError, TypeError) as error:
                 raise LabelsRefused(
-                    400,
-                    "INVALID_PARAMETER_VALUE",
+                    400, "INVALID_PARAMETER_VALUE",
                     f"[{index}].label cannot be compared with its answer ({error});"
                     " nothing was kept",
-                ) from None
+                ) from None  # fmt: skip
             taken.append((request_id, label, compared))
         return taken
 
@@ -329,8 +348,16 @@ class LabelBook:
 
     def _labelled(self, request_id: str, label: Any) -> list[LabelledRow]:
         """Compare a logged request's answer, and its shadow answer's, with its label."""
-        served = _compared(self.logged[request_id], label, [])
-        shadow = self.shadows.get(request_id)
+        answer = self.answers.answer(request_id)
+        assert answer is not None  # noqa: S101 (checked by the callers)
+        rows = _rows(answer.predictions)
+        if isinstance(label, list) and len(label) != len(rows):
+            raise LabelsRefused(
+                400, "INVALID_PARAMETER_VALUE",
+                f"{len(label)} labels for a request of {len(rows)} rows; nothing was kept",
+            )  # fmt: skip
+        served = _compared(answer, label, [])
+        shadow = self.answers.shadow(request_id)
         return served + (_compared(shadow, label, served) if shadow is not None else [])
 
     def _keep(self, request_id: str, rows: list[LabelledRow]) -> None:
@@ -339,6 +366,7 @@ class LabelBook:
         for row in rows:
             self.quality.setdefault((row.variant, row.version), Quality()).add(row)
             self.rows.append(row)
+        self.rows_taken += len(rows)
 
     def _show(self) -> None:
         for (variant, version), quality in self.quality.items():
@@ -347,7 +375,15 @@ class LabelBook:
                     self.gauge.labels(variant, version, measure).set(value)
 
 
-def _compared(record: Prediction, label: Any, pairs: list[LabelledRow]) -> list[LabelledRow]:
+def _taken_at(line: bytes) -> float:
+    """Return when a stored label was taken (labels stored before times were kept: now)."""
+    try:
+        return float(json.loads(line).get("time", time.time()))
+    except (ValueError, AttributeError, TypeError):
+        return time.time()  # a torn line: skipped when counted, not here
+
+
+def _compared(record: Answer, label: Any, pairs: list[LabelledRow]) -> list[LabelledRow]:
     """Compare each row of one answer with its label, paired with `pairs`' rows when given."""
     rows = _rows(record.predictions)
     labels = label if isinstance(label, list) else [label] * len(rows)

@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from common.settings import RegistrySettings, system_settings
 from common.supervision import stop_requested
 from contracts.routing import RoutingConfig
+from controller.answers import DEFAULT_LIMIT
 from controller.api import Tokens, create_api
 from controller.changes import ChangeSettings, Controller
 from controller.checks import check_server, server_metadata
@@ -65,6 +66,10 @@ class ControllerOptions:
     confirm_timeout_s: float = 5.0
     allowed_hosts: tuple[str, ...] = ()
     """Names the admin API answers to besides loopback's and the address it binds."""
+    max_logged_answers: int = DEFAULT_LIMIT
+    """Logged answers held to join labels with (see `controller.answers`)."""
+    label_retention_days: float | None = 90.0
+    """Labels older than this are dropped from the labels file at start."""
     prediction_log: str | None = None
     """The routers' prediction log, which labels are joined with (default: the state
     folder's `predictions`)."""
@@ -210,7 +215,8 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
         registry = CollectorRegistry()
         labels = await asyncio.to_thread(
             LabelBook, options.prediction_log or options.state / "predictions",
-            options.state / "labels.jsonl", registry,
+            options.state / "labels.jsonl", registry, options.max_logged_answers,
+            options.label_retention_days,
         )  # fmt: skip
         rollout = RolloutRunner(
             controller, session, options.state / "rollout.json", RolloutMetrics.create(registry),

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from common.settings import system_settings
+from controller.answers import DEFAULT_LIMIT
 from mlcanary.options import canary_percent, usable_log
 from mlcanary.output import (
     fail,
@@ -155,6 +156,12 @@ def router(
         float,
         typer.Option(min=0.1, help="With a prediction log URL: seconds between uploads."),
     ] = ROUTER["prediction_log_upload_s"],
+    prediction_log_retention_days: Annotated[
+        float,
+        typer.Option(
+            min=0.01, help="Days of a local prediction log kept (request bodies: personal data)."
+        ),
+    ] = ROUTER["prediction_log_retention_days"],
     header_timeout: Annotated[
         float, typer.Option(help="Seconds a request's line and headers may take to arrive.")
     ] = ROUTER["header_timeout_s"],
@@ -201,6 +208,7 @@ def router(
                     prediction_log_spool or system_settings().state_dir / "predictions-spool"
                 ),
                 prediction_log_upload_s=prediction_log_upload_interval,
+                prediction_log_retention_days=prediction_log_retention_days,
                 drain_timeout_s=drain_timeout,
                 header_timeout_s=header_timeout,
                 keepalive_timeout_s=keepalive_timeout,
@@ -289,6 +297,13 @@ def controller(
         str | None,
         typer.Option(help="The ConfigMap's and router Service's namespace (default: the pod's)."),
     ] = None,
+    max_logged_answers: Annotated[
+        int,
+        typer.Option(min=1000, help="Logged answers held to join labels with (oldest forgotten)."),
+    ] = DEFAULT_LIMIT,
+    label_retention_days: Annotated[
+        float, typer.Option(min=0.01, help="Days labels are kept (dropped from the file at start).")
+    ] = 90.0,
     allowed_host: Annotated[
         list[str] | None,
         typer.Option(
@@ -327,6 +342,8 @@ def controller(
         configmap=configmap,
         namespace=namespace,
         allowed_hosts=tuple(allowed_host or ()),
+        max_logged_answers=max_logged_answers,
+        label_retention_days=label_retention_days,
         prediction_log=prediction_log and usable_log(prediction_log, "--prediction-log"),
     )
     try:

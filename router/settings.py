@@ -84,6 +84,9 @@ class RouterSettings(BaseModel):
     answers are not recorded, whatever the routing file says)."""
     prediction_log_spool: Path | None = None
     """With a URL: the local folder records are written to before they are uploaded."""
+    prediction_log_retention_days: float | None = Field(default=30.0, gt=0)
+    """A local log's days older than this are removed (None: kept; on object storage, set the
+    bucket's lifecycle rule instead)."""
     prediction_log_upload_s: float = Field(default=10.0, gt=0)
     """With a URL: how often what was written is uploaded (and so how late labels can join)."""
     controller_url: str | None = None

@@ -160,6 +160,8 @@ async def test_the_original_workflow_end_to_end(system: System) -> None:
     assert status["canary"]["version"] == "3" and status["canary"]["weight"] == 0
     assert all(seen["in_step"] for seen in status["routers"].values())
     audit = [json.loads(line) for line in (system.state / "audit.jsonl").read_text().splitlines()]
+    # The controller cuts prediction buckets itself as stable versions answer: not the operator's.
+    audit = [record for record in audit if record["action"] != "prediction-buckets"]
     assert [record["action"] for record in audit] == [
         "deploy", "weight", "weight", "weight", "weight", "promote", "deploy", "rollback",
     ]  # fmt: skip

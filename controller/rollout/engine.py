@@ -113,7 +113,7 @@ class RolloutRunner:
             raise InvalidChange("min_labels: this controller takes no labels")
         state = RolloutState(plan, config.canary.version, stable_version=config.stable.version,
                              step_started_at=time.time(),
-                             label_cursor=len(self.labels.rows) if self.labels else 0)  # fmt: skip
+                             label_cursor=self.labels.rows_taken if self.labels else 0)  # fmt: skip
         await self.controller.set_weight(
             state.weight, f"rollout of v{state.canary_version}: step 1/{len(plan.steps)}"
         )
@@ -261,8 +261,7 @@ class RolloutRunner:
         """Return the rows of the rollout's two versions labelled since the last window."""
         if self.labels is None or state.plan.limits.min_labels <= 0:
             return LabelledRows()
-        rows = self.labels.rows[state.label_cursor :]
-        state.label_cursor += len(rows)
+        rows, state.label_cursor = self.labels.rows_since(state.label_cursor)
         labelled = select_labelled(rows, state.canary_version, state.stable_version)
         state.labelled_in_step += len(labelled.canary) + len(labelled.pairs)
         return labelled

@@ -10,6 +10,9 @@ only briefly, and the event loop keeps serving. Past `MAX_PENDING` records or
 `MAX_PENDING_BYTES` waiting, new ones are dropped and counted
 (`mlcanary_prediction_log_records_total{result="dropped"}`), never waited for.
 
+Retention: with `retention_days`, day folders past it are removed (checked hourly): the log
+holds request bodies, personal data, for no longer than the operator chose.
+
 What is guaranteed: a record of an answer sent before the router was told to stop (SIGTERM,
 Ctrl-C) is on disk when it exits (the queue is written after the front has drained); a
 SIGKILL or a power cut loses at most the last `FLUSH_S` of records; a torn last line is
@@ -30,10 +33,11 @@ from pathlib import Path
 from prometheus_client import Counter
 
 from common.files import append_fsynced
-from common.predictionlog import file_for
+from common.predictionlog import expire_days, file_for
 
 log = logging.getLogger("router")
 FLUSH_S = 0.5
+EXPIRE_EVERY_S = 3600.0
 MAX_PENDING = 100_000
 MAX_PENDING_BYTES = 64 * 1024 * 1024
 STAMP_S = 0.001
@@ -63,8 +67,11 @@ class PredictionLog:
         percent: Callable[[], float],
         records: Counter,
         rng: random.Random | None = None,
+        retention_days: float | None = None,
     ) -> None:
         self.folder, self.instance, self.percent, self.records = folder, instance, percent, records
+        self.retention_days = retention_days
+        self._expired_at = 0.0
         self.rng = rng or random.Random()  # noqa: S311 (sampling, not cryptography)
         self.pending = Pending()
         self._hour_ends = 0.0
@@ -139,6 +146,21 @@ class PredictionLog:
         while True:
             await asyncio.sleep(FLUSH_S)
             await self.flush()
+            if self.retention_days and time.monotonic() - self._expired_at >= EXPIRE_EVERY_S:
+                self._expired_at = time.monotonic()
+                await self.expire()
+
+    async def expire(self) -> None:
+        """Remove the days past the retention (in a thread: it touches the disk)."""
+        if self.folder is None or not self.retention_days:
+            return
+        try:
+            removed = await asyncio.to_thread(expire_days, self.folder, self.retention_days)
+        except OSError as error:
+            log.warning("prediction log: old days not removed: %s", error)
+            return
+        for day in removed:
+            log.info("prediction log: %s removed (older than %g days)", day, self.retention_days)
 
     async def flush(self) -> None:
         """Write everything queued now (in a thread: the join and fsync stay off the loop)."""

@@ -81,6 +81,7 @@ def create_app(
     prediction_log = PredictionLog(
         _log_folder(settings, app[UPLOADER]), instance, lambda: table.current.log.percent,
         app[METRICS].log_records,
+        retention_days=None if app[UPLOADER] else settings.prediction_log_retention_days,
     )  # fmt: skip
     app[POLICY] = ProxyPolicy(settings, app[METRICS], app[HEALTH], app[RNG], budget, prediction_log)
     app[RUNTIME] = Runtime()

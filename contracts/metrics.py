@@ -133,9 +133,10 @@ CLIENT_LIMITS = Family(
     "mlcanary_client_limits", ("limit",),
     "Client connections or requests cut at a bound, by bound.",
 )  # fmt: skip
-CLIENT_LIMIT_NAMES = ("connections", "header_timeout", "body_timeout", "buffered")
+CLIENT_LIMIT_NAMES = ("connections", "header_timeout", "body_timeout", "buffered", "labels_size")
 """Connections over `max_connections`, a head or a body not whole within its timeout, a body
-refused because the bodies held across connections reached `max_buffered_bytes`."""
+refused because the bodies held across connections reached `max_buffered_bytes`, a batch of
+labels declared over `contracts.labels.MAX_LABELS_BYTES`."""
 
 # The model server's.
 MODEL_REQUESTS = Family(

@@ -15,9 +15,10 @@ stable's (the labels gate judges pairs with a paired test), and the shadow answe
 reported as variant `shadow`. A shadow answer logged after its request was labelled is not
 counted (the log is read before every batch, so it is one answered after its label came).
 
-The prediction log is read incrementally (each file from where the last read stopped, whole
-lines only); its ids are held in memory (about 200 bytes a record), which suits one machine's
-log (docs/architecture.md, "Limits", says what is left for larger ones).
+The prediction log's answers are held by `controller.answers` (compact, bounded, streamed).
+Nothing a label holds can take the controller down: every label is checked (finite numbers
+within 1e150, short strings) and every row compared before the batch is written; a stored
+line a restart cannot count is skipped and counted.
 """
 
 from __future__ import annotations

@@ -304,6 +304,8 @@ def test_an_anonymous_oversized_batch_is_refused_before_it_is_read(system: Syste
             client.sendall(b"[" * 1000)  # a start only: the answer must not wait for the rest
             line = client.makefile("rb").readline()
         assert line.split()[1] == str(status).encode(), (headers, line)
+    _, metrics = _metrics(system.router_url)
+    assert 'mlcanary_client_limits_total{limit="labels_size"} 1.0' in metrics
 
 
 def _refuse_constant(name: str) -> Any:

@@ -229,7 +229,7 @@ class ClientConnection(asyncio.Protocol):
             message = "HTTP/1.1 requests need exactly one Host header"
             self._refuse(400, "BAD_REQUEST", f"{message}, got {hosts}")
             raise StopParsing
-        refused = self.plane.refusal(self.url, self.headers, length)
+        refused = self.plane.refusal(self.parser.get_method(), self.url, self.headers, length)
         if refused is not None:
             self._refuse(*refused)
             raise StopParsing

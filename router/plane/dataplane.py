@@ -76,12 +76,15 @@ class DataPlane:
         spawn_then(relayed, lambda outcome: deliver(self._from_app(outcome, head_only)))
 
     def refusal(
-        self, target: bytes, headers: list[tuple[bytes, bytes]], length: int | None
+        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], length: int | None
     ) -> Refusal | None:
         """Refuse what a path's own bounds refuse by the head alone (see `web.feedback`)."""
-        if target.partition(b"?")[0] == FEEDBACK_PATH.encode():
-            return feedback_refusal(headers, length)
-        return None
+        if method != b"POST" or target.partition(b"?")[0] != FEEDBACK_PATH.encode():
+            return None  # other methods get the app's 405
+        refused = feedback_refusal(headers, length)
+        if refused is not None and refused[0] == 413:
+            self.count_limit("labels_size")
+        return refused
 
     def count_limit(self, limit: str) -> None:
         """Count a client bound hit."""

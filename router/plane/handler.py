@@ -38,7 +38,7 @@ class Plane(Protocol):
         """Answer one request: `deliver` is called once with the answer's bytes."""
 
     def refusal(
-        self, target: bytes, headers: list[tuple[bytes, bytes]], length: int | None
+        self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], length: int | None
     ) -> Refusal | None:
         """Refuse a request by its head alone (a path's own bounds), before its body is read."""
 

@@ -168,6 +168,8 @@ class Quality:
 
 MAX_ROWS = 1_000_000
 """Labelled rows kept for rollouts to read (the newest): a rollout reads them each window."""
+HISTORY_ROWS = 10_000
+"""Stable's labelled rows before a rollout its labels gate starts from, at most."""
 
 
 @dataclass
@@ -270,6 +272,22 @@ class LabelBook:
             return [], self.rows_taken
         kept = list(itertools.islice(self.rows, max(len(self.rows) - new, 0), None))
         return kept, self.rows_taken
+
+    def recent_errors(self, variant: str, version: str, most: int = HISTORY_ROWS) -> list[float]:
+        """Return the newest `most` absolute errors of a version's numeric labelled rows.
+
+        A rollout's labels gate cuts its bad-row bound from stable's errors; those labelled
+        before it started are as independent of its windows' rows as those during it, so
+        the first window is judged too (issue 29).
+        """
+        found: list[float] = []
+        for row in reversed(self.rows):
+            if len(found) >= most:
+                break
+            if row.variant == variant and row.version == version and not row.classes:
+                found.append(abs(row.error))
+        found.reverse()
+        return found
 
     def memory(self) -> dict[str, int]:
         """Say how many logged answers are held, the limit, and how many were forgotten."""

@@ -113,3 +113,14 @@ def test_old_days_and_old_labels_are_removed(tmp_path: Path) -> None:
     ]  # fmt: skip
     rows, cursor = book.rows_since(0)
     assert len(rows) == 2 and cursor == 2 and book.rows_since(cursor) == ([], 2)
+
+
+def test_recent_errors_are_a_versions_newest_numeric_rows(tmp_path: Path) -> None:
+    """What a rollout starts its labels bound from: stable's errors labelled before it."""
+    log = tmp_path / "predictions"
+    _write_log(log, 5)  # predictions 0.0, 0.1, ..., 0.4 by stable v1
+    book = LabelBook(log, tmp_path / "labels.jsonl", CollectorRegistry())
+    book.take([{"request_id": f"r{n}", "label": 1.0} for n in range(5)])
+    assert book.recent_errors("stable", "1") == pytest.approx([1.0, 0.9, 0.8, 0.7, 0.6])
+    assert book.recent_errors("stable", "1", most=2) == pytest.approx([0.7, 0.6])
+    assert book.recent_errors("stable", "2") == [] and book.recent_errors("canary", "1") == []

@@ -114,6 +114,8 @@ class RolloutRunner:
         state = RolloutState(plan, config.canary.version, stable_version=config.stable.version,
                              step_started_at=time.time(),
                              label_cursor=self.labels.rows_taken if self.labels else 0)  # fmt: skip
+        if self.labels is not None:  # stable's labelled errors so far: no blind first window
+            state.evidence.stable_errors = self.labels.recent_errors("stable", state.stable_version)
         await self.controller.set_weight(
             state.weight, f"rollout of v{state.canary_version}: step 1/{len(plan.steps)}"
         )

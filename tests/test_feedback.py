@@ -19,7 +19,7 @@ import yaml
 from common.files import write_atomically
 from common.predictionlog import read_predictions
 from common.settings import EXPERIMENT_NAME, RegistrySettings
-from controller.feedback import LabelledRow, Quality
+from controller.quality import LabelledRow, Quality
 from tests.conftest import TrainedRegistry
 from tests.helpers import run_mlcanary, wait_until
 from tests.systems import System, call_json, copied_registry, running_system

@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
-from controller.feedback import LabelledRow
+from controller.quality import LabelledRow
 from controller.rollout.evidence import BOTH_RATIOS, UP_RATIOS, Evidence, RolloutEvidence, effective
 from controller.rollout.gates import judge, label_gate, latency_bound
 from controller.rollout.histograms import categories_of, ordered, psi, quantile, upper_bound

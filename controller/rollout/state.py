@@ -15,7 +15,7 @@ from controller.rollout.evidence import RolloutEvidence
 from controller.rollout.judgement import GateLimits, LabelledRows
 
 if TYPE_CHECKING:
-    from controller.feedback import LabelledRow
+    from controller.quality import LabelledRow
 
 ACTIVE = ("running", "paused")
 STATUSES = ("idle", "running", "paused", "promoted", "rolled_back", "aborted")

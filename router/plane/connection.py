@@ -8,33 +8,28 @@ included, in request order. After a request that does not keep the connection al
 an error that leaves the stream unframed, further bytes are ignored and the connection closes
 after the answers owed.
 
-`Connections` tracks every open connection: it refuses connections beyond the limit, closes
-those past their header, body or keep-alive deadline (checked by one periodic sweep rather
-than a timer per request), and drains them on shutdown: idle ones close at once, busy ones
-after their last answer.
+Every connection is tracked by `connections.Connections` (limit, deadline sweep, drain).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
 import httptools
 
 from contracts.errors import error_body
-from router.plane.bodies import BodyBudget
+from router.plane.connections import Connections
 from router.plane.handler import Plane
 from router.plane.wire import JSON_TYPE, response_bytes
 from router.proxy import requestids as request_ids
 
 if TYPE_CHECKING:
     from router.plane.upload import StreamedUpload
-    from router.settings import RouterSettings
 
 LINGER_S = 5.0
 """How long a closing connection keeps reading what its client still sends (nginx: 5 s)."""
@@ -448,79 +443,3 @@ def with_head_lines(answer: bytes, lines: bytes) -> bytes:
     """Insert header `lines` after the status line of a serialized answer."""
     end = answer.index(b"\r\n") + 2
     return b"%s%s%s" % (answer[:end], lines, answer[end:])
-
-
-@dataclass
-class Connections:
-    """Every open client connection: the limit, the timeout sweep, and the drain on shutdown."""
-
-    settings: RouterSettings
-    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
-    open: set[ClientConnection] = field(default_factory=set)
-    now: float = 0.0
-    """The loop's time at the last sweep: deadlines are set from it (no clock call per
-    request), so they hold to within one sweep interval."""
-    _empty: asyncio.Event = field(default_factory=asyncio.Event)
-    _sweeper: asyncio.Task[None] | None = None
-    bodies: BodyBudget = field(init=False)
-    """Bytes of incomplete bodies held by all connections (see `router.plane.bodies`)."""
-
-    def __post_init__(self) -> None:
-        """Bound the bodies held across connections."""
-        self.bodies = BodyBudget(self.settings.max_buffered_bytes)
-
-    def admit(self, connection: ClientConnection) -> bool:
-        """Track a new connection, unless the limit is reached (then it is to be closed)."""
-        if len(self.open) >= self.settings.max_connections:
-            return False
-        self.open.add(connection)
-        self._empty.clear()
-        if self._sweeper is None:
-            self.now = self.loop.time()
-            self._sweeper = self.loop.create_task(self._sweep())
-        return True
-
-    def forget(self, connection: ClientConnection) -> None:
-        """Stop tracking a closed connection."""
-        self.open.discard(connection)
-        if not self.open:
-            self._empty.set()
-
-    def sweep_interval(self) -> float:
-        """Return a quarter of the shortest timeout (50 ms to 1 s): deadlines fire that late."""
-        settings = self.settings
-        shortest = min(
-            settings.header_timeout_s, settings.keepalive_timeout_s, settings.body_timeout_s
-        )
-        return min(1.0, max(0.05, shortest / 4))
-
-    async def _sweep(self) -> None:
-        interval = self.sweep_interval()
-        while True:
-            await asyncio.sleep(interval)
-            now = self.now = self.loop.time()
-            for connection in list(self.open):
-                connection.expire(now)
-
-    async def drain(self, within: float) -> int:
-        """Close idle connections, let busy ones answer what they owe, abort the rest.
-
-        Busy connections get `within` seconds; return how many had to be aborted then.
-        """
-        for connection in list(self.open):
-            connection.drain()
-        if self.open:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._empty.wait(), within)
-        left = list(self.open)
-        for connection in left:
-            if connection.transport is not None:
-                connection.transport.abort()
-        return len(left)
-
-    async def close(self) -> None:
-        """Stop the sweep."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
-            self._sweeper = None

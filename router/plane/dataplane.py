@@ -19,7 +19,8 @@ from aiohttp import web
 
 from contracts.errors import error_body
 from contracts.routing import RoutingConfig, Variant
-from router.plane.connection import ClientConnection, Connections
+from router.plane.connection import ClientConnection
+from router.plane.connections import Connections
 from router.plane.handler import Deliver, Refusal
 from router.plane.pool import Pools, Reply, exchange, exchange_raw, spawn_then
 from router.plane.upload import StreamedUpload

@@ -12,13 +12,21 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from common.bodies import BodyTooLarge, read_bounded
 from contracts.errors import error_response
 from contracts.labels import MAX_LABELS_BYTES
-from contracts.routing import RoutingFileError, validation_problems
+from contracts.routing import RoutingFileError
 from controller import page
+from controller.changerequests import (
+    Change,
+    DeployRequest,
+    LongChange,
+    PlanRequest,
+    RolloutRequest,
+    WeightRequest,
+    body_of,
+)
 from controller.changes import Controller
 from controller.errors import ControllerError, InvalidChange, LabelsRefused, Superseded
 from controller.feedback import LabelBook
@@ -26,10 +34,8 @@ from controller.hosts import LOOPBACK_NAMES, is_allowed
 from controller.jsonanswers import json_answer
 from controller.live import LiveTraffic
 from controller.rollout.engine import RolloutRunner
-from controller.rollout.judgement import GateLimits
 from controller.rollout.planner import plan_report
 from controller.rollout.simulate import Traffic
-from controller.rollout.state import RolloutPlan
 from controller.rollout.window import Snapshot, take_snapshot
 from controller.token import token_matches
 
@@ -55,84 +61,6 @@ QUERY_TOKEN_NAMES = ("token", "access_token", "api_key", "apikey")
 OPEN_PATHS = frozenset({"/ping", "/metrics", *page.OPEN_PATHS})
 LABELS_PATH = "/api/feedback"
 """The one path the labels token opens (the admin token opens it too)."""
-
-
-class Change(BaseModel):
-    """What every change may carry: why it is made (recorded in the audit log)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    reason: str = Field(default="", max_length=1000)
-
-
-class LongChange(Change):
-    """A change that may wait for a model server to start."""
-
-    detach: bool = False
-    """Answer 202 as soon as the change is recorded, instead of when it is made."""
-
-
-class DeployRequest(LongChange):
-    """Make `version` the canary, on a new local server or the server at `url`."""
-
-    version: str = Field(min_length=1, max_length=20, pattern=r"^([0-9]+|latest)$")
-    url: str | None = None
-    weight: float = Field(default=0.0, ge=0.0, le=100.0)
-
-
-class WeightRequest(LongChange):
-    """Give the canary `weight` percent of traffic."""
-
-    weight: float = Field(ge=0.0, le=100.0)
-
-
-PLAN, LIMITS = RolloutPlan(), GateLimits()
-"""The rollout's defaults, stated once (RolloutPlan, GateLimits): a request leaves out what it
-keeps."""
-
-
-class RolloutRequest(Change):
-    """Roll the canary out over `steps` (percent), judging each `interval_s` window."""
-
-    steps: list[float] = Field(default=list(PLAN.steps), min_length=1, max_length=50)
-    interval_s: float = Field(default=PLAN.interval_s, ge=0.2, le=86_400)
-    min_requests: int = Field(default=LIMITS.min_requests, ge=1)
-    max_error_rate: float = Field(default=LIMITS.max_error_rate, ge=0, le=1)
-    false_alarm_rate: float = Field(default=LIMITS.false_alarm_rate, gt=0, lt=1)
-    min_error_ratio: float = Field(default=LIMITS.min_error_ratio, ge=1)
-    max_p99_ratio: float = Field(default=LIMITS.max_p99_ratio, ge=1)
-    p99_tolerance_s: float = Field(default=LIMITS.p99_tolerance_s, ge=0)
-    max_psi: float = Field(default=LIMITS.max_psi, ge=0)
-    max_shadow_delta: float | None = Field(default=LIMITS.max_shadow_delta, ge=0)
-    max_failed_checks: int = Field(default=PLAN.max_failed_checks, ge=1)
-    max_insufficient_windows: int = Field(default=PLAN.max_insufficient_windows, ge=1)
-    prometheus_url: str | None = Field(default=None, pattern=r"^https?://[^/?#]+/?$")
-    min_labels: int = Field(default=LIMITS.min_labels, ge=0)
-    label_wait_s: float = Field(default=PLAN.label_wait_s, ge=0, le=30 * 86_400)
-    max_label_error_ratio: float = Field(default=LIMITS.max_label_error_ratio, ge=1)
-
-    def plan(self) -> RolloutPlan:
-        """Return the plan this request describes (InvalidChange if it cannot run)."""
-        limits = GateLimits(
-            min_requests=self.min_requests, max_error_rate=self.max_error_rate,
-            false_alarm_rate=self.false_alarm_rate, min_error_ratio=self.min_error_ratio,
-            max_p99_ratio=self.max_p99_ratio,
-            p99_tolerance_s=self.p99_tolerance_s,
-            max_psi=self.max_psi, max_shadow_delta=self.max_shadow_delta,
-            min_labels=self.min_labels, max_label_error_ratio=self.max_label_error_ratio,
-        )  # fmt: skip
-        return RolloutPlan(
-            tuple(self.steps), self.interval_s, limits,
-            self.max_failed_checks, self.max_insufficient_windows,
-            self.prometheus_url.rstrip("/") if self.prometheus_url else None,
-            self.label_wait_s,
-        )  # fmt: skip
-
-
-class PlanRequest(RolloutRequest):
-    """A rollout plan to check against `measure_s` seconds of the current traffic."""
-
-    measure_s: float = Field(default=10.0, ge=1, le=600)
 
 
 @web.middleware
@@ -190,21 +118,6 @@ def _refused_token(request: web.Request) -> web.Response | None:
             403, "PERMISSION_DENIED", f"the labels token may only post labels ({LABELS_PATH})"
         )
     return error_response(403, "PERMISSION_DENIED", "the admin token is not valid")
-
-
-async def body_of(request: web.Request, model: type[BaseModel]) -> Any:
-    """Parse and validate a JSON body; InvalidChange names the field and the problem."""
-    raw = await request.read()
-    try:
-        document = json.loads(raw) if raw.strip() else {}
-    except ValueError as error:
-        raise InvalidChange(f"the body is not JSON: {error}") from None
-    if not isinstance(document, dict):
-        raise InvalidChange("the body must be a JSON object")
-    try:
-        return model.model_validate(document)
-    except ValidationError as error:
-        raise InvalidChange(validation_problems(error, "(body)")) from None
 
 
 def _answer(record: dict[str, Any]) -> web.Response:

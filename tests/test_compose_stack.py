@@ -76,8 +76,33 @@ class Stack:
             check=False, cwd=ROOT,
         )  # fmt: skip
         if done.returncode != 0:
-            raise AssertionError(f"docker-compose {' '.join(args)}: {done.stderr[-3000:]}")
+            raise AssertionError(
+                f"docker-compose {' '.join(args)}: {done.stderr[-3000:]}\n{self.unwell()}"
+            )
         return done
+
+    def unwell(self) -> str:
+        """The last lines of every container of the project that is not running and healthy,
+        with its state: what a failed `up` needs to be understood from CI's output alone."""
+        label = f"label=com.docker.compose.project={self.project}"
+        listed = self.podman.run(
+            "ps", "-a", "--filter", label, "--format", "{{.ID}} {{.Names}} {{.Status}}",
+            check=False,
+        )  # fmt: skip
+        reports = []
+        for line in listed.stdout.splitlines():
+            container, name, status = [*line.split(" ", 2), "", ""][:3]
+            if status.startswith("Up") and "unhealthy" not in status and "starting" not in status:
+                continue
+            logs = self.podman.run("logs", "--tail", "40", container, check=False)
+            health = self.podman.run(
+                "inspect", "--format", "{{json .State.Health}}", container, check=False
+            )
+            reports.append(
+                f"--- {name} ({status})\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}"
+                f"health: {health.stdout.strip()[-1500:]}"
+            )
+        return "\n".join(reports)
 
     def inside(self, service: str, url: str, host: str = "") -> tuple[int, Any]:
         """GET `url` from inside `service`'s container (its own network), with `host` as Host

@@ -123,10 +123,11 @@ PREDICTION_LOG_BACKLOG = Family(
     "Spooled prediction-log bytes not yet uploaded to object storage.",
 )  # fmt: skip
 ROUTER_INSTANCE = Family(
-    "mlcanary_router_instance", ("instance_id", "processes"), "This router process."
+    "mlcanary_router_instance", ("instance_id", "processes"), "This router, all its processes."
 )
-"""An info metric naming the router process: its counters start from zero with it. Its sample
-(`ROUTER_INSTANCE_SAMPLE`) says how many router processes share the port, each to be read."""
+"""An info metric naming the router: its counters start from zero with it. Every process of a
+router run with `--workers` answers a scrape for all of them (the sum, one name), and its sample
+(`ROUTER_INSTANCE_SAMPLE`) says how many processes that is."""
 ROUTER_INSTANCE_SAMPLE = f"{ROUTER_INSTANCE.name}_info"
 
 CLIENT_LIMITS = Family(

@@ -5,17 +5,22 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import shutil
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from common.supervision import start_announced, stop_announced, stop_requested
+from common.supervision import stop_requested
 from router.plane.dataplane import DataPlane, Front, start_front
 from router.settings import RouterSettings
+from router.telemetry.metrics import new_instance_id
 from router.web.app import create_app
+from router.workers import Workers
 
 log = logging.getLogger("router")
 
@@ -28,23 +33,29 @@ def run_router(
     reuse_port: bool = False,
     data_plane: str = "raw",
 ) -> None:
-    """Serve with `workers` processes sharing the port (SO_REUSEPORT) on the chosen loop."""
-    if workers > 1:  # the workers started below get it with the rest of the settings
-        settings = settings.model_copy(update={"processes": workers})
+    """Serve with `workers` processes sharing the port (SO_REUSEPORT) on the chosen loop.
+
+    This process is the first of them and keeps the others running (`router.workers`); their
+    metric values meet in a private folder of its making, removed when it stops.
+    """
     if workers <= 1:
         _run(serve_router(settings, reuse_port=reuse_port, data_plane=data_plane), loop)
         return
+    shared = Path(tempfile.mkdtemp(prefix="mlcanary-router-metrics-"))
+    settings = settings.model_copy(
+        update={"processes": workers, "shared_metrics": shared, "instance_id": new_instance_id()}
+    )
     argv = [
         sys.executable, "-m", "mlcanary", "router", "--settings-json", settings.model_dump_json(),
         "--loop", loop, "--data-plane", data_plane, "--reuse-port",
     ]  # fmt: skip
-    # Each worker leads its own group, announced to the guardian: if this process is SIGKILLed,
-    # the workers (which hold the port too) are stopped with it.
-    children = [start_announced(argv) for _ in range(workers - 1)]
+    others = Workers(argv, workers - 1)
+    others.start()
     try:
-        _run(serve_router(settings, reuse_port=True, data_plane=data_plane), loop)
-    finally:  # each worker drains as this one did; past that, it is killed
-        stop_announced(children, grace=settings.drain_timeout_s + 10)
+        _run(serve_router(settings, reuse_port=True, data_plane=data_plane, others=others), loop)
+    finally:
+        others.stop(grace=settings.drain_timeout_s + 10)
+        shutil.rmtree(shared, ignore_errors=True)
 
 
 def _run(main: Coroutine[Any, Any, None], loop: str) -> None:
@@ -91,9 +102,16 @@ async def running_router(
 
 
 async def serve_router(
-    settings: RouterSettings, *, reuse_port: bool = False, data_plane: str = "raw"
+    settings: RouterSettings,
+    *,
+    reuse_port: bool = False,
+    data_plane: str = "raw",
+    others: Workers | None = None,
 ) -> None:
-    """Listen, follow the routing file; on SIGTERM or SIGINT drain, then exit."""
+    """Listen, follow the routing file; on SIGTERM or SIGINT drain, then exit.
+
+    The first process of a router with `--workers` keeps the `others` running meanwhile.
+    """
     app = create_app(settings)
     async with running_router(
         app,
@@ -108,5 +126,8 @@ async def serve_router(
         listening = f"http://{settings.host}:{front.port}"
         print(f"router listening on {listening}, following {settings.config_path}", flush=True)
         stop = stop_requested()
+        keeping = asyncio.create_task(others.keep_running()) if others else None
         await stop.wait()
+        if keeping is not None:
+            keeping.cancel()
         log.info("draining: answering requests received (up to %s s)", settings.drain_timeout_s)

@@ -77,8 +77,13 @@ class RouterSettings(BaseModel):
     shadow_max_in_flight: int = Field(default=32, ge=1)
     """Shadow copies in flight at most; more are dropped and counted."""
     processes: int = Field(default=1, ge=1)
-    """Router processes sharing the port (`--workers`): each says so in /metrics, so that a
-    reader knows how many to find behind the one address."""
+    """Router processes sharing the port (`--workers`): each says so in /health, so that the
+    controller knows how many must confirm a routing file."""
+    shared_metrics: Path | None = None
+    """With `--workers`: the folder the processes keep their metric values in, so that a scrape
+    of any one answers for all (set by the first process, removed when it stops)."""
+    instance_id: str = ""
+    """The name of the router in /metrics, one for all its processes (set by the first)."""
     prediction_log: Annotated[str | Path | None, AfterValidator(_usable)] = None
     """The prediction log: a folder, or an fsspec URL it is uploaded to in parts (none:
     answers are not recorded, whatever the routing file says)."""

@@ -139,8 +139,12 @@ def test_workers_get_every_setting_and_stop_with_a_sigkilled_router(tmp_path: Pa
             max_connections=99, upstream_connections=9, upstream_keepalive_s=2, processes=2,
             controller_url="http://127.0.0.1:1", prediction_log=str(tmp_path / "predictions"),
             prediction_log_spool=tmp_path / "predictions-spool", prediction_log_upload_s=3,
+            # Made by the first process: one name and one folder of metric values for all.
+            shared_metrics=given.shared_metrics, instance_id=given.instance_id,
         )  # fmt: skip
         assert given == expected
+        assert given.shared_metrics is not None and given.shared_metrics.is_dir()
+        assert given.instance_id
     finally:
         process.kill()
         process.wait(timeout=60)

@@ -1,12 +1,11 @@
 """A rollout window's data from the routers' /metrics: differenced per router process, summed.
 
-Each router process names itself in its exposition (`mlcanary_router_instance_info`), and its
-counters are differenced against its own earlier reading before the processes are summed, as
-PromQL's `sum(increase(...))` does: a process that restarted mid-window (a new name) counts
-from zero, and the others' counts are not pulled down by its reset. The same process read twice
-(two addresses for one router) counts once. A router run with `--workers N` says so: its
-address is read over new connections (each reaches one of the processes sharing the port, as
-the kernel spreads them) until all N have answered.
+Each router names itself in its exposition (`mlcanary_router_instance_info`), and its counters
+are differenced against its own earlier reading before the routers are summed, as PromQL's
+`sum(increase(...))` does: a router that restarted mid-window (a new name) counts from zero,
+and the others' counts are not pulled down by its reset. The same router read twice (two
+addresses for one router) counts once. A router run with `--workers N` answers for all its
+processes from any of them (`router.telemetry.plainmetrics`): one read of its address suffices.
 
 A router that cannot be read makes the snapshot fail (the caller counts a failed check): a
 window is never judged on part of the traffic.
@@ -75,13 +74,12 @@ class Snapshot:
     instances: dict[str, Counts] = field(default_factory=dict)
 
 
-def add_exposition(snapshot: Snapshot, text: str, source: str = "") -> tuple[str, int]:
-    """Add one router's /metrics text to the snapshot, under the process's instance id.
+def add_exposition(snapshot: Snapshot, text: str, source: str = "") -> str:
+    """Add one router's /metrics text to the snapshot, under the router's instance id.
 
-    Return that id and how many processes share the router's port. A text that names no
-    instance is keyed by `source`, its address, as one process.
+    Return that id. A text that names no instance is keyed by `source`, its address.
     """
-    counts, instance, processes = Counts(), source, 1
+    counts, instance = Counts(), source
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             variant = sample.labels.get("variant")
@@ -104,53 +102,29 @@ def add_exposition(snapshot: Snapshot, text: str, source: str = "") -> tuple[str
                 counts.shadow_delta_count += sample.value
             elif sample.name == ROUTER_INSTANCE_SAMPLE:
                 instance = sample.labels.get("instance_id") or source
-                processes = int(sample.labels.get("processes") or 1)
     snapshot.instances[instance] = counts
-    return instance, processes
-
-
-READS_PER_PROCESS = 20
-"""Reads of a `--workers N` router's address to find all N processes: with the kernel spreading
-new connections evenly, finding 4 takes about 8, and missing one in 80 reads is below 1e-9."""
+    return instance
 
 
 async def take_snapshot(session: aiohttp.ClientSession, routers: list[str]) -> Snapshot:
-    """Read every router process's /metrics; ControllerError if any cannot be read."""
+    """Read every router's /metrics; ControllerError if any cannot be read."""
     if not routers:
         raise ControllerError("no router to read metrics from")
     snapshot = Snapshot()
-    await asyncio.gather(*(_read_every_process(session, router, snapshot) for router in routers))
+    texts = await asyncio.gather(*(_read(session, router) for router in routers))
+    for router, text in zip(routers, texts, strict=True):
+        try:
+            add_exposition(snapshot, text, router)
+        except ValueError as error:
+            raise ControllerError(f"{router}/metrics cannot be parsed: {error}") from None
     return snapshot
 
 
-async def _read_every_process(
-    session: aiohttp.ClientSession, router: str, snapshot: Snapshot
-) -> None:
-    """Read `router` until each process behind its address has answered once."""
-    seen: set[str] = set()
-    reads, processes = 0, 1
-    while len(seen) < processes:
-        if reads >= READS_PER_PROCESS * processes:
-            raise ControllerError(
-                f"{router}: {len(seen)} of its {processes} router processes answered in {reads}"
-                " reads of /metrics"
-            )
-        text = await _read(session, router)
-        reads += 1
-        try:
-            instance, processes = add_exposition(snapshot, text, router)
-        except ValueError as error:
-            raise ControllerError(f"{router}/metrics cannot be parsed: {error}") from None
-        seen.add(instance)
-
-
 async def _read(session: aiohttp.ClientSession, router: str) -> str:
-    """Read /metrics over a new connection (a kept-alive one would reach the same process)."""
+    """Read one router's /metrics."""
     try:
         timeout = aiohttp.ClientTimeout(total=5)
-        async with session.get(
-            f"{router}/metrics", timeout=timeout, headers={"Connection": "close"}
-        ) as answer:
+        async with session.get(f"{router}/metrics", timeout=timeout) as answer:
             if answer.status != 200:
                 raise ControllerError(f"{router}/metrics answered {answer.status}")
             return await answer.text()

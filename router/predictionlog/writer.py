@@ -30,10 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client import Counter
-
 from common.files import append_fsynced
 from common.predictionlog import expire_days, file_for
+from router.telemetry.plainmetrics import PlainCounter
 
 log = logging.getLogger("router")
 FLUSH_S = 0.5
@@ -65,7 +64,7 @@ class PredictionLog:
         folder: Path | None,
         instance: str,
         percent: Callable[[], float],
-        records: Counter,
+        records: PlainCounter,
         rng: random.Random | None = None,
         retention_days: float | None = None,
     ) -> None:

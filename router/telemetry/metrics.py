@@ -7,8 +7,9 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Info
 
 from contracts.metrics import (
     CLIENT_LIMIT_NAMES,
@@ -40,13 +41,22 @@ from contracts.metrics import (
     Family,
 )
 from router.routing.choosing import FORCE_REFUSALS
-from router.telemetry.plainmetrics import CounterChild, HistogramChild, PlainCounter, PlainHistogram
+from router.telemetry.plainmetrics import (
+    Aggregation,
+    CounterChild,
+    HistogramChild,
+    PlainCounter,
+    PlainGauge,
+    PlainHistogram,
+    SharedMetrics,
+)
 from router.telemetry.predictioncounts import PredictionCounts
 from router.telemetry.predictions import Outputs
+from router.telemetry.sharedvalues import ValueStore
 
 
 def new_instance_id() -> str:
-    """Name this router process uniquely, also across restarts and `--workers` processes.
+    """Name this router uniquely, also across restarts (its `--workers` processes share it).
 
     Whoever reads /metrics differences counters per instance: a new id means counters that
     started from zero (a restart), whatever the sum over routers did meanwhile.
@@ -66,26 +76,28 @@ class RouterMetrics:
     duration: PlainHistogram
     forced: PlainCounter
     """Answers to requests an operator forced: apart from `requests`, never judged."""
-    force_refused: Counter
-    client_limits: Counter
-    upstream_errors: Counter
-    failovers: Counter
-    weight: Gauge
-    healthy: Gauge
-    reload_ok: Gauge
-    reload_timestamp: Gauge
-    reloads: Counter
-    shadow_requests: Counter
-    shadow_delta: Histogram
-    log_records: Counter
+    force_refused: PlainCounter
+    client_limits: PlainCounter
+    upstream_errors: PlainCounter
+    failovers: PlainCounter
+    weight: PlainGauge
+    healthy: PlainGauge
+    reload_ok: PlainGauge
+    reload_timestamp: PlainGauge
+    reloads: PlainCounter
+    shadow_requests: PlainCounter
+    shadow_delta: PlainHistogram
+    log_records: PlainCounter
     """Prediction-log records by result: written, dropped (queue full, disk error)."""
-    upload_rounds: Counter
+    upload_rounds: PlainCounter
     """Rounds uploading the spooled log, by result (a log on object storage only)."""
-    upload_backlog: Gauge
+    upload_backlog: PlainGauge
     predictions: PredictionCounts
     """Predictions by output, in buckets or by class, as the routing file says."""
     instance_id: str
-    """This router process's name (see `new_instance_id`), also shown in /health."""
+    """The router's name in /metrics (see `new_instance_id`): one for all its processes."""
+    process_id: str
+    """This process's own name, in /health: each of `--workers` confirms a routing file."""
     _children: dict[tuple[str, str, int], tuple[CounterChild, HistogramChild]] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -115,48 +127,55 @@ class RouterMetrics:
             self.predictions.count(variant, outputs)
 
     @classmethod
-    def create(cls, registry: CollectorRegistry, processes: int = 1) -> RouterMetrics:
+    def create(
+        cls,
+        registry: CollectorRegistry,
+        processes: int = 1,
+        shared_folder: Path | None = None,
+        instance_id: str = "",
+    ) -> RouterMetrics:
         """Register the metrics on `registry` and pre-create the variant labels.
 
-        `processes`: how many router processes share this one's port (`--workers`).
+        `processes`: how many router processes share this one's port (`--workers`), keeping
+        their values in `shared_folder` so that each answers for all (`SharedMetrics`), under
+        the router's `instance_id` (one for all of them; a new one when none is given).
         """
+        shared = SharedMetrics(ValueStore(shared_folder))
 
-        def counter(family: Family) -> Counter:
-            return Counter(family.name, family.help, family.labels, registry=registry)
+        def counter(family: Family) -> PlainCounter:
+            return PlainCounter(shared, family.name, family.help, family.labels)
 
-        def gauge(family: Family) -> Gauge:
-            return Gauge(family.name, family.help, family.labels, registry=registry)
+        def gauge(family: Family, aggregation: Aggregation) -> PlainGauge:
+            return PlainGauge(shared, family.name, family.help, family.labels, aggregation)
 
-        def plain_counter(family: Family) -> PlainCounter:
-            return PlainCounter(family.name, family.help, list(family.labels), registry)
-
-        def plain_histogram(family: Family, buckets: tuple[float, ...]) -> PlainHistogram:
-            return PlainHistogram(family.name, family.help, list(family.labels), buckets, registry)
+        def histogram(family: Family, buckets: tuple[float, ...]) -> PlainHistogram:
+            return PlainHistogram(shared, family.name, family.help, family.labels, buckets)
 
         metrics = cls(
-            requests=plain_counter(REQUESTS),
-            duration=plain_histogram(REQUEST_DURATION, LATENCY_BUCKETS),
-            forced=plain_counter(FORCED_REQUESTS),
+            requests=counter(REQUESTS),
+            duration=histogram(REQUEST_DURATION, LATENCY_BUCKETS),
+            forced=counter(FORCED_REQUESTS),
             force_refused=counter(FORCE_REFUSED),
             client_limits=counter(CLIENT_LIMITS),
             upstream_errors=counter(UPSTREAM_ERRORS),
             failovers=counter(FAILOVERS),
-            weight=gauge(VARIANT_WEIGHT),
-            healthy=gauge(UPSTREAM_HEALTHY),
-            reload_ok=gauge(CONFIG_RELOAD_OK),
-            reload_timestamp=gauge(CONFIG_RELOAD_TIMESTAMP),
+            # Across processes: the newest weight and reload; healthy and reloaded only if
+            # every process is; each process's own spool.
+            weight=gauge(VARIANT_WEIGHT, "max"),
+            healthy=gauge(UPSTREAM_HEALTHY, "min"),
+            reload_ok=gauge(CONFIG_RELOAD_OK, "min"),
+            reload_timestamp=gauge(CONFIG_RELOAD_TIMESTAMP, "max"),
             reloads=counter(CONFIG_RELOADS),
             shadow_requests=counter(SHADOW_REQUESTS),
             log_records=counter(PREDICTION_LOG_RECORDS),
             upload_rounds=counter(PREDICTION_LOG_UPLOADS),
-            upload_backlog=gauge(PREDICTION_LOG_BACKLOG),
-            shadow_delta=Histogram(
-                SHADOW_DELTA.name, SHADOW_DELTA.help, buckets=DELTA_BUCKETS, registry=registry
-            ),
+            upload_backlog=gauge(PREDICTION_LOG_BACKLOG, "sum"),
+            shadow_delta=histogram(SHADOW_DELTA, DELTA_BUCKETS),
             predictions=PredictionCounts(
-                plain_histogram(PREDICTION_VALUE, ()), plain_counter(PREDICTION_CLASS)
+                histogram(PREDICTION_VALUE, ()), counter(PREDICTION_CLASS)
             ),
-            instance_id=new_instance_id(),
+            instance_id=instance_id or new_instance_id(),
+            process_id=new_instance_id(),
         )
         for variant in VARIANTS:
             metrics.weight.labels(variant)
@@ -174,6 +193,7 @@ class RouterMetrics:
             metrics.upload_rounds.labels(result)
         for result in SHADOW_RESULTS:
             metrics.shadow_requests.labels(result)
+        shared.register(registry)
         instance = Info(ROUTER_INSTANCE.name, ROUTER_INSTANCE.help, registry=registry)
         instance.info({"instance_id": metrics.instance_id, "processes": str(processes)})
         return metrics

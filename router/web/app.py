@@ -67,7 +67,9 @@ def create_app(
     app[SETTINGS] = settings
     app[SYSTEM] = system or system_settings()
     app[TABLE] = RoutingTable(config, version)
-    app[METRICS] = RouterMetrics.create(registry, settings.processes)
+    app[METRICS] = RouterMetrics.create(
+        registry, settings.processes, settings.shared_metrics, settings.instance_id
+    )
     app[HEALTH] = HealthBoard(settings)
     app[RNG] = rng or random.Random()  # noqa: S311 (traffic split, not cryptography)
     budget = RetryBudget(

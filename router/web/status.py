@@ -27,7 +27,7 @@ async def predictions_profile(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     config = request.app[TABLE].current
     profile = PredictionsProfile(
-        instance_id=metrics.instance_id,
+        instance_id=metrics.process_id,
         stable_version=config.stable.version,
         outputs=metrics.predictions.profile(),
     )
@@ -61,7 +61,7 @@ async def health(request: web.Request) -> web.Response:
         mlflow_uri=redact(app[SYSTEM].tracking_uri or "") or None,
         timestamp=datetime.now(UTC).isoformat(),
         config_version=table.version,
-        instance_id=app[METRICS].instance_id,
+        instance_id=app[METRICS].process_id,
         processes=app[SETTINGS].processes,
         config_error=table.last_error,
         canary_weight=config.canary_weight,

@@ -255,7 +255,11 @@ def proxies(
     config = folder / "nginx.conf"
     config.write_text(
         NGINX.format(
-            workers=1, folder=folder, stable=stable.port, canary=canary.port, port=nginx_port
+            workers=router_workers,
+            folder=folder,
+            stable=stable.port,
+            canary=canary.port,
+            port=nginx_port,
         )
     )
     return {
@@ -314,7 +318,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--upstream", choices=["trivial", "native", "both"], default="both")
-    parser.add_argument("--router-workers", type=int, default=1)
+    parser.add_argument(
+        "--router-workers", type=int, default=1,
+        help="router processes (--workers), and as many nginx worker processes",
+    )  # fmt: skip
     parser.add_argument(
         "--repeat", type=int, default=3, help="interleaved runs per cell; medians are reported"
     )

@@ -244,7 +244,8 @@ async def rollout_plan(request: web.Request) -> web.Response:
         max_failed_checks=plan.max_failed_checks,
         max_insufficient_windows=plan.max_insufficient_windows,
     )  # fmt: skip
-    report = await asyncio.to_thread(plan_report, measured, asked.measure_s, traffic)
+    deciles = await request.app[ROLLOUT].stable_deciles()
+    report = await asyncio.to_thread(plan_report, measured, asked.measure_s, traffic, deciles)
     return json_answer(asdict(report))
 
 

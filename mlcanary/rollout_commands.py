@@ -179,7 +179,8 @@ def _plan_view(report: dict[str, Any]) -> Any:
         steps.add_row(f"{step['weight']:g}%", f"{step['canary_requests_per_window']:.0f}",
                       "never (no traffic)" if took is None else f"{took:.0f} s")  # fmt: skip
     faults = Table(
-        title=f"simulated: identical twins rolled back {report['false_rollbacks']:.1%}",
+        title=f"simulated (predictions: {report['prediction_shape']}): identical twins rolled"
+        f" back {report['false_rollbacks']:.1%}",
         title_justify="left",
     )
     for column in ("fault", "caught before 50%", "median canary requests", "interval needed"):

@@ -5,13 +5,22 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import replace
+from typing import Any
 
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram
 
+from contracts.payloads import OutputProfile, PredictionsProfile
 from controller.quality import LabelledRow
 from controller.rollout.evidence import BOTH_RATIOS, UP_RATIOS, Evidence, RolloutEvidence, effective
-from controller.rollout.gates import judge, label_gate, latency_bound
+from controller.rollout.gates import (
+    judge,
+    label_gate,
+    latency_bound,
+    latency_gate,
+    prediction_gates,
+)
 from controller.rollout.histograms import categories_of, ordered, psi, quantile, upper_bound
 from controller.rollout.judgement import (
     Buckets,
@@ -22,6 +31,8 @@ from controller.rollout.judgement import (
     Verdict,
     Window,
 )
+from controller.rollout.planner import plan_report, stable_deciles
+from controller.rollout.simulate import Shape, Traffic
 from controller.rollout.state import select_labelled
 from controller.rollout.steps import Progress, decide, wait_for_labels
 
@@ -513,3 +524,147 @@ def test_a_rollout_judges_shadow_answers_paired_with_stable_rows_of_their_reques
     labelled = select_labelled(rows, "2", "1")
     assert labelled.canary == (1.0,) and labelled.stable == (0.5,)
     assert labelled.pairs == ((8.0, 2.0),) and not labelled.classes
+
+
+def _latency_window(rng: random.Random, canary_slowdown: float) -> Window:
+    """900 stable and 100 canary answers, log-normal around 4 ms (the canary's times
+    `canary_slowdown`)."""
+
+    def times(count: int, scale: float) -> list[float]:
+        return [0.004 * scale * math.exp(rng.gauss(0, 0.5)) for _ in range(count)]
+
+    return Window(
+        VariantWindow(900, latency=buckets_of(times(900, 1.0))),
+        VariantWindow(100, latency=buckets_of(times(100, canary_slowdown))),
+    )
+
+
+def _latency_failed_at(
+    slowdown: float, history: int, rollouts: int, windows: int, seed: int
+) -> list[int | None]:
+    """The window each rollout's latency gate failed at (None: never), starting from `history`
+    answers of stable's from before the rollout."""
+    rng = random.Random(seed)
+    limits = GateLimits(false_alarm_rate=0.2)
+    found: list[int | None] = []
+    for _ in range(rollouts):
+        before = [0.004 * math.exp(rng.gauss(0, 0.5)) for _ in range(history)]
+        evidence = RolloutEvidence(stable_latency=categories_of(buckets_of(before)))
+        failed = None
+        for window in range(windows):
+            if not latency_gate(_latency_window(rng, slowdown), limits, evidence).passed:
+                failed = window
+                break
+        found.append(failed)
+    return found
+
+
+def test_stable_latency_from_before_the_rollout_leaves_no_blind_first_window() -> None:
+    """With stable's latency before the rollout, a canary ten times slower is caught in its
+    first window in every one of 100 rollouts (none without: the first window only cut the
+    bound); a canary like stable fails no more often than the gate's share of the budget over
+    10 looks (1,000 rollouts)."""
+    blind = _latency_failed_at(10.0, history=0, rollouts=100, windows=2, seed=5)
+    seeded = _latency_failed_at(10.0, history=5000, rollouts=100, windows=2, seed=5)
+    assert blind.count(0) == 0 and seeded.count(0) == 100, (blind.count(0), seeded.count(0))
+    alpha = GateLimits(false_alarm_rate=0.2).alpha("p99_ratio")
+    twins = _latency_failed_at(1.0, history=5000, rollouts=1000, windows=10, seed=6)
+    rate = sum(failed is not None for failed in twins) / len(twins)
+    assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / 1000), (rate, alpha)
+
+
+SHARES = {"1": 0.1, "2": 0.2, "3": 0.3, "+Inf": 0.4}
+
+
+def _drawn(rng: random.Random, count: int, shares: dict[str, float]) -> Categories:
+    drawn = rng.choices(list(shares), weights=list(shares.values()), k=count)
+    return {category: float(drawn.count(category)) for category in shares}
+
+
+def _full_weight_failed(canary: dict[str, float], rollouts: int, seed: int) -> float:
+    """Share of rollouts whose prediction gate fails at 100% (5 windows of 2,000 canary
+    requests), after 3 windows at 50% (1,000 requests of each) in which the canary was like
+    stable; the gate's share of a 0.2 budget."""
+    rng = random.Random(seed)
+    limits = GateLimits(false_alarm_rate=0.2)
+
+    def answers(requests: int, shares: dict[str, float]) -> VariantWindow:
+        return VariantWindow(requests, predictions={"predictions": _drawn(rng, requests, shares)})
+
+    failed = 0
+    for _ in range(rollouts):
+        evidence = RolloutEvidence()
+        for _ in range(3):
+            prediction_gates(Window(answers(1000, SHARES), answers(1000, SHARES)), limits, evidence)
+        for _ in range(5):
+            results = prediction_gates(
+                Window(VariantWindow(), answers(2000, canary)), limits, evidence
+            )
+            if not all(result.passed for result in results):
+                failed += 1
+                break
+    return failed / rollouts
+
+
+def test_at_full_weight_predictions_are_held_to_stable_s_earlier_shares() -> None:
+    """No stable traffic at 100%: the canary's predictions are tested against stable's shares
+    in the windows before (before this, a 100% window said nothing of predictions). A canary
+    whose predictions moved at 100% (15% of them from the top bucket to the lowest: PSI 0.2)
+    is caught in at least 95% of 200 rollouts (a move of 10%, PSI 0.1, in 86.5%: the PSI of
+    the whole rollout, its earlier windows like stable's, must pass `max_psi`); one like stable
+    fails no more often than the gate's share of the budget (1,000 rollouts, stable's shares
+    estimated from 3,000 predictions)."""
+    moved = {"1": 0.25, "2": 0.2, "3": 0.3, "+Inf": 0.25}
+    per_thousand = {category: share * 1000 for category, share in SHARES.items()}
+    assert psi(per_thousand, {category: share * 1000 for category, share in moved.items()}) > 0.2
+    assert _full_weight_failed(moved, rollouts=200, seed=7) >= 0.95
+    alpha = GateLimits(false_alarm_rate=0.2).alpha("prediction_psi")
+    rate = _full_weight_failed(SHARES, rollouts=1000, seed=8)
+    assert rate <= alpha + 3 * math.sqrt(alpha * (1 - alpha) / 1000), (rate, alpha)
+
+
+def _deciles(values: np.ndarray) -> tuple[float, ...]:
+    return tuple(np.quantile(values, np.linspace(0.1, 0.9, 9)).tolist())
+
+
+SHAPES = {
+    "skewed": lambda rng: rng.exponential(3.0, 100_000),
+    "bimodal": lambda rng: np.concatenate([rng.normal(10, 1, 50_000), rng.normal(30, 2, 50_000)]),
+    "0..1": lambda rng: rng.beta(2, 5, 100_000),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_the_planner_simulates_the_live_model_s_prediction_shape(name: str) -> None:
+    """From stable's deciles (as the routers profile them), the simulation draws predictions
+    with the same deciles (within 2% of their range), and the plan, run on that shape, rolls
+    back no identical twin and still reports how often a shift of half a spread is caught."""
+    rng = np.random.default_rng(9)
+    deciles = _deciles(SHAPES[name](rng))
+    shape = Shape.of(deciles)
+    drawn = _deciles(shape.draw(50_000, rng))
+    spread = deciles[-1] - deciles[0]
+    assert max(abs(a - b) for a, b in zip(drawn, deciles, strict=True)) < 0.02 * spread
+    latency = [(0.001, 100.0), (0.005, 950.0), (0.01, 1000.0), (math.inf, 1000.0)]
+    measured = Window(VariantWindow(900, 0, latency),
+                      VariantWindow(100, 0, [(b, c / 10) for b, c in latency]))  # fmt: skip
+    report = plan_report(measured, 10, Traffic(), deciles)
+    assert report.prediction_shape == "stable's deciles"
+    assert report.false_rollbacks <= 0.02
+    shifted = [found for found in report.detections if "+0.5 sd" in found.fault]
+    assert shifted and all(found.before_half >= 0.9 for found in shifted), shifted
+
+
+def test_the_planner_takes_the_stable_version_s_busiest_numeric_output() -> None:
+    def profile(version: str, rows: int, deciles: list[float], numeric: bool = True) -> Any:
+        output = OutputProfile(rows=rows, numeric=numeric, deciles=deciles, labels=None)
+        return PredictionsProfile(instance_id="r", stable_version=version,
+                                  outputs={"predictions": output})  # fmt: skip
+
+    wanted = [float(d) for d in range(1, 10)]
+    profiles = [profile("1", 500, [0.0] * 9), profile("2", 200, wanted),
+                profile("2", 100, [2.0] * 9), profile("2", 900, [], numeric=False)]  # fmt: skip
+    assert stable_deciles(profiles, "2") == tuple(wanted)
+    assert stable_deciles(profiles, "3") == ()
+    with pytest.raises(ValueError, match="nine ordered deciles"):
+        Shape.of((3.0, 1.0))

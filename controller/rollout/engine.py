@@ -23,9 +23,12 @@ from controller.audit import append_audit
 from controller.changes import Controller
 from controller.errors import ControllerError, InvalidChange
 from controller.feedback import LabelBook
+from controller.predictionbuckets import read_profiles
 from controller.rollout.gates import judge
-from controller.rollout.judgement import LabelledRows, Verdict, Window
-from controller.rollout.promql import window_from_prometheus
+from controller.rollout.histograms import categories_of
+from controller.rollout.judgement import Buckets, LabelledRows, Verdict, Window
+from controller.rollout.planner import stable_deciles
+from controller.rollout.promql import latency_history, window_from_prometheus
 from controller.rollout.state import (
     ACTIVE,
     STATUSES,
@@ -34,7 +37,12 @@ from controller.rollout.state import (
     select_labelled,
 )
 from controller.rollout.steps import Progress, decide, wait_for_labels
-from controller.rollout.window import Snapshot, take_snapshot, window_between
+from controller.rollout.window import (
+    Snapshot,
+    latency_since_start,
+    take_snapshot,
+    window_between,
+)
 from controller.verdicts import record_verdict
 
 log = logging.getLogger("controller")
@@ -114,8 +122,12 @@ class RolloutRunner:
         state = RolloutState(plan, config.canary.version, stable_version=config.stable.version,
                              step_started_at=time.time(),
                              label_cursor=self.labels.rows_taken if self.labels else 0)  # fmt: skip
-        if self.labels is not None:  # stable's labelled errors so far: no blind first window
+        # Stable's history before the rollout (labelled errors, latency): no blind first window.
+        if self.labels is not None:
             state.evidence.stable_errors = self.labels.recent_errors("stable", state.stable_version)
+        state.evidence.stable_latency = categories_of(
+            await self._stable_latency(plan, state.stable_version)
+        )
         await self.controller.set_weight(
             state.weight, f"rollout of v{state.canary_version}: step 1/{len(plan.steps)}"
         )
@@ -290,6 +302,20 @@ class RolloutRunner:
             raise ControllerError("the traffic could not be read (see the controller's log)")
         return window
 
+    async def stable_deciles(self) -> tuple[float, ...]:
+        """Return stable's prediction deciles from the routers' profiles (for `rollout plan`).
+
+        () if there are none or they cannot be read: the plan then simulates a normal.
+        """
+        config = await self.controller.current()
+        try:
+            routers = await self.controller.settings.routers.urls()
+            profiles = await read_profiles(self.session, routers)
+        except ControllerError as error:
+            log.warning("rollout plan: stable's predictions: %s", error)
+            return ()
+        return stable_deciles(profiles, config.stable.version)
+
     async def _apply_step_weight(self, state: RolloutState) -> None:
         """Make the routing file show the current step's weight (after a restart, say)."""
         config = await self.controller.current()
@@ -298,6 +324,21 @@ class RolloutRunner:
             await self.controller.set_weight(
                 state.weight, f"rollout of v{state.canary_version}: step {state.step + 1}/{steps}"
             )
+
+    async def _stable_latency(self, plan: RolloutPlan, version: str) -> Buckets:
+        """Return stable's latency before the rollout.
+
+        Since each router started, or over Prometheus's last hour; none if it cannot be read
+        (the first window then only sets the bound, as before there was any history).
+        """
+        if plan.prometheus_url:
+            try:
+                return await latency_history(self.session, plan.prometheus_url, "stable", version)
+            except ControllerError as error:
+                log.warning("rollout: stable's latency history: %s", error)
+                return []
+        snapshot = await self._snapshot()
+        return latency_since_start(snapshot, "stable", version) if snapshot else []
 
     async def _snapshot(self) -> Snapshot | None:
         try:

@@ -220,7 +220,8 @@ def latency_gate(window: Window, limits: GateLimits, evidence: RolloutEvidence) 
     bound: fixed before the window's answers are seen, it cannot bias the test. (Cut from this
     window's answers, pooled, a canary slow on more than 1% of the traffic would drag the bound
     up past itself; cut from stable's alone, stable would be under it by construction.) The
-    first window only sets the bound.
+    rollout starts with stable's latency before it (`RolloutEngine.start`); without that
+    history, the first window only sets the bound.
     """
     needed = 1 / limits.alpha("p99_ratio")
     stable_before = buckets_of(evidence.stable_latency)
@@ -313,6 +314,9 @@ def _add_categories(output: OutputEvidence, canary: Categories, stable: Categori
         output.stable[category] = output.stable.get(category, 0.0) + count
     remaining_canary = sum(canary.values())
     remaining = remaining_canary + sum(stable.values())
+    if not stable and remaining_canary > 0:
+        _add_against_history(output, canary, rows)
+        return
     for category in ordered(canary.keys() | stable.keys())[:-1]:
         in_canary = canary.get(category, 0.0)
         events = in_canary + stable.get(category, 0.0)
@@ -321,6 +325,32 @@ def _add_categories(output: OutputEvidence, canary: Categories, stable: Categori
                  _share(remaining_canary, remaining - remaining_canary))  # fmt: skip
         remaining_canary -= in_canary
         remaining -= events
+
+
+def _add_against_history(output: OutputEvidence, canary: Categories, rows: float) -> None:
+    """Test the canary's categories against stable's proportions in the windows before.
+
+    At 100% there is no stable traffic in the window: one-sample tests of fixed rates.
+
+    Each step of the broken stick asks how many of the canary's remaining predictions fall in
+    the category, against stable's share of its remaining ones. Stable's shares are estimates;
+    the gate also needs a PSI of `max_psi` against them, which their noise does not reach
+    (false alarms simulated in tests/test_rollout_gates.py).
+    """
+    history = {category: count for category, count in output.stable.items() if count > 0}
+    before = sum(history.values())
+    if before <= 0:
+        return  # no stable predictions before: nothing to hold the canary to
+    remaining_canary = sum(canary.values())
+    remaining_stable = before
+    for category in ordered(canary.keys() | history.keys())[:-1]:
+        in_canary, in_stable = canary.get(category, 0.0), history.get(category, 0.0)
+        test = output.tests.setdefault(category, Evidence(BOTH_RATIOS))
+        if remaining_stable > 0:  # smoothed: a class stable never gave is still a rate
+            share = (in_stable + 0.5) / (remaining_stable + 1.0)
+            test.add(effective(remaining_canary, rows), effective(in_canary, rows), share)
+        remaining_canary -= in_canary
+        remaining_stable -= in_stable
 
 
 def _rows_per_request(window: Window) -> float:

@@ -13,11 +13,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from contracts.payloads import PredictionsProfile
 from controller.rollout.histograms import quantile
 from controller.rollout.judgement import Window
 from controller.rollout.simulate import (
     Behaviour,
     Scenario,
+    Shape,
     Traffic,
     scenarios,
     simulate,
@@ -60,6 +62,8 @@ class PlanReport:
     canary_share: float
     stable_error_rate: float
     stable_p99_s: float | None
+    prediction_shape: str
+    """What the simulated predictions were drawn from: stable's deciles, or a normal."""
     steps: list[StepPlan]
     detections: list[Detection]
     false_rollbacks: float
@@ -67,8 +71,15 @@ class PlanReport:
     warnings: list[str] = field(default_factory=list)
 
 
-def plan_report(measured: Window, seconds: float, traffic: Traffic) -> PlanReport:
-    """Report what `traffic`'s plan finds at the rate and stable behaviour of `measured`."""
+def plan_report(
+    measured: Window, seconds: float, traffic: Traffic, deciles: tuple[float, ...] = ()
+) -> PlanReport:
+    """Report what `traffic`'s plan finds at the rate and stable behaviour of `measured`.
+
+    `deciles`: stable's predictions as its routers profiled them (`stable_deciles`): the
+    numeric models are simulated with that shape, and their faults moved by the same share of
+    its spread; without them, with a normal.
+    """
     stable, canary = measured.stable, measured.canary
     total = stable.requests + canary.requests
     rate = total / seconds if seconds > 0 else 0.0
@@ -98,9 +109,10 @@ def plan_report(measured: Window, seconds: float, traffic: Traffic) -> PlanRepor
             continue  # the plan reads request traffic; how many labels come back it cannot
         scenario = replace(
             scenario,
-            stable=_on(baseline, scenario.stable),
-            canary=_on(baseline, scenario.canary, scenario.stable),
-        )
+            stable=_shaped(_on(baseline, scenario.stable), scenario.stable, deciles),
+            canary=_shaped(_on(baseline, scenario.canary, scenario.stable), scenario.stable,
+                           deciles),
+        )  # fmt: skip
         summary = summarize(simulate(scenario, traffic, ROLLOUTS))
         if not scenario.faulty:
             twins.append(summary.by_gates)
@@ -119,6 +131,7 @@ def plan_report(measured: Window, seconds: float, traffic: Traffic) -> PlanRepor
         canary_share=canary.requests / total if total else 0.0,
         stable_error_rate=error_rate,
         stable_p99_s=p99,
+        prediction_shape="stable's deciles" if deciles else "normal",
         steps=steps,
         detections=detections,
         false_rollbacks=max(twins, default=0.0),
@@ -135,6 +148,29 @@ def _on(baseline: Behaviour, behaviour: Behaviour, stable: Behaviour | None = No
         latency_median_s=baseline.latency_median_s,
         latency_p99_s=baseline.latency_p99_s,
     )
+
+
+def _shaped(behaviour: Behaviour, stable: Behaviour, deciles: tuple[float, ...]) -> Behaviour:
+    """Give a numeric behaviour stable's live shape, its shift kept in units of the spread."""
+    if not deciles or behaviour.prediction_mean is None or stable.prediction_mean is None:
+        return behaviour
+    shape = Shape.of(deciles)
+    shift = (behaviour.prediction_mean - stable.prediction_mean) / stable.prediction_sd
+    return replace(
+        behaviour, prediction_deciles=deciles, prediction_mean=shape.mean + shift * shape.sd,
+        prediction_sd=shape.sd,
+    )  # fmt: skip
+
+
+def stable_deciles(profiles: list[PredictionsProfile], version: str) -> tuple[float, ...]:
+    """Return the deciles of stable's numeric output with most rows, or () if none has."""
+    numeric = [
+        output for profile in profiles if profile.stable_version == version
+        for output in profile.outputs.values() if output.numeric and len(output.deciles) == 9
+    ]  # fmt: skip
+    if not numeric:
+        return ()
+    return tuple(max(numeric, key=lambda output: output.rows).deciles)
 
 
 def _interval_needed(scenario: Scenario, traffic: Traffic) -> float | None:

@@ -98,3 +98,24 @@ async def window_from_prometheus(
         stable=variant("stable"), canary=variant("canary"),
         shadow_delta_sum=shadow.get("", 0.0), shadow_delta_count=shadow_count.get("", 0.0),
     )  # fmt: skip
+
+
+HISTORY = "1h"
+"""How far back a rollout's baseline from Prometheus looks (stable's latency before it)."""
+
+
+async def latency_history(
+    session: aiohttp.ClientSession, prometheus: str, variant: str, version: str
+) -> Buckets:
+    """Return the latency buckets of `variant` at `version` over the last `HISTORY`."""
+    selector = f'{{variant="{_quoted(variant)}",version="{_quoted(version)}"}}'
+    expression = f"sum by (le) (increase({REQUEST_DURATION.bucket}{selector}[{HISTORY}]))"
+    return sorted_buckets(
+        {float(item["metric"]["le"]): float(item["value"][1])
+         for item in await query(session, prometheus, expression)}
+    )  # fmt: skip
+
+
+def _quoted(value: str) -> str:
+    """Escape a label value for a PromQL string."""
+    return value.replace("\\", "\\\\").replace('"', '\\"')

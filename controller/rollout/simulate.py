@@ -9,6 +9,7 @@ buckets at the stable version's deciles), and hands them to `gates.judge` and `s
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from collections.abc import Iterable
@@ -51,6 +52,10 @@ class Behaviour:
     prediction_mean: float | None = 0.34
     """Numeric predictions: normal with this mean and `prediction_sd` (None: class labels)."""
     prediction_sd: float = 0.07
+    prediction_deciles: tuple[float, ...] = ()
+    """The live model's shape: stable's deciles (its routers' profile). When set, numeric
+    predictions are drawn from it (interpolated between deciles) and moved by
+    `prediction_mean` minus its own mean, instead of from a normal."""
     class_shares: tuple[float, ...] = ()
     rows_per_request: int = 1
     """Rows per request, all alike (a client's batch of one case): the worst case for the
@@ -228,6 +233,8 @@ def _reference_edges(stable: Behaviour, rng: np.random.Generator) -> list[float]
     """Return the prediction buckets' bounds: stable's deciles on its first predictions."""
     if stable.prediction_mean is None:
         return []
+    if stable.prediction_deciles:  # the router counts at the deciles it profiled
+        return sorted(set(stable.prediction_deciles))
     sample = rng.normal(stable.prediction_mean, stable.prediction_sd, REFERENCE_ROWS)
     return sorted(set(np.quantile(sample, np.linspace(0.1, 0.9, 9)).tolist()))
 
@@ -247,7 +254,7 @@ def _variant_window(
         counts = rng.multinomial(requests, shares / shares.sum()) * rows
         predictions = {str(label): float(count) for label, count in enumerate(counts)}
     else:
-        values = rng.normal(behaviour.prediction_mean, behaviour.prediction_sd, requests)
+        values = _predictions(behaviour, behaviour.prediction_mean, requests, rng)
         predictions = {
             name: count * rows for name, count in categories_of(_cumulative(values, edges)).items()
         }
@@ -257,6 +264,47 @@ def _variant_window(
         latency=_cumulative(latency, list(LATENCY_BUCKETS)),
         predictions={"predictions": predictions},
     )
+
+
+def _predictions(
+    behaviour: Behaviour, mean: float, count: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Draw `count` numeric predictions of `behaviour` around `mean`."""
+    if not behaviour.prediction_deciles:
+        return rng.normal(mean, behaviour.prediction_sd, count)
+    shape = _shape(behaviour.prediction_deciles)
+    return shape.draw(count, rng) + (mean - shape.mean)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A distribution known by its deciles, as a router's profile knows a model's predictions.
+
+    Linear between the deciles, its tails as wide as the neighbouring tenth.
+    """
+
+    knots: tuple[float, ...]
+    """Its quantile function's values at 0, 0.1, ..., 1."""
+    mean: float
+    sd: float
+
+    @classmethod
+    def of(cls, deciles: tuple[float, ...]) -> Shape:
+        """Build the shape of nine deciles (fewer or unordered: raise ValueError)."""
+        if len(deciles) != 9 or list(deciles) != sorted(deciles):
+            raise ValueError(f"nine ordered deciles are needed, not {deciles}")
+        knots = (2 * deciles[0] - deciles[1], *deciles, 2 * deciles[-1] - deciles[-2])
+        grid = np.interp(np.linspace(0, 1, 10_001), np.linspace(0, 1, 11), knots)
+        return cls(knots, float(grid.mean()), float(grid.std()))
+
+    def draw(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """Draw `count` values."""
+        return np.interp(rng.random(count), np.linspace(0, 1, 11), self.knots)
+
+
+@functools.lru_cache(maxsize=16)
+def _shape(deciles: tuple[float, ...]) -> Shape:
+    return Shape.of(deciles)
 
 
 def _cumulative(values: np.ndarray, bounds: list[float]) -> Buckets:

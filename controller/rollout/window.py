@@ -33,7 +33,7 @@ from contracts.metrics import (
 )
 from controller.errors import ControllerError
 from controller.rollout.histograms import categories_of, sorted_buckets
-from controller.rollout.judgement import VariantWindow, Window
+from controller.rollout.judgement import Buckets, VariantWindow, Window
 
 VARIANTS = ("stable", "canary")
 K = TypeVar("K")
@@ -46,6 +46,10 @@ class VariantTotals:
     requests: float = 0.0
     errors: float = 0.0
     latency: dict[float, float] = field(default_factory=lambda: defaultdict(float))
+    latency_by_version: dict[str, dict[float, float]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(float))
+    )
+    """The same buckets per version: a rollout's baseline is stable's version's history."""
     predictions: dict[str, dict[float, float]] = field(
         default_factory=lambda: defaultdict(lambda: defaultdict(float))
     )
@@ -89,7 +93,9 @@ def add_exposition(snapshot: Snapshot, text: str, source: str = "") -> str:
                 if sample.labels.get("code", "").startswith("5"):
                     totals.errors += sample.value
             elif sample.name == REQUEST_DURATION.bucket and totals is not None:
-                totals.latency[float(sample.labels["le"])] += sample.value
+                le = float(sample.labels["le"])
+                totals.latency[le] += sample.value
+                totals.latency_by_version[sample.labels.get("version", "")][le] += sample.value
             elif sample.name == PREDICTION_VALUE.bucket and totals is not None:
                 output = sample.labels.get("output", SINGLE_OUTPUT)
                 totals.predictions[output][float(sample.labels["le"])] += sample.value
@@ -104,6 +110,15 @@ def add_exposition(snapshot: Snapshot, text: str, source: str = "") -> str:
                 instance = sample.labels.get("instance_id") or source
     snapshot.instances[instance] = counts
     return instance
+
+
+def latency_since_start(snapshot: Snapshot, variant: str, version: str) -> Buckets:
+    """Return the latency buckets of `variant` at `version` since each router started."""
+    total: dict[float, float] = defaultdict(float)
+    for counts in snapshot.instances.values():
+        for bound, value in counts.variants[variant].latency_by_version.get(version, {}).items():
+            total[bound] += value
+    return sorted_buckets(total)
 
 
 async def take_snapshot(session: aiohttp.ClientSession, routers: list[str]) -> Snapshot:

@@ -3,9 +3,11 @@ window, as Finagle's RetryBudget (a fake clock makes the counts exact)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from router.proxy.policy import RetryBudget
+from router.proxy.requestids import client_ids, new_request_id, settle_request_id
 
 
 @dataclass
@@ -67,3 +69,24 @@ def test_a_failing_stable_gets_at_most_the_budget_again() -> None:
         assert len(in_window) <= 0.2 * 5000 + 100 + 0.2 * 500  # a window spans 11 slots at most
     assert len(retried_at) <= 0.2 * 10_000 + 2 * 100 + 100
     assert len(retried_at) >= 0.2 * 10_000
+
+
+def test_request_ids_are_fresh_and_random_across_refills_of_the_pool() -> None:
+    """1,000 ids (the random pool refilled three times): all different, 32 hex digits each."""
+    ids = [new_request_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(re.fullmatch(rb"[0-9a-f]{32}", made) for made in ids)
+
+
+def test_only_a_client_s_id_headers_are_dropped_and_its_id_kept_beside_the_new_one() -> None:
+    plain = [(b"Host", b"r"), (b"Content-Type", b"application/json")]
+    assert client_ids(plain) == (None, False)
+    made = settle_request_id(plain, None, False)
+    assert plain == [(b"Host", b"r"), (b"Content-Type", b"application/json"),
+                     (b"X-Request-Id", made)]  # fmt: skip
+    sent = [(b"x-request-id", b"order-1"), (b"X-CLIENT-REQUEST-ID", b"forged"), (b"Host", b"r")]
+    given, present = client_ids(sent)
+    assert (given, present) == (b"order-1", True)
+    made = settle_request_id(sent, given, present)
+    assert sent == [(b"Host", b"r"), (b"X-Client-Request-Id", b"order-1"), (b"X-Request-Id", made)]
+    assert made != b"order-1"

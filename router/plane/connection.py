@@ -194,15 +194,12 @@ class ClientConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         """Check the head; answer `Expect: 100-continue`; start relaying a large body at once."""
         self.headers_done = True
-        given = None
-        for name, value in self.headers:
-            if len(name) == 12 and name.lower() == request_ids.LOWERED:
-                given = value
+        given, sent = request_ids.client_ids(self.headers)
         if given is not None and request_ids.usable(given):
             self.client_id = given  # a refusal echoes it too
         if not self._head_within_limits():
             raise StopParsing
-        self.request_id = request_ids.settle_request_id(self.headers, given)
+        self.request_id = request_ids.settle_request_id(self.headers, given, sent)
         self.http10 = self.parser.get_http_version() == "1.0"
         http11 = not self.http10
         length: int | None = None

@@ -1,6 +1,7 @@
 """`mlcanary router --workers 2` scraped by the real Prometheus: one scrape answers for both
 processes, counters never go back (not even across a worker killed and started again), the
-counts match what the client received, and a PromQL gate judges a faulty canary behind them."""
+counts and their increase between scrapes match what the client received, and a PromQL gate
+judges a faulty canary behind them."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -40,6 +42,8 @@ pytestmark = pytest.mark.slow
 ROW = b'{"inputs": [[1.0]]}'
 CANARY_FAILS_EVERY = 5
 """The canary answers 500 to every fifth request: 20% errors, stable none."""
+CLIENTS = 4
+"""Client threads, each with one request in flight at a time."""
 Scrape = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 """A scrape's counter and histogram samples by name and labels."""
 
@@ -152,23 +156,24 @@ def _workers(pid: int) -> list[int]:
     ]
 
 
+def _one(router: str) -> tuple[str, int]:
+    """Send one request on a new connection (the kernel spreads them over both processes);
+    return the variant and status of its answer."""
+    request = urllib.request.Request(
+        f"{router}/invocations", data=ROW, method="POST",
+        headers={"Content-Type": "application/json", "Connection": "close"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.headers["X-Model-Variant"], answer.status
+    except urllib.error.HTTPError as error:
+        return error.headers["X-Model-Variant"], error.code
+
+
 def _send(router: str, count: int) -> Counter[tuple[str, int]]:
-    """Send `count` requests, each on a new connection (the kernel spreads them over both
-    processes), from 4 threads; count the answers by variant and status."""
-
-    def one(_: int) -> tuple[str, int]:
-        request = urllib.request.Request(
-            f"{router}/invocations", data=ROW, method="POST",
-            headers={"Content-Type": "application/json", "Connection": "close"},
-        )  # fmt: skip
-        try:
-            with urllib.request.urlopen(request, timeout=30) as answer:
-                return answer.headers["X-Model-Variant"], answer.status
-        except urllib.error.HTTPError as error:
-            return error.headers["X-Model-Variant"], error.code
-
-    with ThreadPoolExecutor(4) as pool:
-        return Counter(pool.map(one, range(count)))
+    """Send `count` requests from 4 threads; count the answers by variant and status."""
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        return Counter(pool.map(lambda _: _one(router), range(count)))
 
 
 def _scraped(router: str) -> Scrape:
@@ -253,3 +258,68 @@ def _sum_by_variant(scrape: Scrape) -> dict[str, float]:
 async def _window(prometheus: str) -> Window:
     async with aiohttp.ClientSession() as session:
         return await window_from_prometheus(session, prometheus, 600)
+
+
+def test_prometheus_s_rate_over_two_workers_is_what_the_client_got(stack: Stack) -> None:
+    """4 clients send without pause; between two of Prometheus' scrapes at least 1,000 answers
+    apart per variant, each variant's increase in its samples equals the answers the client
+    received between the two scrape times, within 1%."""
+    answered: list[tuple[float, str]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            variant, _status = _one(stack.router)
+            answered.append((time.time(), variant))
+
+    clients = [threading.Thread(target=client, daemon=True) for _ in range(CLIENTS)]
+    for thread in clients:
+        thread.start()
+    try:
+        wait_until(lambda: _span(stack.prometheus, answered) is not None,
+                   "two scrapes 1,000 answers apart per variant", 120)  # fmt: skip
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=60)
+    span = _span(stack.prometheus, answered)
+    assert span is not None
+    for variant, (scraped, received) in span.items():
+        # An answer counted by the router just before a scrape may reach the client just
+        # after it: at most one in flight per client at each end.
+        assert abs(scraped - received) <= 0.01 * received, (variant, scraped, received)
+
+
+def _span(
+    prometheus: str, answered: list[tuple[float, str]]
+) -> dict[str, tuple[float, float]] | None:
+    """Per variant, the increase between the first and last scrape taken while the clients
+    sent, and the answers they received in between; None until both are 1,000 or more."""
+    if not answered:
+        return None
+    url = f"{prometheus}/api/v1/query?" + urllib.parse.urlencode(
+        {"query": 'mlcanary_requests_total{job="router"}[2m]'}
+    )
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            series = json.loads(answer.read())["data"]["result"]
+    except OSError:
+        return None
+    totals: dict[float, dict[str, float]] = {}
+    for one in series:
+        for stamp, value in one["values"]:
+            by_variant = totals.setdefault(float(stamp), {})
+            variant = one["metric"]["variant"]
+            by_variant[variant] = by_variant.get(variant, 0.0) + float(value)
+    stamps = sorted(stamp for stamp in totals if stamp > answered[0][0])
+    if len(stamps) < 2:
+        return None
+    first, last = stamps[0], stamps[-1]
+    span = {}
+    for variant in ("stable", "canary"):
+        scraped = totals[last].get(variant, 0.0) - totals[first].get(variant, 0.0)
+        received = sum(1 for at, name in list(answered) if first < at <= last and name == variant)
+        if received < 1000:
+            return None
+        span[variant] = (scraped, float(received))
+    return span

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from contracts.routing import RoutingConfig, write_routing_file
-from controller.rollout.judgement import Window
-from controller.rollout.promql import window_from_prometheus
+from controller.rollout.judgement import Buckets, Window
+from controller.rollout.promql import latency_history, window_from_prometheus
 from tests.conftest import TrainedRegistry
 from tests.helpers import command_environment, free_port, wait_for_url, wait_until
 from tests.servers import ServerProcess, start_model_server
@@ -208,12 +208,19 @@ def live(
         canary.wait_healthy()
         url = f"http://127.0.0.1:{port}"
         wait_for_url(f"{url}/health")
+        # The router may have checked the canary before it was up: wait until it takes traffic.
+        wait_until(lambda: _canary_healthy(url), "the router sees the canary healthy")
         yield Live(stable, canary, url, routing)
     finally:
         router.terminate()
         router.wait(timeout=30)
         stable.stop()
         canary.stop()
+
+
+def _canary_healthy(url: str) -> bool:
+    with urllib.request.urlopen(f"{url}/health", timeout=10) as answer:
+        return bool(json.loads(answer.read())["upstreams"]["canary"]["healthy"])
 
 
 def _names(url: str) -> set[str]:
@@ -315,6 +322,10 @@ def test_a_real_prometheus_scrapes_the_counts_that_were_sent(live: Live, tmp_pat
         assert 9 <= window.canary.requests <= 14, window.canary  # 10 sent
         assert window.canary.errors == 0 and window.canary.latency[-1][1] > 0
         assert window.canary.predictions and window.stable.predictions
+        # What a rollout starts its latency bound from: stable's version over the last hour.
+        history = asyncio.run(_stable_latency(url))
+        # The 20 sent while scraped (the 7 before came ahead of the first scrape: no increase).
+        assert history and 18 <= history[-1][1] <= 28, history
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -323,6 +334,11 @@ def test_a_real_prometheus_scrapes_the_counts_that_were_sent(live: Live, tmp_pat
 async def _prometheus_window(url: str, seconds: float) -> Window:
     async with aiohttp.ClientSession() as session:
         return await window_from_prometheus(session, url, seconds)
+
+
+async def _stable_latency(url: str) -> Buckets:
+    async with aiohttp.ClientSession() as session:
+        return await latency_history(session, url, "stable", "1")
 
 
 def _query_router_counts(url: str) -> dict[str, float]:

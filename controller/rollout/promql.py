@@ -110,10 +110,16 @@ async def latency_history(
     """Return the latency buckets of `variant` at `version` over the last `HISTORY`."""
     selector = f'{{variant="{_quoted(variant)}",version="{_quoted(version)}"}}'
     expression = f"sum by (le) (increase({REQUEST_DURATION.bucket}{selector}[{HISTORY}]))"
-    return sorted_buckets(
-        {float(item["metric"]["le"]): float(item["value"][1])
-         for item in await query(session, prometheus, expression)}
-    )  # fmt: skip
+    vector = await query(session, prometheus, expression)
+    try:
+        return sorted_buckets(
+            {float(item["metric"]["le"]): float(item["value"][1]) for item in vector}
+        )
+    except (KeyError, IndexError, TypeError, ValueError) as error:
+        raise ControllerError(
+            f"Prometheus at {prometheus} answered {expression!r} with what is not samples:"
+            f" {type(error).__name__}: {error}"
+        ) from None
 
 
 def _quoted(value: str) -> str:

@@ -49,8 +49,6 @@ class Workers:
     argv: list[str]
     count: int
     workers: list[Worker] = field(default_factory=list)
-    restarted: int = 0
-    """Workers started again since the router started."""
 
     def start(self) -> None:
         """Start every worker."""
@@ -75,7 +73,6 @@ class Workers:
                 )  # fmt: skip
                 await asyncio.sleep(delay)
                 self.workers[number] = Worker(*start_announced(self.argv), restarts=restarts)
-                self.restarted += 1
 
     def stop(self, grace: float) -> None:
         """Stop every worker (each drains as the first did; past `grace`, it is killed)."""

@@ -43,12 +43,6 @@ class CounterChild:
         """Add `amount` (one by default)."""
         self._values[self._slot] += amount
 
-    @property
-    def value(self) -> float:
-        """This process's count."""
-        value: float = self._values[self._slot]
-        return value
-
 
 class GaugeChild:
     """One labelled gauge: a slot this process sets."""

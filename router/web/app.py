@@ -78,7 +78,7 @@ def create_app(
         settings.retry_budget_window_s,
     )
     table = app[TABLE]
-    instance = app[METRICS].instance_id
+    instance = app[METRICS].process_id  # each process its own spool folder
     app[UPLOADER] = _uploader(settings, app[SYSTEM], instance)
     prediction_log = PredictionLog(
         _log_folder(settings, app[UPLOADER]), instance, lambda: table.current.log.percent,

@@ -22,8 +22,9 @@ from contracts.routing import RoutingConfig, Variant
 from router.plane.connection import ClientConnection
 from router.plane.connections import Connections
 from router.plane.handler import Deliver, Refusal
-from router.plane.pool import Pools, Reply, exchange, exchange_raw, spawn_then
+from router.plane.pool import Pools, exchange, exchange_raw, spawn_then
 from router.plane.upload import StreamedUpload
+from router.plane.upstream import Reply
 from router.plane.wire import JSON_TYPE, request_bytes, response_bytes, upload_head
 from router.proxy import requestids as request_ids
 from router.proxy.policy import Failure, failure_answer

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-from router.plane.pool import Reply, UpstreamConnection, UpstreamPool, lease
+from router.plane.pool import UpstreamPool, lease
+from router.plane.upstream import Reply, UpstreamConnection
 from router.proxy.policy import Failure
 
 PAUSE_CLIENT_ABOVE = 1024 * 1024

@@ -2,10 +2,9 @@
 
 A change is validated against the split as it will be once the changes before it are made,
 and recorded in the desired state (`controller.desired`); the caller then waits for the loop,
-which makes each change in order: for a deploy, start (or adopt) and check its server; then
-write the routing file atomically, wait until every known router reports it, move the
-registry aliases, append the audit record; if a step fails, undo the steps done in reverse, so
-the routing file and the aliases always describe the same split.
+which makes each change in order: for a deploy, start (or adopt) and check its server
+(`controller.changeservers`); then commit it (`controller.commit`: routing file, routers,
+aliases, audit, all or none).
 
 A rollback always wins at once: it supersedes every change still waiting, stops a deploy's
 server that is still starting (it never had traffic, so there is nothing to look at), and is
@@ -19,40 +18,22 @@ import asyncio
 import contextlib
 import logging
 from asyncio import FIRST_COMPLETED
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from contracts.routing import Predictions, RoutingConfig
-from controller.audit import append_audit, read_audit
-from controller.checks import check_server, server_metadata
-from controller.desired import WINS_AT_ONCE, Change, DesiredState
+from controller.audit import read_audit
+from controller.changeservers import drain_and_retire, prepare_server, stop_when_started
+from controller.commit import ChangeSettings, aliases_of, commit
+from controller.desired import WINS_AT_ONCE, Change, DesiredState, unread
 from controller.errors import ControllerError, InvalidChange, Superseded
 from controller.predictionbuckets import cut, read_profiles
-from controller.registry import Registry, aliases_for
-from controller.routers import RouterDirectory, RouterList, reported_version, wait_for_routers
+from controller.registry import Registry
+from controller.routers import reported_version
 from controller.runtime import Runtime
-from controller.stores import RoutingStore
 
 log = logging.getLogger("controller")
-
-
-@dataclass(frozen=True)
-class ChangeSettings:
-    """Where the split lives and who must confirm it."""
-
-    store: RoutingStore
-    audit_path: Path
-    routers: RouterDirectory = field(default_factory=RouterList)
-    confirm_timeout_s: float = 5.0
-    drain_s: float = 1.0
-
-    @property
-    def desired_path(self) -> Path:
-        """Where the changes asked for and not yet made are kept."""
-        return self.audit_path.with_name("desired.json")
 
 
 class Controller:
@@ -85,7 +66,7 @@ class Controller:
         """Start the loop; changes a previous controller left pending are made first."""
         for change in self.desired.pending:
             change.outcome = asyncio.get_running_loop().create_future()
-            _quiet(change.outcome)
+            unread(change.outcome)
             log.info("resuming change %d (%s) left by a previous controller", change.number,
                      change.describe())  # fmt: skip
         self.loop = asyncio.get_running_loop().create_task(self._reconcile())
@@ -204,7 +185,7 @@ class Controller:
             await asyncio.to_thread(self.desired.save)
             self.wake.set()
         if detach:
-            _quiet(change.outcome)
+            unread(change.outcome)
             return {"accepted": change.to_json()}
         # The change stands if the caller goes away: shielded, it is made all the same.
         return await asyncio.shield(change.outcome)
@@ -220,7 +201,7 @@ class Controller:
                 self.starting.cancel()
                 what += " (its model server, still starting, was stopped)"
             self.desired.pending.remove(change)
-            _settle(change, error=Superseded(
+            change.settle(error=Superseded(
                 f"the {change.describe()} was superseded by a {action}"
                 f"{f' ({reason})' if reason else ''} before it was made"
             ))  # fmt: skip
@@ -265,7 +246,9 @@ class Controller:
         started_url = None
         if change.action == "deploy":
             change.stage = "starting a model server"
-            starting = asyncio.get_running_loop().create_task(self._prepare_server(change))
+            version, given = str(change.arguments["version"]), change.arguments.get("url")
+            preparing = prepare_server(self.runtime, self.session, self.current, version, given)
+            starting = asyncio.get_running_loop().create_task(preparing)
             self.starting = starting
             assert change.outcome is not None  # noqa: S101 (every pending change has one)
             try:
@@ -274,7 +257,7 @@ class Controller:
                 either: set[asyncio.Future[Any]] = {starting, change.outcome}
                 await asyncio.wait(either, return_when=FIRST_COMPLETED)
                 if change not in self.desired.pending:  # superseded: the superseder answered
-                    self._later(self._stop_started(starting, change))
+                    self._later(stop_when_started(self.runtime, starting, given))
                     raise _Dropped
                 started_url = starting.result()
             except asyncio.CancelledError:  # the controller is stopping: so is the start
@@ -290,7 +273,7 @@ class Controller:
             if after == before and change.action == "prediction-buckets":
                 return None
             self.in_progress = (change, after)
-            result = await self._commit(change, before, after)
+            result = await commit(self.settings, self.registry, self.session, change, before, after)
         except BaseException:
             if started_url is not None and change.arguments.get("url") is None:
                 await asyncio.shield(self.runtime.retire(started_url))
@@ -299,31 +282,8 @@ class Controller:
             self.committing, self.in_progress = None, None
         retired = {before.stable.url} | ({before.canary.url} if before.canary else set())
         for url in retired - {after.stable.url} - ({after.canary.url} if after.canary else set()):
-            self._later(self._drain_and_retire(url))
+            self._later(drain_and_retire(self.runtime, self.current, url, self.settings.drain_s))
         return result
-
-    async def _stop_started(self, starting: asyncio.Task[str], change: Change) -> None:
-        """Wait for a superseded deploy's start to end; stop the server if it came up."""
-        await asyncio.wait({starting})
-        if starting.cancelled() or starting.exception() is not None:
-            return  # cancelled while starting: `provide` or `_prepare_server` stopped it
-        if change.arguments.get("url") is None:
-            await self.runtime.retire(starting.result())
-
-    async def _prepare_server(self, change: Change) -> str:
-        """Start (or adopt) the deploy's server and check it against stable; return its URL."""
-        version, given = str(change.arguments["version"]), change.arguments.get("url")
-        before = await self.current()
-        stable = await server_metadata(self.session, before.stable.url)
-        stable_inputs = stable.signature_inputs()
-        url = await self.runtime.provide(version, given)
-        try:
-            await check_server(self.session, url, before.model, version, stable_inputs)
-        except BaseException:
-            if given is None:
-                await asyncio.shield(self.runtime.retire(url))
-            raise
-        return url
 
     def _finish(
         self,
@@ -335,72 +295,16 @@ class Controller:
         if change in self.desired.pending:
             self.desired.pending.remove(change)
             self.desired.save()
-        _settle(change, result, error)
-
-    async def _commit(
-        self, change: Change, before: RoutingConfig, after: RoutingConfig
-    ) -> dict[str, Any]:
-        """Write, confirm, move aliases, audit; undo the done steps if one fails."""
-        action = change.action
-        version = await self.settings.store.save(after)  # a refusal here changed nothing
-        try:
-            routers = await self.settings.routers.urls()
-            await wait_for_routers(self.session, routers, version, self.settings.confirm_timeout_s)
-            await self.registry.set_aliases(_aliases(after))
-        except ControllerError as error:
-            raise ControllerError(f"{action} failed: {error}; {await self._undo(before)}") from None
-        record = {
-            "action": action,
-            "reason": change.reason,
-            "before": before.model_dump(mode="json"),
-            "after": after.model_dump(mode="json"),
-            "config_version": version,
-            "change": change.number,
-        }
-        if change.arguments.get("superseded"):
-            record["superseded"] = change.arguments["superseded"]
-        try:
-            written = await asyncio.to_thread(append_audit, self.settings.audit_path, record)
-        except OSError as error:
-            undone = await self._undo(before)
-            raise ControllerError(
-                f"{action} failed: cannot append to the audit log: {error.strerror or error}; "
-                f"{undone}"
-            ) from None
-        log.info("%s: %s", action, change.reason or "(no reason given)")
-        return written
-
-    async def _undo(self, before: RoutingConfig) -> str:
-        """Put the previous split back (file, then aliases); say how that went."""
-        said = []
-        try:
-            await self.settings.store.save(before)
-            said.append("the previous routing file is back")
-        except ControllerError as error:
-            said.append(f"the previous routing file could not be restored ({error})")
-        try:
-            await self.registry.set_aliases(_aliases(before))
-            said.append("the aliases are as before")
-        except ControllerError as error:
-            said.append(f"the aliases could not be restored: {error}")
-        return ", ".join(said)
+        change.settle(result, error)
 
     async def reconcile_aliases(self) -> None:
         """Point the aliases at the routing file's split (after a restart, say)."""
-        await self.registry.set_aliases(_aliases(await self.current()))
+        await self.registry.set_aliases(aliases_of(await self.current()))
 
     def _later(self, work: Any) -> None:
         task = asyncio.get_running_loop().create_task(work)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
-
-    async def _drain_and_retire(self, url: str) -> None:
-        """Give requests in flight time to finish, then stop the server if nothing uses it."""
-        await asyncio.sleep(self.settings.drain_s)
-        config = await self.current()
-        in_use = {config.stable.url} | ({config.canary.url} if config.canary else set())
-        if url not in in_use:
-            await self.runtime.retire(url)
 
     async def close(self) -> None:
         """Stop the loop and finish background work (draining servers).
@@ -412,7 +316,7 @@ class Controller:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.loop
         for change in self.desired.pending:
-            _settle(change, error=ControllerError(
+            change.settle(error=ControllerError(
                 f"the controller is stopping: the {change.describe()} is kept and made when it"
                 " starts again"
             ))  # fmt: skip
@@ -423,31 +327,8 @@ class _Dropped(Exception):
     """The change was superseded while its server was starting."""
 
 
-def _settle(
-    change: Change, result: dict[str, Any] | None = None, error: ControllerError | None = None
-) -> None:
-    """Answer whoever waits for `change` (nobody, after a restart or with --detach)."""
-    outcome = change.outcome
-    if outcome is None or outcome.done():
-        return
-    if error is not None:
-        outcome.set_exception(error)
-        _quiet(outcome)
-    else:
-        outcome.set_result(result)
-
-
-def _quiet(outcome: asyncio.Future[Any]) -> None:
-    """Nobody may ever read this outcome: do not log its error as never retrieved."""
-    outcome.add_done_callback(lambda done: done.cancelled() or done.exception())
-
-
 def _made(result: dict[str, Any] | None) -> dict[str, Any]:
     """Return the record a made change has (all but prediction buckets always have one)."""
     if result is None:
         raise ControllerError("the change had nothing to do")
     return result
-
-
-def _aliases(config: RoutingConfig) -> Any:
-    return aliases_for(config.stable.version, config.canary.version if config.canary else None)

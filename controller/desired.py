@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from common.files import write_atomically
 from contracts.routing import Predictions, RoutingConfig, validation_problems
-from controller.errors import InvalidChange
+from controller.errors import ControllerError, InvalidChange
 
 log = logging.getLogger("controller")
 STARTING_URL = "http://starting.invalid"
@@ -53,6 +53,19 @@ class Change:
         if self.action == "weight":
             return f"weight {self.arguments['weight']:g}"
         return self.action
+
+    def settle(
+        self, result: dict[str, Any] | None = None, error: ControllerError | None = None
+    ) -> None:
+        """Answer whoever waits for the change (nobody, after a restart or with --detach)."""
+        outcome = self.outcome
+        if outcome is None or outcome.done():
+            return
+        if error is not None:
+            outcome.set_exception(error)
+            unread(outcome)
+        else:
+            outcome.set_result(result)
 
     def to_json(self) -> dict[str, Any]:
         """Return what is saved and shown (`/api/status`'s `pending`)."""
@@ -148,3 +161,8 @@ class DesiredState:
         document = {"next": self.next_number,
                     "pending": [change.to_json() for change in self.pending]}  # fmt: skip
         write_atomically(self.path, json.dumps(document, indent=1).encode())
+
+
+def unread(outcome: asyncio.Future[Any]) -> None:
+    """Nobody may ever read this outcome: do not log its error as never retrieved."""
+    outcome.add_done_callback(lambda done: done.cancelled() or done.exception())

@@ -18,8 +18,9 @@ from common.supervision import stop_requested
 from contracts.routing import RoutingConfig
 from controller.answers import DEFAULT_LIMIT
 from controller.api import Tokens, create_api
-from controller.changes import ChangeSettings, Controller
+from controller.changes import Controller
 from controller.checks import check_server, server_metadata
+from controller.commit import ChangeSettings
 from controller.errors import ControllerError
 from controller.feedback import LabelBook
 from controller.hosts import host_names

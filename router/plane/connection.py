@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import deque
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
@@ -25,7 +24,15 @@ import httptools
 from contracts.errors import error_body
 from router.plane.connections import Connections
 from router.plane.handler import Plane
-from router.plane.wire import JSON_TYPE, response_bytes
+from router.plane.request import (
+    Owed,
+    body_refusal,
+    framing_of,
+    head_refusal,
+    head_too_large,
+    host_refusal,
+)
+from router.plane.wire import JSON_TYPE, response_bytes, with_head_lines
 from router.proxy import requestids as request_ids
 
 if TYPE_CHECKING:
@@ -37,23 +44,6 @@ LINGER_S = 5.0
 
 class StopParsing(Exception):
     """Raised from a parser callback to stop reading this connection's stream."""
-
-
-@dataclass(slots=True)
-class Owed:
-    """One answer owed to the client, in request order."""
-
-    method: bytes
-    target: bytes
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    keep_alive: bool
-    http10: bool
-    request_id: bytes
-    client_id: bytes = b""
-    """The client's own `X-Request-Id`, echoed as `X-Client-Request-Id` (see requestids)."""
-    answer: bytes | None = None
-    """Set for an answer the router makes without the plane (an error); the plane's comes later."""
 
 
 class ClientConnection(asyncio.Protocol):
@@ -151,7 +141,7 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(400, "BAD_REQUEST", f"malformed HTTP request: {error}")
             return
         if self.in_request and not self.headers_done and self.head_stream > self.max_head_bytes:
-            self._refuse(431, "REQUEST_LIMIT_EXCEEDED", self._head_too_large())
+            self._refuse(*head_too_large(self.max_head_bytes))
 
     # --- parser callbacks --------------------------------------------------------------------
 
@@ -175,73 +165,40 @@ class ClientConnection(asyncio.Protocol):
         """Collect a header (the limits are checked once the head is complete)."""
         self.headers.append((name, value))
 
-    def _head_within_limits(self) -> bool:
-        """Check the complete head's size and header count; refuse it with 431 if over.
-
-        The head cannot be larger than what was read since the read it began in: only when that
-        bound passes the limit is the head measured exactly.
-        """
-        if len(self.headers) > self.max_headers:
-            self._refuse(431, "REQUEST_LIMIT_EXCEEDED", f"more than {self.max_headers} headers")
-            return False
-        if self.read_total - self.head_from > self.max_head_bytes:
-            size = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
-            if size > self.max_head_bytes:
-                self._refuse(431, "REQUEST_LIMIT_EXCEEDED", self._head_too_large())
-                return False
-        return True
-
     def on_headers_complete(self) -> None:
         """Check the head; answer `Expect: 100-continue`; start relaying a large body at once."""
         self.headers_done = True
         given, sent = request_ids.client_ids(self.headers)
         if given is not None and request_ids.usable(given):
             self.client_id = given  # a refusal echoes it too
-        if not self._head_within_limits():
-            raise StopParsing
-        self.request_id = request_ids.settle_request_id(self.headers, given, sent)
-        self.http10 = self.parser.get_http_version() == "1.0"
-        http11 = not self.http10
-        length: int | None = None
-        chunked = continue_expected = upgrade = False
-        hosts = 0
-        for name, value in self.headers:
-            lowered = name.lower()
-            if lowered == b"host":
-                hosts += 1
-            elif lowered == b"content-length":
-                length = int(value)  # httptools has checked it is a number, and only one
-            elif lowered == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif lowered == b"expect":
-                continue_expected = value.lower() == b"100-continue"
-            elif lowered == b"upgrade":
-                upgrade = True
-        if http11 and hosts != 1:
-            message = "HTTP/1.1 requests need exactly one Host header"
-            self._refuse(400, "BAD_REQUEST", f"{message}, got {hosts}")
-            raise StopParsing
-        refused = self.plane.refusal(self.parser.get_method(), self.url, self.headers, length)
+        read_bound = self.read_total - self.head_from
+        refused = head_refusal(
+            self.url, self.headers, read_bound, self.max_headers, self.max_head_bytes
+        )
         if refused is not None:
             self._refuse(*refused)
             raise StopParsing
-        limit = self.max_body_bytes
-        if length is not None and length > limit:
-            message = f"body of {length} bytes exceeds the limit of {limit}"
-            self._refuse(413, "REQUEST_LIMIT_EXCEEDED", message)
+        self.request_id = request_ids.settle_request_id(self.headers, given, sent)
+        self.http10 = self.parser.get_http_version() == "1.0"
+        framing = framing_of(self.headers)
+        length, chunked = framing.length, framing.chunked
+        upgrading = framing.upgrade and self.parser.should_upgrade()
+        refused = (
+            host_refusal(framing, not self.http10)
+            or self.plane.refusal(self.parser.get_method(), self.url, self.headers, length)
+            or body_refusal(framing, upgrading, self.max_body_bytes)
+        )
+        if refused is not None:
+            self._refuse(*refused)
             raise StopParsing
-        if upgrade and self.parser.should_upgrade():
-            if chunked:
-                message = "Upgrade is not supported, and a chunked body with it cannot be read"
-                self._refuse(501, "NOT_IMPLEMENTED", message)
-                raise StopParsing
+        if upgrading:
             self.upgrade_body_left = length or 0
             self.upgrade_method = self.parser.get_method()
             self.upgrade_keep_alive = self.parser.should_keep_alive()
             return
         if length or chunked:
             self.deadline = self.connections.now + self.settings.body_timeout_s
-        if continue_expected and http11 and self.transport is not None:
+        if framing.continue_expected and not self.http10 and self.transport is not None:
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.chunked = chunked
         if length is not None and length > self.settings.stream_above_bytes:
@@ -338,16 +295,11 @@ class ClientConnection(asyncio.Protocol):
         if transport is None or transport.is_closing():
             return
         last = (self.stopped or self.draining) and not self.owed
-        identified = b"X-Request-Id: %s\r\n" % owed.request_id
-        if owed.client_id:
-            identified += b"X-Client-Request-Id: %s\r\n" % owed.client_id
-        if last or not owed.keep_alive:
-            transport.write(with_head_lines(data, identified + b"Connection: close\r\n"))
+        closing = last or not owed.keep_alive
+        transport.write(with_head_lines(data, owed.answer_lines(closing)))
+        if closing:
             self._linger(transport)
             return
-        if owed.http10:
-            identified += b"Connection: keep-alive\r\n"
-        transport.write(with_head_lines(data, identified))
         if self.owed:
             self._serve(self.owed[0])
             return
@@ -414,9 +366,6 @@ class ClientConnection(asyncio.Protocol):
 
     # --- limits and lifecycle ----------------------------------------------------------------
 
-    def _head_too_large(self) -> str:
-        return f"request line and headers exceed {self.settings.max_head_bytes} bytes"
-
     def idle(self) -> bool:
         """No answer is owed and no request is half received."""
         return not self.owed and not self.in_request
@@ -434,9 +383,3 @@ class ClientConnection(asyncio.Protocol):
         receiving_body = self.in_request and self.headers_done
         if not self.owed and not receiving_body and self.transport is not None:
             self.transport.close()
-
-
-def with_head_lines(answer: bytes, lines: bytes) -> bytes:
-    """Insert header `lines` after the status line of a serialized answer."""
-    end = answer.index(b"\r\n") + 2
-    return b"%s%s%s" % (answer[:end], lines, answer[end:])

@@ -72,3 +72,9 @@ def response_bytes(
     if not head_only:
         lines.append(body)
     return b"".join(lines)
+
+
+def with_head_lines(answer: bytes, lines: bytes) -> bytes:
+    """Insert header `lines` after the status line of a serialized answer."""
+    end = answer.index(b"\r\n") + 2
+    return b"%s%s%s" % (answer[:end], lines, answer[end:])

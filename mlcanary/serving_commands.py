@@ -70,8 +70,16 @@ def serve_model(
     mlflow_idle_s: Annotated[
         float, typer.Option(help="Stop MLflow's worker process after this long unused, s.")
     ] = 60.0,
+    model_name: Annotated[
+        str | None,
+        typer.Option(help="Name on the V2 paths (/v2/models/NAME); default: registry name."),
+    ] = None,
 ) -> None:
-    """Serve one model version over MLflow's scoring protocol until SIGTERM or Ctrl-C."""
+    """Serve one model version over MLflow's protocol and the Open Inference Protocol (V2).
+
+    Both on one port: `/invocations`, and `/v2/models/NAME/infer` with V2's health and
+    metadata endpoints. Runs until SIGTERM or Ctrl-C.
+    """
     from pydantic import ValidationError
 
     from common.settings import RegistrySettings
@@ -93,6 +101,7 @@ def serve_model(
             max_batch_rows=max_batch_rows,
             max_body_bytes=int(max_body_mb * 1024 * 1024),
             mlflow_idle_s=mlflow_idle_s,
+            model_name=model_name,
         )
     except ValidationError as error:
         invalid_settings(error)

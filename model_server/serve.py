@@ -13,7 +13,8 @@ from pathlib import Path
 from aiohttp import web
 
 from common.supervision import stop_requested
-from model_server.http.app import STATE, Loader, create_app
+from model_server.http.app import create_app
+from model_server.http.state import STATE, Loader
 from model_server.model.loading import ModelLoadError, ResolvedModel, resolve
 from model_server.settings import ServerSettings
 from model_server.worker.handle import MlflowWorker

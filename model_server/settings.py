@@ -14,6 +14,9 @@ class ServerSettings(BaseModel):
 
     model_uri: str = Field(min_length=1)
     """Anything MLflow loads: `models:/Name/3`, `models:/Name@champion`, `runs:/…`, a path."""
+    model_name: str | None = Field(default=None, min_length=1, pattern=r"^[^/\s]+$")
+    """The model's name on the Open Inference Protocol's paths (`/v2/models/{name}`); default:
+    its registry name, or `model` for an unregistered one."""
     host: str = "127.0.0.1"
     """Address to listen on."""
     port: int = Field(default=5001, ge=0, le=65535)

@@ -15,7 +15,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from model_server.http.app import STATE, create_app
+from model_server.http.app import create_app
+from model_server.http.state import STATE
 from model_server.model.loading import (
     LoadedModel,
     ModelLoadError,

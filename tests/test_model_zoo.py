@@ -22,7 +22,8 @@ import requests
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from model_server.http.app import STATE, create_app
+from model_server.http.app import create_app
+from model_server.http.state import STATE
 from model_server.model.loading import load, resolve
 from model_server.model.scoring import same_answer, score_with_mlflow
 from model_server.model.served import served_in_process

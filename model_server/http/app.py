@@ -7,72 +7,41 @@ import gc
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from importlib.metadata import version as package_version
-from typing import Literal
 
-import numpy as np
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from contracts.errors import error_body
 from contracts.payloads import ModelMetadata, ModelServerHealth
-from model_server.fastpath.choose import FastPath, answer_body
+from contracts.v2 import v2_error
+from model_server.fastpath.choose import answer_body
 from model_server.fastpath.parsing import is_plain_json, plain_rows
 from model_server.http.batching import MicroBatcher
 from model_server.http.errors import ScoringError
 from model_server.http.metrics import ServerMetrics
+from model_server.http.state import (
+    EXECUTORS,
+    LOADER,
+    METRICS,
+    SETTINGS,
+    STATE,
+    Executors,
+    Handler,
+    Loader,
+    ModelState,
+    json_response,
+    predict_fast,
+)
+from model_server.http.v2 import add_v2_routes
 from model_server.model.loading import ModelLoadError, ResolvedModel, load
-from model_server.model.scoring import JSON
 from model_server.model.served import ServedModel, served_in_process
 from model_server.settings import ServerSettings
 
 log = logging.getLogger("model_server")
-
-Loader = Callable[[ResolvedModel], ServedModel]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class ModelState:
-    """The one model this server holds, and how far it got: loading, ready or failed."""
-
-    resolved: ResolvedModel
-    status: Literal["loading", "ready", "failed"] = "loading"
-    model: ServedModel | None = None
-    error: str | None = None
-    batcher: MicroBatcher | None = None
-    settled: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def ready_model(self) -> ServedModel:
-        """Return the model, or refuse with 503 while it is loading or after it failed."""
-        if self.status != "ready" or self.model is None:
-            reason = self.error or "the model is still loading"
-            raise ScoringError(reason, status=503, error_code="TEMPORARILY_UNAVAILABLE")
-        return self.model
-
-
-@dataclass(frozen=True)
-class Executors:
-    """Threads off the event loop: one for batched predicts, a few for MLflow's own path."""
-
-    predict: ThreadPoolExecutor
-    mlflow: ThreadPoolExecutor
-
-    def shutdown(self) -> None:
-        """Let running work finish; start no more."""
-        self.predict.shutdown(wait=False, cancel_futures=True)
-        self.mlflow.shutdown(wait=False, cancel_futures=True)
-
-
-SETTINGS = web.AppKey("settings", ServerSettings)
-STATE = web.AppKey("state", ModelState)
-METRICS = web.AppKey("metrics", ServerMetrics)
-EXECUTORS = web.AppKey("executors", Executors)
-LOADER: web.AppKey[Loader] = web.AppKey("loader")
 
 
 def load_in_process(resolved: ResolvedModel) -> ServedModel:
@@ -102,6 +71,7 @@ def create_app(
     app.router.add_get("/metadata", metadata)
     app.router.add_get("/metrics", make_aiohttp_handler(registry))
     app.router.add_post("/invocations", invocations)
+    add_v2_routes(app)
     return app
 
 
@@ -160,20 +130,29 @@ async def load_in_background(app: web.Application) -> None:
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer our own errors in MLflow's body shape; count and time /invocations."""
+    """Answer our own errors in the protocol's body shape; count and time scoring requests.
+
+    MLflow's shape (`error_code`, `message`) on its paths, `{"error": ...}` on `/v2` ones.
+    """
     started = time.perf_counter()
+    v2 = request.path.startswith("/v2")
     try:
         response = await handler(request)
     except ScoringError as error:
-        response = json_response(error.body(), error.status)
+        body = v2_error(error.message) if v2 else error.body()
+        response = json_response(body, error.status)
     except web.HTTPRequestEntityTooLarge as error:
-        response = json_response(error_body("REQUEST_LIMIT_EXCEEDED", error.text or ""), 413)
+        message = error.text or "the body is too large"
+        body = v2_error(message) if v2 else error_body("REQUEST_LIMIT_EXCEEDED", message)
+        response = json_response(body, 413)
     except web.HTTPException:
         raise
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, request.path)
-        response = json_response(error_body("INTERNAL_ERROR", "internal error; see the log"), 500)
-    if request.path == "/invocations":
+        message = "internal error; see the log"
+        body = v2_error(message) if v2 else error_body("INTERNAL_ERROR", message)
+        response = json_response(body, 500)
+    if request.path == "/invocations" or (v2 and request.path.endswith("/infer")):
         metrics, version = request.app[METRICS], request.app[STATE].resolved.version
         metrics.requests.labels(version, str(response.status)).inc()
         metrics.duration.labels(version).observe(time.perf_counter() - started)
@@ -183,12 +162,6 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 async def add_version_header(request: web.Request, response: web.StreamResponse) -> None:
     """Put `X-Model-Version` on every answer."""
     response.headers["X-Model-Version"] = request.app[STATE].resolved.version
-
-
-def json_response(body: str | bytes, status: int = 200) -> web.Response:
-    """Answer JSON with MLflow's bare `application/json` content type."""
-    data = body.encode() if isinstance(body, str) else body
-    return web.Response(body=data, status=status, headers={"Content-Type": JSON})
 
 
 async def ping(request: web.Request) -> web.Response:
@@ -238,16 +211,6 @@ async def metadata(request: web.Request) -> web.Response:
         warm_up=described.warm_up,
     )
     return json_response(json.dumps(body.model_dump(), default=str))
-
-
-async def predict_fast(app: web.Application, fast: FastPath, rows: np.ndarray) -> np.ndarray:
-    """Predict plain rows on the raw model: batched with other requests when batching is on."""
-    batcher = app[STATE].batcher
-    if batcher is not None:
-        return await batcher.predict(rows)
-    return await asyncio.get_running_loop().run_in_executor(
-        app[EXECUTORS].predict, fast.predict, rows
-    )
 
 
 async def invocations(request: web.Request) -> web.Response:

@@ -1,0 +1,1 @@
+"""The Open Inference Protocol (V2) beside MLflow's: requests read, answers made, metadata."""

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from common.predictions import predictions_in
+
 if TYPE_CHECKING:
     import pandas as pd
     from fsspec import AbstractFileSystem
@@ -143,7 +145,9 @@ def parse_line(line: bytes) -> Prediction | None:
     try:
         data = json.loads(line)
         answer = data["answer"]
-        predictions = answer.get("predictions", answer) if isinstance(answer, dict) else answer
+        predictions = answer
+        if isinstance(answer, dict) and ("predictions" in answer or "outputs" in answer):
+            predictions = predictions_in(answer)  # MLflow's answer, or a V2 one
         return Prediction(
             str(data["request_id"]), float(data["time"]), str(data["variant"]),
             str(data["version"]), data["inputs"], predictions,

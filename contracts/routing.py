@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from common.files import write_atomically
 
 Variant = Literal["stable", "canary"]
+Protocol = Literal["mlflow", "v2"]
+"""Scoring protocols: MLflow's (`POST /invocations`) and the Open Inference Protocol (V2)."""
 HEADER_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 
@@ -32,6 +34,21 @@ class Upstream(BaseModel):
     """Base URL of the model server, e.g. http://127.0.0.1:5101."""
     version: str = Field(min_length=1)
     """The registry version it serves; echoed in X-Model-Version."""
+    protocols: tuple[Protocol, ...] = Field(default=("mlflow",), min_length=1)
+    """The scoring protocols it speaks: `mlflow` (`/invocations`), `v2` (the Open Inference
+    Protocol: KServe, MLServer, Triton; mlcanary's model server speaks both)."""
+    model_name: str | None = Field(default=None, min_length=1, pattern=r"^[A-Za-z0-9._~-]+$")
+    """The model's name on its V2 paths (`/v2/models/NAME/infer`); default: the routing
+    file's `model`."""
+    model_version: str | None = Field(default=None, min_length=1, pattern=r"^[A-Za-z0-9._~-]+$")
+    """The version segment of its V2 paths (`/versions/VERSION`), if it needs one."""
+
+    @field_validator("protocols")
+    @classmethod
+    def _distinct_protocols(cls, protocols: tuple[Protocol, ...]) -> tuple[Protocol, ...]:
+        if len(set(protocols)) != len(protocols):
+            raise ValueError(f"must be distinct, got {list(protocols)}")
+        return protocols
 
     @field_validator("url")
     @classmethod

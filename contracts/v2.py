@@ -1,10 +1,9 @@
 """The Open Inference Protocol (KServe's V2 REST protocol) as every part reads it.
 
-The model server answers it, the router relays it to variants under their own model names, and
-the judge reads predictions out of its answers. What they share lives here: the paths, the
-datatypes, the error body, and how a V2 answer's outputs read as the predictions an MLflow
-answer would carry, so that the prediction gate, shadow comparison and labels judge a V2
-variant exactly as an MLflow one.
+The model server answers it and the router relays it to variants under their own model names.
+What they share lives here: the paths, the datatypes and the error body. How the judge reads
+predictions out of a V2 answer is `common/predictions.py` (the prediction log's readers in
+`common` need it too).
 
 Spec: https://kserve.github.io/website/latest/modelserving/data_plane/v2_protocol/
 """
@@ -13,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 DATATYPES = frozenset({
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -36,50 +34,3 @@ def model_path(name: str, version: str | None, rest: str) -> str:
 def v2_error(message: str) -> bytes:
     """Return the protocol's error body: `{"error": "..."}`."""
     return json.dumps({"error": message}).encode()
-
-
-def mlflow_shaped(answer: Any) -> Any:
-    """Return a V2 answer's outputs shaped as MLflow's `predictions` for the same output.
-
-    One output of shape [n] or [n, 1] is a list of n values; one of shape [n, k] a list of n
-    rows; several outputs, or any answered as a data frame's columns (`content_type: pd`, as
-    MLServer and our model server answer a data frame), a list of n records. None when the
-    answer carries no readable outputs.
-    """
-    if not isinstance(answer, dict):
-        return None
-    outputs = answer.get("outputs")
-    if not isinstance(outputs, list) or not outputs:
-        return None
-    columns: dict[str, list[Any]] = {}
-    for output in outputs:
-        if not isinstance(output, dict) or not isinstance(output.get("data"), list):
-            return None
-        shape, data = output.get("shape"), output["data"]
-        if len(outputs) == 1 and not _frame(answer):
-            return _rows(data, shape)
-        columns[str(output.get("name", len(columns)))] = data
-    lengths = {len(column) for column in columns.values()}
-    if len(lengths) != 1:
-        return None
-    names = list(columns)
-    return [dict(zip(names, row, strict=True)) for row in zip(*columns.values(), strict=True)]
-
-
-def _frame(answer: dict[str, Any]) -> bool:
-    parameters = answer.get("parameters")
-    return isinstance(parameters, dict) and parameters.get("content_type") == "pd"
-
-
-def _rows(data: list[Any], shape: Any) -> list[Any]:
-    """Shape a flat output: a list of values, or a list of rows for [n, k] with k > 1."""
-    if (
-        isinstance(shape, list)
-        and len(shape) == 2
-        and all(isinstance(size, int) for size in shape)
-        and shape[1] > 1
-        and shape[0] * shape[1] == len(data)
-    ):
-        width = shape[1]
-        return [data[start : start + width] for start in range(0, len(data), width)]
-    return data  # a list of values, or rows nested already (the protocol allows either)

@@ -21,7 +21,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from contracts.v2 import mlflow_shaped
+from common.predictions import mlflow_shaped
 from model_server.http.app import create_app
 from model_server.http.state import STATE
 from model_server.model.loading import load, resolve

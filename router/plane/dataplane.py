@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from contracts.errors import error_body
-from contracts.routing import RoutingConfig, Variant
+from contracts.routing import Protocol, RoutingConfig, Variant
 from router.plane.connection import ClientConnection
 from router.plane.connections import Connections
 from router.plane.handler import Deliver, Refusal
@@ -29,6 +29,7 @@ from router.plane.wire import JSON_TYPE, request_bytes, response_bytes, upload_h
 from router.proxy import requestids as request_ids
 from router.proxy.policy import Failure, failure_answer
 from router.routing.choosing import FORCE_HEADER, FORCE_TOKEN_HEADER
+from router.routing.protocols import unspoken, upstream_path, v2_infer_target
 from router.web.feedback import FEEDBACK_PATH, feedback_refusal
 from router.web.state import POLICY, SETTINGS, TABLE
 
@@ -65,14 +66,16 @@ class DataPlane:
     ) -> None:
         """Answer one request: `deliver` is called once with the answer's bytes."""
         config = self.table.current
-        if (
-            self.fast_path
-            and method == b"POST"
-            and target == b"/invocations"
-            and config.shadow.percent == 0
-        ):
-            Invocation(self, config, deliver, request_id).start(headers, body)
-            return
+        if self.fast_path and method == b"POST" and config.shadow.percent == 0:
+            protocol: Protocol | None = None
+            if target == b"/invocations":
+                protocol = "mlflow"
+            elif target == v2_infer_target(config):
+                protocol = "v2"
+            # A protocol a variant does not speak is refused by the app, in its own words.
+            if protocol is not None and unspoken(config, protocol) is None:
+                Invocation(self, config, deliver, request_id, protocol).start(headers, body)
+                return
         head_only = method == b"HEAD"  # asked of the app as a GET: its answer has a body
         relayed = self._relay_to_app(b"GET" if head_only else method, target, headers, body)
         spawn_then(relayed, lambda outcome: deliver(self._from_app(outcome, head_only)))
@@ -150,24 +153,33 @@ class DataPlane:
 
 
 class Invocation:
-    """One `POST /invocations` on the fast path: choose, send, fail over once, answer.
+    """One scoring request on the fast path: choose, send, fail over once, answer.
 
-    Driven by callbacks from the upstream connection, so a request costs no task or future.
+    `POST /invocations`, or V2's infer (`protocol`), sent to each variant at its own path for
+    the protocol. Driven by callbacks from the upstream connection, so a request costs no task
+    or future.
     """
 
     __slots__ = (
-        "body", "client_id", "config", "data", "deliver", "forced", "plane", "request_id",
-        "retrying", "started", "variant",
+        "body", "client_id", "config", "data", "deliver", "forced", "headers", "plane",
+        "protocol", "request_id", "retrying", "started", "variant",
     )  # fmt: skip
 
     def __init__(
-        self, plane: DataPlane, config: RoutingConfig, deliver: Deliver, request_id: bytes
+        self,
+        plane: DataPlane,
+        config: RoutingConfig,
+        deliver: Deliver,
+        request_id: bytes,
+        protocol: Protocol = "mlflow",
     ) -> None:
         self.plane, self.config, self.deliver = plane, config, deliver
         self.request_id, self.body = request_id, b""
+        self.protocol = protocol
         self.started = time.perf_counter()
         self.variant: Variant = "stable"
         self.data = b""
+        self.headers: list[tuple[bytes, bytes]] = []
         self.retrying = self.forced = False
         self.client_id = b""
 
@@ -175,7 +187,10 @@ class Invocation:
         """Choose the variant and send the request on."""
         plane, config = self.plane, self.config
         self.body = body
-        self.data = request_bytes(b"POST", b"/invocations", headers, body)
+        if self.protocol == "mlflow":  # the same path on every variant: written once
+            self.data = request_bytes(b"POST", b"/invocations", headers, body)
+        else:
+            self.headers = headers
         asked = choice_headers(config, headers)
         choice = plane.policy.choose(config, asked)
         self.forced = choice.forced
@@ -185,6 +200,9 @@ class Invocation:
     def _send(self, variant: Variant) -> None:
         self.variant = variant
         plane = self.plane
+        if self.protocol != "mlflow":
+            path = upstream_path(self.config, variant, self.protocol).encode()
+            self.data = request_bytes(b"POST", path, self.headers, self.body)
         pool = plane.pools.of(self.config.upstream(variant).url)
         exchange(pool, self.data, plane.timeouts, self._replied)
 
@@ -210,7 +228,7 @@ class Invocation:
         version = self.config.upstream(variant).version
         tags = self.plane.tag_lines(variant, version)
         if isinstance(outcome, Failure):
-            status, error = failure_answer(variant, outcome)
+            status, error = failure_answer(variant, outcome, self.protocol)
             self.plane.policy.answered(
                 variant, version, status, self.started, None, forced=self.forced
             )

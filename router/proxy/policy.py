@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from contracts.errors import error_body
-from contracts.routing import RoutingConfig, Variant
+from contracts.routing import Protocol, RoutingConfig, Variant
+from contracts.v2 import v2_error
 from router.predictionlog.writer import PredictionLog
 from router.proxy.health import HealthBoard
 from router.routing.choosing import Choice, choose_variant, forced_variant
@@ -83,16 +84,20 @@ Outcome = int | Failure
 """What an upstream exchange came to: the status it answered, or why it did not."""
 
 
-def failure_answer(variant: Variant, failure: Failure) -> tuple[int, bytes]:
-    """Answer the client when no upstream answered: 504 for a timeout, else 503."""
+def failure_answer(
+    variant: Variant, failure: Failure, protocol: Protocol = "mlflow"
+) -> tuple[int, bytes]:
+    """Answer the client when no upstream answered: 504 for a timeout, else 503.
+
+    In the protocol's error shape: MLflow's `error_code` and `message`, or V2's `error`.
+    """
     if failure.reason == "timeout":
-        return 504, error_body(
-            "DEADLINE_EXCEEDED", f"the {variant} model server did not answer in time"
-        )
-    return 503, error_body(
-        "TEMPORARILY_UNAVAILABLE",
-        f"the {variant} model server cannot be reached ({failure.reason})",
-    )
+        status, code = 504, "DEADLINE_EXCEEDED"
+        message = f"the {variant} model server did not answer in time"
+    else:
+        status, code = 503, "TEMPORARILY_UNAVAILABLE"
+        message = f"the {variant} model server cannot be reached ({failure.reason})"
+    return status, v2_error(message) if protocol == "v2" else error_body(code, message)
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 MLflow's scoring server answers `{"predictions": ...}` in the shape of the model's output: a
 list of numbers or labels (one output), a list of records (a DataFrame: one output per
-column), a list of lists (an array: one output per index), or columns of lists.
+column), a list of lists (an array: one output per index), or columns of lists. A V2 answer
+(`{"outputs": [...]}`) is read as the same predictions (`contracts.v2.mlflow_shaped`), so
+the same model's outputs are counted alike whichever protocol its server speaks.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from common.predictions import predictions_in
 from contracts.metrics import SINGLE_OUTPUT
 
 MAX_PARSED_BODY = 1024 * 1024
@@ -31,7 +34,7 @@ def outputs_of(body: bytes) -> Outputs | None:
         document = json.loads(body)
     except (ValueError, RecursionError):
         return None
-    found = document.get("predictions") if isinstance(document, dict) else None
+    found = predictions_in(document)
     outputs: Outputs = {}
     if isinstance(found, dict):  # columns
         for name, column in found.items():

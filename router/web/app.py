@@ -31,7 +31,7 @@ from router.proxy.shadow import Shadower
 from router.routing.watcher import RoutingFileWatcher, RoutingTable
 from router.settings import RouterSettings
 from router.telemetry.metrics import RouterMetrics
-from router.web import feedback, openapi, original, original_admin, status, streaming
+from router.web import feedback, openapi, original, original_admin, status, streaming, v2
 from router.web.state import (
     HEALTH,
     METRICS,
@@ -97,6 +97,7 @@ def create_app(
     app.router.add_get("/", original.index)
     original_admin.add_routes(app)
     feedback.add_routes(app)
+    v2.add_routes(app)
     openapi.add_routes(app)
     app.router.add_get("/ping", status.ping)
     app.router.add_get("/health", status.health)

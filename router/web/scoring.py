@@ -1,6 +1,7 @@
-"""`POST /invocations` on the aiohttp plane: choose, send, settle, answer, shadow.
+"""Scoring on the aiohttp plane, in either protocol: choose, send, settle, answer, shadow.
 
-The raw data plane (`router.plane.dataplane`) answers most scoring requests itself; this is the path
+`POST /invocations` and V2's `POST /v2/models/MODEL/infer` (see `routing.protocols`). The raw
+data plane (`router.plane.dataplane`) answers most scoring requests itself; this is the path
 for the rest (shadowed, forced through the app, or `--no-fast-path`) and for `/predict`.
 """
 
@@ -13,22 +14,27 @@ from dataclasses import dataclass
 from aiohttp import web
 from multidict import CIMultiDict
 
-from contracts.routing import RoutingConfig, Variant
+from contracts.routing import Protocol, RoutingConfig, Variant
 from router.proxy.exchange import Answer, exchange, forward_headers
 from router.proxy.policy import Answered, Failure, failure_answer
+from router.routing.protocols import upstream_path
 from router.telemetry.predictions import single_numbers
 from router.web.state import JSON, POLICY, RNG, RUNTIME, SHADOW, TABLE
 
 
 async def invocations(request: web.Request) -> web.Response:
     """Proxy MLflow's scoring request to the chosen variant, failing over from the canary."""
+    return await score(request, request.app[TABLE].current, "mlflow")
+
+
+async def score(request: web.Request, config: RoutingConfig, protocol: Protocol) -> web.Response:
+    """Proxy a scoring request of `protocol` on `config` (this request finishes on it)."""
     app = request.app
-    config = app[TABLE].current  # this request finishes on this table, whatever reloads
     body = await request.read()
     started = time.perf_counter()
     headers = forward_headers(request)
-    routed = await route(app, config, body, headers, request.headers)
-    response = answer_client(config, routed.variant, routed.outcome)
+    routed = await route(app, config, body, headers, request.headers, protocol)
+    response = answer_client(config, routed.variant, routed.outcome, protocol)
     version = config.upstream(routed.variant).version
     answered = routed.outcome.body if isinstance(routed.outcome, Answer) else None
     request_id = request.headers.get("X-Request-Id", "").encode("latin-1")
@@ -39,7 +45,7 @@ async def invocations(request: web.Request) -> web.Response:
         forced=routed.forced,
     )  # fmt: skip
     if routed.variant == "stable" and response.status == 200 and not routed.forced:
-        maybe_shadow(app, config, body, headers, stable, request_id)
+        maybe_shadow(app, config, body, headers, stable, request_id, protocol)
     return response
 
 
@@ -50,6 +56,7 @@ def maybe_shadow(
     headers: CIMultiDict[str],
     stable: Answered,
     request_id: bytes,
+    protocol: Protocol = "mlflow",
 ) -> None:
     """Copy this stable-routed request to the canary for `shadow.percent` of requests."""
     canary = config.canary
@@ -68,7 +75,9 @@ def maybe_shadow(
             return prediction_log.record(request_id, "shadow", version, body, answer, draw=False)
 
     app[SHADOW].copy(
-        lambda: exchange(session, canary.url, "/invocations", body, headers),
+        lambda: exchange(
+            session, canary.url, upstream_path(config, "canary", protocol), body, headers
+        ),
         single_numbers(stable.outputs),
         record,
     )
@@ -90,7 +99,7 @@ async def route(
     body: bytes,
     headers: CIMultiDict[str],
     asked: Mapping[str, str],
-    path: str = "/invocations",
+    protocol: Protocol = "mlflow",
 ) -> Routed:
     """Choose a variant, send, and retry on stable as the proxy policy says.
 
@@ -98,11 +107,11 @@ async def route(
     """
     policy = app[POLICY]
     variant, forced = policy.choose(config, asked)
-    outcome = await send(app, config, variant, path, body, headers)
+    outcome = await send(app, config, variant, protocol, body, headers)
     retry = policy.settle(config, variant, status_of(outcome), first_try=True)
     if retry is not None:
         variant = retry
-        outcome = await send(app, config, variant, path, body, headers)
+        outcome = await send(app, config, variant, protocol, body, headers)
         policy.settle(config, variant, status_of(outcome), first_try=False)
     return Routed(variant, outcome, forced)
 
@@ -116,25 +125,29 @@ async def send(
     app: web.Application,
     config: RoutingConfig,
     variant: Variant,
-    path: str,
+    protocol: Protocol,
     body: bytes,
     headers: CIMultiDict[str],
 ) -> Answer | Failure:
-    """Exchange once with a variant's upstream.
+    """Exchange once with a variant's upstream, at its path for the protocol.
 
     Timeouts are the session's: connect within `connect_timeout_s`, all within `total_timeout_s`.
     """
     session = app[RUNTIME].session
     assert session is not None  # noqa: S101 (opened before the first request)
+    path = upstream_path(config, variant, protocol)
     return await exchange(session, config.upstream(variant).url, path, body, headers)
 
 
 def answer_client(
-    config: RoutingConfig, variant: Variant, outcome: Answer | Failure
+    config: RoutingConfig,
+    variant: Variant,
+    outcome: Answer | Failure,
+    protocol: Protocol = "mlflow",
 ) -> web.Response:
     """Turn the exchange into the client's answer, tagged with the variant and version."""
     if isinstance(outcome, Failure):
-        status, error = failure_answer(variant, outcome)
+        status, error = failure_answer(variant, outcome, protocol)
         response = web.Response(status=status, body=error, headers={"Content-Type": JSON})
     else:
         response = web.Response(status=outcome.status, body=outcome.body, headers=outcome.headers)

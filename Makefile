@@ -4,12 +4,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: up test test-fast install system-deps check format lint types pytest compose-test clean
+.PHONY: up test test-fast install peers system-deps check format lint types pytest compose-test clean
 
 up: $(INSTALLED)
 	$(BIN)/mlcanary up
 
-test: $(INSTALLED) system-deps check pytest
+test: $(INSTALLED) peers system-deps check pytest
 
 install: $(INSTALLED)
 
@@ -19,6 +19,22 @@ $(BIN)/python:
 $(INSTALLED): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Peers the tests and benchmarks run beside ours, each in its own virtual environment (their pins
+# are not ours): MLServer with its MLflow and scikit-learn runtimes (peers/mlserver), with the
+# model libraries held to the versions in $(VENV) so both servers load the same artifacts.
+MLSERVER_VENV ?= .venv-mlserver
+MLSERVER_INSTALLED := $(MLSERVER_VENV)/.installed
+MODEL_LIBRARIES := mlflow|mlflow-skinny|scikit-learn|numpy|pandas|scipy|skops|cloudpickle|xgboost-cpu|lightgbm
+peers: $(MLSERVER_INSTALLED)
+
+$(MLSERVER_INSTALLED): peers/mlserver/requirements.txt $(INSTALLED)
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(BIN)/python -m pip freeze | grep -iE '^($(MODEL_LIBRARIES))==' > $(MLSERVER_VENV)/constraints.txt
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MLSERVER_VENV)/bin/python -m pip install --quiet -r peers/mlserver/requirements.txt \
+	  -r $(MLSERVER_VENV)/constraints.txt
 	touch $@
 
 # Debian tools the tests use: prometheus and promtool (package prometheus) scrape and lint
@@ -65,4 +81,4 @@ format: $(INSTALLED)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(MLSERVER_VENV) .mypy_cache .pytest_cache .ruff_cache

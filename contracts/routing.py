@@ -18,6 +18,8 @@ from common.files import write_atomically
 Variant = Literal["stable", "canary"]
 Protocol = Literal["mlflow", "v2"]
 """Scoring protocols: MLflow's (`POST /invocations`) and the Open Inference Protocol (V2)."""
+MODEL_SERVER_PROTOCOLS: tuple[Protocol, ...] = ("mlflow", "v2")
+"""What mlcanary's own model server speaks, both on one port (its routing entries say so)."""
 HEADER_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 
 

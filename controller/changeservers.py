@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 
 from contracts.routing import RoutingConfig
-from controller.checks import check_server, server_metadata
+from controller.checks import check_server, stable_inputs
 from controller.runtime import Runtime
 
 
@@ -28,11 +28,10 @@ async def prepare_server(
 ) -> str:
     """Start (or adopt) `version`'s server and check it against stable's; return its URL."""
     split = await current()
-    stable = await server_metadata(session, split.stable.url)
-    stable_inputs = stable.signature_inputs()
+    inputs = await stable_inputs(session, split)
     url = await runtime.provide(version, given_url)
     try:
-        await check_server(session, url, split.model, version, stable_inputs)
+        await check_server(session, url, split.model, version, inputs)
     except BaseException:
         if given_url is None:
             await asyncio.shield(runtime.retire(url))

@@ -9,11 +9,55 @@ import aiohttp
 from pydantic import ValidationError
 
 from contracts.payloads import ModelMetadata
-from contracts.routing import validation_problems
+from contracts.routing import RoutingConfig, Upstream, validation_problems
+from contracts.v2 import model_path
 from controller.errors import ControllerError, InvalidChange
 
 CHECK_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
 ZERO_BY_TYPE: dict[str, Any] = {"string": "", "boolean": False, "binary": ""}
+V2_COLUMN_TYPES = {
+    "FP64": "double", "FP32": "float", "INT64": "long", "INT32": "integer", "BOOL": "boolean",
+    "BYTES": "string",
+}  # fmt: skip
+"""A V2 input's datatype as the MLflow column type our model server's signature names."""
+
+
+async def stable_inputs(session: aiohttp.ClientSession, config: RoutingConfig) -> dict[str, str]:
+    """Stable's input columns and types, which a candidate must take alike.
+
+    From stable's `/metadata` (an mlcanary model server), or, for another server speaking the
+    Open Inference Protocol (MLServer, KServe, Triton), from its V2 metadata.
+    """
+    try:
+        return (await server_metadata(session, config.stable.url)).signature_inputs()
+    except ControllerError:
+        if "v2" not in config.stable.protocols:
+            raise
+    described = await v2_metadata(session, config.stable, config.model)
+    inputs = described.get("inputs")
+    return {
+        str(item["name"]): V2_COLUMN_TYPES.get(str(item.get("datatype")), "string")
+        for item in (inputs if isinstance(inputs, list) else [])
+        if isinstance(item, dict) and "name" in item
+    }
+
+
+async def v2_metadata(
+    session: aiohttp.ClientSession, upstream: Upstream, model: str
+) -> dict[str, Any]:
+    """Return a V2 server's metadata of the model it serves as `upstream`; raise if none."""
+    path = model_path(upstream.model_name or model, upstream.model_version, "")
+    try:
+        async with session.get(upstream.url + path, timeout=CHECK_TIMEOUT) as answer:
+            if answer.status != 200:
+                raise ControllerError(f"{upstream.url}{path} answered {answer.status}")
+            described = await answer.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        reason = str(error) or type(error).__name__
+        raise ControllerError(f"{upstream.url}{path} cannot be read: {reason}") from None
+    if not isinstance(described, dict):
+        raise ControllerError(f"{upstream.url}{path} is not V2 model metadata")
+    return described
 
 
 async def server_metadata(session: aiohttp.ClientSession, url: str) -> ModelMetadata:

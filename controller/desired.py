@@ -19,7 +19,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from common.files import write_atomically
-from contracts.routing import Predictions, RoutingConfig, validation_problems
+from contracts.routing import (
+    MODEL_SERVER_PROTOCOLS,
+    Predictions,
+    RoutingConfig,
+    validation_problems,
+)
 from controller.errors import ControllerError, InvalidChange
 
 log = logging.getLogger("controller")
@@ -90,15 +95,17 @@ class Change:
         if self.action == "promote":
             if canary is None:
                 raise InvalidChange("there is no canary to promote")
-            stable = {"url": canary.url, "version": canary.version}
+            stable = canary.model_dump(mode="json", exclude_none=True, exclude={"weight"})
             return with_changes(before, stable=stable, canary=None)
         if self.action == "deploy":
             version = str(self.arguments["version"])
             if version == before.stable.version:
                 raise InvalidChange(f"version {version} is already stable")
             url = self.arguments.get("url") or started_url or STARTING_URL
-            return with_changes(before, canary={"url": url, "version": version,
-                                                "weight": self.arguments["weight"]})  # fmt: skip
+            # Checked as one of mlcanary's model servers (its /metadata): it speaks both.
+            deployed = {"url": url, "version": version, "weight": self.arguments["weight"],
+                        "protocols": list(MODEL_SERVER_PROTOCOLS)}  # fmt: skip
+            return with_changes(before, canary=deployed)
         if self.action == "prediction-buckets":
             predictions = Predictions.model_validate(self.arguments["predictions"])
             if before.stable.version != predictions.version:

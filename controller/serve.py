@@ -8,6 +8,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -15,11 +16,11 @@ from prometheus_client import CollectorRegistry
 
 from common.settings import RegistrySettings, system_settings
 from common.supervision import stop_requested
-from contracts.routing import RoutingConfig
+from contracts.routing import MODEL_SERVER_PROTOCOLS, RoutingConfig, Variant
 from controller.answers import DEFAULT_LIMIT
 from controller.api import Tokens, create_api
 from controller.changes import Controller
-from controller.checks import check_server, server_metadata
+from controller.checks import check_server, server_metadata, stable_inputs, v2_metadata
 from controller.commit import ChangeSettings
 from controller.errors import ControllerError
 from controller.feedback import LabelBook
@@ -130,51 +131,64 @@ async def settle_split(
         stable_url = await runtime.provide(stable, options.stable_url)
         document: dict[str, object] = {
             "model": registry.settings.model_name,
-            "stable": {"url": stable_url, "version": stable},
+            "stable": own_server(stable_url, stable),
             "log": {"percent": options.log_percent},
         }
         if canary is not None and canary != stable:
             canary_url = await runtime.provide(canary, options.canary_url)
             document["canary"] = {
-                "url": canary_url, "version": canary, "weight": options.canary_weight,
-            }  # fmt: skip
+                **own_server(canary_url, canary),
+                "weight": options.canary_weight,
+            }
         config = RoutingConfig.model_validate(document)
     else:
         config = (await store.load())[0]
-        stable_url = await _adopt_or_start(
-            controller, session, config.stable.url, config.stable.version
-        )
         document = config.model_dump(mode="json", exclude_none=True)
-        document["stable"] = {"url": stable_url, "version": config.stable.version}
+        document["stable"] = await _adopt_or_start(controller, session, config, "stable")
         if config.canary is not None:
-            canary_url = await _adopt_or_start(
-                controller, session, config.canary.url, config.canary.version
-            )
-            document["canary"] = {**config.canary.model_dump(), "url": canary_url}
+            adopted = await _adopt_or_start(controller, session, config, "canary")
+            document["canary"] = {**adopted, "weight": config.canary.weight}
         config = RoutingConfig.model_validate(document)
-    stable_inputs = (await server_metadata(session, config.stable.url)).signature_inputs()
+    inputs = await stable_inputs(session, config)
     if config.canary is not None:
-        await check_server(
-            session, config.canary.url, config.model, config.canary.version, stable_inputs
-        )
+        await check_server(session, config.canary.url, config.model, config.canary.version, inputs)
     await store.save(config)
     return config
 
 
+def own_server(url: str, version: str) -> dict[str, Any]:
+    """Return the routing entry of one of our model servers (both protocols, our V2 name)."""
+    return {"url": url, "version": version, "protocols": list(MODEL_SERVER_PROTOCOLS)}
+
+
 async def _adopt_or_start(
-    controller: Controller, session: aiohttp.ClientSession, url: str, version: str
-) -> str:
-    """Keep `url` if it serves `version`; otherwise start a new server (local runtime)."""
+    controller: Controller, session: aiohttp.ClientSession, config: RoutingConfig, variant: Variant
+) -> dict[str, Any]:
+    """Keep a variant's server if it serves its version; else start one (local runtime).
+
+    Return the variant's routing entry (its weight aside). A server of another kind that speaks
+    the Open Inference Protocol (MLServer, KServe, Triton: `/metadata` is not theirs) is kept
+    while its V2 metadata answers for the model and does not name other versions only.
+    """
+    upstream = config.upstream(variant)
+    url, version = upstream.url, upstream.version
+    kept = upstream.model_dump(mode="json", exclude_none=True, exclude={"weight"})
     try:
         metadata = await server_metadata(session, url)
         if metadata.version == version:
-            return url
+            return kept
     except ControllerError:
-        pass
+        if "v2" in upstream.protocols:
+            try:
+                versions = (await v2_metadata(session, upstream, config.model)).get("versions")
+            except ControllerError:
+                versions = None
+            if isinstance(versions, list) and (not versions or version in versions):
+                return kept
     if controller.runtime.kind != "local":
         raise ControllerError(f"{url} does not serve version {version} (static runtime)")
     log.info("starting a model server for version %s (%s is not serving it)", version, url)
-    return await controller.runtime.provide(version, None)
+    return own_server(await controller.runtime.provide(version, None), version)
 
 
 async def serve_controller(options: ControllerOptions, registry_settings: RegistrySettings) -> None:

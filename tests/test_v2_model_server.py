@@ -81,10 +81,12 @@ def v2_cases(name: str) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     return cases
 
 
-async def serve(folder: Path, aiohttp_client: ClientFactory) -> TestClient[Any, Any]:
-    """Serve a saved model in this process under the V2 name `zoo`."""
+async def serve(
+    folder: Path, aiohttp_client: ClientFactory, model_name: str = NAME
+) -> TestClient[Any, Any]:
+    """Serve a saved model in this process under a V2 name (`zoo` unless given)."""
     model = load(resolve(str(folder)))
-    settings = ServerSettings(model_uri=str(folder), model_name=NAME)
+    settings = ServerSettings(model_uri=str(folder), model_name=model_name)
     app = create_app(settings, model.resolved, loader=lambda _resolved: served_in_process(model))
     client = await aiohttp_client(app)
     await asyncio.wait_for(app[STATE].settled.wait(), 60)

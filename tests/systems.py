@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from common.settings import RegistrySettings
+from contracts.routing import RoutingConfig, write_routing_file
 from tests.helpers import command_environment, free_port, registry_snapshot, run_mlcanary
 
 
@@ -142,11 +143,15 @@ def running_system(
     stable_version: str = "1",
     controller_options: tuple[str, ...] = (),
     router_options: tuple[str, ...] = (),
+    routing: RoutingConfig | None = None,
 ) -> Iterator[System]:
     """Controller (the given stable, no canary, local runtime) and a router following its file,
-    each with the options given added."""
+    each with the options given added. With `routing`, the file is written first (the
+    controller adopts the servers it names)."""
     state = tmp_path / "state"
     state.mkdir()
+    if routing is not None:
+        write_routing_file(state / "routing.yaml", routing)
     controller_port, router_port = free_port(), free_port()
     router_url = f"http://127.0.0.1:{router_port}"
     routing = state / "routing.yaml"

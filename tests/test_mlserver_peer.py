@@ -9,17 +9,37 @@ identical twin is promoted, a shifted model rolled back.
 
 from __future__ import annotations
 
+import asyncio
+import csv
+import json
+import random
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
+from common.settings import RegistrySettings
+from contracts.routing import RoutingConfig
 from model_server.model.scoring import same_answer
+from tests.conftest import TrainedRegistry
 from tests.peers import PeerModel, start_mlserver
 from tests.servers import ServerProcess
+from tests.systems import running_system
+from tests.test_rollout import (
+    HEALTHY,
+    SHIFTED,
+    _cli,
+    _deploy,
+    _failed_gates,
+    _rollout,
+    twin_and_shifted,
+)
 from tests.test_v2_model_server import ClientFactory, serve, v2_cases
 from tests.zoo import KINDS
+from training.dataset import DEFAULT_PATH, FEATURES
 
 pytestmark = pytest.mark.slow  # real MLServer, real models
 
@@ -68,3 +88,94 @@ async def test_our_v2_answers_are_mlserver_s_field_by_field(
             assert same_answer(mine[1], theirs[1]), (case, mine[1], theirs[1])
             compared += 1
     assert compared >= 1
+
+
+@pytest.fixture(scope="module")
+def rollout_registry(
+    trained_registry: TrainedRegistry, tmp_path_factory: pytest.TempPathFactory
+) -> RegistrySettings:
+    """The session registry with v3, a twin of v1, and v4, a shifted model."""
+    return twin_and_shifted(trained_registry, tmp_path_factory.mktemp("peer-registry"))
+
+
+@pytest.fixture(scope="module")
+def exam_v1(rollout_registry: RegistrySettings, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Version 1 of the demo model, downloaded from the registry as MLServer loads it."""
+    import mlflow
+
+    folder = tmp_path_factory.mktemp("exam-v1")
+    mlflow.set_tracking_uri(rollout_registry.tracking_uri)
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{rollout_registry.model_name}/1", dst_path=str(folder)
+    )
+    return Path(local)
+
+
+@dataclass
+class V2Load:
+    """Clients sending dataset rows to the router over V2 until stopped; statuses kept."""
+
+    url: str
+    statuses: list[int] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def client(self, seed: int) -> None:
+        rows, chance = _v2_rows(), random.Random(seed)
+        async with aiohttp.ClientSession() as session:
+            while not self.stop.is_set():
+                async with session.post(self.url, json=chance.choice(rows)) as answer:
+                    await answer.read()
+                    self.statuses.append(answer.status)
+
+
+def _v2_rows() -> list[dict[str, Any]]:
+    """Each dataset row as a V2 request, one FP64 input per column (as the metadata says)."""
+    with DEFAULT_PATH.open(newline="") as handle:
+        return [
+            {"inputs": [{"name": name, "shape": [1, 1], "datatype": "FP64",
+                         "data": [float(row[name])]} for name in FEATURES]}
+            for row in csv.DictReader(handle)
+        ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("candidate", "verdict"), [(HEALTHY, "promoted"), (SHIFTED, "rolled_back")],
+    ids=["identical-twin", "shifted"],
+)  # fmt: skip
+async def test_a_rollout_judges_our_canary_against_an_mlserver_stable(
+    candidate: str, verdict: str, rollout_registry: RegistrySettings, exam_v1: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    mlserver = start_mlserver([PeerModel("exam", exam_v1, version="1")], tmp_path / "mlserver")
+    try:
+        await asyncio.to_thread(mlserver.wait_healthy)
+        routing = RoutingConfig.model_validate({
+            "model": rollout_registry.model_name,
+            "stable": {"url": mlserver.url, "version": "1", "protocols": ["mlflow", "v2"],
+                       "model_name": "exam"},
+        })  # fmt: skip
+        with running_system(rollout_registry, tmp_path, routing=routing) as system:
+            url = f"{system.router_url}/v2/models/{rollout_registry.model_name}/infer"
+            load = V2Load(url)
+            clients = [asyncio.create_task(load.client(seed)) for seed in range(3)]
+            try:
+                await _deploy(system, candidate)
+                code, state = await _rollout(
+                    system, "--steps", "20,50,100", "--interval", "1.5s", "--min-requests", "15"
+                )
+            finally:
+                load.stop.set()
+                await asyncio.gather(*clients)
+            assert state["status"] == verdict, state
+            assert code == (0 if verdict == "promoted" else 1), state
+            if verdict == "rolled_back":
+                assert _failed_gates(state) == {"prediction_psi"}, state
+            assert set(load.statuses) == {200}, {s: load.statuses.count(s) for s in load.statuses}
+            assert len(load.statuses) > 100
+            status = json.loads((await _cli(system, "status", "--json")).stdout)
+            if verdict == "promoted":  # our server took over, under both protocols
+                assert status["stable"]["version"] == candidate
+            else:  # MLServer stays stable
+                assert status["stable"]["url"] == mlserver.url
+    finally:
+        mlserver.stop()

@@ -42,10 +42,18 @@ UNIT_SCALE, UNIT_SCALE_SHIFTED, CLASSIFIER, CLASSIFIER_FLIPPED = "5", "6", "7", 
 def rollout_registry(
     trained_registry: TrainedRegistry, tmp_path_factory: pytest.TempPathFactory
 ) -> RegistrySettings:
-    """The session registry (v1 linear, v2 forest) plus v3, a linear twin of v1 (healthy),
-    and v4, a linear model trained on exam scores shifted up by 10 (healthy by HTTP only)."""
-    folder = tmp_path_factory.mktemp("rollout-registry")
-    settings = copied_registry(trained_registry.settings, folder)
+    """The session registry with a twin (v3) and a shifted model (v4), and v5-v8 of other
+    kinds (see `_register_other_models`)."""
+    settings = twin_and_shifted(trained_registry, tmp_path_factory.mktemp("rollout-registry"))
+    _register_other_models(settings)
+    return settings
+
+
+def twin_and_shifted(trained: TrainedRegistry, folder: Path) -> RegistrySettings:
+    """The session registry (v1 linear, v2 forest) copied, plus v3, a linear twin of v1
+    (healthy), and v4, a linear model trained on exam scores shifted up by 10 (healthy by HTTP
+    only)."""
+    settings = copied_registry(trained.settings, folder)
     train_and_register(TrainOptions(kind=ModelKind.linear, alias=""), settings)
     shifted = folder / "shifted.csv"
     with DEFAULT_PATH.open(newline="") as source, shifted.open("w", newline="") as target:
@@ -55,7 +63,6 @@ def rollout_registry(
         for row in rows:
             writer.writerow({**row, TARGET: f"{float(row[TARGET]) + 10:.1f}"})
     train_and_register(TrainOptions(kind=ModelKind.linear, data_path=shifted, alias=""), settings)
-    _register_other_models(settings)
     return settings
 
 

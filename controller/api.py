@@ -151,8 +151,10 @@ def anonymous_status(described: dict[str, Any]) -> dict[str, Any]:
     canary = described["canary"]
     return {
         **described,
-        "stable": {"version": described["stable"]["version"]},
-        "canary": {"version": canary["version"], "weight": canary["weight"]} if canary else None,
+        "stable": {key: described["stable"][key] for key in ("version", "protocols")},
+        "canary": {key: canary[key] for key in ("version", "weight", "protocols")}
+        if canary
+        else None,
         "routers": {
             f"router {number}": seen for number, seen in enumerate(described["routers"].values(), 1)
         },

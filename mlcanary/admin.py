@@ -7,6 +7,7 @@ Also `predict`, which sends sample rows through the router. Registered on the ma
 from __future__ import annotations
 
 from dataclasses import asdict
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -80,11 +81,17 @@ def status(controller_url: ControllerUrl = None, as_json: AsJson = False) -> Non
         print_json(found)
         return
     canary = found["canary"]
+
+    def spoken(upstream: dict[str, Any]) -> str:
+        return " + ".join(upstream.get("protocols") or ["mlflow"])
+
+    stable = found["stable"]
     print_fields(
         f"{found['model']}",
         {
-            "stable": f"v{found['stable']['version']} at {found['stable']['url']}",
-            "canary": f"v{canary['version']} at {canary['url']}, {canary['weight']}% of traffic"
+            "stable": f"v{stable['version']} at {stable['url']} ({spoken(stable)})",
+            "canary": f"v{canary['version']} at {canary['url']} ({spoken(canary)}), "
+            f"{canary['weight']}% of traffic"
             if canary
             else "none",
             "routing file version": found["config_version"],
@@ -201,6 +208,13 @@ def _label(text: str) -> float | str:
         return text
 
 
+class ScoringProtocol(StrEnum):
+    """The protocol `predict` asks the router in."""
+
+    mlflow = "mlflow"
+    v2 = "v2"
+
+
 def predict(
     count: Annotated[int, typer.Option(min=1, help="Rows to send.")] = 20,
     user: Annotated[
@@ -220,13 +234,26 @@ def predict(
     label_delay: Annotated[
         float, typer.Option(min=0, help="Seconds to wait before sending the labels.")
     ] = 2.0,
+    protocol: Annotated[
+        ScoringProtocol,
+        typer.Option(help="mlflow: POST /invocations; v2: the Open Inference Protocol."),
+    ] = ScoringProtocol.mlflow,
+    model: Annotated[
+        str | None,
+        typer.Option(help="The model's name on the router (v2 paths); default: the registry's."),
+    ] = None,
     as_json: AsJson = False,
 ) -> None:
     """Send sample rows through the router; show the answers and who served them."""
     from mlcanary.sampling import send_labels, send_samples
 
+    v2_model = None
+    if protocol is ScoringProtocol.v2:
+        from common.settings import RegistrySettings
+
+        v2_model = model or RegistrySettings.from_env().model_name
     try:
-        answers = send_samples(router_url.rstrip("/"), DEFAULT_PATH, count, user)
+        answers = send_samples(router_url.rstrip("/"), DEFAULT_PATH, count, user, v2_model)
     except OSError as error:
         fail(f"the router at {router_url} cannot be reached: {error}")
     if labels:

@@ -10,6 +10,9 @@ import urllib.request
 from dataclasses import dataclass
 from itertools import cycle, islice
 from pathlib import Path
+from urllib.parse import quote
+
+from common.predictions import predictions_in
 
 FEATURES = ("hours_studied", "sleep_hours", "attendance_percent", "previous_scores")
 LABEL = "exam_score"
@@ -31,21 +34,37 @@ class SampleAnswer:
     """The row's true score, from the dataset (sent later as feedback with `--labels`)."""
 
 
-def send_samples(router: str, dataset: Path, count: int, user: str | None) -> list[SampleAnswer]:
-    """POST `count` dataset rows (cycling) to the router's /invocations; return the answers."""
+def send_samples(
+    router: str, dataset: Path, count: int, user: str | None, v2_model: str | None = None
+) -> list[SampleAnswer]:
+    """POST `count` dataset rows (cycling) to the router; return the answers.
+
+    To `/invocations`, or with `v2_model` to `/v2/models/{v2_model}/infer` (the Open
+    Inference Protocol: one FP64 input per column).
+    """
     with dataset.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
-    return [_send(router, row, user) for row in islice(cycle(rows), count)]
+    return [_send(router, row, user, v2_model) for row in islice(cycle(rows), count)]
 
 
-def _send(router: str, row: dict[str, str], user: str | None) -> SampleAnswer:
-    record = {name: float(row[name]) for name in FEATURES}
-    body = json.dumps({"dataframe_records": [record]}).encode()
+def request_of(row: dict[str, str], v2_model: str | None) -> tuple[str, bytes]:
+    """Return the path and body asking for one row's prediction in the protocol chosen."""
+    if v2_model is None:
+        record = {name: float(row[name]) for name in FEATURES}
+        return "/invocations", json.dumps({"dataframe_records": [record]}).encode()
+    inputs = [{"name": name, "shape": [1, 1], "datatype": "FP64", "data": [float(row[name])]}
+              for name in FEATURES]  # fmt: skip
+    path = f"/v2/models/{quote(v2_model, safe='')}/infer"
+    return path, json.dumps({"inputs": inputs}).encode()
+
+
+def _send(router: str, row: dict[str, str], user: str | None, v2_model: str | None) -> SampleAnswer:
+    path, body = request_of(row, v2_model)
     headers = {"Content-Type": "application/json"}
     if user is not None:
         headers["X-User-Id"] = user
     request = urllib.request.Request(  # noqa: S310 (the router URL we were given)
-        f"{router}/invocations", data=body, headers=headers, method="POST"
+        f"{router}{path}", data=body, headers=headers, method="POST"
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310
@@ -53,7 +72,7 @@ def _send(router: str, row: dict[str, str], user: str | None) -> SampleAnswer:
     except urllib.error.HTTPError as error:
         status, text, tags = error.code, error.read(), error.headers
     try:
-        predictions = json.loads(text).get("predictions")
+        predictions = predictions_in(json.loads(text))
         prediction = f"{predictions[0]:.2f}" if predictions else "-"
     except (ValueError, AttributeError, TypeError, IndexError):
         prediction = text[:60].decode(errors="replace")

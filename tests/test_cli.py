@@ -236,6 +236,15 @@ def test_up_trains_once_serves_the_ui_and_stops_cleanly(tmp_path: Path) -> None:
         answers = json.loads(sampled.stdout)
         assert {answer["status"] for answer in answers} == {200}, (answers, _logs(state))
         assert {answer["version"] for answer in answers} <= {"1", "2"}
+        # The same through the Open Inference Protocol: `up`'s servers speak both.
+        v2 = run_mlcanary(
+            "predict", "--protocol", "v2", "--count", "10", "--router", router, "--json",
+            state=state,
+        )  # fmt: skip
+        assert v2.returncode == 0, v2.stderr
+        v2_answers = json.loads(v2.stdout)
+        assert {answer["status"] for answer in v2_answers} == {200}, v2_answers
+        assert all(float(answer["prediction"]) > 0 for answer in v2_answers), v2_answers
         (router_pid,) = _children_of_state(state, mentioning=" router --config ")
         os.kill(router_pid, signal.SIGKILL)
         deadline = time.monotonic() + 60

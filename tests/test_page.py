@@ -130,6 +130,7 @@ def test_the_page_shows_the_split_live_traffic_and_refuses_a_wrong_token(
     _until(lambda: _text(browser, "canary-version") == "v2", "the page showing the canary")
     assert _text(browser, "stable-version") == "v1"
     assert _text(browser, "canary-weight") == "50%"
+    assert _text(browser, "protocols") == "stable mlflow + v2 · canary mlflow + v2"
     assert "in step" in _text(browser, "routers")
     assert not browser.find_element("id", "rollback").is_enabled()  # read-only without a token
 

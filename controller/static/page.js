@@ -152,6 +152,10 @@
     $("stable-version").textContent = `v${data.stable.version}`;
     $("canary-version").textContent = data.canary ? `v${data.canary.version}` : "none";
     $("canary-weight").textContent = data.canary ? `${data.canary.weight}%` : "–";
+    // Which scoring protocols each variant's server speaks: mlflow (/invocations), v2 (KServe).
+    const spoken = (upstream) => (upstream.protocols || ["mlflow"]).join(" + ");
+    $("protocols").textContent = `stable ${spoken(data.stable)}` +
+      (data.canary ? ` · canary ${spoken(data.canary)}` : "");
     const aliases = data.aliases || {};
     $("aliases").textContent = aliases.error
       ? `not read: ${aliases.error}`

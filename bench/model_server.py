@@ -80,12 +80,14 @@ def _milliseconds(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}[unit]
 
 
-def run_wrk(url: str, script: Path, connections: int, seconds: float) -> Load:
-    """Drive `url` with wrk (one thread) and parse its summary."""
+def run_wrk(
+    url: str, script: Path, connections: int, seconds: float, path: str = "/invocations"
+) -> Load:
+    """Drive `url + path` with wrk (one thread) and parse its summary."""
     done = subprocess.run(
         [
             "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-            "--timeout", "30s", "-s", str(script), f"{url}/invocations",
+            "--timeout", "30s", "-s", str(script), f"{url}{path}",
         ],
         capture_output=True, text=True, check=True,
     )  # fmt: skip

@@ -103,7 +103,11 @@ def stop(proc: Proc) -> None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User+system CPU seconds of a process and its children so far."""
+    """User+system CPU seconds of a process and its children so far.
+
+    Live direct children are read one by one; children that ended (an idle worker stopped)
+    are in the process's own cutime and cstime once it has waited for them.
+    """
     total = 0.0
     tick = os.sysconf("SC_CLK_TCK")
     for entry in Path("/proc").iterdir():
@@ -113,7 +117,9 @@ def cpu_seconds(pid: int) -> float:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(entry.name) == pid or int(fields[1]) == pid:  # the process or a direct child
+        if int(entry.name) == pid:
+            total += sum(int(n) for n in fields[11:15]) / tick  # utime stime cutime cstime
+        elif int(fields[1]) == pid:  # a live direct child
             total += (int(fields[11]) + int(fields[12])) / tick
     return total
 

@@ -37,10 +37,13 @@ class PeerModel:
     runtime: str = MLFLOW_RUNTIME
 
 
+MISSING = f"MLServer is not installed at {MLSERVER}: run `make peers`"
+
+
 def mlserver_or_skip() -> Path:
     """Return MLServer's command, or skip the test saying how to install it."""
     if not MLSERVER.exists():
-        pytest.skip(f"MLServer is not installed at {MLSERVER}: run `make peers`")
+        pytest.skip(MISSING)
     return MLSERVER
 
 

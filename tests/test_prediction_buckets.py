@@ -11,7 +11,7 @@ from contracts.metrics import SINGLE_OUTPUT
 from contracts.payloads import PredictionsProfile
 from contracts.routing import PredictionOutput
 from controller.predictionbuckets import MIN_ROWS, cut
-from router.telemetry.predictions import outputs_of, predictions_of
+from router.telemetry.predictions import outputs_in, outputs_of, predictions_of
 
 
 @pytest.mark.parametrize(
@@ -104,3 +104,39 @@ def test_the_routing_file_refuses_bad_buckets_naming_the_problem() -> None:
         PredictionOutput(edges=[float("inf")])
     with pytest.raises(ValidationError, match="distinct"):
         PredictionOutput(classes=["a", "a"])
+
+
+V2_ANSWERS = {
+    "ours": {"model_name": "m", "model_version": "1", "id": "a", "parameters":
+             {"content_type": "np"}, "outputs": [{"name": "output-1", "shape": [2, 1],
+             "datatype": "FP64", "parameters": {"content_type": "np"}, "data": [1.5, 2]}]},
+    "flat shape": {"outputs": [{"name": "o", "shape": [3], "datatype": "INT64",
+                                "data": [1, 0, 1]}]},
+    "two columns": {"outputs": [{"name": "o", "shape": [2, 2], "datatype": "FP64",
+                                 "data": [1, 2, 3, 4]}]},
+    "a frame": {"parameters": {"content_type": "pd"}, "outputs": [
+        {"name": "total", "shape": [2, 1], "datatype": "FP64", "data": [1.0, 2.0]}]},
+    "two outputs": {"outputs": [
+        {"name": "a", "shape": [1, 1], "datatype": "FP64", "data": [1.0]},
+        {"name": "b", "shape": [1, 1], "datatype": "BYTES", "data": ["x"]}]},
+    "labels": {"outputs": [{"name": "o", "shape": [2, 1], "datatype": "BYTES",
+                            "data": ["cat", "dog"]}]},
+    "an id that reads as a key": {"id": "name", "outputs": [
+        {"name": "o", "shape": [1, 1], "datatype": "FP64", "data": [3.0]}]},
+    "an id with brackets": {"id": '"data": [9, 9]}]}', "outputs": [
+        {"name": "o", "shape": [1, 1], "datatype": "FP64", "data": [3.0]}]},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(V2_ANSWERS))
+@pytest.mark.parametrize("compact", [False, True], ids=["spaced", "compact"])
+def test_v2_answers_read_as_the_json_parser_reads_them(case: str, compact: bool) -> None:
+    """The router's quick read of a one-output V2 answer (no JSON parser) agrees with the
+    parser on every shape, and leaves whatever it is unsure of to it."""
+    document = V2_ANSWERS[case]
+    separators = (",", ":") if compact else (", ", ": ")
+    body = json.dumps(document, separators=separators).encode()
+    assert outputs_of(body) == outputs_in(document), case
+    if case in ("ours", "flat shape", "an id that reads as a key"):
+        assert outputs_in(document) is not None
+        assert list(outputs_in(document) or {}) == ["predictions"]

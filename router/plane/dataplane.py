@@ -29,7 +29,7 @@ from router.plane.wire import JSON_TYPE, request_bytes, response_bytes, upload_h
 from router.proxy import requestids as request_ids
 from router.proxy.policy import Failure, failure_answer
 from router.routing.choosing import FORCE_HEADER, FORCE_TOKEN_HEADER
-from router.routing.protocols import unspoken, upstream_path, v2_infer_target
+from router.routing.protocols import unspoken, v2_infer_target, v2_upstream_target
 from router.web.feedback import FEEDBACK_PATH, feedback_refusal
 from router.web.state import POLICY, SETTINGS, TABLE
 
@@ -200,8 +200,8 @@ class Invocation:
     def _send(self, variant: Variant) -> None:
         self.variant = variant
         plane = self.plane
-        if self.protocol != "mlflow":
-            path = upstream_path(self.config, variant, self.protocol).encode()
+        if self.protocol == "v2":  # each variant at its own path: written per send
+            path = v2_upstream_target(self.config, variant)
             self.data = request_bytes(b"POST", path, self.headers, self.body)
         pool = plane.pools.of(self.config.upstream(variant).url)
         exchange(pool, self.data, plane.timeouts, self._replied)

@@ -14,44 +14,71 @@ variant is chosen, so that the split and the verdict never lean on which protoco
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from contracts.routing import Protocol, RoutingConfig, Variant
 from contracts.v2 import model_path
 
 MLFLOW_PATH = "/invocations"
-_targets: list[tuple[RoutingConfig, bytes]] = []
-"""The last config and its V2 infer target (kept by identity, as `choice_headers` keeps its)."""
-_refusals: list[tuple[RoutingConfig, dict[Protocol, str | None]]] = []
-"""The last config and `unspoken` for each protocol, kept the same way (read per request)."""
+
+
+@dataclass
+class _Known:
+    """What the hot path asks of one config, worked out once (a config changes on reloads)."""
+
+    config: RoutingConfig
+    v2_target: bytes
+    paths: dict[tuple[Variant, Protocol], str] = field(default_factory=dict)
+    targets: dict[Variant, bytes] = field(default_factory=dict)
+    refusals: dict[Protocol, str | None] = field(default_factory=dict)
+
+
+_last: list[_Known] = []
+"""The last config's `_Known`, kept by identity (as `choice_headers` keeps its names)."""
+
+
+def _known(config: RoutingConfig) -> _Known:
+    if _last and _last[0].config is config:
+        return _last[0]
+    known = _Known(config, model_path(quote(config.model, safe=""), None, "/infer").encode())
+    _last[:] = [known]
+    return known
 
 
 def v2_infer_target(config: RoutingConfig) -> bytes:
     """Return the request target of V2 inference on the router: `/v2/models/MODEL/infer`."""
-    if _targets and _targets[0][0] is config:
-        return _targets[0][1]
-    target = model_path(quote(config.model, safe=""), None, "/infer").encode()
-    _targets[:] = [(config, target)]
-    return target
+    return _known(config).v2_target
 
 
 def upstream_path(config: RoutingConfig, variant: Variant, protocol: Protocol) -> str:
     """Where a variant takes a scoring request of `protocol`."""
     if protocol == "mlflow":
         return MLFLOW_PATH
-    upstream = config.upstream(variant)
-    name = quote(upstream.model_name or config.model, safe="")
-    return model_path(name, upstream.model_version, "/infer")
+    paths = _known(config).paths
+    path = paths.get((variant, protocol))
+    if path is None:
+        upstream = config.upstream(variant)
+        name = quote(upstream.model_name or config.model, safe="")
+        path = paths[(variant, protocol)] = model_path(name, upstream.model_version, "/infer")
+    return path
+
+
+def v2_upstream_target(config: RoutingConfig, variant: Variant) -> bytes:
+    """`upstream_path` of V2 inference as request-target bytes, for the raw plane."""
+    targets = _known(config).targets
+    target = targets.get(variant)
+    if target is None:
+        target = targets[variant] = upstream_path(config, variant, "v2").encode()
+    return target
 
 
 def unspoken(config: RoutingConfig, protocol: Protocol) -> str | None:
     """Say why `protocol` cannot be served now (a variant that may be chosen lacks it), or None."""
-    if not _refusals or _refusals[0][0] is not config:
-        _refusals[:] = [(config, {})]
-    known = _refusals[0][1]
-    if protocol not in known:
-        known[protocol] = _why_unspoken(config, protocol)
-    return known[protocol]
+    refusals = _known(config).refusals
+    if protocol not in refusals:
+        refusals[protocol] = _why_unspoken(config, protocol)
+    return refusals[protocol]
 
 
 def _why_unspoken(config: RoutingConfig, protocol: Protocol) -> str | None:

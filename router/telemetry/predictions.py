@@ -18,6 +18,8 @@ from contracts.metrics import SINGLE_OUTPUT
 MAX_PARSED_BODY = 1024 * 1024
 """Larger answers are not read for predictions (the histogram is a sample, not a record)."""
 PLAIN_PREFIX, PLAIN_SUFFIX = b'{"predictions": [', b"]}"
+V2_SUFFIX = b"]}]}"
+"""How a V2 answer ends when its one output's `data` comes last (ours and MLServer's do)."""
 Value = float | str
 Outputs = dict[str, list[Value]]
 
@@ -30,10 +32,19 @@ def outputs_of(body: bytes) -> Outputs | None:
         plain = _plain_numbers(body[len(PLAIN_PREFIX) : -len(PLAIN_SUFFIX)])
         if plain is not None:
             return {SINGLE_OUTPUT: plain}
+    elif body.endswith(V2_SUFFIX):
+        plain = _plain_v2_numbers(body)
+        if plain is not None:
+            return {SINGLE_OUTPUT: plain}
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
         return None
+    return outputs_in(document)
+
+
+def outputs_in(document: Any) -> Outputs | None:
+    """Return each output's predictions in a parsed answer (MLflow's or V2), or None."""
     found = predictions_in(document)
     outputs: Outputs = {}
     if isinstance(found, dict):  # columns
@@ -84,6 +95,32 @@ def label_of(value: Value) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def _plain_v2_numbers(body: bytes) -> list[Value] | None:
+    """Read a V2 answer of one output of shape [n] or [n, 1] without a JSON parser; else None.
+
+    Taken only when the body holds exactly one `"name"`, one `"shape"` and one `"data"` (so one
+    output, its data last), no `"pd"`, and a shape of one column; anything else, or a string
+    that looks like those (a client's `id` of `"name"`), is left to the JSON parser, which
+    reads the same answer the same way (`common.predictions.mlflow_shaped`).
+    """
+    if body.count(b'"name"') != 1 or body.count(b'"data"') != 1 or b'"pd"' in body:
+        return None
+    if body.count(b'"shape"') != 1:
+        return None
+    shape_at = body.find(b'"shape"')
+    opened, closed = body.find(b"[", shape_at), body.find(b"]", shape_at)
+    if not 0 <= opened < closed:
+        return None
+    sizes = body[opened + 1 : closed].split(b",")
+    if len(sizes) > 2 or (len(sizes) == 2 and sizes[1].strip() != b"1"):
+        return None
+    key_at = body.find(b'"data"') + len(b'"data"')
+    data_at = body.find(b"[", key_at)
+    if data_at < 0 or body[key_at:data_at].strip(b" :") != b"":
+        return None
+    return _plain_numbers(body[data_at + 1 : -len(V2_SUFFIX)])
 
 
 def _plain_numbers(listed: bytes) -> list[Value] | None:

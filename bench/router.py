@@ -208,8 +208,14 @@ def write_split(stable: Proc, canary: Proc, folder: Path, log_percent: float = 0
         RoutingConfig.model_validate(
             {
                 "model": "StudentExamPredictor",
-                "stable": {"url": stable.url, "version": "1"},
-                "canary": {"url": canary.url, "version": "2", "weight": 10},
+                # Both speak MLflow's protocol and V2 (ours and the trivial stand-in do).
+                "stable": {"url": stable.url, "version": "1", "protocols": ["mlflow", "v2"]},
+                "canary": {
+                    "url": canary.url,
+                    "version": "2",
+                    "weight": 10,
+                    "protocols": ["mlflow", "v2"],
+                },
                 # Counted as in a rollout: ten buckets, as cut at a model's deciles.
                 "predictions": {
                     "version": "1",

@@ -1,9 +1,11 @@
 """Machine instructions the router spends per proxied request, counted by valgrind's callgrind.
 
 Run: .venv/bin/python bench/router_instructions.py [--requests 1000] [--data-plane raw|aiohttp]
+                                                    [--protocol mlflow|v2]
 Needs valgrind (Debian: `apt-get install valgrind`). Two trivial upstreams (bench/router.py's),
-the router at canary weight 10 under callgrind, one client sending `POST /invocations` one
-after another on one keep-alive connection. The count is zeroed after a warm-up and dumped after
+the router at canary weight 10 under callgrind, one client sending `POST /invocations` (or,
+with `--protocol v2`, the same row as a V2 inference request) one after another on one
+keep-alive connection. The count is zeroed after a warm-up and dumped after
 `--requests` more, so start-up is left out; the router's periodic work in that time (health
 checks, the timeout sweep, the reload check) is in. Unlike CPU time on this shared 2-core
 machine, the figure moves by well under 1% from run to run: it shows what a change to the hot
@@ -13,6 +15,7 @@ path costs before bench/router.py shows it against nginx.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import socket
@@ -26,17 +29,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.router import ROW, Proc, start, stop, upstreams, write_split
 from tests.helpers import free_port
 
-REQUEST = (
-    b"POST /invocations HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\n"
-    b"Content-Length: %d\r\n\r\n%s" % (len(ROW), ROW.encode())
-)
+_SPLIT = json.loads(ROW)["dataframe_split"]
+V2_ROW = json.dumps({"inputs": [
+    {"name": name, "shape": [1, 1], "datatype": "FP64", "data": [float(value)]}
+    for name, value in zip(_SPLIT["columns"], _SPLIT["data"][0], strict=True)
+]})  # fmt: skip
+TARGETS = {
+    "mlflow": (b"/invocations", ROW),
+    "v2": (b"/v2/models/StudentExamPredictor/infer", V2_ROW),
+}
 
 
-def send(client: socket.socket, count: int) -> None:
+def request_of(protocol: str) -> bytes:
+    """The one request the client repeats, in `protocol`."""
+    target, body = TARGETS[protocol]
+    return (
+        b"POST %s HTTP/1.1\r\nHost: router\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (target, len(body), body.encode())
+    )
+
+
+def send(client: socket.socket, count: int, request: bytes) -> None:
     """Send `count` requests one at a time and read each answer (framed by Content-Length)."""
     buffered = b""
     for _ in range(count):
-        client.sendall(REQUEST)
+        client.sendall(request)
         while b"\r\n\r\n" not in buffered:
             buffered += client.recv(65536)
         head, _, buffered = buffered.partition(b"\r\n\r\n")
@@ -81,6 +98,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--warm-up", type=int, default=200)
     parser.add_argument("--data-plane", choices=["aiohttp", "raw"], default="raw")
+    parser.add_argument("--protocol", choices=list(TARGETS), default="mlflow")
     parser.add_argument(
         "--keep", type=Path, help="copy callgrind's dump here, for callgrind_annotate"
     )
@@ -95,9 +113,10 @@ def main() -> None:
         try:
             router = router_under_callgrind(stable, canary, folder, arguments.data_plane)
             with socket.create_connection(("127.0.0.1", router.port), timeout=60) as client:
-                send(client, arguments.warm_up)
+                request = request_of(arguments.protocol)
+                send(client, arguments.warm_up, request)
                 callgrind(router.process.pid, "--zero")
-                send(client, arguments.requests)
+                send(client, arguments.requests, request)
                 callgrind(router.process.pid, "--dump")
             per_request = total_instructions(folder) / arguments.requests
             if arguments.keep is not None:
@@ -108,7 +127,8 @@ def main() -> None:
                 if proc is not None:
                     stop(proc)
     print(
-        f"router ({arguments.data_plane} plane): {per_request:,.0f} instructions per request"
+        f"router ({arguments.data_plane} plane, {arguments.protocol}): {per_request:,.0f}"
+        " instructions per request"
         f" ({arguments.requests} sequential keep-alive requests after {arguments.warm_up})"
     )
 

@@ -146,8 +146,9 @@ async def test_refusals_are_the_protocol_s_errors(
     plane: str, servers: dict[str, ServerProcess], tmp_path: Path
 ) -> None:
     path = tmp_path / "routing.yaml"
-    write_routing_file(path, routing(servers))
-    app = create_app(RouterSettings(config_path=path), rng=random.Random(0))
+    write_routing_file(path, routing(servers, sticky={"header": "X-User-Id"}))
+    registry = CollectorRegistry()
+    app = create_app(RouterSettings(config_path=path), registry=registry, rng=random.Random(0))
     async with running_front(app, fast_path=plane == "raw") as front:
         base = f"http://127.0.0.1:{front.port}"
         async with aiohttp.ClientSession() as session:
@@ -157,23 +158,57 @@ async def test_refusals_are_the_protocol_s_errors(
                 session, base + f"/v2/models/{MODEL}/versions/2/infer", V2_REQUEST
             )
             assert status == 404 and "by its split" in answer["body"]["error"], answer
-            # A bad request is the model server's 400, passed on unchanged.
-            status, answer = await post_json(session, base + INFER, {"inputs": []})
-            assert status == 400 and set(answer["body"]) == {"error"}, answer
+            # Bad inputs are the chosen model server's 400, passed on unchanged, asked of one
+            # variant only (a 4xx is the client's: never retried on the other).
+            column = V2_REQUEST["inputs"][0]
+            bad = {
+                "no inputs": {"inputs": []},
+                "shape mismatch": {"inputs": [{**column, "shape": [3, 1]}]},
+                "unknown datatype": {"inputs": [{**column, "datatype": "FP99"}]},
+                "missing input": {"inputs": V2_REQUEST["inputs"][:3]},
+            }
+            for case, document in bad.items():
+                status, answer = await post_json(session, base + INFER, document)
+                assert status == 400 and set(answer["body"]) == {"error"}, (case, answer)
+            assert not registry.get_sample_value(
+                "mlcanary_failovers_total", {"from_variant": "canary"}
+            )
+            refused = sum(
+                registry.get_sample_value(
+                    "mlcanary_requests_total", {"variant": v, "version": n, "code": "400"}
+                ) or 0
+                for v, n in (("stable", "1"), ("canary", "2"))
+            )  # fmt: skip
+            assert refused == len(bad), refused
+            # Sticky: the same key, the same variant, whichever protocol.
+            sticky = {"X-User-Id": "student-7"}
+            seen = set()
+            for _ in range(20):
+                async with session.post(base + INFER, json=V2_REQUEST, headers=sticky) as a:
+                    seen.add(a.headers["X-Model-Variant"])
+                async with session.post(
+                    base + "/invocations", json=MLFLOW_REQUEST, headers=sticky
+                ) as a:
+                    seen.add(a.headers["X-Model-Variant"])
+            assert len(seen) == 1, seen
             async with session.get(base + f"/v2/models/{MODEL}") as described:
                 metadata = await described.json()
             assert metadata["name"] == MODEL and len(metadata["inputs"]) == 4, metadata
             async with session.get(base + "/v2/health/ready") as ready:
                 assert (ready.status, await ready.json()) == (200, {"ready": True})
         # The canary speaks MLflow's protocol only: V2 is refused before any variant is chosen.
-        write_routing_file(path, routing(servers, canary={"protocols": ["mlflow"]}))
+        write_routing_file(
+            path, routing(servers, canary={"protocols": ["mlflow"]}, sticky={"header": "X-User-Id"})
+        )
         await wait_until(lambda: app_protocols(app) == ("mlflow",), "the reload", 30)
         async with aiohttp.ClientSession() as session:
             status, answer = await post_json(session, base + INFER, V2_REQUEST)
             assert status == 404 and "canary.protocols" in answer["body"]["error"], answer
             status, answer = await post_json(session, base + "/invocations", MLFLOW_REQUEST)
             assert status == 200, answer
-        write_routing_file(path, routing(servers, stable={"protocols": ["v2"]}))
+        write_routing_file(
+            path, routing(servers, stable={"protocols": ["v2"]}, sticky={"header": "X-User-Id"})
+        )
         await wait_until(lambda: app_protocols(app, "stable") == ("v2",), "the reload", 30)
         async with aiohttp.ClientSession() as session:
             status, answer = await post_json(session, base + "/invocations", MLFLOW_REQUEST)

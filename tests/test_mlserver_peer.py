@@ -10,13 +10,9 @@ identical twin is promoted, a shifted model rolled back.
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
-import random
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -31,6 +27,7 @@ from tests.systems import running_system
 from tests.test_rollout import (
     HEALTHY,
     SHIFTED,
+    Load,
     _cli,
     _deploy,
     _failed_gates,
@@ -39,7 +36,6 @@ from tests.test_rollout import (
 )
 from tests.test_v2_model_server import ClientFactory, serve, v2_cases
 from tests.zoo import KINDS
-from training.dataset import DEFAULT_PATH, FEATURES
 
 pytestmark = pytest.mark.slow  # real MLServer, real models
 
@@ -111,33 +107,6 @@ def exam_v1(rollout_registry: RegistrySettings, tmp_path_factory: pytest.TempPat
     return Path(local)
 
 
-@dataclass
-class V2Load:
-    """Clients sending dataset rows to the router over V2 until stopped; statuses kept."""
-
-    url: str
-    statuses: list[int] = field(default_factory=list)
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def client(self, seed: int) -> None:
-        rows, chance = _v2_rows(), random.Random(seed)
-        async with aiohttp.ClientSession() as session:
-            while not self.stop.is_set():
-                async with session.post(self.url, json=chance.choice(rows)) as answer:
-                    await answer.read()
-                    self.statuses.append(answer.status)
-
-
-def _v2_rows() -> list[dict[str, Any]]:
-    """Each dataset row as a V2 request, one FP64 input per column (as the metadata says)."""
-    with DEFAULT_PATH.open(newline="") as handle:
-        return [
-            {"inputs": [{"name": name, "shape": [1, 1], "datatype": "FP64",
-                         "data": [float(row[name])]} for name in FEATURES]}
-            for row in csv.DictReader(handle)
-        ]  # fmt: skip
-
-
 @pytest.mark.parametrize(
     ("candidate", "verdict"), [(HEALTHY, "promoted"), (SHIFTED, "rolled_back")],
     ids=["identical-twin", "shifted"],
@@ -155,8 +124,7 @@ async def test_a_rollout_judges_our_canary_against_an_mlserver_stable(
                        "model_name": "exam"},
         })  # fmt: skip
         with running_system(rollout_registry, tmp_path, routing=routing) as system:
-            url = f"{system.router_url}/v2/models/{rollout_registry.model_name}/infer"
-            load = V2Load(url)
+            load = Load(system.router_url, v2_model=rollout_registry.model_name)
             clients = [asyncio.create_task(load.client(seed)) for seed in range(3)]
             try:
                 await _deploy(system, candidate)

@@ -21,6 +21,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from common.settings import EXPERIMENT_NAME, RegistrySettings
+from mlcanary.sampling import request_of
 from tests.conftest import TrainedRegistry
 from tests.helpers import free_port
 from tests.servers import start_model_server
@@ -118,30 +119,30 @@ def system(rollout_registry: RegistrySettings, tmp_path: Path) -> Iterator[Syste
         yield built
 
 
-def _rows() -> list[bytes]:
+def _requests(v2_model: str | None = None) -> tuple[str, list[bytes]]:
+    """The path and every dataset row's body, in MLflow's protocol or (`v2_model`) V2's."""
     with DEFAULT_PATH.open(newline="") as handle:
-        return [
-            json.dumps(
-                {"dataframe_records": [{name: float(row[name]) for name in FEATURES}]}
-            ).encode()
-            for row in csv.DictReader(handle)
-        ]
+        asked = [request_of(row, v2_model) for row in csv.DictReader(handle)]
+    return asked[0][0], [body for _path, body in asked]
 
 
 @dataclass
 class Load:
-    """Clients sending dataset rows through the router until stopped; statuses kept."""
+    """Clients sending dataset rows through the router until stopped; statuses kept.
+
+    To `/invocations`, or with `v2_model` to `/v2/models/{v2_model}/infer`."""
 
     url: str
+    v2_model: str | None = None
     statuses: list[int] = field(default_factory=list)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def client(self, seed: int) -> None:
-        rows, chance = _rows(), random.Random(seed)
+        (path, rows), chance = _requests(self.v2_model), random.Random(seed)
         async with aiohttp.ClientSession() as session:
             while not self.stop.is_set():
                 async with session.post(
-                    f"{self.url}/invocations", data=chance.choice(rows),
+                    f"{self.url}{path}", data=chance.choice(rows),
                     headers={"Content-Type": "application/json"},
                 ) as answer:  # fmt: skip
                     await answer.read()

@@ -141,9 +141,18 @@ async def overview(request: web.Request) -> web.Response:
     return json_answer({
         **anonymous_status(await app[CONTROLLER].status()), "quality": app[LABELS].report(),
         "logged_answers": app[LABELS].memory(),
-        "rollout": state.to_json() if state else None, "live": app[LIVE].watch(),
+        "rollout": state.shown() if state else None, "live": app[LIVE].watch(),
+        "notifications": notifications_of(app[CONTROLLER]),
         "now": time.time(),
     })  # fmt: skip
+
+
+def notifications_of(controller: Controller) -> dict[str, Any]:
+    """Describe the notification sinks (secrets hidden) and the last deliveries, for the page."""
+    notifier = controller.settings.notifier
+    if notifier is None:
+        return {"sinks": [], "signed": False, "recent": []}
+    return notifier.state()
 
 
 def anonymous_status(described: dict[str, Any]) -> dict[str, Any]:
@@ -233,7 +242,7 @@ async def rollout_start(request: web.Request) -> web.Response:
     """Start an automated rollout of the current canary."""
     asked: RolloutRequest = await body_of(request, RolloutRequest)
     state = await request.app[ROLLOUT].start(asked.plan())
-    return json_answer(state.to_json())
+    return json_answer(state.shown())
 
 
 async def rollout_plan(request: web.Request) -> web.Response:
@@ -254,25 +263,25 @@ async def rollout_plan(request: web.Request) -> web.Response:
 async def rollout_status(request: web.Request) -> web.Response:
     """Describe the rollout (running or the last one), or say there is none."""
     state = request.app[ROLLOUT].state
-    return json_answer(state.to_json() if state else {"status": "idle"})
+    return json_answer(state.shown() if state else {"status": "idle"})
 
 
 async def rollout_abort(request: web.Request) -> web.Response:
     """Stop the rollout and roll back at once."""
     asked: Change = await body_of(request, Change)
-    return json_answer((await request.app[ROLLOUT].abort(asked.reason)).to_json())
+    return json_answer((await request.app[ROLLOUT].abort(asked.reason)).shown())
 
 
 async def rollout_pause(request: web.Request) -> web.Response:
     """Hold the rollout's weight."""
     asked: Change = await body_of(request, Change)
-    return json_answer((await request.app[ROLLOUT].pause(asked.reason)).to_json())
+    return json_answer((await request.app[ROLLOUT].pause(asked.reason)).shown())
 
 
 async def rollout_resume(request: web.Request) -> web.Response:
     """Go on with a paused rollout."""
     asked: Change = await body_of(request, Change)
-    return json_answer((await request.app[ROLLOUT].resume(asked.reason)).to_json())
+    return json_answer((await request.app[ROLLOUT].resume(asked.reason)).shown())
 
 
 def create_api(

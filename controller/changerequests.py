@@ -72,6 +72,8 @@ class RolloutRequest(Change):
     min_labels: int = Field(default=LIMITS.min_labels, ge=0)
     label_wait_s: float = Field(default=PLAN.label_wait_s, ge=0, le=30 * 86_400)
     max_label_error_ratio: float = Field(default=LIMITS.max_label_error_ratio, ge=1)
+    notify: list[str] = Field(default_factory=list, max_length=16)
+    """This rollout's own notification sinks (webhook or slack+https URLs)."""
 
     def plan(self) -> RolloutPlan:
         """Return the plan this request describes (InvalidChange if it cannot run)."""
@@ -87,7 +89,7 @@ class RolloutRequest(Change):
             tuple(self.steps), self.interval_s, limits,
             self.max_failed_checks, self.max_insufficient_windows,
             self.prometheus_url.rstrip("/") if self.prometheus_url else None,
-            self.label_wait_s,
+            self.label_wait_s, tuple(self.notify),
         )  # fmt: skip
 
 

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 from asyncio import FIRST_COMPLETED
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -232,6 +233,7 @@ class Controller:
             except _Dropped:
                 continue  # superseded while its server started: the superseder settled it
             except ControllerError as error:
+                self._tell_failure(change, error)
                 self._finish(change, error=error)
             except Exception as error:  # a bug must not stop the loop: say it, go on
                 log.exception("change %d (%s) failed", change.number, change.describe())
@@ -284,6 +286,19 @@ class Controller:
         for url in retired - {after.stable.url} - ({after.canary.url} if after.canary else set()):
             self._later(drain_and_retire(self.runtime, self.current, url, self.settings.drain_s))
         return result
+
+    def _tell_failure(self, change: Change, error: ControllerError) -> None:
+        """Notify that a change failed (a deploy refused by its checks, say).
+
+        Nothing changed, so the audit log has no record of it; whoever watches wants to know.
+        """
+        notifier = self.settings.notifier
+        if notifier is not None and not isinstance(error, Superseded):
+            notifier.publish({
+                "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+                "action": f"{change.action}-failed", "reason": str(error),
+                "change": change.number, "arguments": change.arguments,
+            })  # fmt: skip
 
     def _finish(
         self,

@@ -21,6 +21,7 @@ from contracts.routing import RoutingConfig
 from controller.audit import append_audit
 from controller.desired import Change
 from controller.errors import ControllerError
+from controller.notifications import Notifier, Sink
 from controller.registry import Aliases, Registry, aliases_for
 from controller.routers import RouterDirectory, RouterList, wait_for_routers
 from controller.stores import RoutingStore
@@ -37,6 +38,8 @@ class ChangeSettings:
     routers: RouterDirectory = field(default_factory=RouterList)
     confirm_timeout_s: float = 5.0
     drain_s: float = 1.0
+    notifier: Notifier | None = None
+    """Where every audited event is also sent (None: nowhere)."""
 
     @property
     def desired_path(self) -> Path:
@@ -76,13 +79,26 @@ async def commit(
     if change.arguments.get("superseded"):
         record["superseded"] = change.arguments["superseded"]
     try:
-        written = await asyncio.to_thread(append_audit, settings.audit_path, record)
+        written = await audited(settings, record)
     except OSError as error:
         undone = await undo(settings, registry, before)
         raise ControllerError(
             f"{action} failed: cannot append to the audit log: {error.strerror or error}; {undone}"
         ) from None
     log.info("%s: %s", action, change.reason or "(no reason given)")
+    return written
+
+
+async def audited(
+    settings: ChangeSettings, record: dict[str, Any], also: tuple[Sink, ...] = ()
+) -> dict[str, Any]:
+    """Append `record` to the audit log, then publish it (and to `also`, a rollout's sinks).
+
+    Every event people are told of is one the audit log holds: one place records, one sends.
+    """
+    written = await asyncio.to_thread(append_audit, settings.audit_path, record)
+    if settings.notifier is not None:
+        settings.notifier.publish(written, also)
     return written
 
 

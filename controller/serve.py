@@ -25,6 +25,7 @@ from controller.commit import ChangeSettings
 from controller.errors import ControllerError
 from controller.feedback import LabelBook
 from controller.hosts import host_names
+from controller.notifications import NotificationMetrics, Notifier, Sink
 from controller.registry import Registry
 from controller.rollout.engine import RolloutMetrics, RolloutRunner
 from controller.rollout.state import ACTIVE
@@ -68,6 +69,10 @@ class ControllerOptions:
     confirm_timeout_s: float = 5.0
     allowed_hosts: tuple[str, ...] = ()
     """Names the admin API answers to besides loopback's and the address it binds."""
+    notify: tuple[str, ...] = ()
+    """Where every change and rollout event is sent (webhook or slack+https URLs)."""
+    notify_secret: bytes | None = None
+    """The key webhook notifications are signed with (HMAC-SHA256), if any."""
     max_logged_answers: int = DEFAULT_LIMIT
     """Logged answers held to join labels with (see `controller.answers`)."""
     label_retention_days: float | None = 90.0
@@ -200,9 +205,16 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
         if options.configmap
         else FileStore(options.routing_path)
     )
+    registry = CollectorRegistry()
+    notifier = Notifier(
+        tuple(Sink.parse(url) for url in options.notify), options.notify_secret, session,
+        NotificationMetrics.create(registry), registry_settings.model_name,
+        page_url=f"http://{options.host}:{options.port}/",
+    )  # fmt: skip
     changes = ChangeSettings(
         store=store,
         audit_path=options.state / "audit.jsonl",
+        notifier=notifier,
         routers=(
             EndpointRouters(options.router_endpoints, options.namespace)
             if options.router_endpoints
@@ -227,7 +239,6 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
             admin=stored_token(settings.admin_token, options.token_path),
             labels=stored_token(settings.labels_token, options.state / LABELS_TOKEN_FILE),
         )
-        registry = CollectorRegistry()
         labels = await asyncio.to_thread(
             LabelBook, options.prediction_log or options.state / "predictions",
             options.state / "labels.jsonl", registry, options.max_logged_answers,
@@ -264,5 +275,6 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
         if runner is not None:
             await runner.cleanup()
         await controller.close()
+        await notifier.close()
         await runtime.stop_all()
         await session.close()

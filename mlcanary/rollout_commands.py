@@ -11,6 +11,7 @@ import typer
 from controller.rollout.judgement import GateLimits
 from controller.rollout.state import RolloutPlan
 from mlcanary.admin import AsJson, ControllerUrl, Reason, admin_call
+from mlcanary.options import checked_sinks
 from mlcanary.output import fail, print_json, stdout
 
 rollout_app = typer.Typer(
@@ -122,12 +123,21 @@ def _with_plan_options(command: Callable[..., None]) -> Callable[..., None]:
 def rollout_start(
     body: dict[str, Any],
     detach: Annotated[bool, typer.Option(help="Start it and return at once.")] = False,
+    notify: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--notify",
+            help="Also send this rollout's events here: a webhook URL or slack+https://…"
+            " (repeatable; besides the controller's own).",
+        ),
+    ] = None,
     reason: Reason = "",
     controller_url: ControllerUrl = None,
     as_json: AsJson = False,
 ) -> None:
     """Roll the canary out: exits 0 once promoted, 1 if rolled back."""
-    state = admin_call("POST", "/api/rollout", {**body, "reason": reason}, controller_url)
+    asked = {**body, "reason": reason, "notify": list(checked_sinks(notify))}
+    state = admin_call("POST", "/api/rollout", asked, controller_url)
     if detach:
         print_json(state) if as_json else stdout().print("rollout started", highlight=False)
         return

@@ -12,7 +12,14 @@ import typer
 
 from common.settings import system_settings
 from controller.answers import DEFAULT_LIMIT
-from mlcanary.options import canary_percent, usable_log
+from mlcanary.options import (
+    NotifySecretFile,
+    NotifyUrls,
+    canary_percent,
+    checked_sinks,
+    read_secret,
+    usable_log,
+)
 from mlcanary.output import (
     fail,
     invalid_settings,
@@ -321,6 +328,8 @@ def controller(
             envvar="MLCANARY_ALLOWED_HOSTS",
         ),
     ] = None,
+    notify: NotifyUrls = None,
+    notify_secret_file: NotifySecretFile = None,
 ) -> None:
     """Run the controller: the admin API that deploys, weights, promotes and rolls back."""
     import asyncio
@@ -354,6 +363,8 @@ def controller(
         max_logged_answers=max_logged_answers,
         label_retention_days=label_retention_days,
         prediction_log=prediction_log and usable_log(prediction_log, "--prediction-log"),
+        notify=checked_sinks(notify),
+        notify_secret=read_secret(notify_secret_file),
     )
     try:
         asyncio.run(serve_controller(options, RegistrySettings.from_env()))

@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from common.settings import system_settings
-from mlcanary.options import canary_percent
+from mlcanary.options import (
+    NotifySecretFile,
+    NotifyUrls,
+    canary_percent,
+    checked_sinks,
+    read_secret,
+)
 from mlcanary.output import fail, print_fields, progress, stderr, stdout
 from training.errors import TrainingError
 
@@ -53,6 +59,8 @@ def up(
     ),
     port: Annotated[int, typer.Option(help="Port of the router (predictions).")] = 8000,
     controller_port: Annotated[int, typer.Option(help="Port of the admin API.")] = 8001,
+    notify: NotifyUrls = None,
+    notify_secret_file: NotifySecretFile = None,
 ) -> None:
     """Run the whole system locally until Ctrl-C: MLflow, models, controller, router."""
     from common.settings import RegistrySettings, state_dir
@@ -75,7 +83,11 @@ def up(
         controller_port=controller_port,
         canary_percent=canary_percent(),
         stable_version=system_settings().model_version,
+        notify=checked_sinks(notify),
+        notify_secret_file=notify_secret_file and notify_secret_file.resolve(),
     )
+    if notify_secret_file is not None:
+        read_secret(notify_secret_file)  # refused here, before anything starts
     settings = RegistrySettings.from_env()
     system = LocalSystem()
     started = False

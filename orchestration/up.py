@@ -52,6 +52,10 @@ class UpOptions:
     controller_port: int = 8001
     canary_percent: float = 10.0
     stable_version: str = "latest"
+    notify: tuple[str, ...] = ()
+    """Where the controller sends every change and rollout event."""
+    notify_secret_file: Path | None = None
+    """The file holding the key webhook notifications are signed with."""
 
 
 @dataclass
@@ -166,7 +170,10 @@ def controller_process(settings: RegistrySettings, options: UpOptions) -> ChildP
         "--router", f"http://{options.host}:{options.router_port}",
         "--stable-version", options.stable_version, "--canary-version", "challenger",
         "--canary-weight", str(options.canary_percent),
+        *(argument for url in options.notify for argument in ("--notify", url)),
     )  # fmt: skip
+    if options.notify_secret_file is not None:
+        argv += ["--notify-secret-file", str(options.notify_secret_file)]
     environment = child_environment(
         {"MLFLOW_TRACKING_URI": served_registry(settings, options),
          "MLCANARY_HOME": str(options.state)}

@@ -19,8 +19,8 @@ import aiohttp
 from prometheus_client import CollectorRegistry, Gauge
 
 from common.files import write_atomically
-from controller.audit import append_audit
 from controller.changes import Controller
+from controller.commit import audited
 from controller.errors import ControllerError, InvalidChange
 from controller.feedback import LabelBook
 from controller.predictionbuckets import read_profiles
@@ -133,6 +133,9 @@ class RolloutRunner:
         )
         self.state = state
         self._save()
+        steps = ", ".join(f"{step:g}%" for step in plan.steps)
+        await self._audit("rollout-start", f"v{state.canary_version} over {steps}",
+                          plan=state.shown()["plan"])  # fmt: skip
         self._spawn()
         return state
 
@@ -168,11 +171,10 @@ class RolloutRunner:
         return state
 
     async def _audit(self, action: str, reason: str, **details: Any) -> None:
-        """Append the rollout's own record to the audit log (no split change: no before/after)."""
-        await asyncio.to_thread(
-            append_audit, self.controller.settings.audit_path,
-            {"action": action, "reason": reason, "before": None, "after": None, **details},
-        )  # fmt: skip
+        """Record the rollout's own event: audit log and notifications (no before/after)."""
+        record = {"action": action, "reason": reason, "before": None, "after": None, **details}
+        sinks = self.state.plan.sinks() if self.state is not None else ()
+        await audited(self.controller.settings, record, sinks)
 
     async def abort(self, reason: str = "") -> RolloutState:
         """Stop and roll back at once."""
@@ -393,9 +395,16 @@ class RolloutRunner:
         state.status, state.message = status, message
         log.info("rollout %s: %s", status, message)
         self._save()
-        task = asyncio.get_running_loop().create_task(self._record_verdict(state))
-        self.recording.add(task)
-        task.add_done_callback(self.recording.discard)
+        failed = sorted({gate["gate"] for entry in state.history[-1:] for gate in entry["gates"]
+                         if not gate["passed"]})  # fmt: skip
+        for work in (
+            self._record_verdict(state),
+            self._audit(f"rollout-{status.replace('_', '-')}", message, status=status,
+                        canary_version=state.canary_version, failed_gates=failed),
+        ):  # fmt: skip
+            task = asyncio.get_running_loop().create_task(work)
+            self.recording.add(task)
+            task.add_done_callback(self.recording.discard)
 
     async def _record_verdict(self, state: RolloutState) -> None:
         """Write the verdict to MLflow.

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from common.predictionlog import SHADOW
 from controller.errors import InvalidChange
+from controller.notifications import MAX_SINKS, Sink
 from controller.rollout.evidence import RolloutEvidence
 from controller.rollout.judgement import GateLimits, LabelledRows
 
@@ -38,6 +39,12 @@ class RolloutPlan:
     label_wait_s: float = 600.0
     """With `limits.min_labels`: how long a step waits for its labels before each window
     without them is a failed check."""
+    notify: tuple[str, ...] = ()
+    """This rollout's own notification sinks, besides the controller's (`--notify`)."""
+
+    def sinks(self) -> tuple[Sink, ...]:
+        """Return the rollout's own sinks, read from `notify`."""
+        return tuple(Sink.parse(url) for url in self.notify)
 
     def __post_init__(self) -> None:
         """Refuse plans that cannot run, naming the field."""
@@ -51,6 +58,13 @@ class RolloutPlan:
             raise InvalidChange("label_wait_s: must be 0 or more")
         if self.max_failed_checks < 1 or self.max_insufficient_windows < 1:
             raise InvalidChange("max_failed_checks and max_insufficient_windows: at least 1")
+        if len(self.notify) > MAX_SINKS:
+            raise InvalidChange(f"notify: at most {MAX_SINKS} URLs")
+        for url in self.notify:
+            try:
+                Sink.parse(url)
+            except ValueError as error:
+                raise InvalidChange(f"notify: {error}") from None
 
 
 @dataclass
@@ -84,8 +98,14 @@ class RolloutState:
         """The weight of the current step."""
         return self.plan.steps[self.step]
 
+    def shown(self) -> dict[str, Any]:
+        """Return the state as the API and the page show it: notification URLs' secrets hidden."""
+        data = self.to_json()
+        data["plan"]["notify"] = [sink.shown for sink in self.plan.sinks()]
+        return data
+
     def to_json(self) -> dict[str, Any]:
-        """Return the state as JSON-able data."""
+        """Return the state as JSON-able data (as persisted: every URL whole)."""
         data = asdict(self)
         data["weight"] = self.weight
         data["evidence"] = self.evidence.to_json()
@@ -104,6 +124,7 @@ class RolloutState:
                 max_insufficient_windows=plan["max_insufficient_windows"],
                 prometheus_url=plan.get("prometheus_url"),
                 label_wait_s=plan.get("label_wait_s", RolloutPlan.label_wait_s),
+                notify=tuple(plan.get("notify", ())),
             ),
             canary_version=data["canary_version"],
             step=data["step"],

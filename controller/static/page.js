@@ -242,12 +242,32 @@
     $("changes").tBodies[0].replaceChildren(...rows);
   }
 
+  function renderNotifications(notifications) {
+    const sinks = notifications.sinks || [];
+    $("notify-sinks").textContent = sinks.length
+      ? `sent to ${sinks.join(", ")}${notifications.signed ? " (webhooks signed)" : ""}`
+      : "no sinks configured (--notify)";
+    const rows = (notifications.recent || []).map((delivery) => {
+      const row = document.createElement("tr");
+      const when = new Date(delivery.time * 1000).toISOString().replace("T", " ").slice(0, 19);
+      for (const text of [when, delivery.event, delivery.sink, delivery.state, String(delivery.attempts), delivery.last_error || "–"]) {
+        const cell = document.createElement("td");
+        cell.textContent = text;
+        row.append(cell);
+      }
+      row.className = delivery.state === "delivered" ? "pass" : delivery.state === "pending" ? "" : "fail";
+      return row;
+    });
+    $("notifications").tBodies[0].replaceChildren(...rows);
+  }
+
   function render(data) {
     renderSplit(data);
     renderLive(data.live || {}, data.now);
     renderRollout(data.rollout && data.rollout.status !== "idle" ? data.rollout : null, data.now);
     renderRouters(data.routers);
     renderChanges(data.recent_changes);
+    renderNotifications(data.notifications || {});
     if (!(data.live && data.live.problem)) {
       $("freshness").textContent = `updated ${new Date(data.now * 1000).toLocaleTimeString()}`;
     }

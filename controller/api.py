@@ -20,6 +20,7 @@ from contracts.routing import RoutingFileError
 from controller import page
 from controller.changerequests import (
     Change,
+    Confirmation,
     DeployRequest,
     LongChange,
     PlanRequest,
@@ -278,6 +279,12 @@ async def rollout_pause(request: web.Request) -> web.Response:
     return json_answer((await request.app[ROLLOUT].pause(asked.reason)).shown())
 
 
+async def rollout_confirm(request: web.Request) -> web.Response:
+    """Confirm the promotion a rollout holds for: who (`by`) and why go to the audit log."""
+    asked: Confirmation = await body_of(request, Confirmation)
+    return json_answer((await request.app[ROLLOUT].confirm(asked.reason, asked.by)).shown())
+
+
 async def rollout_resume(request: web.Request) -> web.Response:
     """Go on with a paused rollout."""
     asked: Change = await body_of(request, Change)
@@ -307,6 +314,7 @@ def create_api(
     app.router.add_post("/api/rollout/abort", rollout_abort)
     app.router.add_post("/api/rollout/pause", rollout_pause)
     app.router.add_post("/api/rollout/resume", rollout_resume)
+    app.router.add_post("/api/rollout/confirm", rollout_confirm)
     app.router.add_get("/ping", ping)
     app.router.add_get("/api/status", status)
     app.router.add_get("/api/versions", versions)

@@ -27,6 +27,12 @@ class Change(BaseModel):
     reason: str = Field(default="", max_length=1000)
 
 
+class Confirmation(Change):
+    """A rollout's promotion confirmed: by whom (a name the operator gives) and why."""
+
+    by: str = Field(default="an operator", min_length=1, max_length=100)
+
+
 class LongChange(Change):
     """A change that may wait for a model server to start."""
 
@@ -74,6 +80,10 @@ class RolloutRequest(Change):
     max_label_error_ratio: float = Field(default=LIMITS.max_label_error_ratio, ge=1)
     notify: list[str] = Field(default_factory=list, max_length=16)
     """This rollout's own notification sinks (webhook or slack+https URLs)."""
+    confirm_promotion: bool = False
+    """Hold before the first 100% step until an operator confirms (`rollout confirm`)."""
+    hooks: dict[str, str] = Field(default_factory=dict, max_length=4)
+    """Gate webhooks by name: pre-rollout, step, confirm-promotion, rollback."""
 
     def plan(self) -> RolloutPlan:
         """Return the plan this request describes (InvalidChange if it cannot run)."""
@@ -89,7 +99,7 @@ class RolloutRequest(Change):
             tuple(self.steps), self.interval_s, limits,
             self.max_failed_checks, self.max_insufficient_windows,
             self.prometheus_url.rstrip("/") if self.prometheus_url else None,
-            self.label_wait_s, tuple(self.notify),
+            self.label_wait_s, tuple(self.notify), self.confirm_promotion, dict(self.hooks),
         )  # fmt: skip
 
 

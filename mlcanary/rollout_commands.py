@@ -131,12 +131,35 @@ def rollout_start(
             " (repeatable; besides the controller's own).",
         ),
     ] = None,
+    confirm_promotion: Annotated[
+        bool,
+        typer.Option(
+            help="Hold before 100% until `mlcanary rollout confirm` or the page's button."
+        ),
+    ] = False,
+    hook: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--hook",
+            help="A gate webhook, NAME=URL: pre-rollout, step, confirm-promotion or rollback"
+            " (repeatable).",
+        ),
+    ] = None,
     reason: Reason = "",
     controller_url: ControllerUrl = None,
     as_json: AsJson = False,
 ) -> None:
     """Roll the canary out: exits 0 once promoted, 1 if rolled back."""
-    asked = {**body, "reason": reason, "notify": list(checked_sinks(notify))}
+    hooks = {}
+    for given in hook or []:
+        name, equals, url = given.partition("=")
+        if not equals or not url:
+            fail(f"--hook takes NAME=URL, got {given!r}", code=2)
+        hooks[name] = url
+    asked = {
+        **body, "reason": reason, "notify": list(checked_sinks(notify)),
+        "confirm_promotion": confirm_promotion, "hooks": hooks,
+    }  # fmt: skip
     state = admin_call("POST", "/api/rollout", asked, controller_url)
     if detach:
         print_json(state) if as_json else stdout().print("rollout started", highlight=False)
@@ -295,3 +318,19 @@ def rollout_resume(reason: Reason = "", controller_url: ControllerUrl = None) ->
     """Go on with a paused rollout."""
     admin_call("POST", "/api/rollout/resume", {"reason": reason}, controller_url)
     stdout().print("rollout resumed", highlight=False)
+
+
+@rollout_app.command("confirm")
+def rollout_confirm(
+    reason: Reason = "",
+    by: Annotated[str | None, typer.Option(help="Who confirms (default: your login name).")] = None,
+    controller_url: ControllerUrl = None,
+) -> None:
+    """Confirm the promotion a rollout holds for (`rollout start --confirm-promotion`)."""
+    import getpass
+
+    who = by or getpass.getuser()
+    state = admin_call(
+        "POST", "/api/rollout/confirm", {"reason": reason, "by": who}, controller_url
+    )
+    stdout().print(f"rollout confirmed: {state['message']}", highlight=False)

@@ -55,6 +55,7 @@ ADMIN_ROUTES = [
     ("POST", "/api/rollout/abort"),
     ("POST", "/api/rollout/pause"),
     ("POST", "/api/rollout/resume"),
+    ("POST", "/api/rollout/confirm"),
 ]
 
 

@@ -23,9 +23,11 @@ from controller.changes import Controller
 from controller.commit import audited
 from controller.errors import ControllerError, InvalidChange
 from controller.feedback import LabelBook
+from controller.notifications import Sink
 from controller.predictionbuckets import read_profiles
 from controller.rollout.gates import judge
 from controller.rollout.histograms import categories_of
+from controller.rollout.hooks import ROLLBACK_POLL_S, HookAnswer, HookCall, HookName, call_hook
 from controller.rollout.judgement import Buckets, LabelledRows, Verdict, Window
 from controller.rollout.planner import stable_deciles
 from controller.rollout.promql import latency_history, window_from_prometheus
@@ -103,6 +105,8 @@ class RolloutRunner:
         self.recording: set[asyncio.Task[None]] = set()
         self.state: RolloutState | None = None
         self.task: asyncio.Task[None] | None = None
+        self.watch: asyncio.Task[None] | None = None
+        """Polls the rollback webhook while the rollout runs (if the plan has one)."""
         self.wake = asyncio.Event()
 
     async def start(self, plan: RolloutPlan) -> RolloutState:
@@ -128,6 +132,11 @@ class RolloutRunner:
         state.evidence.stable_latency = categories_of(
             await self._stable_latency(plan, state.stable_version)
         )
+        if "pre-rollout" in plan.hooks:
+            answer = await self._call_hook(state, "pre-rollout")
+            if not answer.ok:
+                said = f"{answer.status or 'no answer'}: {answer.detail or 'nothing said'}"
+                raise InvalidChange(f"the pre-rollout webhook said no ({said}); no traffic moved")
         await self.controller.set_weight(
             state.weight, f"rollout of v{state.canary_version}: step 1/{len(plan.steps)}"
         )
@@ -170,11 +179,73 @@ class RolloutRunner:
         await self._audit("rollout-resume", reason)
         return state
 
-    async def _audit(self, action: str, reason: str, **details: Any) -> None:
+    async def _audit(
+        self, action: str, reason: str, state: RolloutState | None = None, **details: Any
+    ) -> None:
         """Record the rollout's own event: audit log and notifications (no before/after)."""
         record = {"action": action, "reason": reason, "before": None, "after": None, **details}
-        sinks = self.state.plan.sinks() if self.state is not None else ()
+        state = state or self.state
+        sinks = state.plan.sinks() if state is not None else ()
         await audited(self.controller.settings, record, sinks)
+
+    async def confirm(self, reason: str = "", by: str = "an operator") -> RolloutState:
+        """Confirm the promotion the rollout holds for (or will hold for), audited."""
+        state = self._active()
+        if not state.plan.needs_confirmation:
+            raise InvalidChange(
+                "this rollout does not wait for a confirmation (rollout start --confirm-promotion)"
+            )
+        if state.confirmation is not None:
+            raise InvalidChange(f"already confirmed by {state.confirmation['by']}")
+        await self._confirmed(state, by, reason)
+        return state
+
+    async def _confirmed(self, state: RolloutState, by: str, reason: str) -> None:
+        state.confirmation = {"by": by, "reason": reason, "time": time.time()}
+        state.held = False
+        state.message = f"promotion confirmed by {by}: {reason or 'no reason given'}"
+        self._save()
+        await self._audit("rollout-confirm", reason, state, by=by)
+
+    async def _call_hook(self, state: RolloutState, name: HookName) -> HookAnswer:
+        """Call one of the plan's webhooks about `state`; audit the call and its answer."""
+        url = state.plan.hooks[name]
+        call = HookCall(name, self.controller.registry.settings.model_name,
+                        state.canary_version, state.stable_version, state.step + 1,
+                        state.weight, state.status)  # fmt: skip
+        answer = await call_hook(self.session, url, call)
+        await self._audit_hook(state, name, answer)
+        return answer
+
+    async def _audit_hook(self, state: RolloutState, name: HookName, answer: HookAnswer) -> None:
+        url = state.plan.hooks[name]
+        shown = Sink(url, "webhook").shown
+        await self._audit(
+            "rollout-hook", f"{name}: {'yes' if answer.ok else 'no'}", state, hook=name,
+            url=shown, status=answer.status, answer=answer.detail.replace(url, shown)[:500],
+        )  # fmt: skip
+
+    async def _watch_rollback(self, state: RolloutState) -> None:
+        """Poll the rollback webhook; a 2xx rolls back at once.
+
+        Its first answer, and each change of answer, go to the audit log (not every poll).
+        """
+        last: tuple[bool, int | None] | None = None
+        url = state.plan.hooks["rollback"]
+        call = HookCall("rollback", self.controller.registry.settings.model_name,
+                        state.canary_version, state.stable_version, state.step + 1,
+                        state.weight, state.status)  # fmt: skip
+        while state.status in ACTIVE:
+            answer = await call_hook(self.session, url, call)
+            if (answer.ok, answer.status) != last:
+                last = (answer.ok, answer.status)
+                await self._audit_hook(state, "rollback", answer)
+            if answer.ok and state.status in ACTIVE:
+                await self._stop_task()
+                why = f"the rollback webhook asked for it ({answer.detail or answer.status})"
+                await self._roll_back(state, why)
+                return
+            await asyncio.sleep(ROLLBACK_POLL_S)
 
     async def abort(self, reason: str = "") -> RolloutState:
         """Stop and roll back at once."""
@@ -209,14 +280,19 @@ class RolloutRunner:
         return self.state
 
     def _spawn(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self.task = loop.create_task(self._run())
+        if self.state is not None and "rollback" in self.state.plan.hooks:
+            self.watch = loop.create_task(self._watch_rollback(self.state))
 
     async def _stop_task(self) -> None:
-        if self.task is not None and self.task is not asyncio.current_task():
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        self.task = None
+        """Stop the judging loop and the rollback watcher (whichever of them is not calling)."""
+        for task in (self.task, self.watch):
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self.task = self.watch = None
 
     async def _run(self) -> None:
         """Judge one window after another until the rollout ends."""
@@ -266,8 +342,14 @@ class RolloutRunner:
                 verdict, state.labelled_in_step, state.plan.limits.min_labels,
                 time.time() - state.step_started_at, state.plan.label_wait_s,
             )  # fmt: skip
+        problem = "" if verdict else "metrics could not be read"
+        if "step" in state.plan.hooks:
+            answer = await self._call_hook(state, "step")
+            if not answer.ok:  # a failed check, as a window that could not be judged
+                said = f"{answer.status or 'no answer'}: {answer.detail or 'nothing said'}"
+                verdict, problem = None, f"the step webhook said no ({said})"
         try:
-            await self._decide(state, verdict, "" if verdict else "metrics could not be read")
+            await self._decide(state, verdict, problem)
         except ControllerError as error:  # a change failed and was undone: try next window
             state.message = f"a change failed: {error}"
             log.warning("rollout: %s", state.message)
@@ -372,6 +454,9 @@ class RolloutRunner:
                           state.plan.max_insufficient_windows)  # fmt: skip
         state.failed_checks = progress.failed_checks
         state.insufficient_in_row = progress.insufficient_in_row
+        if decision.action in ("advance", "promote") and await self._held(state, progress.step):
+            self._save()
+            return
         if decision.action == "promote":
             await self.controller.promote(f"rollout of v{state.canary_version}: all gates passed")
             self._finish(state, "promoted", f"v{state.canary_version} promoted")
@@ -387,12 +472,39 @@ class RolloutRunner:
         else:
             self._save()
 
+    async def _held(self, state: RolloutState, next_step: int) -> bool:
+        """Whether the rollout waits for a confirmation before it reaches 100% or promotes.
+
+        The confirm-promotion webhook is asked each such window; a person confirms with
+        `rollout confirm` or the page's button.
+        """
+        plan = state.plan
+        reaching_full = next_step >= len(plan.steps) or plan.steps[next_step] >= 100
+        if not plan.needs_confirmation or not reaching_full or state.confirmation is not None:
+            return False
+        if "confirm-promotion" in plan.hooks:
+            answer = await self._call_hook(state, "confirm-promotion")
+            if answer.ok:
+                said = answer.detail or f"it answered {answer.status}"
+                await self._confirmed(state, "the confirm-promotion webhook", said)
+                return False
+        if not state.held:
+            state.held = True
+            state.message = (
+                f"holding at {state.weight:g}% until the promotion is confirmed (mlcanary rollout"
+                " confirm, the page, or the confirm-promotion webhook)"
+            )
+            await self._audit("rollout-held", state.message, state)
+        return True
+
     async def _roll_back(self, state: RolloutState, why: str) -> None:
         await self.controller.rollback(f"rollout of v{state.canary_version} rolled back: {why}")
         self._finish(state, "rolled_back", why)
 
     def _finish(self, state: RolloutState, status: str, message: str) -> None:
         state.status, state.message = status, message
+        if self.watch is not None and self.watch is not asyncio.current_task():
+            self.watch.cancel()  # the rollout is over: its rollback webhook is no longer asked
         log.info("rollout %s: %s", status, message)
         self._save()
         failed = sorted({gate["gate"] for entry in state.history[-1:] for gate in entry["gates"]

@@ -13,6 +13,7 @@ from common.predictionlog import SHADOW
 from controller.errors import InvalidChange
 from controller.notifications import MAX_SINKS, Sink
 from controller.rollout.evidence import RolloutEvidence
+from controller.rollout.hooks import HOOKS
 from controller.rollout.judgement import GateLimits, LabelledRows
 
 if TYPE_CHECKING:
@@ -41,6 +42,15 @@ class RolloutPlan:
     without them is a failed check."""
     notify: tuple[str, ...] = ()
     """This rollout's own notification sinks, besides the controller's (`--notify`)."""
+    confirm_promotion: bool = False
+    """Hold before the first 100% step (or before promoting) until an operator confirms."""
+    hooks: dict[str, str] = field(default_factory=dict)
+    """Webhooks the rollout calls and obeys, by name (see `controller.rollout.hooks`)."""
+
+    @property
+    def needs_confirmation(self) -> bool:
+        """Whether the rollout holds for a confirmation: asked, or a webhook gives it."""
+        return self.confirm_promotion or "confirm-promotion" in self.hooks
 
     def sinks(self) -> tuple[Sink, ...]:
         """Return the rollout's own sinks, read from `notify`."""
@@ -65,6 +75,14 @@ class RolloutPlan:
                 Sink.parse(url)
             except ValueError as error:
                 raise InvalidChange(f"notify: {error}") from None
+        for name, url in self.hooks.items():
+            if name not in HOOKS:
+                raise InvalidChange(f"hooks: {name!r} is not one of {', '.join(HOOKS)}")
+            try:
+                if Sink.parse(url).kind != "webhook":
+                    raise ValueError("a gate webhook is an http(s) URL")
+            except ValueError as error:
+                raise InvalidChange(f"hooks.{name}: {error}") from None
 
 
 @dataclass
@@ -92,6 +110,10 @@ class RolloutState:
     """How many of the controller's labelled rows the rollout has read."""
     verdict_run: str = ""
     """The MLflow run the finished rollout's verdict was written to."""
+    held: bool = False
+    """Holding for a confirmation (the plan asks for one and none came yet)."""
+    confirmation: dict[str, Any] | None = None
+    """Who confirmed the promotion, why and when (`rollout confirm`, the page, a webhook)."""
 
     @property
     def weight(self) -> float:
@@ -102,6 +124,8 @@ class RolloutState:
         """Return the state as the API and the page show it: notification URLs' secrets hidden."""
         data = self.to_json()
         data["plan"]["notify"] = [sink.shown for sink in self.plan.sinks()]
+        data["plan"]["hooks"] = {name: Sink(url, "webhook").shown
+                                 for name, url in self.plan.hooks.items()}  # fmt: skip
         return data
 
     def to_json(self) -> dict[str, Any]:
@@ -125,6 +149,8 @@ class RolloutState:
                 prometheus_url=plan.get("prometheus_url"),
                 label_wait_s=plan.get("label_wait_s", RolloutPlan.label_wait_s),
                 notify=tuple(plan.get("notify", ())),
+                confirm_promotion=plan.get("confirm_promotion", False),
+                hooks=dict(plan.get("hooks", {})),
             ),
             canary_version=data["canary_version"],
             step=data["step"],
@@ -140,6 +166,8 @@ class RolloutState:
             labelled_in_step=data.get("labelled_in_step", 0),
             label_cursor=data.get("label_cursor", 0),
             verdict_run=data.get("verdict_run", ""),
+            held=data.get("held", False),
+            confirmation=data.get("confirmation"),
         )
 
 

@@ -201,6 +201,7 @@ def test_a_rollout_started_on_the_page_is_shown_then_rolled_back(
         _type(browser, "steps", "25,50,75,100")
         _type(browser, "interval", "3")
         _type(browser, "min-requests", "5")
+        _click(browser, "confirm-promotion")  # held before 100% until confirmed
         _click(browser, "rollout-start")
         _until(lambda: len(browser.find_elements("css selector", "#judgements tbody tr")) >= 2,
                "two judgements shown")  # fmt: skip
@@ -210,10 +211,15 @@ def test_a_rollout_started_on_the_page_is_shown_then_rolled_back(
             _type(browser, "reason", reason)
             _click(browser, button)
             _until(lambda s=shown: f": {s}," in _text(browser, "rollout-summary"), shown)
+        _type(browser, "reason", "dashboards look right")
+        _click(browser, "rollout-confirm")
+        _until(lambda: "Promotion confirmed by the operator page: dashboards look right"
+               in _text(browser, "rollout-summary"), "the confirmation shown")  # fmt: skip
         changes = system.admin("GET", "/api/status")[1]["recent_changes"]
         assert {(c["action"], c["reason"]) for c in changes} >= {
             ("rollout-pause", "hold on"),
             ("rollout-resume", "go on"),
+            ("rollout-confirm", "dashboards look right"),
         }
         _until(lambda: _plotted(browser, "traffic", 1) > 0, "the canary's traffic plotted")
         screenshot = tmp_path / "page.png"

@@ -178,6 +178,10 @@
       text += `, next judgement in ${Math.max(0, Math.round(state.next_judgement_at - now))} s`;
     }
     if (state.message) text += `. ${state.message}`;
+    if (state.confirmation) {
+      text += ` Promotion confirmed by ${state.confirmation.by}` +
+        (state.confirmation.reason ? `: ${state.confirmation.reason}` : "") + ".";
+    }
     summary.textContent = text;
     const history = state.history || [];
     const gateNames = [...new Set(history.flatMap((e) => e.gates.map((g) => g.gate)))];
@@ -343,10 +347,13 @@
       steps: $("steps").value.split(",").map((step) => Number(step.trim())),
       interval_s: Number($("interval").value),
       min_requests: Number($("min-requests").value),
+      confirm_promotion: $("confirm-promotion").checked,
     }));
     $("rollout-pause").addEventListener("click", () => act("rollout pause", "/api/rollout/pause", {}));
     $("rollout-resume").addEventListener("click", () => act("rollout resume", "/api/rollout/resume", {}));
     $("rollout-abort").addEventListener("click", () => act("rollout abort", "/api/rollout/abort", {}));
+    $("rollout-confirm").addEventListener("click", () =>
+      act("rollout confirm", "/api/rollout/confirm", { by: "the operator page" }));
   }
 
   makeCharts();

@@ -27,7 +27,8 @@ from controller.feedback import LabelBook
 from controller.hosts import host_names
 from controller.notifications import NotificationMetrics, Notifier, Sink
 from controller.registry import Registry
-from controller.rollout.engine import RolloutMetrics, RolloutRunner
+from controller.rollout.engine import RolloutRunner
+from controller.rollout.metrics import RolloutMetrics
 from controller.rollout.state import ACTIVE
 from controller.routers import EndpointRouters, RouterList
 from controller.runtime import Runtime

@@ -11,29 +11,27 @@ import contextlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from prometheus_client import CollectorRegistry, Gauge
 
 from common.files import write_atomically
 from controller.changes import Controller
 from controller.commit import audited
 from controller.errors import ControllerError, InvalidChange
 from controller.feedback import LabelBook
-from controller.notifications import Sink
 from controller.predictionbuckets import read_profiles
+from controller.rollout.asking import Asking
 from controller.rollout.gates import judge
 from controller.rollout.histograms import categories_of
-from controller.rollout.hooks import ROLLBACK_POLL_S, HookAnswer, HookCall, HookName, call_hook
 from controller.rollout.judgement import Buckets, LabelledRows, Verdict, Window
+from controller.rollout.metrics import RolloutMetrics
 from controller.rollout.planner import stable_deciles
 from controller.rollout.promql import latency_history, window_from_prometheus
 from controller.rollout.state import (
     ACTIVE,
-    STATUSES,
     RolloutPlan,
     RolloutState,
     select_labelled,
@@ -52,38 +50,6 @@ MAX_ERRORS_IN_ROW = 3
 """Unexpected errors in a row (a bug, a source answering nonsense) after which the rollout
 fails closed: rolled back, as a window that cannot be judged is never a pass."""
 ERROR_PAUSE_S = 1.0
-
-
-@dataclass(frozen=True)
-class RolloutMetrics:
-    """`mlcanary_rollout_*` on the controller's /metrics."""
-
-    step: Gauge
-    gate_value: Gauge
-    status: Gauge
-
-    @classmethod
-    def create(cls, registry: CollectorRegistry) -> RolloutMetrics:
-        """Register the rollout gauges."""
-        metrics = cls(
-            step=Gauge("mlcanary_rollout_step", "Current rollout step (1-based; 0: none).",
-                       registry=registry),
-            gate_value=Gauge("mlcanary_rollout_gate_value", "Last judged value of each gate.",
-                             ["gate"], registry=registry),
-            status=Gauge("mlcanary_rollout_status", "1 for the rollout's current status.",
-                         ["status"], registry=registry),
-        )  # fmt: skip
-        for gate in ("error_rate", "error_ratio", "p99_ratio", "prediction_psi", "shadow_delta",
-                     "label_errors"):  # fmt: skip
-            metrics.gate_value.labels(gate)
-        metrics.show("idle", 0)
-        return metrics
-
-    def show(self, status: str, step: int) -> None:
-        """Reflect the status and the step."""
-        for known in STATUSES:
-            self.status.labels(known).set(1 if known == status else 0)
-        self.step.set(step)
 
 
 class RolloutRunner:
@@ -108,6 +74,8 @@ class RolloutRunner:
         self.watch: asyncio.Task[None] | None = None
         """Polls the rollback webhook while the rollout runs (if the plan has one)."""
         self.wake = asyncio.Event()
+        self.asking = Asking(session, controller.registry.settings.model_name, self._audit,
+                             self._save)  # fmt: skip
 
     async def start(self, plan: RolloutPlan) -> RolloutState:
         """Begin a rollout of the current canary at the plan's first step."""
@@ -133,7 +101,7 @@ class RolloutRunner:
             await self._stable_latency(plan, state.stable_version)
         )
         if "pre-rollout" in plan.hooks:
-            answer = await self._call_hook(state, "pre-rollout")
+            answer = await self.asking.ask(state, "pre-rollout")
             if not answer.ok:
                 said = f"{answer.status or 'no answer'}: {answer.detail or 'nothing said'}"
                 raise InvalidChange(f"the pre-rollout webhook said no ({said}); no traffic moved")
@@ -191,61 +159,15 @@ class RolloutRunner:
     async def confirm(self, reason: str = "", by: str = "an operator") -> RolloutState:
         """Confirm the promotion the rollout holds for (or will hold for), audited."""
         state = self._active()
-        if not state.plan.needs_confirmation:
-            raise InvalidChange(
-                "this rollout does not wait for a confirmation (rollout start --confirm-promotion)"
-            )
-        if state.confirmation is not None:
-            raise InvalidChange(f"already confirmed by {state.confirmation['by']}")
-        await self._confirmed(state, by, reason)
+        await self.asking.confirm(state, by, reason)
         return state
 
-    async def _confirmed(self, state: RolloutState, by: str, reason: str) -> None:
-        state.confirmation = {"by": by, "reason": reason, "time": time.time()}
-        state.held = False
-        state.message = f"promotion confirmed by {by}: {reason or 'no reason given'}"
-        self._save()
-        await self._audit("rollout-confirm", reason, state, by=by)
-
-    async def _call_hook(self, state: RolloutState, name: HookName) -> HookAnswer:
-        """Call one of the plan's webhooks about `state`; audit the call and its answer."""
-        url = state.plan.hooks[name]
-        call = HookCall(name, self.controller.registry.settings.model_name,
-                        state.canary_version, state.stable_version, state.step + 1,
-                        state.weight, state.status)  # fmt: skip
-        answer = await call_hook(self.session, url, call)
-        await self._audit_hook(state, name, answer)
-        return answer
-
-    async def _audit_hook(self, state: RolloutState, name: HookName, answer: HookAnswer) -> None:
-        url = state.plan.hooks[name]
-        shown = Sink(url, "webhook").shown
-        await self._audit(
-            "rollout-hook", f"{name}: {'yes' if answer.ok else 'no'}", state, hook=name,
-            url=shown, status=answer.status, answer=answer.detail.replace(url, shown)[:500],
-        )  # fmt: skip
-
     async def _watch_rollback(self, state: RolloutState) -> None:
-        """Poll the rollback webhook; a 2xx rolls back at once.
-
-        Its first answer, and each change of answer, go to the audit log (not every poll).
-        """
-        last: tuple[bool, int | None] | None = None
-        url = state.plan.hooks["rollback"]
-        call = HookCall("rollback", self.controller.registry.settings.model_name,
-                        state.canary_version, state.stable_version, state.step + 1,
-                        state.weight, state.status)  # fmt: skip
-        while state.status in ACTIVE:
-            answer = await call_hook(self.session, url, call)
-            if (answer.ok, answer.status) != last:
-                last = (answer.ok, answer.status)
-                await self._audit_hook(state, "rollback", answer)
-            if answer.ok and state.status in ACTIVE:
-                await self._stop_task()
-                why = f"the rollback webhook asked for it ({answer.detail or answer.status})"
-                await self._roll_back(state, why)
-                return
-            await asyncio.sleep(ROLLBACK_POLL_S)
+        """Roll back at once when the rollback webhook says yes."""
+        said = await self.asking.rollback_asked(state)
+        if state.status in ACTIVE:
+            await self._stop_task()
+            await self._roll_back(state, f"the rollback webhook asked for it ({said})")
 
     async def abort(self, reason: str = "") -> RolloutState:
         """Stop and roll back at once."""
@@ -344,7 +266,7 @@ class RolloutRunner:
             )  # fmt: skip
         problem = "" if verdict else "metrics could not be read"
         if "step" in state.plan.hooks:
-            answer = await self._call_hook(state, "step")
+            answer = await self.asking.ask(state, "step")
             if not answer.ok:  # a failed check, as a window that could not be judged
                 said = f"{answer.status or 'no answer'}: {answer.detail or 'nothing said'}"
                 verdict, problem = None, f"the step webhook said no ({said})"
@@ -454,7 +376,8 @@ class RolloutRunner:
                           state.plan.max_insufficient_windows)  # fmt: skip
         state.failed_checks = progress.failed_checks
         state.insufficient_in_row = progress.insufficient_in_row
-        if decision.action in ("advance", "promote") and await self._held(state, progress.step):
+        holds = decision.action in ("advance", "promote")
+        if holds and await self.asking.held(state, progress.step):
             self._save()
             return
         if decision.action == "promote":
@@ -471,31 +394,6 @@ class RolloutRunner:
             )
         else:
             self._save()
-
-    async def _held(self, state: RolloutState, next_step: int) -> bool:
-        """Whether the rollout waits for a confirmation before it reaches 100% or promotes.
-
-        The confirm-promotion webhook is asked each such window; a person confirms with
-        `rollout confirm` or the page's button.
-        """
-        plan = state.plan
-        reaching_full = next_step >= len(plan.steps) or plan.steps[next_step] >= 100
-        if not plan.needs_confirmation or not reaching_full or state.confirmation is not None:
-            return False
-        if "confirm-promotion" in plan.hooks:
-            answer = await self._call_hook(state, "confirm-promotion")
-            if answer.ok:
-                said = answer.detail or f"it answered {answer.status}"
-                await self._confirmed(state, "the confirm-promotion webhook", said)
-                return False
-        if not state.held:
-            state.held = True
-            state.message = (
-                f"holding at {state.weight:g}% until the promotion is confirmed (mlcanary rollout"
-                " confirm, the page, or the confirm-promotion webhook)"
-            )
-            await self._audit("rollout-held", state.message, state)
-        return True
 
     async def _roll_back(self, state: RolloutState, why: str) -> None:
         await self.controller.rollback(f"rollout of v{state.canary_version} rolled back: {why}")

@@ -27,11 +27,11 @@ from tests.systems import running_system
 from tests.test_rollout import (
     HEALTHY,
     SHIFTED,
-    Load,
     _cli,
     _deploy,
     _failed_gates,
     _rollout,
+    sending,
     twin_and_shifted,
 )
 from tests.test_v2_model_server import ClientFactory, serve, v2_cases
@@ -124,16 +124,11 @@ async def test_a_rollout_judges_our_canary_against_an_mlserver_stable(
                        "model_name": "exam"},
         })  # fmt: skip
         with running_system(rollout_registry, tmp_path, routing=routing) as system:
-            load = Load(system.router_url, v2_model=rollout_registry.model_name)
-            clients = [asyncio.create_task(load.client(seed)) for seed in range(3)]
-            try:
+            async with sending(system.router_url, rollout_registry.model_name) as load:
                 await _deploy(system, candidate)
                 code, state = await _rollout(
                     system, "--steps", "20,50,100", "--interval", "1.5s", "--min-requests", "15"
                 )
-            finally:
-                load.stop.set()
-                await asyncio.gather(*clients)
             assert state["status"] == verdict, state
             assert code == (0 if verdict == "promoted" else 1), state
             if verdict == "rolled_back":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import json
 import os
@@ -149,13 +150,22 @@ class Load:
                     self.statuses.append(answer.status)
 
 
+@contextlib.asynccontextmanager
+async def sending(url: str, v2_model: str | None = None) -> AsyncIterator[Load]:
+    """Three clients sending dataset rows to the router at `url` while the block runs."""
+    running = Load(url, v2_model)
+    tasks = [asyncio.create_task(running.client(seed)) for seed in range(3)]
+    try:
+        yield running
+    finally:
+        running.stop.set()
+        await asyncio.gather(*tasks)
+
+
 @pytest.fixture
 async def load(system: System) -> AsyncIterator[Load]:
-    running = Load(system.router_url)
-    tasks = [asyncio.create_task(running.client(seed)) for seed in range(3)]
-    yield running
-    running.stop.set()
-    await asyncio.gather(*tasks)
+    async with sending(system.router_url) as running:
+        yield running
 
 
 @dataclass

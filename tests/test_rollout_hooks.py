@@ -29,7 +29,7 @@ from contracts.routing import read_routing_file
 from tests.conftest import TrainedRegistry
 from tests.routers import wait_until
 from tests.systems import System, running_system
-from tests.test_rollout import HEALTHY, Load, twin_and_shifted
+from tests.test_rollout import HEALTHY, Load, sending, twin_and_shifted
 
 pytestmark = pytest.mark.slow  # real MLflow, model servers, router and controller
 
@@ -71,11 +71,8 @@ def system(hooks_registry: RegistrySettings, tmp_path: Path) -> Iterator[System]
 
 @pytest.fixture
 async def load(system: System) -> AsyncIterator[Load]:
-    running = Load(system.router_url)
-    tasks = [asyncio.create_task(running.client(seed)) for seed in range(3)]
-    yield running
-    running.stop.set()
-    await asyncio.gather(*tasks)
+    async with sending(system.router_url) as running:
+        yield running
 
 
 async def hook_url(aiohttp_server: ServerFactory, hook: Hook, name: str) -> str:

@@ -68,7 +68,9 @@ class StandInController:
     def __init__(self) -> None:
         self.writes: list[str] = []
         self.session: aiohttp.ClientSession | None = None
-        self.settings = SimpleNamespace(routers=SimpleNamespace(urls=self._no_routers))
+        self.settings = SimpleNamespace(
+            routers=SimpleNamespace(urls=self._no_routers), notifier=None
+        )
 
     async def _no_routers(self) -> list[str]:
         return []
@@ -76,8 +78,9 @@ class StandInController:
     async def status(self) -> dict[str, Any]:
         return {
             "model": "m", "config_version": "v",
-            "stable": {"url": "http://10.0.0.7:5101", "version": "1"},
-            "canary": {"url": f"{SECRET_URI}", "version": "2", "weight": 10.0},
+            "stable": {"url": "http://10.0.0.7:5101", "version": "1", "protocols": ["mlflow"]},
+            "canary": {"url": f"{SECRET_URI}", "version": "2", "weight": 10.0,
+                       "protocols": ["mlflow", "v2"]},
             "routers": {"http://10.0.0.9:8000": {"config_version": "v", "in_step": True}},
             "aliases": {"error": f"the registry at {SECRET_URI} cannot be read"},
             "runtime": "local",
@@ -114,7 +117,9 @@ async def test_anonymous_reads_show_no_internal_url_and_write_nothing(admin_api:
             assert private not in text, private
         await asyncio.sleep(0)  # let the page's sampler run a round
     overview = json.loads(text)
-    assert overview["canary"] == {"version": "2", "weight": 10.0}
+    # What the page shows of the split: versions, weight and the protocols spoken, no URL.
+    assert overview["canary"] == {"version": "2", "weight": 10.0, "protocols": ["mlflow", "v2"]}
+    assert overview["notifications"] == {"sinks": [], "signed": False, "recent": []}
     assert list(overview["routers"]) == ["router 1"]
 
     async def sampled() -> bool:

@@ -145,6 +145,11 @@ def test_the_page_shows_the_split_live_traffic_and_refuses_a_wrong_token(
         _until(lambda: browser.execute_script(
             "return window.mlcanaryCharts.predictions.data.datasets[1].data.length") > 0,
             "the canary's predictions plotted")  # fmt: skip
+        labels = browser.execute_script("return window.mlcanaryCharts.predictions.data.labels")
+    # Bucket edges cut at quantiles are shown at the model's scale, still told apart.
+    edges = [label.removeprefix("≤ ") for label in labels if label.startswith("≤ ")]
+    assert edges and len(set(edges)) == len(edges), labels
+    assert all(len(edge.partition(".")[2]) <= 2 for edge in edges), labels  # not 24.6675
     assert set(statuses) == {200}
     # Nothing went wrong in the page: no script error, nothing the security policy refused.
     assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

@@ -135,10 +135,25 @@
       return categories.map((c) => (got[c] || 0) / total);
     };
     const chart = charts.predictions;
-    chart.data.labels = categories.map((c) => (c === "+Inf" ? "above" : Number.isNaN(Number(c)) ? c : `≤ ${c}`));
+    const digits = edgeDigits(categories);
+    chart.data.labels = categories.map((c) => (c === "+Inf" ? "above" : Number.isNaN(Number(c)) ? c : `≤ ${roundedEdge(c, digits)}`));
     chart.data.datasets[0].data = shares("stable");
     chart.data.datasets[1].data = shares("canary");
     chart.update("none");
+  }
+
+  // Bucket edges are cut at the model's quantiles (24.6675): shown with one digit more than
+  // the closest two edges need to differ (24.7 when they are about 2 apart, 0.173 at 0.03).
+  function edgeDigits(categories) {
+    const edges = categories.map(Number).filter((value) => Number.isFinite(value)).sort((a, b) => a - b);
+    let gap = Infinity;
+    for (let i = 1; i < edges.length; i += 1) gap = Math.min(gap, edges[i] - edges[i - 1]);
+    if (!Number.isFinite(gap) || gap <= 0) return 2;
+    return Math.min(6, Math.max(0, Math.ceil(-Math.log10(gap)) + 1));
+  }
+
+  function roundedEdge(edge, digits) {
+    return Number(edge).toLocaleString("en-US", { maximumFractionDigits: digits, useGrouping: false });
   }
 
   function bucketOrder(name) {

@@ -325,7 +325,7 @@ def create_api(
     app.router.add_post("/api/feedback", feedback)
     app.router.add_get(page.OVERVIEW_PATH, overview)
     page.add_page(app)
-    app[LIVE] = LiveTraffic(lambda: _snapshot(controller))
+    app[LIVE] = LiveTraffic(lambda: _snapshot(controller), busy=rollout.active)
     app.on_cleanup.append(lambda app: app[LIVE].close())
     return app
 

@@ -4,10 +4,11 @@ A page showing the canary polls `/api/overview`; the first poll starts a sampler
 routers' /metrics every `SAMPLE_S` (the same reading a rollout window makes, `take_snapshot`)
 and keeps what happened between two readings (`summarize_window`: requests per second, 5xx
 share, p50 and p99, per variant) for the last `KEPT_S`, with the prediction counts behind the
-distribution plot. With no poll for `IDLE_S` it stops: nobody watching costs the routers
-nothing. A reading that fails (a router down) leaves a gap, said in `problem`. It only reads:
-the buckets the plot counts in are cut by the controller's own loop (`serve.keep_buckets`),
-never because an anonymous reader polled.
+distribution plot. A rollout keeps it sampling too (`keep_up`, `busy`), so that a page opened in
+the middle of one shows the hour behind it. With no poll for `IDLE_S` and no rollout it stops:
+nobody watching costs the routers nothing. A reading that fails (a router down) leaves a gap,
+said in `problem`. It only reads: the buckets the plot counts in are cut by the controller's
+own loop (`serve.keep_buckets`), never because an anonymous reader polled.
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ from controller.rollout.window import Snapshot, window_between
 
 log = logging.getLogger("controller")
 SAMPLE_S = 2.0
-KEPT_S = 300.0
+KEPT_S = 3600.0
+"""The history a page is shown: the last hour."""
+SHOWN_POINTS = 360
+"""At most this many points of it are sent per poll (older samples are thinned out evenly)."""
+PREDICTIONS_S = 300.0
+"""The distribution plot sums the last five minutes of prediction counts."""
 IDLE_S = 60.0
 
 Read = Callable[[], Awaitable[Snapshot]]
@@ -53,18 +59,28 @@ class LiveTraffic:
     problem: str = ""
     watched_at: float = 0.0
     task: asyncio.Task[None] | None = None
+    busy: Callable[[], bool] = lambda: False
+    """Whether something besides a page needs the history kept (a rollout running)."""
 
     def watch(self) -> dict[str, Any]:
         """Return the samples so far (and keep sampling for `IDLE_S` more)."""
         self.watched_at = time.monotonic()
-        if self.task is None or self.task.done():
-            self.task = asyncio.get_running_loop().create_task(self._sample())
+        self.keep_up()
+        kept = list(self.samples)
+        stride = max(1, -(-len(kept) // SHOWN_POINTS))  # ceil: at most SHOWN_POINTS points
+        shown = kept[::-1][::stride][::-1]  # thinned from the newest back: the last is kept
         return {
             "sample_s": SAMPLE_S,
-            "series": [{"time": s.time, **s.variants} for s in self.samples],
-            "predictions": self._predictions(),
+            "kept_s": KEPT_S,
+            "series": [{"time": s.time, **s.variants} for s in shown],
+            "predictions": self._predictions(time.time() - PREDICTIONS_S),
             "problem": self.problem,
         }
+
+    def keep_up(self) -> None:
+        """Start sampling if it is not running."""
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._sample())
 
     async def close(self) -> None:
         """Stop sampling."""
@@ -75,7 +91,7 @@ class LiveTraffic:
     async def _sample(self) -> None:
         before: Snapshot | None = None
         taken_at = 0.0
-        while time.monotonic() - self.watched_at < IDLE_S:
+        while time.monotonic() - self.watched_at < IDLE_S or self.busy():
             try:
                 after, now = await self.read(), time.time()
             except ControllerError as error:
@@ -87,10 +103,12 @@ class LiveTraffic:
                 before, taken_at = after, now
             await asyncio.sleep(SAMPLE_S)
 
-    def _predictions(self) -> dict[str, dict[str, Categories]]:
-        """Sum the kept samples' prediction counts, by output then variant."""
+    def _predictions(self, since: float) -> dict[str, dict[str, Categories]]:
+        """Sum the prediction counts of the samples since `since`, by output then variant."""
         summed: dict[str, dict[str, Categories]] = {}
         for sample in self.samples:
+            if sample.time < since:
+                continue
             for variant, outputs in sample.predictions.items():
                 for output, counts in outputs.items():
                     into = summed.setdefault(output, {}).setdefault(variant, {})

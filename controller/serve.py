@@ -18,7 +18,7 @@ from common.settings import RegistrySettings, system_settings
 from common.supervision import stop_requested
 from contracts.routing import MODEL_SERVER_PROTOCOLS, RoutingConfig, Variant
 from controller.answers import DEFAULT_LIMIT
-from controller.api import Tokens, create_api
+from controller.api import LIVE, Tokens, create_api
 from controller.changes import Controller
 from controller.checks import check_server, server_metadata, stable_inputs, v2_metadata
 from controller.commit import ChangeSettings
@@ -264,6 +264,8 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
             if time.monotonic() - buckets_checked >= BUCKETS_CHECK_S:
                 await keep_buckets(controller, rollout)
                 buckets_checked = time.monotonic()
+            if rollout.active():  # its history sampled for the page, watched or not
+                api[LIVE].keep_up()
             if runtime.servers:  # owned servers only: no store read each second otherwise
                 config = await controller.current()
                 in_use = {config.stable.url} | ({config.canary.url} if config.canary else set())

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import threading
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -251,4 +252,42 @@ def test_a_rollout_started_on_the_page_is_shown_then_rolled_back(
         assert json.loads(answer.read())["config_version"] == status["config_version"]
     _until(lambda: _text(browser, "canary-weight") == "0%", "the page showing 0%")
     assert system.admin("GET", "/api/rollout")[1]["status"] != "running"
+    assert set(statuses) == {200}
+
+
+def _answered(system: System) -> float:
+    """Requests the router answered so far, from its /metrics."""
+    with urllib.request.urlopen(f"{system.router_url}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("mlcanary_requests_total{")
+    )
+
+
+def test_a_page_opened_in_the_middle_of_a_rollout_shows_its_past(
+    system: System, browser: WebDriver
+) -> None:
+    """Nobody watches while a rollout runs: the controller samples its traffic all the same,
+    and a page opened later plots it from before the page's first poll."""
+    with traffic(system) as statuses:
+        code, answer = system.admin(
+            "POST", "/api/rollout", {"steps": [10, 100], "interval_s": 600, "min_requests": 5}
+        )
+        assert code == 200, answer
+        started = system.admin("GET", "/api/rollout")[1]["step_started_at"]
+        # The history this test is about takes time to make: traffic through 8 s of rollout.
+        wait_until(lambda: _answered(system) >= 1000 and time.time() - started >= 8,
+                   "8 s of traffic during the rollout", 120)  # fmt: skip
+        opened = time.time()
+        browser.get(f"{system.controller_url}/")
+        _until(lambda: _plotted(browser, "traffic", 0) > 0, "stable's traffic plotted")
+        oldest = browser.execute_script(
+            "const d = window.mlcanaryCharts.traffic.data.datasets[0].data;"
+            " return d.length ? d[0].x : 0;"
+        )
+        # Points from before the page was opened: sampled while nobody watched.
+        assert oldest <= -(time.time() - opened) - 4, oldest
+        system.admin("POST", "/api/rollout/abort", {"reason": "seen enough"})
     assert set(statuses) == {200}

@@ -196,6 +196,10 @@ class RolloutRunner:
         await self._stop_task()
         await asyncio.gather(*self.recording, return_exceptions=True)
 
+    def active(self) -> bool:
+        """Whether a rollout is running (or paused, or holding)."""
+        return self.state is not None and self.state.status in ACTIVE
+
     def _active(self) -> RolloutState:
         if self.state is None or self.state.status not in ACTIVE:
             raise InvalidChange("no rollout is running")

@@ -95,10 +95,10 @@
     charts.latency.data.datasets[1].data = points("stable", "p99_s", 1000);
     charts.latency.data.datasets[2].data = points("canary", "p50_s", 1000);
     charts.latency.data.datasets[3].data = points("canary", "p99_s", 1000);
-    // The x axis spans what was sampled (at least a minute, at most the 5 minutes kept).
+    // The x axis spans what was sampled (at least a minute, at most the hour kept).
     const oldest = samples.length ? Math.round(samples[0].time - now) : 0;
     for (const name of ["traffic", "errors", "latency"]) {
-      charts[name].options.scales.x.min = Math.max(-300, Math.min(-60, oldest));
+      charts[name].options.scales.x.min = Math.max(-(live.kept_s || 3600), Math.min(-60, oldest));
       charts[name].update("none");
     }
     $("sample-s").textContent = String(live.sample_s);

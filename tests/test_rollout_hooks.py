@@ -214,3 +214,33 @@ async def test_a_rollback_hook_saying_yes_rolls_back_at_once(
     assert config.canary is None or config.canary.weight == 0
     polls = [r for r in audit(system) if r["action"] == "rollout-hook"]
     assert [(r["hook"], r["status"]) for r in polls] == [("rollback", 404), ("rollback", 200)]
+
+
+async def test_a_confirm_promotion_hook_confirms_when_it_says_yes(
+    system: System, load: Load, aiohttp_server: ServerFactory
+) -> None:
+    hook = Hook(status=409, said="change freeze until 18:00")
+    await deploy(system)
+    url = await hook_url(aiohttp_server, hook, "confirm")
+    started = await asyncio.to_thread(
+        system.cli, "rollout", "start", "--steps", "50,100", "--interval", "1s",
+        "--min-requests", "10", "--hook", f"confirm-promotion={url}", "--detach", *QUIET,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+
+    async def held() -> bool:
+        return bool((await rollout(system)).get("held"))
+
+    await wait_until(held, "the rollout holding for its webhook", 90)
+    await wait_until(lambda: len(hook.calls) >= 2, "the webhook asked again", 60)
+    assert (await rollout(system))["weight"] == 50
+    hook.status, hook.said = 200, "freeze over"
+
+    async def promoted() -> bool:
+        return (await rollout(system))["status"] == "promoted"
+
+    await wait_until(promoted, "the promotion once the webhook said yes", 90)
+    final = await rollout(system)
+    assert final["confirmation"]["by"] == "the confirm-promotion webhook"
+    assert final["confirmation"]["reason"] == "freeze over"
+    assert {call["hook"] for call in hook.calls} == {"confirm-promotion"}

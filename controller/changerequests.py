@@ -8,7 +8,7 @@ and read here: a request leaves out what it keeps.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -62,7 +62,11 @@ keeps."""
 class RolloutRequest(Change):
     """Roll the canary out over `steps` (percent), judging each `interval_s` window."""
 
-    steps: list[float] = Field(default=list(PLAN.steps), min_length=1, max_length=50)
+    steps: list[float | Literal["pause", "confirm"]] = Field(
+        default=list(PLAN.steps), min_length=1, max_length=50
+    )
+    """Percents in order; `pause` holds until resumed, `confirm` until confirmed, before the
+    next step (or before promoting, last)."""
     interval_s: float = Field(default=PLAN.interval_s, ge=0.2, le=86_400)
     min_requests: int = Field(default=LIMITS.min_requests, ge=1)
     max_error_rate: float = Field(default=LIMITS.max_error_rate, ge=0, le=1)
@@ -95,11 +99,24 @@ class RolloutRequest(Change):
             max_psi=self.max_psi, max_shadow_delta=self.max_shadow_delta,
             min_labels=self.min_labels, max_label_error_ratio=self.max_label_error_ratio,
         )  # fmt: skip
+        percents: list[float] = []
+        pauses: list[int] = []
+        confirm_before: list[int] = []
+        for step in self.steps:
+            if step == "pause":
+                pauses.append(len(percents))
+            elif step == "confirm":
+                confirm_before.append(len(percents))
+            else:
+                percents.append(float(step))
+        if len(confirm_before) > 1:
+            raise InvalidChange("steps: one confirm at most")
         return RolloutPlan(
-            tuple(self.steps), self.interval_s, limits,
+            tuple(percents), self.interval_s, limits,
             self.max_failed_checks, self.max_insufficient_windows,
             self.prometheus_url.rstrip("/") if self.prometheus_url else None,
             self.label_wait_s, tuple(self.notify), self.confirm_promotion, dict(self.hooks),
+            tuple(pauses), confirm_before[0] if confirm_before else None,
         )  # fmt: skip
 
 

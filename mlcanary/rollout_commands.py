@@ -37,7 +37,13 @@ def _seconds(text: str, option: str = "--interval") -> float:
 
 
 def _plan_options(
-    steps: Annotated[str, typer.Option(help="Canary percents, in order.")] = STEPS,
+    steps: Annotated[
+        str,
+        typer.Option(
+            help="Canary percents, in order; `pause` holds until `rollout resume`, `confirm`"
+            " until `rollout confirm`, before the next step (e.g. 10,50,confirm,100)."
+        ),
+    ] = STEPS,
     interval: Annotated[
         str, typer.Option(help="Window judged after each step: 60s, 2m...")
     ] = f"{PLAN.interval_s:g}s",
@@ -86,10 +92,13 @@ def _plan_options(
     ] = LIMITS.max_label_error_ratio,
 ) -> dict[str, Any]:
     """Return the options of a rollout plan (shared by `start` and `plan`) as the API body."""
-    try:
-        percents = [float(step) for step in steps.split(",") if step.strip()]
-    except ValueError:
-        fail(f"--steps must be numbers separated by commas, got {steps!r}", code=2)
+    percents: list[float | str] = []
+    for step in (step.strip() for step in steps.split(",") if step.strip()):
+        try:
+            percents.append(step if step in ("pause", "confirm") else float(step))
+        except ValueError:
+            message = "--steps must be percents (or pause, confirm) separated by commas"
+            fail(f"{message}, got {steps!r}", code=2)
     return {
         "steps": percents, "interval_s": _seconds(interval), "min_requests": min_requests,
         "false_alarm_rate": false_alarm_rate, "max_error_rate": max_error_rate,

@@ -26,6 +26,8 @@ from aiohttp.test_utils import TestServer
 
 from common.settings import RegistrySettings
 from contracts.routing import read_routing_file
+from controller.changerequests import RolloutRequest
+from controller.errors import InvalidChange
 from tests.conftest import TrainedRegistry
 from tests.routers import wait_until
 from tests.systems import System, running_system
@@ -244,3 +246,42 @@ async def test_a_confirm_promotion_hook_confirms_when_it_says_yes(
     assert final["confirmation"]["by"] == "the confirm-promotion webhook"
     assert final["confirmation"]["reason"] == "freeze over"
     assert {call["hook"] for call in hook.calls} == {"confirm-promotion"}
+
+
+def test_pause_and_confirm_steps_are_read_into_the_plan() -> None:
+    asked = RolloutRequest.model_validate({"steps": [10, "pause", 50, "confirm", 100]})
+    plan = asked.plan()
+    assert (plan.steps, plan.pauses, plan.confirm_before) == ((10.0, 50.0, 100.0), (1,), 2)
+    assert plan.hold_point == 2 and plan.needs_confirmation
+    assert RolloutRequest.model_validate({"steps": [10, 50]}).plan().hold_point == 2
+    assert RolloutRequest.model_validate({"steps": [10, 100]}).plan().hold_point == 1
+    for bad, words in (([("pause"), 10, 100], "come after a step"),
+                       ([10, "confirm", 50, "confirm", 100], "one confirm at most")):  # fmt: skip
+        with pytest.raises(InvalidChange, match=words):
+            RolloutRequest.model_validate({"steps": bad}).plan()
+
+
+async def test_a_pause_step_holds_until_the_operator_resumes(system: System, load: Load) -> None:
+    await deploy(system)
+    started = await asyncio.to_thread(
+        system.cli, "rollout", "start", "--steps", "50,pause,100", "--interval", "1s",
+        "--min-requests", "10", "--detach", *QUIET,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stderr
+
+    async def paused() -> bool:
+        return (await rollout(system))["status"] == "paused"
+
+    await wait_until(paused, "the plan's pause", 90)
+    state = await rollout(system)
+    assert state["weight"] == 50 and "paused by the plan before step 2" in state["message"]
+    (record,) = [r for r in audit(system) if r["action"] == "rollout-pause"]
+    assert record["by"] == "the plan"
+    resumed = await asyncio.to_thread(system.cli, "rollout", "resume", "--reason", "looked")
+    assert resumed.returncode == 0, resumed.stderr
+
+    async def promoted() -> bool:
+        return (await rollout(system))["status"] == "promoted"
+
+    await wait_until(promoted, "the promotion after resuming", 90)
+    assert set(load.statuses) == {200}

@@ -78,14 +78,17 @@ class Asking:
         )  # fmt: skip
 
     async def held(self, state: RolloutState, next_step: int) -> bool:
-        """Whether the rollout waits for a confirmation before it reaches 100% or promotes.
+        """Whether the rollout waits for a confirmation before moving to `next_step`.
+
+        It holds before the plan's hold point: a `confirm` step, else the first 100% step or
+        promoting.
 
         The confirm-promotion webhook is asked each such window; a person confirms with
         `rollout confirm` or the page's button.
         """
         plan = state.plan
-        reaching_full = next_step >= len(plan.steps) or plan.steps[next_step] >= 100
-        if not plan.needs_confirmation or not reaching_full or state.confirmation is not None:
+        reaching = next_step >= plan.hold_point
+        if not plan.needs_confirmation or not reaching or state.confirmation is not None:
             return False
         if "confirm-promotion" in plan.hooks:
             answer = await self.ask(state, "confirm-promotion")
@@ -96,10 +99,22 @@ class Asking:
         if not state.held:
             state.held = True
             state.message = (
-                f"holding at {state.weight:g}% until the promotion is confirmed (mlcanary rollout"
+                f"holding at {state.weight:g}% until the rollout is confirmed (mlcanary rollout"
                 " confirm, the page, or the confirm-promotion webhook)"
             )
             await self.audit("rollout-held", state.message, state)
+        return True
+
+    async def paused_by_plan(self, state: RolloutState, next_step: int) -> bool:
+        """Pause before `next_step` if the plan says so (once: resuming goes past it)."""
+        if next_step not in state.plan.pauses or next_step in state.paused_before:
+            return False
+        state.paused_before.append(next_step)
+        state.status = "paused"
+        where = f"step {next_step + 1}" if next_step < len(state.plan.steps) else "promoting"
+        state.message = f"paused by the plan before {where}: resume with mlcanary rollout resume"
+        self.save()
+        await self.audit("rollout-pause", state.message, state, by="the plan")
         return True
 
     async def rollback_asked(self, state: RolloutState) -> str:

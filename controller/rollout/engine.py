@@ -380,8 +380,12 @@ class RolloutRunner:
                           state.plan.max_insufficient_windows)  # fmt: skip
         state.failed_checks = progress.failed_checks
         state.insufficient_in_row = progress.insufficient_in_row
-        holds = decision.action in ("advance", "promote")
-        if holds and await self.asking.held(state, progress.step):
+        moves = decision.action in ("advance", "promote")
+        # Where it would go: the next step, or past the last one (promoting).
+        going_to = len(state.plan.steps) if decision.action == "promote" else progress.step
+        if moves and await self.asking.paused_by_plan(state, going_to):
+            return
+        if moves and await self.asking.held(state, going_to):
             self._save()
             return
         if decision.action == "promote":

@@ -46,11 +46,30 @@ class RolloutPlan:
     """Hold before the first 100% step (or before promoting) until an operator confirms."""
     hooks: dict[str, str] = field(default_factory=dict)
     """Webhooks the rollout calls and obeys, by name (see `controller.rollout.hooks`)."""
+    pauses: tuple[int, ...] = ()
+    """Steps (0-based; `len(steps)`: before promoting) the rollout pauses before, until an
+    operator resumes it (`--steps 10,50,pause,100`)."""
+    confirm_before: int | None = None
+    """The step (as `pauses`) the rollout holds before for a confirmation (`--steps
+    10,confirm,50,100`); by default, with `confirm_promotion` or the confirm-promotion webhook,
+    the first 100% step, or promoting."""
 
     @property
     def needs_confirmation(self) -> bool:
         """Whether the rollout holds for a confirmation: asked, or a webhook gives it."""
-        return self.confirm_promotion or "confirm-promotion" in self.hooks
+        return (
+            self.confirm_promotion
+            or self.confirm_before is not None
+            or "confirm-promotion" in self.hooks
+        )
+
+    @property
+    def hold_point(self) -> int:
+        """The step a confirmation is held before (`len(steps)`: before promoting)."""
+        if self.confirm_before is not None:
+            return self.confirm_before
+        full = [index for index, step in enumerate(self.steps) if step >= 100]
+        return full[0] if full else len(self.steps)
 
     def sinks(self) -> tuple[Sink, ...]:
         """Return the rollout's own sinks, read from `notify`."""
@@ -75,6 +94,9 @@ class RolloutPlan:
                 Sink.parse(url)
             except ValueError as error:
                 raise InvalidChange(f"notify: {error}") from None
+        for point in (*self.pauses, *([self.confirm_before] if self.confirm_before else [])):
+            if not 1 <= point <= len(self.steps):
+                raise InvalidChange("steps: pause and confirm come after a step, not first")
         for name, url in self.hooks.items():
             if name not in HOOKS:
                 raise InvalidChange(f"hooks: {name!r} is not one of {', '.join(HOOKS)}")
@@ -114,6 +136,8 @@ class RolloutState:
     """Holding for a confirmation (the plan asks for one and none came yet)."""
     confirmation: dict[str, Any] | None = None
     """Who confirmed the promotion, why and when (`rollout confirm`, the page, a webhook)."""
+    paused_before: list[int] = field(default_factory=list)
+    """The plan's pauses taken so far (each once: resuming goes past it)."""
 
     @property
     def weight(self) -> float:
@@ -151,6 +175,8 @@ class RolloutState:
                 notify=tuple(plan.get("notify", ())),
                 confirm_promotion=plan.get("confirm_promotion", False),
                 hooks=dict(plan.get("hooks", {})),
+                pauses=tuple(plan.get("pauses", ())),
+                confirm_before=plan.get("confirm_before"),
             ),
             canary_version=data["canary_version"],
             step=data["step"],
@@ -168,6 +194,7 @@ class RolloutState:
             verdict_run=data.get("verdict_run", ""),
             held=data.get("held", False),
             confirmation=data.get("confirmation"),
+            paused_before=list(data.get("paused_before", [])),
         )
 
 

@@ -156,7 +156,7 @@ async def test_a_promotion_waits_for_a_person_through_a_controller_restart(
     await wait_until(held, "the rollout holding for a confirmation", 90)
     state = await rollout(system)
     assert state["status"] == "running" and state["weight"] == 50, state
-    assert "until the promotion is confirmed" in state["message"]
+    assert "until the rollout is confirmed" in state["message"]
     # Still held after windows more, and after the controller is killed and started again.
     passed = len(state["history"])
     await wait_until(lambda: _judged(system) >= passed + 2, "two more windows", 60)

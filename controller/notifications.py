@@ -241,10 +241,11 @@ class Notifier:
                    EVENT_HEADER: delivery.event}  # fmt: skip
         if sink.kind == "slack":
             link = f" <{self.page_url}|open the page>" if self.page_url else ""
-            return json.dumps({"text": line + link}).encode(), headers
+            return redact(json.dumps({"text": line + link})).encode(), headers
         event = {"id": delivery.id, "event": delivery.event, "model": self.model,
                  "summary": line, "page": self.page_url or None, "record": record}  # fmt: skip
-        return json.dumps(event, default=str).encode(), headers
+        # Credentials in any URI of the record (a tracking URI, say) never leave the process.
+        return redact(json.dumps(event, default=str)).encode(), headers
 
     def state(self) -> dict[str, Any]:
         """Describe the sinks (secrets hidden) and the last deliveries, newest first."""

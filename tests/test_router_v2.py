@@ -196,6 +196,9 @@ async def test_refusals_are_the_protocol_s_errors(
             assert metadata["name"] == MODEL and len(metadata["inputs"]) == 4, metadata
             async with session.get(base + "/v2/health/ready") as ready:
                 assert (ready.status, await ready.json()) == (200, {"ready": True})
+            async with session.post(base + "/v2/repository/index") as other:
+                body = await other.json()
+                assert other.status == 404 and "is not an endpoint" in body["error"], body
         # The canary speaks MLflow's protocol only: V2 is refused before any variant is chosen.
         write_routing_file(
             path, routing(servers, canary={"protocols": ["mlflow"]}, sticky={"header": "X-User-Id"})

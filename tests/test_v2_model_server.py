@@ -190,3 +190,6 @@ async def test_the_protocol_s_endpoints_and_errors(
         assert got_status == status and words in message, (case, got_status, message)
     assert (await client.get("/v2/models/other")).status == 404
     assert (await client.get("/v2/models/other/ready")).status == 404
+    for method, path in (("GET", "/v2/repository/index"), ("DELETE", f"/v2/models/{NAME}")):
+        answer = await client.request(method, path)
+        assert answer.status == 404 and "is not an endpoint" in (await answer.json())["error"]

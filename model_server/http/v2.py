@@ -54,6 +54,7 @@ def add_v2_routes(app: web.Application) -> None:
         app.router.add_get(prefix, metadata)
         app.router.add_get(f"{prefix}/ready", model_ready)
         app.router.add_post(f"{prefix}/infer", infer)
+    app.router.add_route("*", "/v2/{tail:.*}", unknown)  # after every V2 path above
 
 
 def served_name(app: web.Application) -> str:
@@ -69,6 +70,12 @@ def v2_response(document: Any, status: int = 200) -> web.Response:
 def v2_error_response(error: V2RequestError) -> web.Response:
     """Answer an error in the protocol's shape."""
     return json_response(v2_error(error.message), error.status)
+
+
+async def unknown(request: web.Request) -> web.Response:
+    """Answer a V2 path or method this server does not have in the protocol's shape."""
+    message = f"{request.method} {request.path} is not an endpoint of this server"
+    return v2_error_response(V2RequestError(message, 404))
 
 
 async def server_metadata(_request: web.Request) -> web.Response:

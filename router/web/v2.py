@@ -39,11 +39,17 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v2/models/{name}/ready", metadata)
     app.router.add_get("/v2/models/{name}/versions/{version}", versioned)
     app.router.add_get("/v2/models/{name}/versions/{version}/ready", versioned)
+    app.router.add_route("*", "/v2/{tail:.*}", unknown)  # after every V2 path above
 
 
 def v2_answer(status: int, message: str) -> web.Response:
     """Answer an error in the protocol's shape."""
     return web.Response(status=status, body=v2_error(message), headers={"Content-Type": JSON})
+
+
+async def unknown(request: web.Request) -> web.Response:
+    """Answer a V2 path or method the router does not serve in the protocol's shape."""
+    return v2_answer(404, f"{request.method} {request.path} is not an endpoint of this router")
 
 
 async def live(_request: web.Request) -> web.Response:

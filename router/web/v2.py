@@ -27,6 +27,8 @@ from router.web.state import HEALTH, JSON, RUNTIME, TABLE
 from router.web.streaming import scoring_entry
 
 METADATA_TIMEOUT_S = 10.0
+MAX_METADATA_BYTES = 1024 * 1024
+"""A model's metadata larger than this is cut off, and then answered as not JSON (502)."""
 
 
 def add_routes(app: web.Application) -> None:
@@ -104,7 +106,7 @@ async def metadata(request: web.Request) -> web.Response:
     try:
         timeout = aiohttp.ClientTimeout(total=METADATA_TIMEOUT_S)
         async with session.get(stable.url + path, timeout=timeout) as reply:
-            status, body = reply.status, await reply.read()
+            status, body = reply.status, await reply.content.read(MAX_METADATA_BYTES)
     except (aiohttp.ClientError, TimeoutError) as error:
         return v2_answer(503, f"the stable model server cannot be reached ({type(error).__name__})")
     document: Any

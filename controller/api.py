@@ -143,17 +143,9 @@ async def overview(request: web.Request) -> web.Response:
         **anonymous_status(await app[CONTROLLER].status()), "quality": app[LABELS].report(),
         "logged_answers": app[LABELS].memory(),
         "rollout": state.shown() if state else None, "live": app[LIVE].watch(),
-        "notifications": notifications_of(app[CONTROLLER]),
+
         "now": time.time(),
     })  # fmt: skip
-
-
-def notifications_of(controller: Controller) -> dict[str, Any]:
-    """Describe the notification sinks (secrets hidden) and the last deliveries, for the page."""
-    notifier = controller.settings.notifier
-    if notifier is None:
-        return {"sinks": [], "signed": False, "recent": []}
-    return notifier.state()
 
 
 def anonymous_status(described: dict[str, Any]) -> dict[str, Any]:

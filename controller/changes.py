@@ -101,6 +101,11 @@ class Controller:
             "runtime": self.runtime.kind,
             "pending": [change.to_json() for change in self.desired.pending],
             "recent_changes": read_audit(self.settings.audit_path, last=5),
+            "notifications": (
+                self.settings.notifier.state()
+                if self.settings.notifier is not None
+                else {"sinks": [], "signed": False, "recent": []}
+            ),
         }
 
     async def set_weight(

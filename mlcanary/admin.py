@@ -95,6 +95,7 @@ def status(controller_url: ControllerUrl = None, as_json: AsJson = False) -> Non
             if canary
             else "none",
             "routing file version": found["config_version"],
+            "notifications": _notifications(found.get("notifications") or {}),
             "aliases": ", ".join(f"{k}={v}" for k, v in found["aliases"].items()),
             **{
                 f"router {url}": "in step" if seen["in_step"] else f"at {seen['config_version']}"
@@ -213,6 +214,19 @@ class ScoringProtocol(StrEnum):
 
     mlflow = "mlflow"
     v2 = "v2"
+
+
+def _notifications(state: dict[str, Any]) -> str:
+    """One line: where events go, and how the last deliveries went."""
+    sinks = state.get("sinks") or []
+    if not sinks:
+        return "none configured (--notify)"
+    counts: dict[str, int] = {}
+    for delivery in state.get("recent") or []:
+        counts[delivery["state"]] = counts.get(delivery["state"], 0) + 1
+    last = ", ".join(f"{count} {name}" for name, count in sorted(counts.items())) or "none yet"
+    signed = " (signed)" if state.get("signed") else ""
+    return f"{', '.join(sinks)}{signed}; last deliveries: {last}"
 
 
 def predict(

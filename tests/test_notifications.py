@@ -269,6 +269,12 @@ async def test_a_controller_tells_every_event_and_never_waits_for_the_receiver(
         await wait_until(lambda: actions(rollout_receiver) == told, "the rollout told", 60)
         await wait_until(lambda: "rollout-rolled-back" in actions(receiver), "all told", 60)
         overview = await asyncio.to_thread(system.admin, "GET", "/api/overview")
+        status = await asyncio.to_thread(system.cli, "status")
+        as_json = json.loads((await asyncio.to_thread(system.cli, "status", "--json")).stdout)
+    assert "(signed); last" in status.stdout and "delivered" in status.stdout, status.stdout
+    assert "/hook" not in status.stdout
+    assert as_json["notifications"]["sinks"] == [Sink.parse(hook).shown]
+    assert {d["state"] for d in as_json["notifications"]["recent"]} == {"delivered"}
     assert actions(receiver)[:3] == ["deploy", "rollback", "deploy-failed"]
     assert set(told) <= set(actions(receiver))
     for headers, body in receiver.taken:

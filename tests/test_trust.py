@@ -88,6 +88,7 @@ class StandInController:
                          "arguments": {"url": "http://10.0.0.8:5102"}}],
             "recent_changes": [{"time": "t", "action": "deploy", "reason": "r",
                                 "arguments": {"url": "http://10.0.0.8:5102"}}],
+            "notifications": {"sinks": [], "signed": False, "recent": []},
         }  # fmt: skip
 
     async def ensure_prediction_buckets(self) -> None:
@@ -98,7 +99,7 @@ class StandInController:
 async def admin_api(tmp_path: Path) -> Any:
     controller = StandInController()
     labels = LabelBook(tmp_path / "predictions", tmp_path / "labels.jsonl", CollectorRegistry())
-    rollout = SimpleNamespace(state=None)
+    rollout = SimpleNamespace(state=None, active=lambda: False)
     app = create_api(
         cast(Any, controller), Tokens("admin", "labels"), cast(Any, rollout), CollectorRegistry(),
         labels, host_names("0.0.0.0", ("controller", "mlcanary.example.org")),  # noqa: S104

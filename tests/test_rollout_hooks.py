@@ -26,6 +26,7 @@ from aiohttp.test_utils import TestServer
 
 from common.settings import RegistrySettings
 from contracts.routing import read_routing_file
+from controller.audit import read_audit
 from controller.changerequests import RolloutRequest
 from controller.errors import InvalidChange
 from tests.conftest import TrainedRegistry
@@ -94,8 +95,9 @@ async def rollout(system: System) -> dict[str, Any]:
 
 
 def audit(system: System) -> list[dict[str, Any]]:
-    lines = (system.state / "audit.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines]
+    """The audit log as the controller has written it so far (a line being written is left
+    out, as `controller.audit.read_audit` leaves it out)."""
+    return read_audit(system.state / "audit.jsonl", last=100_000)
 
 
 async def test_a_refusing_pre_rollout_hook_stops_it_before_any_traffic_moves(

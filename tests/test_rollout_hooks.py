@@ -94,6 +94,19 @@ async def rollout(system: System) -> dict[str, Any]:
     return dict(state)
 
 
+def reached(
+    system: System, status: str = "", *, held: bool = False
+) -> Callable[[], Awaitable[bool]]:
+    """A condition for `wait_until`: the rollout has `status`, or (`held`) holds for a
+    confirmation."""
+
+    async def check() -> bool:
+        state = await rollout(system)
+        return bool(state.get("held")) if held else state["status"] == status
+
+    return check
+
+
 def audit(system: System) -> list[dict[str, Any]]:
     """The audit log as the controller has written it so far (a line being written is left
     out, as `controller.audit.read_audit` leaves it out)."""
@@ -152,10 +165,7 @@ async def test_a_promotion_waits_for_a_person_through_a_controller_restart(
     )  # fmt: skip
     assert started.returncode == 0, started.stderr
 
-    async def held() -> bool:
-        return bool((await rollout(system)).get("held"))
-
-    await wait_until(held, "the rollout holding for a confirmation", 90)
+    await wait_until(reached(system, held=True), "the rollout holding for a confirmation", 90)
     state = await rollout(system)
     assert state["status"] == "running" and state["weight"] == 50, state
     assert "until the rollout is confirmed" in state["message"]
@@ -176,10 +186,7 @@ async def test_a_promotion_waits_for_a_person_through_a_controller_restart(
     )
     assert confirmed.returncode == 0, confirmed.stderr
 
-    async def promoted() -> bool:
-        return (await rollout(system))["status"] == "promoted"
-
-    await wait_until(promoted, "the promotion after the confirmation", 90)
+    await wait_until(reached(system, "promoted"), "the promotion after the confirmation", 90)
     final = await rollout(system)
     assert final["confirmation"]["by"] == "dana"
     assert final["confirmation"]["reason"] == "dashboards look right"
@@ -207,10 +214,7 @@ async def test_a_rollback_hook_saying_yes_rolls_back_at_once(
     assert (await rollout(system))["status"] == "running"
     hook.status, hook.said = 200, "the on-call said so"
 
-    async def rolled_back() -> bool:
-        return (await rollout(system))["status"] == "rolled_back"
-
-    await wait_until(rolled_back, "the rollback", 30)
+    await wait_until(reached(system, "rolled_back"), "the rollback", 30)
     state = await rollout(system)
     assert "the rollback webhook asked for it (the on-call said so)" in state["message"]
     assert state["history"] == []  # before its first 60 s window was judged
@@ -232,18 +236,12 @@ async def test_a_confirm_promotion_hook_confirms_when_it_says_yes(
     )  # fmt: skip
     assert started.returncode == 0, started.stderr
 
-    async def held() -> bool:
-        return bool((await rollout(system)).get("held"))
-
-    await wait_until(held, "the rollout holding for its webhook", 90)
+    await wait_until(reached(system, held=True), "the rollout holding for its webhook", 90)
     await wait_until(lambda: len(hook.calls) >= 2, "the webhook asked again", 60)
     assert (await rollout(system))["weight"] == 50
     hook.status, hook.said = 200, "freeze over"
 
-    async def promoted() -> bool:
-        return (await rollout(system))["status"] == "promoted"
-
-    await wait_until(promoted, "the promotion once the webhook said yes", 90)
+    await wait_until(reached(system, "promoted"), "the promotion once the webhook said yes", 90)
     final = await rollout(system)
     assert final["confirmation"]["by"] == "the confirm-promotion webhook"
     assert final["confirmation"]["reason"] == "freeze over"
@@ -271,10 +269,7 @@ async def test_a_pause_step_holds_until_the_operator_resumes(system: System, loa
     )  # fmt: skip
     assert started.returncode == 0, started.stderr
 
-    async def paused() -> bool:
-        return (await rollout(system))["status"] == "paused"
-
-    await wait_until(paused, "the plan's pause", 90)
+    await wait_until(reached(system, "paused"), "the plan's pause", 90)
     state = await rollout(system)
     assert state["weight"] == 50 and "paused by the plan before step 2" in state["message"]
     (record,) = [r for r in audit(system) if r["action"] == "rollout-pause"]
@@ -282,8 +277,5 @@ async def test_a_pause_step_holds_until_the_operator_resumes(system: System, loa
     resumed = await asyncio.to_thread(system.cli, "rollout", "resume", "--reason", "looked")
     assert resumed.returncode == 0, resumed.stderr
 
-    async def promoted() -> bool:
-        return (await rollout(system))["status"] == "promoted"
-
-    await wait_until(promoted, "the promotion after resuming", 90)
+    await wait_until(reached(system, "promoted"), "the promotion after resuming", 90)
     assert set(load.statuses) == {200}

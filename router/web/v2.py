@@ -44,14 +44,14 @@ def add_routes(app: web.Application) -> None:
     app.router.add_route("*", "/v2/{tail:.*}", unknown)  # after every V2 path above
 
 
-def v2_answer(status: int, message: str) -> web.Response:
-    """Answer an error in the protocol's shape."""
+def v2_refusal(status: int, message: str) -> web.Response:
+    """Refuse a request with the protocol's error body."""
     return web.Response(status=status, body=v2_error(message), headers={"Content-Type": JSON})
 
 
 async def unknown(request: web.Request) -> web.Response:
     """Answer a V2 path or method the router does not serve in the protocol's shape."""
-    return v2_answer(404, f"{request.method} {request.path} is not an endpoint of this router")
+    return v2_refusal(404, f"{request.method} {request.path} is not an endpoint of this router")
 
 
 async def live(_request: web.Request) -> web.Response:
@@ -68,9 +68,9 @@ async def ready(request: web.Request) -> web.Response:
 def _refusal(request: web.Request, config: RoutingConfig) -> web.Response | None:
     name = request.match_info["name"]
     if name != config.model:
-        return v2_answer(404, f"Model {name} not found")
+        return v2_refusal(404, f"Model {name} not found")
     why = unspoken(config, "v2")
-    return v2_answer(404, why) if why is not None else None
+    return v2_refusal(404, why) if why is not None else None
 
 
 async def infer(request: web.Request) -> web.StreamResponse:
@@ -85,7 +85,7 @@ async def infer(request: web.Request) -> web.StreamResponse:
 async def versioned(request: web.Request) -> web.Response:
     """Refuse a version in the path: the split chooses which version answers."""
     name = request.match_info["name"]
-    return v2_answer(
+    return v2_refusal(
         404,
         f"the router serves model {name} by its split: ask /v2/models/{name}/infer (and "
         "/v2/models/{name} for metadata) without a version",
@@ -108,12 +108,14 @@ async def metadata(request: web.Request) -> web.Response:
         async with session.get(stable.url + path, timeout=timeout) as reply:
             status, body = reply.status, await reply.content.read(MAX_METADATA_BYTES)
     except (aiohttp.ClientError, TimeoutError) as error:
-        return v2_answer(503, f"the stable model server cannot be reached ({type(error).__name__})")
+        return v2_refusal(
+            503, f"the stable model server cannot be reached ({type(error).__name__})"
+        )
     document: Any
     try:
         document = json.loads(body)
     except ValueError:
-        return v2_answer(502, "the stable model server's answer is not JSON")
+        return v2_refusal(502, "the stable model server's answer is not JSON")
     if status == 200 and isinstance(document, dict) and "name" in document:
         document["name"] = config.model
     return web.Response(status=status, body=json.dumps(document),

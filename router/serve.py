@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -124,7 +125,11 @@ async def serve_router(
         gc.collect()
         gc.freeze()  # what start-up built stays: later collections need not walk it
         listening = f"http://{settings.host}:{front.port}"
-        print(f"router listening on {listening}, following {settings.config_path}", flush=True)
+        process = f" (pid {os.getpid()})" if settings.processes > 1 else ""
+        print(
+            f"router listening on {listening}{process}, following {settings.config_path}",
+            flush=True,
+        )
         stop = stop_requested()
         keeping = asyncio.create_task(others.keep_running()) if others else None
         await stop.wait()

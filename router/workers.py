@@ -73,6 +73,11 @@ class Workers:
                 )  # fmt: skip
                 await asyncio.sleep(delay)
                 self.workers[number] = Worker(*start_announced(self.argv), restarts=restarts)
+                log.info(
+                    "router worker %d started again: pid %d",
+                    number,
+                    self.workers[number].process.pid,
+                )
 
     def stop(self, grace: float) -> None:
         """Stop every worker (each drains as the first did; past `grace`, it is killed)."""

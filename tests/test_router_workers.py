@@ -115,10 +115,12 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             "canary": {"url": canary, "version": "2", "weight": 50},
         }))  # fmt: skip
         port, prometheus_port = free_port(), free_port()
+        # Every process's output, shown (by pytest, for a failed test) when it ends.
+        router_log = (tmp_path / "router.log").open("wb")
         router = subprocess.Popen(
             [sys.executable, "-m", "mlcanary", "router", "--config", str(routing),
              "--port", str(port), "--workers", "2"],
-            env=command_environment(tmp_path), stdout=subprocess.DEVNULL,
+            env=command_environment(tmp_path), stdout=router_log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         config = {
             "global": {"scrape_interval": "1s"},
@@ -145,6 +147,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             router.terminate()
             prometheus.wait(timeout=30)
             router.wait(timeout=60)
+            router_log.close()
+            print((tmp_path / "router.log").read_text())
 
 
 def _workers(pid: int) -> list[int]:

@@ -9,14 +9,21 @@ parent exited in whatever way, the guardian stops every group still announced: S
 SIGKILL after a grace period, each only after checking that the group is still the one
 announced (`common.supervision.ProcessIdentity`), so a reused pid is never hit.
 
-Run as `python -m common.guardian GRACE_SECONDS`; it imports nothing heavy (it starts once per
-parent, beside every `up` and controller).
+A parent whose children may be taken over by its successor (the controller: its model servers
+keep serving while `up`, systemd or Kubernetes starts it again) asks for a handover: the
+guardian then waits that long before stopping anything. A successor that takes the groups over
+SIGKILLs the guardian first (it ignores SIGTERM), so nothing it adopted is stopped; with no
+successor, the groups are stopped once the handover is over.
+
+Run as `python -m common.guardian GRACE_SECONDS [HANDOVER_SECONDS]`; it imports nothing heavy
+(it starts once per parent, beside every `up` and controller).
 """
 
 from __future__ import annotations
 
 import signal
 import sys
+import time
 
 from common.supervision import ProcessIdentity, stop_groups
 
@@ -27,6 +34,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     grace = float(sys.argv[1]) if len(sys.argv) > 1 else 10.0
+    handover = float(sys.argv[2]) if len(sys.argv) > 2 else 0.0
     announced: dict[int, ProcessIdentity] = {}
     for line in sys.stdin:
         sign, *fields = line.split()
@@ -35,6 +43,8 @@ def main() -> None:
             announced[pid] = ProcessIdentity(pid, started)
         elif sign == "-" and fields:
             announced.pop(int(fields[0]), None)
+    if announced and handover > 0:
+        time.sleep(handover)
     stop_groups(list(announced.values()), grace)
 
 

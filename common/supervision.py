@@ -8,7 +8,9 @@ Three rules, each kept in one place here:
   left alone.
 - A child dies with its parent: every group is announced to the parent's guardian
   (`common.guardian`), which stops the groups still announced when the parent exits in any way,
-  SIGKILL included, so nothing is left listening on the system's ports.
+  SIGKILL included, so nothing is left listening on the system's ports. A parent may ask for
+  a handover (`Guardian.hand_over`): the guardian then waits for a successor to take the
+  groups over before stopping them.
 """
 
 from __future__ import annotations
@@ -242,6 +244,23 @@ class Guardian:
         self._process: subprocess.Popen[bytes] | None = None
         self._owner = 0
         self._announced: dict[int, ProcessIdentity] = {}
+        self._handover_s = 0.0
+
+    def hand_over(self, seconds: float) -> None:
+        """Once this process dies, have its guardian wait `seconds` before stopping anything.
+
+        A successor may take the groups over meanwhile: it stops this guardian (SIGKILL, see
+        `identity`) and announces them to its own. Call before the first child is started.
+        """
+        self._handover_s = seconds
+
+    def identity(self) -> ProcessIdentity | None:
+        """Return this process's guardian, if one runs (a successor may stop it)."""
+        with self._lock:
+            process = self._process
+            if process is None or self._owner != os.getpid() or process.poll() is not None:
+                return None
+            return ProcessIdentity.of(process.pid)
 
     def announce(self, identity: ProcessIdentity) -> None:
         """Have the guardian stop this group if this process dies before `forget`."""
@@ -275,7 +294,13 @@ class Guardian:
     def _start(self) -> None:
         """Start a guardian told of every group announced so far."""
         self._process = subprocess.Popen(  # noqa: S603 (our own module, no shell)
-            [sys.executable, "-m", "common.guardian", str(STOP_GRACE_SECONDS)],
+            [
+                sys.executable,
+                "-m",
+                "common.guardian",
+                str(STOP_GRACE_SECONDS),
+                str(self._handover_s),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             start_new_session=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from pathlib import Path
 from common.files import write_atomically
 from common.settings import RegistrySettings
 from common.supervision import (
+    GUARDIAN,
     ChildFailed,
     ChildProcess,
     ProcessIdentity,
@@ -26,6 +28,11 @@ from controller.errors import ControllerError
 
 log = logging.getLogger("controller")
 START_SECONDS = 120.0
+HANDOVER_S = 60.0
+"""How long the model servers of a controller that died keep serving, waiting for its successor
+to take them over (`Runtime.recover`), before its guardian stops them: longer than `up` takes
+to start a controller again (its backoff reaches 30 s), so that a crash of the control plane
+costs no request."""
 
 
 @dataclass
@@ -57,6 +64,7 @@ class ManagedServer:
             self.child.stop()
         elif self.identity is not None:
             stop_groups([self.identity])
+            GUARDIAN.forget(self.identity)
 
     def describe(self) -> dict[str, object]:
         """Return what is saved of it in the state folder."""
@@ -78,6 +86,11 @@ class Runtime:
     host: str = "127.0.0.1"
     servers: dict[str, ManagedServer] = field(default_factory=dict)
     """By URL: the servers this controller owns (local runtime)."""
+
+    def __post_init__(self) -> None:
+        """Have this controller's servers outlive it long enough for a successor to adopt."""
+        if self.kind == "local":
+            GUARDIAN.hand_over(HANDOVER_S)
 
     async def provide(self, version: str, url: str | None) -> str:
         """Return the URL of a healthy server for `version`: `url` if given, else a new child.
@@ -139,15 +152,26 @@ class Runtime:
     def recover(self, in_use: set[str]) -> None:
         """Own again the servers a previous controller left that the split uses; stop the rest.
 
-        Called at start-up, so a controller killed mid-change leaves no server behind. A
-        recorded process is touched only if it is still the one recorded (pid and start time):
-        a pid since reused by an unrelated process is left alone.
+        Called at start-up. A controller that died left its servers serving, and its guardian
+        waiting `HANDOVER_S` to stop them: that guardian is stopped first, then the servers the
+        split uses are adopted (and announced to this controller's guardian), the rest
+        stopped, so a controller killed mid-change leaves no server behind and costs no
+        request. A recorded process is touched only if it is still the one recorded (pid and
+        start time): a pid since reused by an unrelated process is left alone.
         """
         try:
             saved = json.loads(self._saved_path.read_text())
         except (OSError, ValueError):
             return
-        for item in saved if isinstance(saved, list) else []:
+        if not isinstance(saved, dict):
+            return
+        guardian = saved.get("guardian")
+        if isinstance(guardian, dict) and guardian.get("pid") and guardian.get("started"):
+            predecessor = ProcessIdentity(int(guardian["pid"]), int(guardian["started"]))
+            if predecessor != GUARDIAN.identity():
+                predecessor.signal_group(signal.SIGKILL)  # its own session: only itself
+        servers = saved.get("servers")
+        for item in servers if isinstance(servers, list) else []:
             pid, started = item.get("pid"), item.get("started")
             identity = ProcessIdentity(pid, started) if pid and started else None
             server = ManagedServer(
@@ -155,8 +179,9 @@ class Runtime:
             )
             if not server.running:
                 continue
-            if server.url in in_use:
+            if server.url in in_use and server.identity is not None:
                 self.servers[server.url] = server
+                GUARDIAN.announce(server.identity)
             else:
                 log.info("stopping %s (version %s): the split no longer uses it", server.url,
                          server.version)  # fmt: skip
@@ -169,7 +194,11 @@ class Runtime:
 
     def _save(self) -> None:
         """Record the owned servers (url, version, identity), so a restart finds them."""
-        described = [server.describe() for server in self.servers.values()]
+        guardian = GUARDIAN.identity()
+        described = {
+            "guardian": vars(guardian) if guardian is not None else None,
+            "servers": [server.describe() for server in self.servers.values()],
+        }
         write_atomically(self._saved_path, json.dumps(described, indent=1).encode())
 
     async def stop_all(self) -> None:

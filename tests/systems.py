@@ -33,6 +33,13 @@ def copied_registry(source: RegistrySettings, folder: Path) -> RegistrySettings:
     )
 
 
+def owned_servers(state: Path) -> list[dict[str, Any]]:
+    """The model servers the controller over `state` records as its own (pid, url, version)."""
+    path = state / "model-servers.json"
+    servers: list[dict[str, Any]] = json.loads(path.read_text())["servers"] if path.exists() else []
+    return servers
+
+
 def aliases_of(settings: RegistrySettings) -> dict[str, str]:
     """Where the model's aliases point, alias -> version."""
     described, _ = registry_snapshot(settings)
@@ -180,6 +187,5 @@ def running_system(
             process.wait(timeout=60)
     left = [p.pid for p in built.processes if group_alive(p.pid)]
     assert not left, f"process groups left behind: {left}"
-    servers = state / "model-servers.json"
-    recorded = json.loads(servers.read_text()) if servers.exists() else []
+    recorded = owned_servers(state)
     assert not [s["pid"] for s in recorded if group_alive(s["pid"])], "model servers left behind"

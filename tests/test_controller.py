@@ -26,7 +26,6 @@ from common.settings import RegistrySettings
 from controller.checks import incompatibilities
 from tests.conftest import TrainedRegistry
 from tests.helpers import wait_for_url
-from tests.helpers import wait_until as wait_until_sync
 from tests.routers import wait_until
 from tests.systems import (
     System,
@@ -34,6 +33,7 @@ from tests.systems import (
     call_json,
     copied_registry,
     group_alive,
+    owned_servers,
     running_system,
 )
 from training.pipelines import ModelKind
@@ -314,21 +314,21 @@ def test_the_original_admin_paths_work_on_the_router_port(system: System) -> Non
 
 
 def _owned_servers(system: System) -> list[dict[str, Any]]:
-    path = system.state / "model-servers.json"
-    return json.loads(path.read_text()) if path.exists() else []
+    return owned_servers(system.state)
 
 
 def test_a_controller_killed_after_a_change_restarts_consistent(system: System) -> None:
-    """Killed after a change with the aliases behind the file: its model servers die with it;
-    the restart starts the split's versions again and moves the aliases. (Killed in the middle
-    of a change: tests/test_reconciler.py.)"""
+    """Killed after a change with the aliases behind the file: its model servers outlive it
+    (handed over, still serving); the restart adopts them, the same processes, and moves the
+    aliases. (Killed in the middle of a change: tests/test_reconciler.py.)"""
     code, answer = system.admin("POST", "/api/deploy", {"version": "2", "weight": 20})
     assert code == 200, answer
     killed_servers = _owned_servers(system)
     os.killpg(system.processes[0].pid, signal.SIGKILL)
     system.processes[0].wait(timeout=10)
+    assert all(group_alive(server["pid"]) for server in killed_servers)
     for server in killed_servers:
-        wait_until_sync(lambda s=server: not group_alive(s["pid"]), f"{server['url']} stopped")
+        wait_for_url(f"{server['url']}/health")  # serving with no controller
     client = MlflowClient(system.settings.tracking_uri, system.settings.tracking_uri)
     client.delete_registered_model_alias(system.settings.model_name, "challenger")
     system.restart_controller()
@@ -338,6 +338,7 @@ def test_a_controller_killed_after_a_change_restarts_consistent(system: System) 
     assert aliases_of(system.settings) == {"champion": "1", "challenger": "2"}
     owned = _owned_servers(system)
     assert sorted(s["version"] for s in owned) == ["1", "2"]
+    assert {s["pid"] for s in owned} == {s["pid"] for s in killed_servers}
     assert all(group_alive(s["pid"]) for s in owned)
 
 

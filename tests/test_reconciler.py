@@ -22,7 +22,14 @@ from controller.runtime import Runtime
 from tests.conftest import TrainedRegistry
 from tests.gated_model import register_gated_model
 from tests.helpers import wait_until
-from tests.systems import System, aliases_of, copied_registry, group_alive, running_system
+from tests.systems import (
+    System,
+    aliases_of,
+    copied_registry,
+    group_alive,
+    owned_servers,
+    running_system,
+)
 from tests.test_controller import Load
 
 pytestmark = pytest.mark.slow  # real MLflow, model servers or whole systems
@@ -56,8 +63,7 @@ def _status(system: System) -> dict[str, Any]:
 
 
 def _owned(system: System) -> list[dict[str, Any]]:
-    path = system.state / "model-servers.json"
-    return json.loads(path.read_text()) if path.exists() else []
+    return owned_servers(system.state)
 
 
 def _starting(system: System, version: str) -> bool:
@@ -127,8 +133,9 @@ def test_a_controller_killed_mid_reconcile_converges_on_restart(
     system: System, gated: tuple[RegistrySettings, Path, str]
 ) -> None:
     """A deploy asked with --detach (answered once recorded); the controller is killed while
-    the deploy's server starts: that server dies with the controller; the restarted controller
-    makes the recorded deploy, so the split, the aliases and the servers converge on it."""
+    the deploy's server starts. Its servers outlive it (stable keeps serving); the restarted
+    controller adopts stable's, stops the half-started one the split does not use, and makes
+    the recorded deploy, so the split, the aliases and the servers converge on it."""
     _, hold, slow = gated
     asked = system.cli("deploy", slow, "--weight", "20", "--detach")
     assert asked.returncode == 0, asked.stderr
@@ -138,10 +145,11 @@ def test_a_controller_killed_mid_reconcile_converges_on_restart(
     old_servers = _owned(system)
     os.killpg(system.processes[0].pid, signal.SIGKILL)
     system.processes[0].wait(timeout=10)
-    for server in old_servers:  # children die with their parent
-        wait_until(lambda s=server: not group_alive(s["pid"]), f"{server['url']} stopped")
+    assert all(group_alive(server["pid"]) for server in old_servers)  # handed over, not stopped
     hold.unlink()
     system.restart_controller()
+    half_started = next(s for s in old_servers if s["version"] == slow)
+    wait_until(lambda: not group_alive(half_started["pid"]), "the unused server stopped")
     wait_until(lambda: _status(system)["pending"] == [], "the recorded deploy made", 180)
     status = _status(system)
     assert status["stable"]["version"] == "1"
@@ -151,6 +159,8 @@ def test_a_controller_killed_mid_reconcile_converges_on_restart(
     owned = _owned(system)
     assert sorted(s["version"] for s in owned) == sorted(["1", slow])
     assert all(group_alive(s["pid"]) for s in owned)
+    stable_pid = next(s["pid"] for s in old_servers if s["version"] == "1")
+    assert stable_pid in {s["pid"] for s in owned}  # adopted, never restarted
     audit = [json.loads(line) for line in (system.state / "audit.jsonl").read_text().splitlines()]
     assert [record["action"] for record in audit] == ["deploy"]
 
@@ -183,14 +193,14 @@ def test_recovery_stops_only_processes_that_are_still_the_recorded_ones(tmp_path
             entry(stranger, 3, started(stranger) - 1),  # the recorded one had this pid before
             entry(unknown, 4, None),
         ]
-        (tmp_path / "model-servers.json").write_text(json.dumps(recorded))
+        saved = {"guardian": None, "servers": recorded}
+        (tmp_path / "model-servers.json").write_text(json.dumps(saved))
         runtime = Runtime("local", RegistrySettings.embedded_in(tmp_path), tmp_path)
         runtime.recover(in_use={"http://127.0.0.1:2"})
         ours.wait(timeout=30)
         assert stranger.poll() is None and unknown.poll() is None and adopted.poll() is None
         assert runtime.owns("http://127.0.0.1:2") and len(runtime.servers) == 1
-        saved = json.loads((tmp_path / "model-servers.json").read_text())
-        assert [s["pid"] for s in saved] == [adopted.pid]
+        assert [s["pid"] for s in owned_servers(tmp_path)] == [adopted.pid]
     finally:
         for process in (ours, adopted, stranger, unknown):
             process.kill()
@@ -200,8 +210,9 @@ def test_recovery_stops_only_processes_that_are_still_the_recorded_ones(tmp_path
 PARENT = """
 import sys, time
 from pathlib import Path
-from common.supervision import ChildProcess
+from common.supervision import GUARDIAN, ChildProcess
 
+GUARDIAN.hand_over(float(sys.argv[2]))
 child = ChildProcess("sleeper", ["sh", "-c", "sleep 600 & sleep 600"], Path(sys.argv[1]))
 child.start()
 print(child.process.pid, flush=True)
@@ -212,7 +223,7 @@ time.sleep(600)
 def test_children_and_their_children_die_with_a_killed_parent(tmp_path: Path) -> None:
     """A parent SIGKILLed: its guardian stops the child's whole process group."""
     parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, str(tmp_path / "child.log")],
+        [sys.executable, "-c", PARENT, str(tmp_path / "child.log"), "0"],
         stdout=subprocess.PIPE, text=True, start_new_session=True,
     )  # fmt: skip
     try:
@@ -222,6 +233,33 @@ def test_children_and_their_children_die_with_a_killed_parent(tmp_path: Path) ->
         parent.kill()
         parent.wait()
         wait_until(lambda: _members(child) == 0, "the child's group stopped")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(parent.pid, signal.SIGKILL)
+        parent.wait()
+        if parent.stdout is not None:
+            parent.stdout.close()
+
+
+def test_a_killed_parent_s_children_are_stopped_once_its_handover_is_over(
+    tmp_path: Path,
+) -> None:
+    """A parent that asked for a handover (the controller) is SIGKILLed: its guardian waits
+    that long for a successor to take the children over, then stops them."""
+    handover = 2.0
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(tmp_path / "child.log"), str(handover)],
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        wait_until(lambda: _members(child) == 3, "the child and its two sleeps running")
+        killed_at = time.monotonic()
+        parent.kill()
+        parent.wait()
+        wait_until(lambda: _members(child) == 0, "the child's group stopped")
+        assert time.monotonic() - killed_at >= handover  # not before the handover was over
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(parent.pid, signal.SIGKILL)

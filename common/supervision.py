@@ -45,6 +45,22 @@ def restart_delay(restarts: int) -> float:
     return RESTART_BACKOFF[min(restarts, len(RESTART_BACKOFF) - 1)]
 
 
+STEADY_SECONDS = 30.0
+"""A child that ran this long before dying is restarted at once: its backoff starts over."""
+
+
+def next_restart(restarts: int, ran_s: float) -> tuple[int, float]:
+    """Return a dead child's restarts in a row and the seconds to wait before starting it again.
+
+    `restarts` is how many times in a row it was restarted before, `ran_s` how long it ran
+    this time. A crash loop backs off (`restart_delay`); a child that had run steadily is a
+    new story, started again at once, as gunicorn and systemd do.
+    """
+    if ran_s >= STEADY_SECONDS:
+        return 0, 0.0
+    return restarts + 1, restart_delay(restarts)
+
+
 @dataclass(frozen=True)
 class ProcessIdentity:
     """A process as the kernel knows it: its pid and its start time (clock ticks since boot).
@@ -147,9 +163,12 @@ class ChildProcess:
     environment: dict[str, str] = field(default_factory=child_environment)
     process: subprocess.Popen[bytes] | None = None
     identity: ProcessIdentity | None = None
+    started_at: float = 0.0
+    """When it was last started (monotonic clock)."""
 
     def start(self) -> None:
         """Start the child and announce its group to this process's guardian."""
+        self.started_at = time.monotonic()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process, self.identity = start_announced(

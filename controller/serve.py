@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from common.settings import RegistrySettings, system_settings
 from common.supervision import stop_requested
-from contracts.routing import MODEL_SERVER_PROTOCOLS, RoutingConfig, Variant
+from contracts.routing import MODEL_SERVER_PROTOCOLS, RoutingConfig, RoutingFileError, Variant
 from controller.answers import DEFAULT_LIMIT
 from controller.api import LIVE, Tokens, create_api
 from controller.changes import Controller
@@ -37,6 +37,35 @@ from controller.token import LABELS_TOKEN_FILE, stored_token
 from training.registry import CHALLENGER, CHAMPION
 
 log = logging.getLogger("controller")
+
+
+@dataclass
+class SplitInUse:
+    """The model servers the routing file's split uses, as last read.
+
+    A file that cannot be read or is invalid (a bad hand edit) is not the split changing: the
+    last good split's servers are kept and supervised, as the router keeps serving the last
+    good version, and the problem is logged once. (The soak found that such an edit crashed
+    the controller, whose exit stopped every model server.)
+    """
+
+    urls: set[str]
+    problem: str = ""
+
+    async def read(self, controller: Controller) -> set[str]:
+        """Return the servers in use now, or those of the last split read."""
+        try:
+            config = await controller.current()
+        except (RoutingFileError, ControllerError) as error:
+            if str(error) != self.problem:
+                log.error("the routing file cannot be read; its last split is kept: %s", error)
+                self.problem = str(error)
+            return self.urls
+        if self.problem:
+            log.info("the routing file is readable again")
+            self.problem = ""
+        self.urls = {config.stable.url} | ({config.canary.url} if config.canary else set())
+        return self.urls
 
 
 @dataclass(frozen=True)
@@ -259,6 +288,7 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
         await site.start()
         print(f"controller listening on http://{options.host}:{options.port}", flush=True)
         stop = stop_requested()
+        split = SplitInUse(set(runtime.servers))
         buckets_checked = 0.0
         while not stop.is_set():
             if time.monotonic() - buckets_checked >= BUCKETS_CHECK_S:
@@ -267,9 +297,7 @@ async def serve_controller(options: ControllerOptions, registry_settings: Regist
             if rollout.active():  # its history sampled for the page, watched or not
                 api[LIVE].keep_up()
             if runtime.servers:  # owned servers only: no store read each second otherwise
-                config = await controller.current()
-                in_use = {config.stable.url} | ({config.canary.url} if config.canary else set())
-                runtime.supervise(in_use)
+                runtime.supervise(await split.read(controller))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
     finally:

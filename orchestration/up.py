@@ -20,7 +20,7 @@ from common.supervision import (
     ChildProcess,
     child_environment,
     ensure_port_free,
-    restart_delay,
+    next_restart,
     wait_until_healthy,
 )
 from controller.token import TOKEN_FILE, write_fresh_token
@@ -238,7 +238,11 @@ def signals_ignored() -> Iterator[None]:
 def run_until_stopped(
     system: LocalSystem, report: Callable[[str], None], poll_seconds: float = 0.5
 ) -> None:
-    """Restart dying router and controller with backoff; end on any other death or Ctrl-C."""
+    """Restart a dying router or controller; end on any other death, or on Ctrl-C.
+
+    A child that ran steadily is started again at once, one in a crash loop with backoff
+    (`common.supervision.next_restart`).
+    """
     idle = threading.Event()
     due: dict[str, float] = {}
     while True:
@@ -248,11 +252,13 @@ def run_until_stopped(
                 raise ChildFailed(dead.exit_description())
             now = time.monotonic()
             if dead.name not in due:
-                delay = restart_delay(system.restarts.get(dead.name, 0))
+                restarts, delay = next_restart(
+                    system.restarts.get(dead.name, 0), now - dead.started_at
+                )
+                system.restarts[dead.name] = restarts
                 report(f"{dead.exit_description()}; restarting it in {delay:g} s")
                 due[dead.name] = now + delay
             elif now >= due[dead.name]:
                 del due[dead.name]
-                system.restarts[dead.name] = system.restarts.get(dead.name, 0) + 1
                 dead.start()
         idle.wait(poll_seconds)

@@ -2,7 +2,7 @@
 
 The first process serves too and owns the rest, as gunicorn's and uvicorn's masters do for
 their workers: a worker that dies (killed, out of memory) is started again after the same
-backoff as any child of ours (`common.supervision.restart_delay`), and the sum of the metrics
+backoff as any child of ours (`common.supervision.next_restart`), and the sum of the metrics
 still holds its counts (`router.telemetry.sharedvalues`). Each worker leads its own process
 group, announced to the guardian: if the first process is SIGKILLed, the workers (which hold
 the port too) are stopped with it.
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from common.supervision import (
     GUARDIAN,
     ProcessIdentity,
-    restart_delay,
+    next_restart,
     start_announced,
     stop_announced,
 )
@@ -28,8 +28,6 @@ log = logging.getLogger("router")
 
 CHECK_SECONDS = 0.5
 """How often the first process looks for a worker that died."""
-STEADY_SECONDS = 30.0
-"""A worker that ran this long before dying is restarted at once (its backoff starts over)."""
 
 
 @dataclass
@@ -64,8 +62,7 @@ class Workers:
                     continue
                 GUARDIAN.forget(worker.identity)
                 ran = time.monotonic() - worker.started
-                restarts = 0 if ran >= STEADY_SECONDS else worker.restarts + 1
-                delay = 0.0 if restarts == 0 else restart_delay(restarts - 1)
+                restarts, delay = next_restart(worker.restarts, ran)
                 log.warning(
                     "router worker %d (pid %d) exited with %s after %.0f s; starting it again"
                     " in %.0f s",

@@ -26,6 +26,7 @@ from common.settings import RegistrySettings
 from controller.checks import incompatibilities
 from tests.conftest import TrainedRegistry
 from tests.helpers import wait_for_url
+from tests.helpers import wait_until as wait_until_sync
 from tests.routers import wait_until
 from tests.systems import (
     System,
@@ -350,6 +351,32 @@ def test_a_model_server_that_dies_is_restarted(system: System) -> None:
     (restarted,) = _owned_servers(system)
     assert restarted["url"] == server["url"] and restarted["pid"] != server["pid"]
     assert "restarting it" in (system.state / "controller.log").read_text()
+
+
+def test_an_invalid_routing_file_keeps_the_controller_and_its_servers(system: System) -> None:
+    """A bad hand edit of the routing file: the controller logs it once and keeps supervising
+    the last good split's servers (it used to exit, stopping every server); the router keeps
+    serving; once the file is put back, changes work again."""
+    (server,) = _owned_servers(system)
+    routing = system.state / "routing.yaml"
+    good = routing.read_bytes()
+    routing.write_bytes(b"stable: [unclosed\n  weight: {{\n")
+    log = system.state / "controller.log"
+    wait_until_sync(lambda: "the routing file cannot be read" in log.read_text(),
+                    "the controller saying the routing file cannot be read")  # fmt: skip
+    os.killpg(server["pid"], signal.SIGKILL)  # and it still supervises the last split
+    wait_for_url(f"{server['url']}/health", log=log, timeout=90)
+    assert system.processes[0].poll() is None
+    assert log.read_text().count("the routing file cannot be read") == 1
+    request = urllib.request.Request(f"{system.router_url}/invocations", data=BODY,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert answer.status == 200
+    routing.write_bytes(good)
+    wait_until_sync(lambda: "the routing file is readable again" in log.read_text(),
+                    "the controller reading the routing file again")  # fmt: skip
+    code, answer = system.admin("POST", "/api/deploy", {"version": "2", "weight": 10})
+    assert code == 200, answer
 
 
 def test_a_server_of_another_version_is_refused(system: System) -> None:

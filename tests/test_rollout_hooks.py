@@ -173,9 +173,7 @@ async def test_a_promotion_waits_for_a_person_through_a_controller_restart(
     passed = len(state["history"])
     await wait_until(lambda: _judged(system) >= passed + 2, "two more windows", 60)
     assert (await rollout(system))["weight"] == 50
-    answered_before_kill = list(load.statuses)
-    # Killed, the controller's model servers go with it (the local runtime's guardian) until
-    # the restarted controller starts them again: answers meanwhile may fail, by design.
+    # Killed, the controller hands its model servers over to the next one: they keep serving.
     os.killpg(system.processes[0].pid, signal.SIGKILL)
     system.processes[0].wait(timeout=10)
     await asyncio.to_thread(system.restart_controller)
@@ -192,7 +190,7 @@ async def test_a_promotion_waits_for_a_person_through_a_controller_restart(
     assert final["confirmation"]["reason"] == "dashboards look right"
     (record,) = [r for r in audit(system) if r["action"] == "rollout-confirm"]
     assert (record["by"], record["reason"]) == ("dana", "dashboards look right")
-    assert set(answered_before_kill) == {200}
+    assert set(load.statuses) == {200}  # not one request failed, the kill included
 
 
 def _judged(system: System) -> int:

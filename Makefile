@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: up test test-fast install peers system-deps check format lint types pytest compose-test clean
+.PHONY: up test test-fast install peers system-deps check format lint types pytest compose-test soak clean
 
 up: $(INSTALLED)
 	$(BIN)/mlcanary up
@@ -70,6 +70,13 @@ pytest: $(INSTALLED)
 # The quick loop while changing code: lint, types, and every test not marked slow.
 test-fast: $(INSTALLED) check
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not slow"
+
+# The soak and chaos run (bench/soak.py): `mlcanary up` for MINUTES under traffic, late labels,
+# rollouts of models whose verdict is known and faults on a schedule; the report goes to
+# docs/soak/. Root mounts a small tmpfs for the prediction log (its disk is filled on purpose).
+MINUTES ?= 60
+soak: $(INSTALLED)
+	$(BIN)/python bench/soak.py --minutes $(MINUTES) --out docs/soak
 
 # The compose stack alone: images built on podman, started by docker-compose, checked end to
 # end (part of `make test` too; skipped there, saying why, where podman cannot run).

@@ -220,33 +220,11 @@ time.sleep(600)
 """
 
 
-def test_children_and_their_children_die_with_a_killed_parent(tmp_path: Path) -> None:
-    """A parent SIGKILLed: its guardian stops the child's whole process group."""
-    parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT, str(tmp_path / "child.log"), "0"],
-        stdout=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        assert parent.stdout is not None
-        child = int(parent.stdout.readline())
-        wait_until(lambda: _members(child) == 3, "the child and its two sleeps running")
-        parent.kill()
-        parent.wait()
-        wait_until(lambda: _members(child) == 0, "the child's group stopped")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(parent.pid, signal.SIGKILL)
-        parent.wait()
-        if parent.stdout is not None:
-            parent.stdout.close()
-
-
-def test_a_killed_parent_s_children_are_stopped_once_its_handover_is_over(
-    tmp_path: Path,
-) -> None:
-    """A parent that asked for a handover (the controller) is SIGKILLed: its guardian waits
-    that long for a successor to take the children over, then stops them."""
-    handover = 2.0
+@pytest.mark.parametrize("handover", [0.0, 2.0], ids=["at-once", "after-a-handover"])
+def test_a_killed_parent_s_children_and_theirs_are_stopped(tmp_path: Path, handover: float) -> None:
+    """A parent SIGKILLed: its guardian stops the child's whole process group; at once, or,
+    for a parent that asked for a handover (the controller), once it is over (no successor
+    took the group over)."""
     parent = subprocess.Popen(
         [sys.executable, "-c", PARENT, str(tmp_path / "child.log"), str(handover)],
         stdout=subprocess.PIPE, text=True, start_new_session=True,

@@ -21,7 +21,7 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from common.settings import EXPERIMENT_NAME, RegistrySettings
+from common.settings import RegistrySettings
 from mlcanary.sampling import request_of
 from tests.conftest import TrainedRegistry
 from tests.helpers import free_port
@@ -29,8 +29,7 @@ from tests.servers import start_model_server
 from tests.systems import System, aliases_of, copied_registry, running_system
 from training.dataset import DEFAULT_PATH, FEATURES, TARGET, load_dataset
 from training.pipelines import ModelKind
-from training.registry import connect, ensure_experiment, register_version
-from training.train import TrainOptions, serving_requirements, train_and_register, trusted_types
+from training.train import TrainOptions, register_estimator, train_and_register
 
 # Alone: its 1 s windows judge latency, which the other worker's CPU bursts would distort.
 pytestmark = [pytest.mark.slow, pytest.mark.alone]
@@ -98,20 +97,7 @@ def _register_other_models(settings: RegistrySettings) -> None:
 
 
 def _register(settings: RegistrySettings, estimator: Any, features: Any) -> None:
-    import mlflow
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
-
-    client = connect(settings)
-    experiment = ensure_experiment(client, EXPERIMENT_NAME, settings.artifact_root)
-    with mlflow.start_run(experiment_id=experiment) as run:
-        info = mlflow.sklearn.log_model(
-            estimator, name="model",
-            signature=infer_signature(features, estimator.predict(features)),
-            input_example=features.head(2), pip_requirements=serving_requirements(),
-            skops_trusted_types=trusted_types(estimator),
-        )  # fmt: skip
-    register_version(client, settings.model_name, info, run.info.run_id, {}, None)
+    register_estimator(settings, estimator, features)
 
 
 @pytest.fixture

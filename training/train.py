@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from common.settings import EXPERIMENT_NAME
 from training.dataset import DEFAULT_PATH, DEFAULT_SEED, FEATURES, TARGET, load_dataset
@@ -208,3 +208,28 @@ def _log_run(
             skops_trusted_types=trusted_types(pipeline),
         )
     return run.info.run_id, info
+
+
+def register_estimator(
+    settings: RegistrySettings, estimator: Any, features: Any, alias: str | None = None
+) -> str:
+    """Log a fitted scikit-learn estimator and register it; return its version.
+
+    For models trained outside `train_and_register` (a test's or a soak's model of known
+    truth): the same requirements, signature and skops trust as the demo's models.
+    """
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    client = connect(settings)
+    experiment = ensure_experiment(client, EXPERIMENT_NAME, settings.artifact_root)
+    with mlflow.start_run(experiment_id=experiment) as run:
+        info = mlflow.sklearn.log_model(
+            estimator, name="model",
+            signature=infer_signature(features, estimator.predict(features)),
+            input_example=features.head(2), pip_requirements=serving_requirements(),
+            skops_trusted_types=trusted_types(estimator),
+        )  # fmt: skip
+    registered = register_version(client, settings.model_name, info, run.info.run_id, {}, alias)
+    return str(registered.version)

@@ -15,7 +15,7 @@ from typing import Any
 from common.settings import EXPERIMENT_NAME, RegistrySettings
 from training.dataset import DEFAULT_PATH, FEATURES, TARGET, load_dataset
 from training.registry import CHALLENGER, CHAMPION, connect, ensure_experiment, register_version
-from training.train import serving_requirements, trusted_types
+from training.train import register_estimator, serving_requirements
 
 SLOWER_S = 0.06
 """What the slower model adds to each answer: many times the trees' own time."""
@@ -53,13 +53,13 @@ def register_truths(settings: RegistrySettings) -> tuple[str, list[Truth]]:
     def tree(target: Any, seed: int = 0) -> Any:
         return DecisionTreeRegressor(random_state=seed).fit(features, target)
 
-    stable = _register_estimator(settings, tree(score), features, CHAMPION)
-    twin = _register_estimator(settings, tree(score, seed=1), features, CHALLENGER)
-    shifted = _register_estimator(settings, tree(score + 10), features, None)
+    stable = register_estimator(settings, tree(score), features, CHAMPION)
+    twin = register_estimator(settings, tree(score, seed=1), features, CHALLENGER)
+    shifted = register_estimator(settings, tree(score + 10), features, None)
     slower = _register_wrapped(settings, tree(score), features, delay_s=SLOWER_S)
     above = float(np.quantile(features["previous_scores"], FAILING_QUANTILE))
     failing = _register_wrapped(settings, tree(score), features, fail_above=above)
-    wrong = _register_estimator(settings, tree(permuted), features, None)
+    wrong = register_estimator(settings, tree(permuted), features, None)
     return stable, [
         Truth("twin", twin, "promoted"),
         Truth("shifted", shifted, "rolled_back", frozenset({"prediction_psi"})),
@@ -73,26 +73,6 @@ def register_truths(settings: RegistrySettings) -> tuple[str, list[Truth]]:
         ),
         Truth("wrong per row", wrong, "rolled_back", frozenset({"label_errors", "prediction_psi"})),
     ]
-
-
-def _register_estimator(
-    settings: RegistrySettings, estimator: Any, features: Any, alias: str | None
-) -> str:
-    import mlflow
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
-
-    client = connect(settings)
-    experiment = ensure_experiment(client, EXPERIMENT_NAME, settings.artifact_root)
-    with mlflow.start_run(experiment_id=experiment) as run:
-        info = mlflow.sklearn.log_model(
-            estimator, name="model",
-            signature=infer_signature(features, estimator.predict(features)),
-            input_example=features.head(2), pip_requirements=serving_requirements(),
-            skops_trusted_types=trusted_types(estimator),
-        )  # fmt: skip
-    version = register_version(client, settings.model_name, info, run.info.run_id, {}, alias)
-    return str(version.version)
 
 
 def _register_wrapped(

@@ -23,7 +23,6 @@ import os
 import platform
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -59,7 +58,7 @@ from bench.soaking.sampling import SAMPLE_S, ProcessSample, folder_sizes, sample
 from bench.soaking.traffic import Traffic
 from bench.soaking.writing import write_report
 from common.settings import RegistrySettings
-from common.supervision import ProcessIdentity, free_port
+from common.supervision import ProcessIdentity, free_port, start_announced, stop_announced
 
 HOST = "127.0.0.1"
 DISK_MIB = 256
@@ -121,7 +120,9 @@ def run(folder: Path, minutes: float, rate: float, short: bool) -> dict[str, Any
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         environment.pop(name, None)
     up_log = (folder / "up.log").open("wb")
-    up = subprocess.Popen(
+    # Announced to this process's guardian: if the soak itself is killed (a test's timeout),
+    # `up` is stopped with everything it started, never left running.
+    up, up_identity = start_announced(
         [sys.executable, "-m", "mlcanary", "up", "--host", HOST, "--port", str(router_port),
          "--controller-port", str(controller_port), "--mlflow-host", HOST,
          "--mlflow-port", str(mlflow_port)],
@@ -133,11 +134,7 @@ def run(folder: Path, minutes: float, rate: float, short: bool) -> dict[str, Any
     try:
         soaked = asyncio.run(_soak(system, truths, minutes, rate, short, seen))
     finally:
-        up.send_signal(signal.SIGTERM)
-        try:
-            up.wait(timeout=180)
-        except subprocess.TimeoutExpired:
-            up.kill()
+        stop_announced([(up, up_identity)], grace=180)
         up_log.close()
         left = _still_running(seen)
         if mount is not None:

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -156,6 +157,9 @@ def test_a_short_soak_passes_every_check(tmp_path: Path) -> None:
     if not summary_path.exists():  # the harness broke: a failure, never the expected one
         pytest.fail(done.stdout[-3000:] + done.stderr[-3000:])
     summary = json.loads(summary_path.read_text())
+    others = _not_owed_to_the_400s(summary)
+    if others:  # anything but the known defect fails the test, expected failure or not
+        pytest.fail(json.dumps(others, indent=1))
     assert done.returncode == 0, json.dumps(summary["checks"], indent=1) + done.stderr[-3000:]
     assert not summary["checks"]["failed"]
     names = {fault["name"] for fault in summary["faults"]}
@@ -166,3 +170,16 @@ def test_a_short_soak_passes_every_check(tmp_path: Path) -> None:
     assert summary["traffic"]["requests"]["sent"] > 0
     assert summary["labels"]["counts"].get("joined", 0) > 0
     assert (out / "README.md").exists() and (out / "processes.png").exists()
+
+
+def _not_owed_to_the_400s(summary: dict[str, Any]) -> list[str]:
+    """The failed checks that the open defect (the failing model's 400s promoted) does not
+    explain: failed requests other than its 400s as stable, wrong verdicts of other models."""
+    wrong = {v["name"] for v in summary["verdicts"] if not v["right"]}
+    its_400s = all(f["cause"] == "http 400" and f["variant"] == "stable"
+                   for f in summary["failures_outside"])  # fmt: skip
+    return [
+        check for check in summary["checks"]["failed"]
+        if not (("failed requests outside" in check and its_400s)
+                or ("verdicts right" in check and wrong <= {"failing"}))
+    ]  # fmt: skip

@@ -62,7 +62,7 @@ def register_truths(settings: RegistrySettings) -> tuple[str, list[Truth]]:
     wrong = register_estimator(settings, tree(permuted), features, None)
     return stable, [
         Truth("twin", twin, "promoted"),
-        Truth("shifted", shifted, "rolled_back", frozenset({"prediction_psi"})),
+        Truth("shifted", shifted, "rolled_back", frozenset({"prediction_psi", "label_errors"})),
         Truth("slower", slower, "rolled_back", frozenset({"p99_ratio"})),
         Truth(
             "failing",

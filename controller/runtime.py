@@ -166,8 +166,10 @@ class Runtime:
         if not isinstance(saved, dict):
             return
         guardian = saved.get("guardian")
-        if isinstance(guardian, dict) and guardian.get("pid") and guardian.get("started"):
-            predecessor = ProcessIdentity(int(guardian["pid"]), int(guardian["started"]))
+        guardian = guardian if isinstance(guardian, dict) else {}
+        pid, started = guardian.get("pid"), guardian.get("started")
+        if isinstance(pid, int) and isinstance(started, int) and pid > 0:
+            predecessor = ProcessIdentity(pid, started)
             if predecessor != GUARDIAN.identity():
                 predecessor.signal_group(signal.SIGKILL)  # its own session: only itself
         servers = saved.get("servers")

@@ -59,16 +59,17 @@ class System:
 
     def pids(self, *phrases: str) -> list[int]:
         """Pids of the processes `up` started whose command line holds every phrase."""
+        parents = {stat.pid: stat.parent for stat in process_table()}  # read /proc once
         found = []
-        for stat in process_table():
-            if stat.pid == self.up_pid or not self.descends(stat.pid):
+        for pid in parents:
+            if pid == self.up_pid or not self._descends(pid, parents):
                 continue
             try:
-                command = Path(f"/proc/{stat.pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
             except OSError:
                 continue
             if all(phrase.encode() in command for phrase in phrases):
-                found.append(stat.pid)
+                found.append(pid)
         return found
 
     @staticmethod
@@ -77,9 +78,8 @@ class System:
         identity = ProcessIdentity.of(pid)
         return identity is not None and identity.alive()
 
-    def descends(self, pid: int) -> bool:
-        """Whether `pid` was started (directly or not) by `up`."""
-        parents = {stat.pid: stat.parent for stat in process_table()}
+    def _descends(self, pid: int, parents: dict[int, int]) -> bool:
+        """Whether `pid` was started (directly or not) by `up`, by the `parents` map."""
         while pid in parents and pid > 1:
             pid = parents[pid]
             if pid == self.up_pid:
